@@ -1,0 +1,13 @@
+// pybind11 bindings for rsvlm_edge._C. Thin: validate, then call the C++ API.
+#include <pybind11/pybind11.h>
+
+#include "rsvlm_edge/version.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "rsvlm-edge native runtime (C++/CUDA kernels)";
+  m.def("version", &rsvlm_edge::version, "Version of librsvlm_edge.");
+  m.def("built_with_cuda", &rsvlm_edge::built_with_cuda,
+        "True when the CUDA kernels were compiled into this build.");
+}
