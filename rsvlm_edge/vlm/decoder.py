@@ -1,0 +1,181 @@
+"""LLaMA-family decoder over a preallocated KV cache (no torch).
+
+Weights come from ``decoder.safetensors`` under canonical names (see ``checkpoint.py``):
+fp32 / fp16 tensors, or for ``w8`` an int8 ``<name>.weight`` plus a per-output-channel fp32
+``<name>.weight_scale`` for every linear layer except the embeddings and lm_head. Compute is fp32:
+fp16 weights are widened once at load.
+
+The KV cache is ``(layers, max_batch, kv_heads, max_seq, head_dim)`` fp32, allocated once and
+updated in place. Prefill takes a right-padded batch of input embeddings with per-sequence lengths
+(positions 0..len-1); each decode step appends one token per sequence at its own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError, InputError
+from . import ops
+from .config import DecoderConfig
+
+
+@dataclass
+class Linear:
+    """A linear layer, stored transposed (in, out) for ``x @ w``; int8 + scale when quantised."""
+
+    w_t: np.ndarray
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.scale is None:
+            return ops.linear(x, self.w_t, self.bias)
+        return ops.linear_w8(x, self.w_t, self.scale, self.bias)
+
+    @property
+    def nbytes(self) -> int:
+        return self.w_t.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+
+@dataclass
+class Layer:
+    input_norm: np.ndarray
+    post_norm: np.ndarray
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"cannot read decoder weights '{path}' ({e})", "re-export the bundle") from None
+
+
+class LlamaDecoder:
+    """Decoder state: weights, KV cache and per-sequence lengths of the current batch."""
+
+    def __init__(self, config: DecoderConfig, weights: dict[str, np.ndarray], max_batch: int, max_seq: int) -> None:
+        self.config = config
+        self.max_batch = max_batch
+        self.max_seq = max_seq
+
+        def tensor(name: str) -> np.ndarray:
+            if name not in weights:
+                raise BundleError(f"decoder weights lack '{name}'", "re-export the bundle")
+            return np.ascontiguousarray(weights[name], dtype=np.float32)
+
+        def linear(name: str) -> Linear:
+            w = weights.get(f"{name}.weight")
+            if w is None:
+                raise BundleError(f"decoder weights lack '{name}.weight'", "re-export the bundle")
+            bias = weights.get(f"{name}.bias")
+            bias = None if bias is None else bias.astype(np.float32)
+            scale = weights.get(f"{name}.weight_scale")
+            if scale is not None:
+                return Linear(np.ascontiguousarray(w.T), scale.astype(np.float32), bias)
+            return Linear(np.ascontiguousarray(w.T, dtype=np.float32), None, bias)
+
+        self.embed = tensor("embed_tokens.weight")
+        self.norm = tensor("norm.weight")
+        self.lm_head = linear("lm_head")
+        self.layers = [
+            Layer(
+                input_norm=tensor(f"layers.{i}.input_layernorm.weight"),
+                post_norm=tensor(f"layers.{i}.post_attention_layernorm.weight"),
+                q=linear(f"layers.{i}.q_proj"),
+                k=linear(f"layers.{i}.k_proj"),
+                v=linear(f"layers.{i}.v_proj"),
+                o=linear(f"layers.{i}.o_proj"),
+                gate=linear(f"layers.{i}.gate_proj"),
+                up=linear(f"layers.{i}.up_proj"),
+                down=linear(f"layers.{i}.down_proj"),
+            )
+            for i in range(config.num_layers)
+        ]
+        shape = (config.num_layers, max_batch, config.num_kv_heads, max_seq, config.head_dim)
+        # np.zeros maps pages lazily: resident memory grows with the positions actually used.
+        self.k_cache = np.zeros(shape, dtype=np.float32)
+        self.v_cache = np.zeros(shape, dtype=np.float32)
+        self.lengths = np.zeros(0, dtype=np.int64)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (every layer + lm_head; embeddings: one row)."""
+        total = self.lm_head.nbytes + self.norm.nbytes
+        for layer in self.layers:
+            total += sum(lin.nbytes for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+            total += layer.input_norm.nbytes + layer.post_norm.nbytes
+        return total
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return self.embed[ids]
+
+    def _block(self, x: np.ndarray, positions: np.ndarray, layer_idx: int, lengths: np.ndarray, prefill: bool) -> np.ndarray:
+        cfg = self.config
+        layer = self.layers[layer_idx]
+        batch, tokens, _ = x.shape
+        h = ops.rmsnorm(x, layer.input_norm, cfg.rms_norm_eps)
+        q = layer.q(h).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
+        k = layer.k(h).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+        v = layer.v(h).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+        cos, sin = ops.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        q = ops.rope(q, cos, sin)
+        k = ops.rope(k, cos, sin)
+        start = positions[:, 0]
+        ops.kv_append(self.k_cache[layer_idx], k, start)
+        ops.kv_append(self.v_cache[layer_idx], v, start)
+        if prefill:
+            attn = ops.attention_prefill(q, k, v, lengths)
+        else:
+            attn = ops.attention_decode(q[:, 0], self.k_cache[layer_idx], self.v_cache[layer_idx], lengths)[:, None]
+        x = x + layer.o(attn)
+        h = ops.rmsnorm(x, layer.post_norm, cfg.rms_norm_eps)
+        return x + layer.down(ops.swiglu(layer.gate(h), layer.up(h)))
+
+    def _logits(self, last_hidden: np.ndarray) -> np.ndarray:
+        return self.lm_head(ops.rmsnorm(last_hidden, self.norm, self.config.rms_norm_eps))
+
+    def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Run right-padded prompts ``embeds[B, T, C]`` (valid rows ``< lengths[b]``) into a fresh
+        cache; returns logits ``[B, vocab]`` at each sequence's last prompt position."""
+        batch, tokens, _ = embeds.shape
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if batch > self.max_batch:
+            raise InputError(f"batch of {batch} exceeds the runtime's max_batch {self.max_batch}", "split the batch or raise max_batch")
+        if tokens > self.max_seq:
+            raise InputError(
+                f"prompt of {tokens} tokens exceeds the KV cache ({self.max_seq} positions)",
+                "shorten the prompt or raise max_seq",
+            )
+        positions = np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens))
+        x = embeds.astype(np.float32, copy=False)
+        for i in range(self.config.num_layers):
+            x = self._block(x, positions, i, lengths, prefill=True)
+        self.lengths = lengths.copy()
+        return self._logits(x[np.arange(batch), lengths - 1])
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        """Append one token per sequence (at its own position); returns logits ``[B, vocab]``."""
+        positions = self.lengths[:, None].copy()
+        if int(positions.max()) >= self.max_seq:
+            raise InputError(
+                f"generation reached the KV cache limit of {self.max_seq} positions",
+                "lower max_new_tokens or raise max_seq",
+            )
+        self.lengths = self.lengths + 1
+        x = self.embed_tokens(np.asarray(token_ids, dtype=np.int64))[:, None]
+        for i in range(self.config.num_layers):
+            x = self._block(x, positions, i, self.lengths, prefill=False)
+        return self._logits(x[:, 0])
