@@ -37,21 +37,29 @@ def quantize_w8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def _to_numpy(t: Any) -> np.ndarray:
+    """A torch tensor (bf16 widened to fp32) or array-like as a numpy array, dtype kept."""
+    if hasattr(t, "detach"):
+        import torch
+
+        t = t.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return np.asarray(t)
+
+
 def decoder_tensors(decoder: dict[str, Any], weights: str) -> dict[str, np.ndarray]:
     """Canonical decoder tensors converted to the bundle's weight format."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown weight format '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     out: dict[str, np.ndarray] = {}
     for name, t in decoder.items():
-        arr = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
-        if weights == "fp32":
-            out[name] = np.ascontiguousarray(arr, dtype=np.float32)
-        elif weights == "w8" and name.endswith("_proj.weight"):
+        arr = _to_numpy(t)
+        if weights == "w8" and name.endswith("_proj.weight"):
             q, scale = quantize_w8(arr)
             out[name] = q
             out[f"{name}_scale"] = scale
         else:
-            out[name] = np.ascontiguousarray(arr.astype(np.float16))
+            out[name] = np.ascontiguousarray(arr, dtype=np.float32 if weights == "fp32" else np.float16)
     return out
 
 

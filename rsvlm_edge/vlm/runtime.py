@@ -189,12 +189,14 @@ class VlmRuntime:
         stop: Sequence[str] | None = None,
         stream: StreamCallback | None = None,
         seed: int = 0,
+        ignore_eos: bool = False,
     ) -> list[list[int]]:
         """Token-level generation for pre-tokenised prompts: ``chunks[b]`` are the token chunks
         of prompt ``b``, one image's features go between consecutive chunks. ``images`` are
         images or precomputed features ``(B, N, hidden)``. Returns the new token ids per sequence,
-        ending with the EOS token when the model stopped on it."""
-        return self._generate(images, chunks, max_new_tokens, temperature, top_p, stop, stream, seed)[0]
+        ending with the EOS token when the model stopped on it. ``ignore_eos`` (for timing runs)
+        always generates ``max_new_tokens``."""
+        return self._generate(images, chunks, max_new_tokens, temperature, top_p, stop, stream, seed, ignore_eos)[0]
 
     def _generate(
         self,
@@ -206,6 +208,7 @@ class VlmRuntime:
         stop: Sequence[str] | None,
         stream: StreamCallback | None,
         seed: int,
+        ignore_eos: bool = False,
     ) -> tuple[list[list[int]], list[str]]:
         import time
 
@@ -240,7 +243,8 @@ class VlmRuntime:
         stats.prompt_tokens = lengths.tolist()
 
         rng = np.random.default_rng(seed)
-        stop_strings = list(self.stop_strings) + list(stop or [])
+        eos_ids = set() if ignore_eos else self.eos_ids
+        stop_strings = [] if ignore_eos else list(self.stop_strings) + list(stop or [])
         holdback = max((len(s) for s in stop_strings), default=1) - 1
         generated: list[list[int]] = [[] for _ in range(batch)]
         texts = [""] * batch
@@ -256,7 +260,7 @@ class VlmRuntime:
             for b in np.flatnonzero(~done):
                 tok = int(next_ids[b])
                 generated[b].append(tok)
-                if tok in self.eos_ids:
+                if tok in eos_ids:
                     done[b] = True
                     texts[b] = self.decode_text(generated[b][:-1])
                 else:

@@ -33,8 +33,10 @@ class TinySpec:
     num_kv_heads: int = 2
     vision_hidden: int = 64  # heads = width / 64, as inferred for LLaVA-layout checkpoints
     vision_layers: int = 3
+    vision_intermediate: int = 128
     image_size: int = 32
     patch_size: int = 8
+    max_positions: int = 512
     initializer_range: float = 0.05
     seed: int = 0
 
@@ -68,7 +70,7 @@ def make_hf_model(spec: TinySpec):
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=spec.max_positions,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
@@ -76,7 +78,7 @@ def make_hf_model(spec: TinySpec):
     )
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
-        intermediate_size=2 * spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
         num_hidden_layers=spec.vision_layers,
         num_attention_heads=max(1, spec.vision_hidden // 64),
         image_size=spec.image_size,
@@ -164,10 +166,39 @@ def save_llava_layout(model, dest: Path, fmt: str = "bin", shards: int = 2, mode
     (dest / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def make_tiny_llava(dest: str | Path, layout: str = "hf", fmt: str = "bin", spec: TinySpec = TinySpec(), model_type: str = "llava"):
-    """Write a tiny random LLaVA checkpoint + tokenizer.json to ``dest``; returns the HF model."""
+# TinyLlama-1.1B decoder + CLIP ViT-L/14-336 vision tower (the builtin timing model).
+TINYLLAVA_1B = TinySpec(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_layers=22,
+    num_heads=32,
+    num_kv_heads=4,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_intermediate=4096,
+    image_size=336,
+    patch_size=14,
+    max_positions=2048,
+    initializer_range=0.02,
+)
+
+
+def make_tiny_llava(
+    dest: str | Path,
+    layout: str = "hf",
+    fmt: str = "bin",
+    spec: TinySpec = TinySpec(),
+    model_type: str = "llava",
+    dtype: str = "float32",
+):
+    """Write a random LLaVA checkpoint + tokenizer.json to ``dest``; returns the HF model."""
+    import torch
+
     dest = Path(dest)
     model = make_hf_model(spec)
+    if dtype == "float16":
+        model = model.to(torch.float16)
     if layout == "hf":
         model.save_pretrained(dest)
     elif layout == "llava":
