@@ -21,15 +21,18 @@ class OrtModel:
 
     ``providers``: onnxruntime execution providers in priority order; default prefers CUDA where the
     installed onnxruntime has it, else CPU. ``threads``: intra-op threads (default: onnxruntime's).
+    ``fp16``: the graph computes in fp16. onnxruntime 1.32's CPU layout optimisations (ORT_ENABLE_ALL)
+    crash on such graphs, so they get ORT_ENABLE_EXTENDED.
     """
 
     def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fp16: bool = False) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_ENABLE_EXTENDED if fp16 else level.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
         have = available_providers()
