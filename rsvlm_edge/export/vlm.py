@@ -11,6 +11,7 @@ scales ``<name>.weight_scale``; embeddings, norms and lm_head stay fp16).
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,6 @@ from ..vlm.config import VisionConfig
 from ..vlm.prompts import TEMPLATES
 
 WEIGHT_FORMATS = ("fp32", "fp16", "w8")
-ONNX_OPSET = 17
 
 Progress = Callable[[str], None]
 
@@ -131,21 +131,13 @@ def build_vision_module(ckpt: VlmCheckpoint):
 def export_vision_onnx(module, image_size: int, path: Path) -> None:
     import torch
 
-    dummy = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (dummy,),
-            str(path),
-            input_names=["images"],
-            output_names=["image_features"],
-            dynamic_axes={"images": {0: "batch"}, "image_features": {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-    import onnx
+    from .onnx_utils import export_onnx
 
-    onnx.checker.check_model(str(path))
+    dummy = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        # CLIP's image-size check is traced as a constant: the graph is built for this one size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        export_onnx(module, (dummy,), path, input_names=["images"], output_names=["image_features"])
 
 
 def verify_vision_onnx(module, image_size: int, path: Path, rtol: float = 1e-3) -> float:
@@ -199,6 +191,9 @@ def export_vlm(
         raise InputError(f"unknown --weights '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown chat template '{template}'", f"use one of {', '.join(TEMPLATES)}")
+    from . import require_export_deps
+
+    require_export_deps()
     step = progress or (lambda _msg: None)
     step("reading checkpoint")
     ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template)
@@ -226,6 +221,7 @@ def write_bundle(
         manifest = {
             "architecture": "llava",
             "model": {**ckpt.config.to_dict(), "source_layout": ckpt.layout},
+            "source": str(ckpt.source.resolve()),
             "preprocess": ckpt.preprocess,
             "tokenizer": "tokenizer.json",
             "prompts": {

@@ -1,131 +1,196 @@
 """VLM timing: vision encode, time to first token, decode tokens/s, peak memory.
 
 ``bench_vlm(target, ...)`` takes a bundle path or ``builtin:tinyllava-1b`` (TinyLlama-1.1B decoder
-shape + CLIP ViT-L/14-336 vision tower with seeded random weights, exported once into
-``~/.cache/rsvlm-edge/builtin/``; random weights: timing only). The lead's generic
-``rsvlm-edge bench`` renders the rows.
+shape + CLIP ViT-L/14-336 vision tower with seeded random weights, built once into the builtin
+cache; random weights: timing only). With ``peer=True`` transformers' ``generate`` is timed on the
+same weights in the same process (needs the export extras and the transformers checkpoint the
+bundle was exported from). The lead's generic ``rsvlm-edge bench`` renders the rows.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..bench import peak_rss_mb
+from ..builtin import BUILTIN_VLM, RANDOM_WEIGHTS_NOTE, builtin_name, cache_dir, is_builtin
+from ..bundle import open_bundle
 from ..errors import InputError
 
-BUILTIN_PREFIX = "builtin:"
-BUILTINS = ("tinyllava-1b",)
 BENCH_QUESTION = "Describe this satellite image in detail."
+Progress = Callable[[str], None]
 
 
-def builtin_cache_dir() -> Path:
-    base = os.environ.get("RSVLM_EDGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rsvlm-edge")
-    return Path(base) / "builtin"
+def builtin_vlm_paths(name: str) -> tuple[Path, Path]:
+    """(transformers checkpoint dir, bundle) of a builtin VLM in the cache."""
+    return cache_dir() / f"{name}-seed0-hf", cache_dir() / f"{name}-fp16.rsvlm"
 
 
-def resolve_target(target: str, progress: Callable[[str], None] | None = None) -> Path:
+def resolve_target(target: str, progress: Progress | None = None) -> Path:
     """Bundle path for ``target``; builds a builtin model once (needs the [export] extras)."""
-    if not target.startswith(BUILTIN_PREFIX):
+    if not is_builtin(target):
         return Path(target)
-    name = target[len(BUILTIN_PREFIX) :]
-    if name not in BUILTINS:
-        raise InputError(f"unknown builtin model '{name}'", f"use one of {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)}")
-    bundle = builtin_cache_dir() / f"{name}.rsvlm"
+    name = builtin_name(target)
+    if name not in BUILTIN_VLM:
+        raise InputError(f"'{target}' is not a VLM", "use " + " or ".join(f"builtin:{n}" for n in BUILTIN_VLM))
+    ckpt, bundle = builtin_vlm_paths(name)
     if (bundle / "manifest.json").is_file():
         return bundle
     try:
         from ..export.vlm import export_vlm
         from .testing import TINYLLAVA_1B, make_tiny_llava
     except ImportError as e:
-        raise InputError(
-            f"building {target} needs the export extras ({e})", "pip install 'rsvlm-edge[export]'"
-        ) from None
-    import tempfile
-
+        raise InputError(f"building {target} needs the export extras ({e})", "pip install 'rsvlm-edge[export]'") from None
     step = progress or (lambda _msg: None)
-    bundle.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=bundle.parent) as tmp:
-        step(f"building {target} (seeded random weights)")
-        make_tiny_llava(Path(tmp) / "ckpt", layout="hf", spec=TINYLLAVA_1B, dtype="float16")
-        export_vlm(Path(tmp) / "ckpt", bundle, weights="fp16", overwrite=True, verify=False, progress=step)
+    if not (ckpt / "config.json").is_file():
+        step(f"building {target}: {RANDOM_WEIGHTS_NOTE}")
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        make_tiny_llava(tmp, layout="hf", spec=TINYLLAVA_1B, dtype="float16")
+        os.replace(tmp, ckpt)
+    export_vlm(ckpt, bundle, weights="fp16", overwrite=True, verify=False, progress=step)
     return bundle
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs))
 
 
 def bench_vlm(
     target: str,
-    batches: list[int] = [1, 8],  # noqa: B006 - read only
+    batches: list[int],
     warmup: int = 1,
     iters: int = 3,
     max_new_tokens: int = 32,
     backend: str = "auto",
-    progress: Callable[[str], None] | None = None,
+    peer: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Time ``target`` at each batch size; median over ``iters`` runs after ``warmup`` runs."""
+    """Time ``target`` at each batch size (median over ``iters`` runs after ``warmup`` runs)."""
     from .runtime import VlmRuntime
 
     if not batches or min(batches) < 1:
-        raise InputError(f"batch sizes {batches} must be >= 1", "e.g. --batch 1 --batch 8")
+        raise InputError(f"batch sizes {batches} must be >= 1", "e.g. --batch 1,8")
     if iters < 1 or warmup < 0 or max_new_tokens < 2:
-        raise InputError("need iters >= 1, warmup >= 0 and max_new_tokens >= 2")
+        raise InputError("bench needs iters >= 1, warmup >= 0 and max_new_tokens >= 2")
     path = resolve_target(target, progress)
-    runtime = VlmRuntime(path, backend=backend, max_batch=max(batches))
+    runtime = VlmRuntime(open_bundle(path, verify=False), backend=backend, max_batch=max(batches))
     size = runtime.config.vision.image_size
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(max(batches), size, size, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, size=(max(batches), size, size, 3), dtype=np.uint8)
     chunks = runtime.tokenize(runtime.build_prompt(BENCH_QUESTION))
-    notes = [f"decoder ops: {runtime.backends['decoder']}, vision: {runtime.backends['vision']}"]
-    if target.startswith(BUILTIN_PREFIX):
+    prompt_tokens = sum(len(c) for c in chunks) + runtime.num_image_tokens
+    notes = [f"decoder: {runtime.backends['decoder']} ops, vision: {runtime.backends['vision']}"]
+    if is_builtin(target):
         notes.insert(0, "random weights: timing only")
-    notes.append("bandwidth_floor_pct needs the device's peak memory bandwidth; not known on CPU")
-    rows = []
+    notes.append("bandwidth_floor_pct needs the device's peak memory bandwidth: not reported on CPU")
+    rows: list[dict[str, Any]] = []
     for batch in batches:
         if progress:
-            progress(f"batch {batch}")
-        imgs = images[:batch]
-        samples: list[tuple[float, float, float, int]] = []
+            progress(f"rsvlm-edge batch {batch}")
+        vision, prefill, decode = [], [], []
+        steps = 0
         for i in range(warmup + iters):
             t0 = time.perf_counter()
-            feats = runtime.encode_images(imgs)
+            feats = runtime.encode_images(images[:batch])
             vision_s = time.perf_counter() - t0
             runtime.generate_tokens(feats, [chunks] * batch, max_new_tokens=max_new_tokens, ignore_eos=True)
-            st = runtime.stats
             if i >= warmup:
-                samples.append((vision_s, st.prefill_s, st.decode_s, st.decode_steps))
-        vision_ms = float(np.median([s[0] for s in samples]) * 1e3)
-        prefill_ms = float(np.median([s[1] for s in samples]) * 1e3)
-        decode_s = float(np.median([s[2] for s in samples]))
-        steps = samples[0][3]
-        tok_s = batch * steps / decode_s if decode_s > 0 else float("nan")
+                vision.append(vision_s)
+                prefill.append(runtime.stats.prefill_s)
+                decode.append(runtime.stats.decode_s)
+                steps = runtime.stats.decode_steps
+        decode_s = _median(decode)
         rows.append(
             {
+                "engine": "rsvlm-edge",
                 "batch": batch,
-                "prompt_tokens": len(chunks[0]) + len(chunks[1]) + runtime.num_image_tokens,
-                "new_tokens": max_new_tokens,
-                "vision_ms": vision_ms,
-                "prefill_ms": prefill_ms,
-                "ttft_ms": vision_ms + prefill_ms,
-                "decode_tok_s": tok_s,
-                "decode_ms_per_step": decode_s / steps * 1e3 if steps else float("nan"),
-                "weight_gb_s": runtime.decoder.weight_bytes * steps / decode_s / 1e9 if decode_s > 0 else float("nan"),
-                "peak_rss_mb": _peak_rss_mb(),
+                "prompt_tokens": prompt_tokens,
+                "vision_ms": _median(vision) * 1e3,
+                "prefill_ms": _median(prefill) * 1e3,
+                "ttft_ms": (_median(vision) + _median(prefill)) * 1e3,
+                "decode_tok_s": batch * steps / decode_s,
+                "weights_gb_s": runtime.decoder.weight_bytes * steps / decode_s / 1e9,
+                "peak_rss_mb": peak_rss_mb(),
                 "bandwidth_floor_pct": None,
             }
         )
+    if peer:
+        ckpt = _peer_checkpoint(target, runtime)
+        if ckpt is None:
+            notes.append("peer skipped: the transformers checkpoint this bundle came from is not available")
+        else:
+            peer_rows = _bench_transformers(ckpt, runtime, images, chunks, batches, warmup, iters, max_new_tokens, progress)
+            for ours, theirs in zip(rows, peer_rows):
+                ours["decode_vs_peer"] = ours["decode_tok_s"] / theirs["decode_tok_s"]
+                ours["ttft_vs_peer"] = theirs["ttft_ms"] / ours["ttft_ms"]
+            rows += peer_rows
+            notes.append("peer: transformers LlavaForConditionalGeneration.generate, fp32 eager, same weights, same process")
     return {
         "model": target,
-        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
         "precision": runtime.bundle.manifest.get("precision", {}),
         "notes": notes,
         "rows": rows,
     }
+
+
+def _peer_checkpoint(target: str, runtime) -> Path | None:
+    if is_builtin(target):
+        ckpt = builtin_vlm_paths(builtin_name(target))[0]
+    else:
+        src = runtime.bundle.manifest.get("source")
+        ckpt = Path(src) if src else None
+    layout = runtime.bundle.model.get("source_layout")
+    if ckpt is None or layout != "hf" or not (ckpt / "config.json").is_file():
+        return None
+    return ckpt
+
+
+def _bench_transformers(ckpt, runtime, images, chunks, batches, warmup, iters, max_new_tokens, progress) -> list[dict[str, Any]]:
+    """transformers generate (greedy, fp32) on the same weights, prompt and images."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    image_token = int(model.config.image_token_index)
+    ids = chunks[0] + [image_token] * runtime.num_image_tokens + chunks[1]
+    mean = torch.tensor(runtime.preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(runtime.preprocess["std"]).view(1, 3, 1, 1)
+    rows = []
+    for batch in batches:
+        if progress:
+            progress(f"transformers batch {batch}")
+        pixels = (torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        input_ids = torch.tensor([ids] * batch)
+
+        def run(n: int) -> float:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(input_ids=input_ids, pixel_values=pixels, do_sample=False,
+                               max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+            return time.perf_counter() - t0
+
+        first, full = [], []
+        for i in range(warmup + iters):
+            t1, tn = run(1), run(max_new_tokens)
+            if i >= warmup:
+                first.append(t1)
+                full.append(tn)
+        decode_s = max(_median(full) - _median(first), 1e-9)
+        rows.append(
+            {
+                "engine": "transformers",
+                "batch": batch,
+                "prompt_tokens": len(ids),
+                "ttft_ms": _median(first) * 1e3,
+                "decode_tok_s": batch * (max_new_tokens - 1) / decode_s,
+                "peak_rss_mb": peak_rss_mb(),
+                "bandwidth_floor_pct": None,
+            }
+        )
+    return rows

@@ -120,25 +120,13 @@ def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
 def _read_file(path: Path) -> dict[str, Any]:
     import torch
 
+    from ..export.torch_io import load_tensor_file
+
     if not path.is_file():
         raise CheckpointError(f"checkpoint shard '{path}' is missing", "re-download the checkpoint (all shards)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(path)))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as e:  # truncated or corrupt: safetensors / zip / unpickler errors
-        raise CheckpointError(
-            f"cannot read '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); truncated or corrupt?",
-            "re-download the file",
-        ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    obj = load_tensor_file(path)
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"'{path}' does not hold a state dict (got {type(obj).__name__})")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -295,10 +283,9 @@ def infer_vision_config(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read '{path}' ({e})", "the checkpoint needs a valid config.json") from None
+    from ..export.torch_io import read_json
+
+    return read_json(path)
 
 
 def load_checkpoint(src: str | Path, image_size: int | None = None, template: str | None = None) -> VlmCheckpoint:

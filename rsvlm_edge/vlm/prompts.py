@@ -83,14 +83,21 @@ class RotatedBox:
 _BOX = re.compile(r"\{\s*<(-?\d+(?:\.\d+)?)>\s*<(-?\d+(?:\.\d+)?)>\s*<(-?\d+(?:\.\d+)?)>\s*<(-?\d+(?:\.\d+)?)>\s*(?:\|\s*<(-?\d+(?:\.\d+)?)>\s*)?\}")
 
 
-def parse_geochat_boxes(text: str, width: int, height: int) -> list[RotatedBox]:
+def parse_geochat_boxes(text: str, width: int, height: int, padded: bool = False) -> list[RotatedBox]:
     """Every ``{<x1><y1><x2><y2>|<θ>}`` in ``text`` (coordinates on a 0-100 scale) as pixel boxes
-    for an image of ``width`` x ``height``. A missing ``|<θ>`` means angle 0."""
+    in an image of ``width`` x ``height``. A missing ``|<θ>`` means angle 0. ``padded``: the model
+    saw the image padded to a square (LLaVA ``image_aspect_ratio == "pad"``), so the scale is the
+    square's side and the padding offset is removed."""
     if width <= 0 or height <= 0:
         raise InputError(f"image size {width}x{height} is not positive", "pass the size of the image the boxes refer to")
+    if padded:
+        side = max(width, height)
+        sx, sy, dx, dy = side, side, (side - width) // 2, (side - height) // 2
+    else:
+        sx, sy, dx, dy = width, height, 0, 0
     boxes = []
     for m in _BOX.finditer(text):
         x1, y1, x2, y2 = (float(m.group(i)) for i in range(1, 5))
         angle = float(m.group(5)) if m.group(5) is not None else 0.0
-        boxes.append(RotatedBox(x1 * width / 100, y1 * height / 100, x2 * width / 100, y2 * height / 100, angle))
+        boxes.append(RotatedBox(x1 * sx / 100 - dx, y1 * sy / 100 - dy, x2 * sx / 100 - dx, y2 * sy / 100 - dy, angle))
     return boxes

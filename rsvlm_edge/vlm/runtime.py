@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..backends.ort import OrtModel
 from ..bundle import Bundle, open_bundle
 from ..errors import BackendError, BundleError, InputError
 from . import ops
@@ -24,6 +25,8 @@ from .image import ImageInput, preprocess_images
 from .prompts import IMAGE_PLACEHOLDER, build_prompt
 
 StreamCallback = Callable[[int, str], None]
+# The vision tower runs in onnxruntime (CUDA EP where installed unless "cpu"); the decoder runs on
+# the numpy ops until the native kernels land.
 BACKENDS = ("auto", "ort", "cpu", "numpy")
 
 
@@ -72,6 +75,12 @@ class VlmRuntime:
             bundle = open_bundle(bundle)
         if bundle.architecture != "llava":
             raise BundleError(f"bundle '{bundle.path}' is a {bundle.architecture} bundle, not a VLM", "use rsvlm_edge.load()")
+        if backend in ("native", "trt"):
+            raise BackendError(
+                f"backend '{backend}' is not available for VLM bundles yet (vision runs in onnxruntime, "
+                "the decoder on the numpy ops)",
+                f"use --backend one of {', '.join(BACKENDS)}",
+            )
         if backend not in BACKENDS:
             raise BackendError(f"unknown VLM backend '{backend}'", f"use one of {', '.join(BACKENDS)}")
         self.bundle = bundle
@@ -87,7 +96,7 @@ class VlmRuntime:
             max_seq = min(dc.max_position_embeddings, self.config.vision.num_tokens + 1024)
         self.decoder = LlamaDecoder(dc, load_weights(bundle.file("decoder.safetensors")), max_batch, max_seq)
         self.eos_ids = {dc.eos_token_id} if dc.eos_token_id is not None else set()
-        self.backends = {"vision": "ort:" + self.vision.get_providers()[0], "decoder": ops.NAME}
+        self.backends = {"vision": "ort:" + self.vision.providers[0], "decoder": ops.NAME}
         self.stats = GenerationStats()
 
     # ---- pieces ----
@@ -99,7 +108,7 @@ class VlmRuntime:
     def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Projected image features ``(B, N_image_tokens, hidden)`` for a list of images."""
         batch = preprocess_images(images, self.preprocess)
-        return self.vision.run(None, {"images": batch})[0]
+        return self.vision.run({"images": batch})[0]
 
     def tokenize(self, prompt: str) -> list[list[int]]:
         """Token chunks around each ``<image>`` (LLaVA tokenizer_image_token): every chunk encoded
@@ -340,18 +349,6 @@ def _load_tokenizer(path):
         raise BundleError(f"cannot read tokenizer '{path}' ({e})", "re-export the bundle") from None
 
 
-def _open_vision(path, backend: str, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if backend in ("auto", "ort") and "CUDAExecutionProvider" in available:
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise BundleError(f"cannot load '{path}' in onnxruntime ({e})", "re-export the bundle") from None
+def _open_vision(path, backend: str, threads: int | None) -> OrtModel:
+    providers = ["CPUExecutionProvider"] if backend in ("cpu", "numpy") else None
+    return OrtModel(path, providers=providers, threads=threads)
