@@ -157,14 +157,18 @@ def verify_vision_onnx(module, image_size: int, path: Path, rtol: float = 1e-3) 
     return err
 
 
-def _copy_tokenizer(src: Path, dest: Path) -> None:
+def _check_tokenizer(src: Path) -> Path:
     tok = src / "tokenizer.json"
     if not tok.is_file():
         raise CheckpointError(
             f"'{src}' has no tokenizer.json",
             "write one with transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)",
         )
-    shutil.copyfile(tok, dest)
+    return tok
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    shutil.copyfile(_check_tokenizer(src), dest)
 
 
 def _stop_strings(tokenizer_path: Path, eos_id: int | None) -> list[str]:
@@ -197,6 +201,7 @@ def export_vlm(
     step = progress or (lambda _msg: None)
     step("reading checkpoint")
     ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template)
+    _check_tokenizer(ckpt.source)
     return write_bundle(ckpt, dest, weights, overwrite, verify, step)
 
 
