@@ -17,7 +17,7 @@ __all__ = ["ImageInput", "preprocess_images"]
 
 def preprocess_images(images: Sequence[ImageInput], spec: dict[str, Any]) -> np.ndarray:
     """uint8 batch (B, S, S, 3) per the bundle's ``preprocess`` section."""
-    if not images:
+    if len(images) == 0:
         raise InputError("no images given", "pass at least one image")
     size = int(spec["image_size"])
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)

@@ -55,6 +55,19 @@ def build_prompt(template: str, question: str, with_image: bool = True) -> str:
     return style(system, message)
 
 
+def tokenize_with_image(tokenizer, prompt: str, bos_token_id: int | None) -> list[list[int]]:
+    """Token chunks around each ``<image>``, as LLaVA's ``tokenizer_image_token``: every chunk is
+    encoded on its own with the tokenizer's special tokens, and chunks after the first lose their
+    leading BOS. The image's feature rows go between consecutive chunks."""
+    chunks = []
+    for i, text in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+        ids = list(tokenizer.encode(text).ids)
+        if i > 0 and ids and bos_token_id is not None and ids[0] == bos_token_id:
+            ids = ids[1:]
+        chunks.append(ids)
+    return chunks
+
+
 # ---- GeoChat ----
 
 GEOCHAT_TASKS = {"grounding": "[grounding]", "refer": "[refer]", "identify": "[identify]"}

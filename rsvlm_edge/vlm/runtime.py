@@ -3,8 +3,8 @@
 Vision tower + projector run in ONNX Runtime (``vision.onnx``); the LLaMA decoder runs over a
 preallocated KV cache through ``rsvlm_edge.vlm.ops`` (numpy fp32 today; the native kernels take
 over op by op). Prompts are built from the bundle's chat template, split at ``<image>`` and
-tokenised chunk by chunk exactly like LLaVA's ``tokenizer_image_token``; the image's feature rows
-are spliced in at the split.
+tokenised chunk by chunk like LLaVA's ``tokenizer_image_token``; the image's feature rows are
+spliced in at the split.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from . import ops
 from .config import VlmConfig
 from .decoder import LlamaDecoder, load_weights
 from .image import ImageInput, preprocess_images
-from .prompts import IMAGE_PLACEHOLDER, build_prompt
+from .prompts import IMAGE_PLACEHOLDER, build_prompt, tokenize_with_image
 
 StreamCallback = Callable[[int, str], None]
 # The vision tower runs in onnxruntime (CUDA EP where installed unless "cpu"); the decoder runs on
@@ -111,16 +111,8 @@ class VlmRuntime:
         return self.vision.run({"images": batch})[0]
 
     def tokenize(self, prompt: str) -> list[list[int]]:
-        """Token chunks around each ``<image>`` (LLaVA tokenizer_image_token): every chunk encoded
-        with the tokenizer's special tokens, the BOS of chunks after the first dropped."""
-        chunks = []
-        for i, text in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
-            ids = self.tokenizer.encode(text).ids
-            bos = self.config.decoder.bos_token_id
-            if i > 0 and ids and bos is not None and ids[0] == bos:
-                ids = ids[1:]
-            chunks.append(list(ids))
-        return chunks
+        """Token chunks of ``prompt`` around its ``<image>`` (see ``tokenize_with_image``)."""
+        return tokenize_with_image(self.tokenizer, prompt, self.config.decoder.bos_token_id)
 
     def build_prompt(self, question: str, with_image: bool = True, template: str | None = None) -> str:
         return build_prompt(template or self.template, question, with_image)

@@ -1,0 +1,83 @@
+"""``rsvlm-edge export vlm``, ``ask`` and ``caption`` on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from rsvlm_edge.cli import app  # noqa: E402
+from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("vlm_cli")
+    make_tiny_llava(root / "ckpt", layout="llava", fmt="safetensors")
+    result = CliRunner().invoke(app, ["export", "vlm", str(root / "ckpt"), "-o", str(root / "tiny.rsvlm"), "--weights", "w8"])
+    assert result.exit_code == 0, result.output
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir()
+    for i, shape in enumerate([(40, 60, 3), (32, 32, 3), (64, 48, 3)]):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / "imgs" / f"tile{i}.png")
+    return root
+
+
+def test_export_vlm_writes_a_w8_bundle(exported):
+    manifest = json.loads((exported / "tiny.rsvlm" / "manifest.json").read_text())
+    assert manifest["architecture"] == "llava"
+    assert manifest["precision"] == {"vision": "fp32", "decoder": "w8"}
+    assert {"vision.onnx", "decoder.safetensors", "tokenizer.json"} <= set(manifest["files"])
+    assert manifest["prompts"]["template"] == "llava_v1"
+
+
+def test_ask_streams_the_same_answer_as_the_api(exported):
+    import rsvlm_edge
+
+    image = exported / "imgs" / "tile0.png"
+    out_json = exported / "ask.json"
+    result = CliRunner().invoke(app, ["ask", str(exported / "tiny.rsvlm"), str(image), "What is here?",
+                                      "--max-new-tokens", "12", "--task", "grounding", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    rt = rsvlm_edge.load(exported / "tiny.rsvlm")
+    expected = rt.generate([str(image)], ["[grounding] What is here?"], max_new_tokens=12)[0]
+    assert result.output == expected + "\n"
+    saved = json.loads(out_json.read_text())
+    assert saved["answer"] == expected and saved["question"] == "[grounding] What is here?"
+
+
+def test_caption_batches_a_folder(exported):
+    import rsvlm_edge
+
+    out_json = exported / "caps.json"
+    result = CliRunner().invoke(app, ["caption", str(exported / "tiny.rsvlm"), str(exported / "imgs"),
+                                      "--batch-size", "2", "--max-new-tokens", "6", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    captions = json.loads(out_json.read_text())["captions"]
+    assert [c["image"] for c in captions] == [str(exported / "imgs" / f"tile{i}.png") for i in range(3)]
+    rt = rsvlm_edge.load(exported / "tiny.rsvlm")
+    alone = rt.generate([captions[2]["image"]], ["Describe the image in detail."], max_new_tokens=6)[0]
+    assert captions[2]["caption"] == alone
+    assert len(result.output.strip().splitlines()) == 3
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
+    cmd = [sys.executable, "-m", "rsvlm_edge.cli", "ask", str(exported / "tiny.rsvlm"), str(tmp_path / "missing.png"), "hi"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    err = " ".join(proc.stderr.split())  # rich may wrap long paths
+    assert proc.returncode == 2
+    assert "missing.png' does not exist" in err and "Traceback" not in err
+    cmd = [sys.executable, "-m", "rsvlm_edge.cli", "export", "vlm", str(tmp_path / "nope"), "-o", str(tmp_path / "x.rsvlm")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "x.rsvlm").exists()
