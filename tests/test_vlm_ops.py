@@ -1,4 +1,5 @@
-"""The decoder's numpy ops against torch / transformers references, and KV-cache consistency."""
+"""The decoder's op sets (numpy reference, and the native kernels when built) against torch /
+transformers references, and KV-cache consistency of the decoder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from rsvlm_edge.vlm import ops
 
 torch = pytest.importorskip("torch")
 
+NATIVE = ops.native_ops()
+OP_SETS = [pytest.param(ops.NUMPY, id="numpy"),
+           pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(NATIVE is None, reason="_C has no decoder kernels"))]
+
 
 def _rng(seed=0):
     return np.random.default_rng(seed)
@@ -17,105 +22,101 @@ def _rng(seed=0):
 def _torch_attention(q, k, v, causal_offset=0):
     """softmax(q k^T / sqrt(d)) v for one sequence; q (T,H,D), k/v (S,K,D), GQA by repeat."""
     heads, kv = q.shape[1], k.shape[1]
-    qt = torch.from_numpy(q).transpose(0, 1)[None]
-    kt = torch.from_numpy(k).transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]
-    vt = torch.from_numpy(v).transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]
+    qt = torch.from_numpy(np.ascontiguousarray(q)).transpose(0, 1)[None]
+    kt = torch.from_numpy(np.ascontiguousarray(k)).transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]
+    vt = torch.from_numpy(np.ascontiguousarray(v)).transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]
     t, s = q.shape[0], k.shape[0]
     mask = torch.ones(t, s, dtype=torch.bool).tril(diagonal=causal_offset)
     out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
-    return out[0].transpose(0, 1).reshape(t, -1).numpy()
+    return out[0].transpose(0, 1).numpy()
 
 
+@pytest.mark.parametrize("op", OP_SETS)
 @pytest.mark.parametrize("lengths", [[1], [7, 13, 1], [54, 97]])
-def test_attention_prefill_matches_torch_per_sequence(lengths):
+def test_append_and_prefill_attention_match_torch_per_sequence(op, lengths):
     rng = _rng(len(lengths))
     b, t, h, kv, d = len(lengths), max(lengths), 8, 2, 16
     q = rng.standard_normal((b, t, h, d), dtype=np.float32)
     k = rng.standard_normal((b, t, kv, d), dtype=np.float32)
     v = rng.standard_normal((b, t, kv, d), dtype=np.float32)
-    out = ops.attention_prefill(q, k, v, np.array(lengths))
-    assert out.shape == (b, t, h * d)
+    k_cache = np.full((b + 1, kv, 128, d), 1e4, dtype=np.float32)  # stale garbage must not be read
+    v_cache = np.full((b + 1, kv, 128, d), -1e4, dtype=np.float32)
+    lens = np.array(lengths, dtype=np.int32)
+    op.kv_append(k_cache, v_cache, k, v, np.zeros(b, np.int32), new_lens=lens)
+    out = op.attention_prefill(q, k_cache, v_cache, lens, lens)
+    assert out.shape == (b, t, h, d)
     for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(k_cache[i, :, :n], k[i, :n].transpose(1, 0, 2))
+        assert (k_cache[i, :, n:] == 1e4).all()  # rows past new_lens untouched
         ref = _torch_attention(q[i, :n], k[i, :n], v[i, :n])
         np.testing.assert_allclose(out[i, :n], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_decode_reads_only_each_sequences_cache_prefix():
+@pytest.mark.parametrize("op", OP_SETS)
+def test_attention_decode_reads_only_each_sequences_cache_prefix(op):
     rng = _rng(1)
     b, h, kv, d, s = 3, 4, 2, 8, 40
-    lengths = np.array([1, 17, 40])
-    # Stale finite garbage past each length (as left by an earlier, longer generation) must not be read.
+    lengths = np.array([1, 17, 40], dtype=np.int32)
     k_cache = np.full((5, kv, s, d), 1e4, dtype=np.float32)
     v_cache = np.full((5, kv, s, d), -1e4, dtype=np.float32)
+    k_new = rng.standard_normal((b, kv, d), dtype=np.float32)
+    v_new = rng.standard_normal((b, kv, d), dtype=np.float32)
     for i, n in enumerate(lengths):
-        k_cache[i, :, :n] = rng.standard_normal((kv, n, d))
-        v_cache[i, :, :n] = rng.standard_normal((kv, n, d))
+        k_cache[i, :, : n - 1] = rng.standard_normal((kv, n - 1, d))
+        v_cache[i, :, : n - 1] = rng.standard_normal((kv, n - 1, d))
+    op.kv_append(k_cache, v_cache, k_new, v_new, lengths - 1)
     q = rng.standard_normal((b, h, d), dtype=np.float32)
-    out = ops.attention_decode(q, k_cache, v_cache, lengths)
+    out = op.attention_decode(q, k_cache, v_cache, lengths)
     for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(k_cache[i, :, n - 1], k_new[i])
         ref = _torch_attention(q[i][None], k_cache[i, :, :n].transpose(1, 0, 2), v_cache[i, :, :n].transpose(1, 0, 2),
                                causal_offset=n)
         np.testing.assert_allclose(out[i], ref[0], rtol=1e-5, atol=1e-5)
 
 
-def test_kv_append_writes_each_sequence_at_its_own_position():
-    cache = np.zeros((3, 2, 10, 4), dtype=np.float32)
-    new = np.arange(3 * 1 * 2 * 4, dtype=np.float32).reshape(3, 1, 2, 4) + 1
-    ops.kv_append(cache, new, np.array([0, 5, 9]))
-    for b, pos in enumerate([0, 5, 9]):
-        np.testing.assert_array_equal(cache[b, :, pos], new[b, 0])
-    assert np.count_nonzero(cache) == new.size
-    block = np.ones((2, 3, 2, 4), dtype=np.float32)
-    ops.kv_append(cache, block, np.array([1, 2]))
-    assert cache[0, :, 1:4].min() == 1 and cache[1, :, 2:5].min() == 1
-
-
-def test_rope_and_rmsnorm_match_transformers_llama():
+@pytest.mark.parametrize("op", OP_SETS)
+def test_rope_and_rms_norm_match_transformers_llama(op):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
     cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=10000.0, rms_norm_eps=1e-6)
     rng = _rng(2)
-    x = rng.standard_normal((2, 9, 4, 16), dtype=np.float32)
-    positions = np.stack([np.arange(9), np.arange(100, 109)])
-    rot = LlamaRotaryEmbedding(cfg)
-    xt = torch.from_numpy(x).transpose(1, 2)
-    cos, sin = rot(xt, torch.from_numpy(positions))
-    ref, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
-    c, s = ops.rope_tables(positions, 16, 10000.0)
-    np.testing.assert_allclose(ops.rope(x, c, s), ref.transpose(1, 2).numpy(), rtol=1e-5, atol=1e-5)
+    q = rng.standard_normal((2, 9, 4, 16), dtype=np.float32)
+    k = rng.standard_normal((2, 9, 2, 16), dtype=np.float32)
+    positions = np.stack([np.arange(9), np.arange(100, 109)]).astype(np.int32)
+    cos, sin = LlamaRotaryEmbedding(cfg)(torch.from_numpy(q), torch.from_numpy(positions.astype(np.int64)))
+    ref_q, ref_k = apply_rotary_pos_emb(torch.from_numpy(q).transpose(1, 2), torch.from_numpy(k).transpose(1, 2), cos, sin)
+    op.rope(q, k, positions, 10000.0)
+    np.testing.assert_allclose(q, ref_q.transpose(1, 2).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(k, ref_k.transpose(1, 2).numpy(), rtol=1e-5, atol=1e-5)
 
     norm = LlamaRMSNorm(64, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(torch.from_numpy(rng.standard_normal(64, dtype=np.float32)))
-    h = rng.standard_normal((3, 5, 64), dtype=np.float32)
-    with torch.no_grad():
+        h = rng.standard_normal((3, 5, 64), dtype=np.float32)
         ref = norm(torch.from_numpy(h)).numpy()
-    np.testing.assert_allclose(ops.rmsnorm(h, norm.weight.detach().numpy(), 1e-6), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(op.rms_norm(h, norm.weight.detach().numpy(), 1e-6), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_w8_equals_dequantised_linear_and_swiglu():
+@pytest.mark.parametrize("op", OP_SETS)
+def test_linear_dense_w8_and_swiglu(op):
     from rsvlm_edge.export.vlm import quantize_w8
 
     rng = _rng(3)
     w = rng.standard_normal((48, 32), dtype=np.float32)
-    x = rng.standard_normal((5, 32), dtype=np.float32)
+    bias = rng.standard_normal(48, dtype=np.float32)
+    x = rng.standard_normal((2, 5, 32), dtype=np.float32)
+    np.testing.assert_allclose(op.linear(x, w, bias), x @ w.T + bias, rtol=1e-5, atol=1e-5)
     q, scale = quantize_w8(w)
-    assert np.abs(q.astype(np.float32) * scale[:, None] - w).max() <= scale.max() / 2 + 1e-7
-    np.testing.assert_allclose(ops.linear_w8(x, q.T, scale), x @ (q.astype(np.float32) * scale[:, None]).T, rtol=1e-5, atol=1e-5)
-    g, u = rng.standard_normal((2, 7), dtype=np.float32)
+    assert np.abs(q.astype(np.float32) * scale[:, None] - w).max() <= scale.max() / 2 + 1e-6
+    np.testing.assert_allclose(op.linear(x, q, None, w_scale=scale), x @ (q.astype(np.float32) * scale[:, None]).T,
+                               rtol=1e-5, atol=1e-5)
+    g, u = rng.standard_normal((2, 3, 7), dtype=np.float32)
     ref = torch.nn.functional.silu(torch.from_numpy(g)) * torch.from_numpy(u)
-    np.testing.assert_allclose(ops.swiglu(g, u), ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(op.swiglu(g, u), ref.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_decoder_cache_decode_equals_full_prefill():
-    """Prefill(prefix) + decode steps must give the logits of a prefill over the whole sequence,
-    with sequences of different lengths padded in one batch."""
-    from rsvlm_edge.vlm.config import DecoderConfig
-    from rsvlm_edge.vlm.decoder import LlamaDecoder
-
-    cfg = DecoderConfig("llama", 50, 32, 48, 2, 4, 2, 8, 1e-6, 10000.0, 64, True, 1, 2)
-    rng = _rng(4)
+def _random_decoder_weights(rng):
     weights = {"embed_tokens.weight": rng.standard_normal((50, 32), dtype=np.float32),
                "norm.weight": np.ones(32, np.float32), "lm_head.weight": rng.standard_normal((50, 32), dtype=np.float32) * 0.2}
     for i in range(2):
@@ -127,7 +128,21 @@ def test_decoder_cache_decode_equals_full_prefill():
             weights[p + name + ".weight"] = rng.standard_normal(shape, dtype=np.float32) * 0.2
         for name, n in (("q_proj", 32), ("k_proj", 16), ("v_proj", 16)):  # Qwen2-style qkv bias
             weights[p + name + ".bias"] = rng.standard_normal(n, dtype=np.float32) * 0.1
-    dec = LlamaDecoder(cfg, weights, max_batch=2, max_seq=32)
+    return weights
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("native", marks=pytest.mark.skipif(NATIVE is None, reason="no kernels"))])
+def test_decoder_cache_decode_equals_full_prefill(backend):
+    """Prefill(prefix) + decode steps must give the logits of a prefill over the whole sequence,
+    with sequences of different lengths padded in one batch."""
+    from rsvlm_edge.vlm.config import DecoderConfig
+    from rsvlm_edge.vlm.decoder import LlamaDecoder
+
+    cfg = DecoderConfig("llama", 50, 32, 48, 2, 4, 2, 8, 1e-6, 10000.0, 64, True, 1, 2)
+    rng = _rng(4)
+    weights = _random_decoder_weights(rng)
+    dec = LlamaDecoder(cfg, weights, max_batch=2, max_seq=32, backend=backend)
+    assert dec.ops.name == backend
     seqs = [rng.integers(0, 50, 11), rng.integers(0, 50, 6)]
     prompt_lens = np.array([7, 2])
     embeds = np.zeros((2, 7, 32), np.float32)
@@ -136,9 +151,18 @@ def test_decoder_cache_decode_equals_full_prefill():
     step_logits = [dec.prefill(embeds, prompt_lens)]
     for t in range(4):
         step_logits.append(dec.decode(np.array([seqs[0][7 + t], seqs[1][2 + t]])))
+    reference = LlamaDecoder(cfg, weights, max_batch=1, max_seq=32, backend="numpy")
     for b in range(2):
-        full = LlamaDecoder(cfg, weights, max_batch=1, max_seq=32)
         for t in range(5):
             n = prompt_lens[b] + t
-            ref = full.prefill(full.embed_tokens(seqs[b][:n])[None], np.array([n]))
+            ref = reference.prefill(reference.embed_tokens(seqs[b][:n])[None], np.array([n]))
             np.testing.assert_allclose(step_logits[t][b], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_native_backend_request_without_kernels_is_a_clear_error(monkeypatch):
+    from rsvlm_edge.errors import BackendError
+
+    monkeypatch.setattr(ops, "native_ops", lambda: None)
+    assert ops.select_ops("auto") is ops.NUMPY
+    with pytest.raises(BackendError, match="no decoder kernels"):
+        ops.select_ops("native")

@@ -10,10 +10,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from rsvlm_edge.export.vlm import export_vlm  # noqa: E402
+from rsvlm_edge.vlm.ops import native_ops  # noqa: E402
 from rsvlm_edge.vlm.runtime import VlmRuntime  # noqa: E402
 from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
 
 IMAGE_TOKEN = 3
+DECODER_BACKENDS = ["numpy", pytest.param("native", marks=pytest.mark.skipif(native_ops() is None, reason="_C has no decoder kernels"))]
 QUESTIONS = [
     "What is in this image?",
     "How many ships are in the harbour? Describe the airport and the river next to it.",
@@ -28,7 +30,7 @@ def tiny(tmp_path_factory):
     bundle = export_vlm(root / "hf", root / "tiny-fp32.rsvlm", weights="fp32")
     runtime = VlmRuntime(bundle, max_batch=4)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    return {"root": root, "model": model, "runtime": runtime, "images": images}
+    return {"root": root, "model": model, "runtime": runtime, "images": images, "bundle": bundle}
 
 
 def _pixels(runtime: VlmRuntime, images: np.ndarray):
@@ -83,8 +85,11 @@ def test_greedy_tokens_match_transformers_batch1(tiny):
     assert ours == ref
 
 
-def test_greedy_tokens_match_transformers_batch3_different_prompt_lengths(tiny):
-    rt, model, images = tiny["runtime"], tiny["model"], tiny["images"]
+@pytest.mark.parametrize("backend", DECODER_BACKENDS)
+def test_greedy_tokens_match_transformers_batch3_different_prompt_lengths(tiny, backend):
+    model, images = tiny["model"], tiny["images"]
+    rt = VlmRuntime(tiny["bundle"], backend=backend, max_batch=4)
+    assert rt.backends["decoder"] == backend
     lengths = {len(sum(rt.tokenize(rt.build_prompt(q)), [])) for q in QUESTIONS}
     assert len(lengths) == 3  # really different lengths: padded prefill is exercised
     ref = _hf_generate(model, rt, images, QUESTIONS)
@@ -93,8 +98,10 @@ def test_greedy_tokens_match_transformers_batch3_different_prompt_lengths(tiny):
     assert len({tuple(t) for t in ours}) == 3
 
 
-def test_first_step_logits_within_1e4_relative(tiny):
-    rt, model, images = tiny["runtime"], tiny["model"], tiny["images"]
+@pytest.mark.parametrize("backend", DECODER_BACKENDS)
+def test_first_step_logits_within_1e4_relative(tiny, backend):
+    model, images = tiny["model"], tiny["images"]
+    rt = VlmRuntime(tiny["bundle"], backend=backend, max_batch=4)
     ref = _hf_first_logits(model, rt, images, QUESTIONS)
     ours = rt.first_step_logits(list(images), [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS])
     rel = np.abs(ours - ref).max() / np.abs(ref).max()

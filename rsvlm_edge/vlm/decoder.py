@@ -18,26 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, InputError
-from . import ops
 from .config import DecoderConfig
+from .ops import select_ops
 
 
 @dataclass
 class Linear:
-    """A linear layer, stored transposed (in, out) for ``x @ w``; int8 + scale when quantised."""
+    """A linear layer's weight ``w`` (out, in): fp32, or int8 with a per-output-channel scale."""
 
-    w_t: np.ndarray
+    w: np.ndarray
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.scale is None:
-            return ops.linear(x, self.w_t, self.bias)
-        return ops.linear_w8(x, self.w_t, self.scale, self.bias)
-
     @property
     def nbytes(self) -> int:
-        return self.w_t.nbytes + (0 if self.scale is None else self.scale.nbytes)
+        return self.w.nbytes + (0 if self.scale is None else self.scale.nbytes)
 
 
 @dataclass
@@ -66,8 +61,11 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
 class LlamaDecoder:
     """Decoder state: weights, KV cache and per-sequence lengths of the current batch."""
 
-    def __init__(self, config: DecoderConfig, weights: dict[str, np.ndarray], max_batch: int, max_seq: int) -> None:
+    def __init__(
+        self, config: DecoderConfig, weights: dict[str, np.ndarray], max_batch: int, max_seq: int, backend: str = "auto"
+    ) -> None:
         self.config = config
+        self.ops = select_ops(backend)
         self.max_batch = max_batch
         self.max_seq = max_seq
 
@@ -84,8 +82,8 @@ class LlamaDecoder:
             bias = None if bias is None else bias.astype(np.float32)
             scale = weights.get(f"{name}.weight_scale")
             if scale is not None:
-                return Linear(np.ascontiguousarray(w.T), scale.astype(np.float32), bias)
-            return Linear(np.ascontiguousarray(w.T, dtype=np.float32), None, bias)
+                return Linear(np.ascontiguousarray(w), np.ascontiguousarray(scale, dtype=np.float32), bias)
+            return Linear(np.ascontiguousarray(w, dtype=np.float32), None, bias)
 
         self.embed = tensor("embed_tokens.weight")
         self.norm = tensor("norm.weight")
@@ -122,30 +120,31 @@ class LlamaDecoder:
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return self.embed[ids]
 
-    def _block(self, x: np.ndarray, positions: np.ndarray, layer_idx: int, lengths: np.ndarray, prefill: bool) -> np.ndarray:
-        cfg = self.config
+    def _linear(self, x: np.ndarray, lin: Linear) -> np.ndarray:
+        return self.ops.linear(x, lin.w, lin.bias, w_scale=lin.scale)
+
+    def _block(self, x: np.ndarray, positions: np.ndarray, layer_idx: int, q_lens: np.ndarray, kv_lens: np.ndarray) -> np.ndarray:
+        """One transformer layer over x[B, T, C] at ``positions`` [B, T]; T == 1 is a decode step."""
+        cfg, ops = self.config, self.ops
         layer = self.layers[layer_idx]
         batch, tokens, _ = x.shape
-        h = ops.rmsnorm(x, layer.input_norm, cfg.rms_norm_eps)
-        q = layer.q(h).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
-        k = layer.k(h).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
-        v = layer.v(h).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
-        cos, sin = ops.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        q = ops.rope(q, cos, sin)
-        k = ops.rope(k, cos, sin)
-        start = positions[:, 0]
-        ops.kv_append(self.k_cache[layer_idx], k, start)
-        ops.kv_append(self.v_cache[layer_idx], v, start)
-        if prefill:
-            attn = ops.attention_prefill(q, k, v, lengths)
+        h = ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
+        q = self._linear(h, layer.q).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
+        k = self._linear(h, layer.k).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+        v = self._linear(h, layer.v).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+        ops.rope(q, k, positions, cfg.rope_theta)
+        k_cache, v_cache = self.k_cache[layer_idx], self.v_cache[layer_idx]
+        ops.kv_append(k_cache, v_cache, k, v, positions[:, 0], new_lens=q_lens)
+        if tokens == 1:
+            attn = ops.attention_decode(q[:, 0], k_cache, v_cache, kv_lens)[:, None]
         else:
-            attn = ops.attention_decode(q[:, 0], self.k_cache[layer_idx], self.v_cache[layer_idx], lengths)[:, None]
-        x = x + layer.o(attn)
-        h = ops.rmsnorm(x, layer.post_norm, cfg.rms_norm_eps)
-        return x + layer.down(ops.swiglu(layer.gate(h), layer.up(h)))
+            attn = ops.attention_prefill(q, k_cache, v_cache, q_lens, kv_lens)
+        x = x + self._linear(attn.reshape(batch, tokens, -1), layer.o)
+        h = ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
+        return x + self._linear(ops.swiglu(self._linear(h, layer.gate), self._linear(h, layer.up)), layer.down)
 
     def _logits(self, last_hidden: np.ndarray) -> np.ndarray:
-        return self.lm_head(ops.rmsnorm(last_hidden, self.norm, self.config.rms_norm_eps))
+        return self._linear(self.ops.rms_norm(last_hidden, self.norm, self.config.rms_norm_eps), self.lm_head)
 
     def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Run right-padded prompts ``embeds[B, T, C]`` (valid rows ``< lengths[b]``) into a fresh
@@ -159,12 +158,12 @@ class LlamaDecoder:
                 f"prompt of {tokens} tokens exceeds the KV cache ({self.max_seq} positions)",
                 "shorten the prompt or raise max_seq",
             )
-        positions = np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens))
-        x = embeds.astype(np.float32, copy=False)
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens)))
+        x = np.ascontiguousarray(embeds, dtype=np.float32)
         for i in range(self.config.num_layers):
-            x = self._block(x, positions, i, lengths, prefill=True)
+            x = self._block(x, positions, i, lengths, lengths)
         self.lengths = lengths.copy()
-        return self._logits(x[np.arange(batch), lengths - 1])
+        return self._logits(np.ascontiguousarray(x[np.arange(batch), lengths - 1]))
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
         """Append one token per sequence (at its own position); returns logits ``[B, vocab]``."""
@@ -175,7 +174,8 @@ class LlamaDecoder:
                 "lower max_new_tokens or raise max_seq",
             )
         self.lengths = self.lengths + 1
+        ones = np.ones_like(self.lengths)
         x = self.embed_tokens(np.asarray(token_ids, dtype=np.int64))[:, None]
         for i in range(self.config.num_layers):
-            x = self._block(x, positions, i, self.lengths, prefill=False)
+            x = self._block(x, positions, i, ones, self.lengths)
         return self._logits(x[:, 0])

@@ -1,30 +1,37 @@
-"""The decoder's op set, numpy implementation (fp32 compute).
+"""The decoder's op set: numpy (fp32) reference implementations, and the selection of the native
+kernels (``rsvlm_edge._C``) when the build has them.
 
-Every op the LLaMA decoder uses goes through this small surface so that the native kernels
-(``rsvlm_edge._C``: KV-cache attention, RMSNorm, RoPE, SwiGLU, INT8 GEMV) can replace them one by
-one. Shapes (B = batch, T = tokens, H = query heads, K = KV heads, D = head dim, S = cache length):
+The signatures are those of the native bindings, so a backend is just a namespace with these
+functions (B = batch, T = tokens, H = query heads, K = KV heads, D = head dim, S = cache length):
 
-* ``rmsnorm(x[..., C], w[C], eps)``
-* ``rope(x[B,T,H,D], cos[B,T,D/2], sin[B,T,D/2])`` (rotate-half convention, as transformers' LLaMA)
-* ``linear(x[..., I], w_t[I,O], bias[O] | None)``; ``linear_w8(x, q_t[I,O] int8, scale[O], bias)``
-* ``swiglu(gate, up) = silu(gate) * up``
-* ``kv_append(cache[Bmax,K,S,D], new[B,T,K,D], start[B])`` writes ``new`` at positions ``start..``
-* ``attention_prefill(q[B,T,H,D], k[B,T,K,D], v[B,T,K,D], lengths[B]) -> [B,T,H*D]`` causal, keys
-  at or past ``lengths[b]`` are padding
-* ``attention_decode(q[B,H,D], k_cache, v_cache, lengths[B]) -> [B,H*D]`` one query per sequence
-  over the first ``lengths[b]`` cached positions (GQA: query head h reads KV head h // (H/K)).
+* ``rms_norm(x[..., C], weight[C], eps) -> y``
+* ``rope(q[..., H, D], k[..., K, D], positions[...], theta) -> None`` in place, rotate-half
+  convention (transformers' LLaMA, rope_type "default")
+* ``swiglu(gate, up) -> silu(gate) * up``
+* ``linear(x[..., I], w[O, I], bias[O] | None, w_scale=None | [O]) -> y``: ``w`` dense, or int8
+  with per-output-channel ``w_scale`` (weight-only INT8)
+* ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B])``: caches are
+  ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b]
+* ``attention_prefill(q[B, T, H, D], k_cache, v_cache, q_lens[B], kv_lens[B]) -> [B, T, H, D]``:
+  causal over the cache; query i of sequence b sits at kv_lens[b] - q_lens[b] + i
+* ``attention_decode(q[B, H, D], k_cache, v_cache, seq_lens[B]) -> [B, H, D]``
+  (GQA everywhere: query head h reads KV head h // (H / K)).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
-NAME = "numpy"
+from ..errors import BackendError
+
+OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "kv_append", "attention_prefill", "attention_decode")
 
 
-def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     var = np.mean(np.square(x), axis=-1, keepdims=True)
-    return (x / np.sqrt(var + np.float32(eps))) * w
+    return (x / np.sqrt(var + np.float32(eps))) * weight
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -35,40 +42,54 @@ def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.
     return np.cos(freqs), np.sin(freqs)
 
 
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
-    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    x1, x2 = x[..., :half].copy(), x[..., half:].copy()
+    x[..., :half] = x1 * cos - x2 * sin
+    x[..., half:] = x2 * cos + x1 * sin
 
 
-def linear(x: np.ndarray, w_t: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    y = x @ w_t
-    return y if bias is None else y + bias
-
-
-def linear_w8(x: np.ndarray, q_t: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    # Weight-only INT8: y = (x @ q) * scale per output channel; the int8 matrix is widened per call.
-    y = (x @ q_t.astype(np.float32)) * scale
-    return y if bias is None else y + bias
+def rope(q: np.ndarray, k: np.ndarray | None, positions: np.ndarray, theta: float = 10000.0) -> None:
+    cos, sin = rope_tables(positions, q.shape[-1], theta)
+    cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+    _rotate(q, cos, sin)
+    if k is not None:
+        _rotate(k, cos, sin)
 
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return gate / (np.float32(1.0) + np.exp(-gate)) * up
 
 
-def kv_append(cache: np.ndarray, new: np.ndarray, start: np.ndarray) -> None:
-    batch, tokens = new.shape[:2]
+def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, w_scale: np.ndarray | None = None) -> np.ndarray:
+    if w_scale is None:
+        y = x @ w.T
+    else:  # weight-only INT8: the int8 matrix is widened per call, the scale applied per output
+        y = (x @ w.T.astype(np.float32)) * w_scale
+    return y if bias is None else y + bias
+
+
+def kv_append(
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    k_new: np.ndarray,
+    v_new: np.ndarray,
+    start_pos: np.ndarray,
+    new_lens: np.ndarray | None = None,
+) -> None:
+    if k_new.ndim == 3:  # decode: (B, K, D)
+        k_new, v_new = k_new[:, None], v_new[:, None]
+    batch, tokens = k_new.shape[:2]
     if tokens == 1:
-        cache[np.arange(batch), :, start] = new[:, 0]
+        rows = np.arange(batch)
+        k_cache[rows, :, start_pos] = k_new[:, 0]
+        v_cache[rows, :, start_pos] = v_new[:, 0]
         return
-    if np.all(start == start[0]):
-        s0 = int(start[0])
-        cache[:batch, :, s0 : s0 + tokens] = new.transpose(0, 2, 1, 3)
-        return
+    lens = np.full(batch, tokens) if new_lens is None else np.asarray(new_lens)
     for b in range(batch):
-        s0 = int(start[b])
-        cache[b, :, s0 : s0 + tokens] = new[b].transpose(1, 0, 2)
+        s0, n = int(start_pos[b]), int(lens[b])
+        k_cache[b, :, s0 : s0 + n] = k_new[b, :n].transpose(1, 0, 2)
+        v_cache[b, :, s0 : s0 + n] = v_new[b, :n].transpose(1, 0, 2)
 
 
 def _softmax_masked(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -79,29 +100,93 @@ def _softmax_masked(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return scores
 
 
-def attention_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def attention_prefill(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_lens: np.ndarray, kv_lens: np.ndarray
+) -> np.ndarray:
     batch, tokens, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    group = heads // kv_heads
-    qg = q.transpose(0, 2, 1, 3).reshape(batch, kv_heads, group, tokens, dim)
-    kt = k.transpose(0, 2, 3, 1)[:, :, None]  # B,K,1,D,T
-    vt = v.transpose(0, 2, 1, 3)[:, :, None]  # B,K,1,T,D
-    scores = (qg @ kt) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,T,T
-    pos = np.arange(tokens)
-    valid = (pos[None, :] <= pos[:, None])[None] & (pos[None, None, :] < lengths[:, None, None])  # B,T,T
+    kv_heads = k_cache.shape[1]
+    q_lens, kv_lens = np.asarray(q_lens), np.asarray(kv_lens)
+    span = int(kv_lens.max())
+    keys = k_cache[:batch, :, :span][:, :, None]  # B,K,1,S,D
+    values = v_cache[:batch, :, :span][:, :, None]
+    qg = q.transpose(0, 2, 1, 3).reshape(batch, kv_heads, heads // kv_heads, tokens, dim)
+    scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,T,S
+    qpos = (kv_lens - q_lens)[:, None] + np.arange(tokens)[None, :]  # B,T absolute query positions
+    kpos = np.arange(span)
+    valid = (kpos[None, None, :] <= qpos[:, :, None]) & (kpos[None, None, :] < kv_lens[:, None, None])
     probs = _softmax_masked(scores, valid[:, None, None])
-    out = probs @ vt  # B,K,G,T,D
-    return out.reshape(batch, heads, tokens, dim).transpose(0, 2, 1, 3).reshape(batch, tokens, heads * dim)
+    out = (probs @ values).reshape(batch, heads, tokens, dim).transpose(0, 2, 1, 3)
+    out[np.arange(tokens)[None, :] >= q_lens[:, None]] = 0.0  # padded query rows, as the kernel
+    return out
 
 
-def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, seq_lens: np.ndarray) -> np.ndarray:
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
-    span = int(lengths.max())
+    seq_lens = np.asarray(seq_lens)
+    span = int(seq_lens.max())
     keys = k_cache[:batch, :, :span]  # B,K,S,D
     values = v_cache[:batch, :, :span]
     qg = q.reshape(batch, kv_heads, heads // kv_heads, dim)
-    scores = (qg @ keys.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,S
-    valid = np.arange(span)[None, :] < lengths[:, None]  # B,S
+    scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,S
+    valid = np.arange(span)[None, :] < seq_lens[:, None]  # B,S
     probs = _softmax_masked(scores, valid[:, None, None])
-    return (probs @ values).reshape(batch, heads * dim)
+    return (probs @ values).reshape(batch, heads, dim)
+
+
+NUMPY = SimpleNamespace(name="numpy", **{n: globals()[n] for n in OP_NAMES})
+
+
+def native_ops() -> SimpleNamespace | None:
+    """The native kernels as an op set when this build of ``rsvlm_edge._C`` has all of them."""
+    try:
+        from .. import _C
+    except ImportError:
+        return None
+    if not all(hasattr(_C, n) for n in ("rms_norm", "rope", "swiglu", "linear", "kv_append", "attention_prefill", "attention_decode")):
+        return None
+
+    def kv_append_native(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None):
+        _C.kv_append(k_cache, v_cache, np.ascontiguousarray(k_new), np.ascontiguousarray(v_new),
+                     np.ascontiguousarray(start_pos, dtype=np.int32),
+                     new_lens=None if new_lens is None else np.ascontiguousarray(new_lens, dtype=np.int32))
+
+    def prefill_native(q, k_cache, v_cache, q_lens, kv_lens):
+        return _C.attention_prefill(np.ascontiguousarray(q), k_cache, v_cache,
+                                    np.ascontiguousarray(q_lens, dtype=np.int32), np.ascontiguousarray(kv_lens, dtype=np.int32))
+
+    def decode_native(q, k_cache, v_cache, seq_lens):
+        return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache, np.ascontiguousarray(seq_lens, dtype=np.int32))
+
+    def rope_native(q, k, positions, theta=10000.0):
+        _C.rope(q, k, np.ascontiguousarray(positions, dtype=np.int32), theta)
+
+    def linear_native(x, w, bias=None, w_scale=None):
+        return _C.linear(np.ascontiguousarray(x), w, bias, w_scale=w_scale)
+
+    return SimpleNamespace(
+        name="native",
+        rms_norm=lambda x, weight, eps=1e-6: _C.rms_norm(np.ascontiguousarray(x), weight, eps),
+        rope=rope_native,
+        swiglu=lambda gate, up: _C.swiglu(np.ascontiguousarray(gate), np.ascontiguousarray(up)),
+        linear=linear_native,
+        kv_append=kv_append_native,
+        attention_prefill=prefill_native,
+        attention_decode=decode_native,
+    )
+
+
+def select_ops(backend: str) -> SimpleNamespace:
+    """``numpy``: the reference ops; ``native``: the C++ kernels (error if not built);
+    ``auto``: native when available, else numpy."""
+    if backend == "numpy":
+        return NUMPY
+    native = native_ops()
+    if native is not None:
+        return native
+    if backend == "native":
+        raise BackendError(
+            "this build of rsvlm_edge._C has no decoder kernels (rms_norm, rope, swiglu, linear, kv_append, attention_*)",
+            "rebuild the extension (scripts/dev-build.sh or pip install .), or use --backend auto",
+        )
+    return NUMPY

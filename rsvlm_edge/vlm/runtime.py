@@ -1,8 +1,8 @@
 """``VlmRuntime``: LLaVA-class generation from a bundle (no torch).
 
 Vision tower + projector run in ONNX Runtime (``vision.onnx``); the LLaMA decoder runs over a
-preallocated KV cache through ``rsvlm_edge.vlm.ops`` (numpy fp32 today; the native kernels take
-over op by op). Prompts are built from the bundle's chat template, split at ``<image>`` and
+preallocated KV cache through ``rsvlm_edge.vlm.ops``: the native C++ kernels of ``rsvlm_edge._C``
+when the build has them, else the numpy (fp32) reference ops. Prompts are built from the bundle's chat template, split at ``<image>`` and
 tokenised chunk by chunk like LLaVA's ``tokenizer_image_token``; the image's feature rows are
 spliced in at the split.
 """
@@ -18,16 +18,16 @@ import numpy as np
 from ..backends.ort import OrtModel
 from ..bundle import Bundle, open_bundle
 from ..errors import BackendError, BundleError, InputError
-from . import ops
 from .config import VlmConfig
 from .decoder import LlamaDecoder, load_weights
 from .image import ImageInput, preprocess_images
 from .prompts import IMAGE_PLACEHOLDER, build_prompt, tokenize_with_image
 
 StreamCallback = Callable[[int, str], None]
-# The vision tower runs in onnxruntime (CUDA EP where installed unless "cpu"); the decoder runs on
-# the numpy ops until the native kernels land.
-BACKENDS = ("auto", "ort", "cpu", "numpy")
+# The vision tower runs in onnxruntime (CUDA EP where installed, unless "cpu"/"numpy"/"native");
+# the decoder on the native kernels ("native": required; "numpy": the reference ops; else: native
+# when built, numpy otherwise).
+BACKENDS = ("auto", "ort", "cpu", "native", "numpy")
 
 
 @dataclass
@@ -75,10 +75,9 @@ class VlmRuntime:
             bundle = open_bundle(bundle)
         if bundle.architecture != "llava":
             raise BundleError(f"bundle '{bundle.path}' is a {bundle.architecture} bundle, not a VLM", "use rsvlm_edge.load()")
-        if backend in ("native", "trt"):
+        if backend == "trt":
             raise BackendError(
-                f"backend '{backend}' is not available for VLM bundles yet (vision runs in onnxruntime, "
-                "the decoder on the numpy ops)",
+                "backend 'trt' is not available for VLM bundles yet (vision runs in onnxruntime)",
                 f"use --backend one of {', '.join(BACKENDS)}",
             )
         if backend not in BACKENDS:
@@ -94,12 +93,19 @@ class VlmRuntime:
         dc = self.config.decoder
         if max_seq is None:
             max_seq = min(dc.max_position_embeddings, self.config.vision.num_tokens + 1024)
-        self.decoder = LlamaDecoder(dc, load_weights(bundle.file("decoder.safetensors")), max_batch, max_seq)
+        decoder_backend = backend if backend in ("native", "numpy") else "auto"
+        self.decoder = LlamaDecoder(
+            dc, load_weights(bundle.file("decoder.safetensors")), max_batch, max_seq, backend=decoder_backend
+        )
         self.eos_ids = {dc.eos_token_id} if dc.eos_token_id is not None else set()
-        self.backends = {"vision": "ort:" + self.vision.providers[0], "decoder": ops.NAME}
+        self.backends = {"vision": "ort:" + self.vision.providers[0], "decoder": self.decoder.ops.name}
         self.stats = GenerationStats()
 
     # ---- pieces ----
+
+    @property
+    def max_batch(self) -> int:
+        return self.decoder.max_batch
 
     @property
     def num_image_tokens(self) -> int:
@@ -342,5 +348,5 @@ def _load_tokenizer(path):
 
 
 def _open_vision(path, backend: str, threads: int | None) -> OrtModel:
-    providers = ["CPUExecutionProvider"] if backend in ("cpu", "numpy") else None
+    providers = ["CPUExecutionProvider"] if backend in ("cpu", "numpy", "native") else None
     return OrtModel(path, providers=providers, threads=threads)
