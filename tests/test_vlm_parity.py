@@ -196,3 +196,18 @@ def test_generate_splits_batches_larger_than_max_batch(tiny):
     together = rt.generate(imgs, questions, max_new_tokens=6)
     alone = [rt.generate([imgs[i]], [questions[i]], max_new_tokens=6)[0] for i in range(5)]
     assert together == alone
+
+
+@pytest.mark.parametrize("text_model_type,tie", [("qwen2", False), ("mistral", True)])
+def test_other_decoder_families_match_transformers(tmp_path, text_model_type, tie):
+    from rsvlm_edge.vlm.testing import TinySpec
+
+    spec = TinySpec(text_model_type=text_model_type, tie_word_embeddings=tie)
+    model = make_tiny_llava(tmp_path / "ckpt", layout="hf", spec=spec)
+    bundle = export_vlm(tmp_path / "ckpt", tmp_path / "m.rsvlm", weights="fp32", verify=False)
+    assert bundle.model["decoder"]["model_type"] == text_model_type
+    assert bundle.model["decoder"]["attention_bias"] == (text_model_type == "qwen2")
+    rt = VlmRuntime(bundle, max_batch=4)
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ref = _hf_generate(model, rt, images, QUESTIONS[:2], max_new_tokens=16)
+    assert _our_tokens(rt, images, QUESTIONS[:2], max_new_tokens=16) == ref

@@ -25,6 +25,8 @@ _CORPUS = [
 
 @dataclass(frozen=True)
 class TinySpec:
+    text_model_type: str = "llama"  # llama | mistral | qwen2
+    tie_word_embeddings: bool = False
     vocab_size: int = 320
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -60,10 +62,11 @@ def make_tokenizer(vocab_size: int):
 
 def make_hf_model(spec: TinySpec):
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig, Qwen2Config
 
     torch.manual_seed(spec.seed)
-    text = LlamaConfig(
+    config_class = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[spec.text_model_type]
+    text = config_class(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -75,6 +78,7 @@ def make_hf_model(spec: TinySpec):
         eos_token_id=2,
         pad_token_id=0,
         initializer_range=spec.initializer_range,
+        tie_word_embeddings=spec.tie_word_embeddings,
     )
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -93,11 +97,14 @@ def make_hf_model(spec: TinySpec):
         projector_hidden_act="gelu",
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
         initializer_range=spec.initializer_range,
+        tie_word_embeddings=spec.tie_word_embeddings,
     )
     model = LlavaForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # every matrix at the spec scale (transformers inits some to zero or identity)
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() >= 2:
+                p.normal_(0.0, spec.initializer_range)
+            elif name.endswith("_proj.bias"):  # Qwen2's qkv bias
                 p.normal_(0.0, spec.initializer_range)
     return model
 
