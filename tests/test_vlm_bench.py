@@ -22,11 +22,11 @@ def bundle(tmp_path_factory):
 
 def test_bench_rows_have_the_reported_fields(bundle):
     result = bench_vlm(str(bundle), [1, 3], warmup=0, iters=1, max_new_tokens=4)
-    assert result["model"] == str(bundle) and result["device"].startswith("cpu")
+    assert result["model"] == str(bundle) and result["device"].startswith("cpu") and result["kind"] == "vlm"
     rows = result["rows"]
     assert [r["batch"] for r in rows] == [1, 3]
     for r in rows:
-        assert r["engine"] == "rsvlm-edge"
+        assert r["backend"].startswith("rsvlm-edge") and r["precision"] == "fp16"
         assert r["prompt_tokens"] > 16  # the 16 image tokens plus the prompt
         assert r["vision_ms"] > 0 and r["ttft_ms"] >= r["vision_ms"] and r["decode_tok_s"] > 0
         assert r["peak_rss_mb"] > 0 and r["bandwidth_floor_pct"] is None
@@ -35,7 +35,7 @@ def test_bench_rows_have_the_reported_fields(bundle):
 
 def test_bench_peer_times_transformers_on_the_same_checkpoint(bundle):
     result = bench_vlm(str(bundle), [2], warmup=0, iters=1, max_new_tokens=3, peer=True)
-    engines = [r["engine"] for r in result["rows"]]
+    engines = [r["backend"].split()[0] for r in result["rows"]]
     assert engines == ["rsvlm-edge", "transformers"]
     assert result["rows"][0]["decode_vs_peer"] > 0 and result["rows"][1]["decode_tok_s"] > 0
 

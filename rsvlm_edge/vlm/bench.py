@@ -9,6 +9,7 @@ bundle was exported from). The lead's generic ``rsvlm-edge bench`` renders the r
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..bench import peak_rss_mb
 from ..builtin import BUILTIN_VLM, RANDOM_WEIGHTS_NOTE, builtin_name, cache_dir, is_builtin
 from ..bundle import open_bundle
@@ -107,7 +109,8 @@ def bench_vlm(
         decode_s = _median(decode)
         rows.append(
             {
-                "engine": "rsvlm-edge",
+                "backend": f"rsvlm-edge ({runtime.backends['decoder']})",
+                "precision": runtime.bundle.manifest.get("precision", {}).get("decoder", "?"),
                 "batch": batch,
                 "prompt_tokens": prompt_tokens,
                 "vision_ms": _median(vision) * 1e3,
@@ -131,8 +134,14 @@ def bench_vlm(
             rows += peer_rows
             notes.append("peer: transformers LlavaForConditionalGeneration.generate, fp32 eager, same weights, same process")
     return {
+        "kind": "vlm",
         "model": target,
         "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "rsvlm_edge": __version__,
+        "warmup": warmup,
+        "iters": iters,
+        "max_new_tokens": max_new_tokens,
         "precision": runtime.bundle.manifest.get("precision", {}),
         "notes": notes,
         "rows": rows,
@@ -184,7 +193,8 @@ def _bench_transformers(ckpt, runtime, images, chunks, batches, warmup, iters, m
         decode_s = max(_median(full) - _median(first), 1e-9)
         rows.append(
             {
-                "engine": "transformers",
+                "backend": "transformers",
+                "precision": "fp32",
                 "batch": batch,
                 "prompt_tokens": len(ids),
                 "ttft_ms": _median(first) * 1e3,
