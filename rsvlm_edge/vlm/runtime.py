@@ -10,6 +10,7 @@ spliced in at the split.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -151,7 +152,7 @@ class VlmRuntime:
             raise InputError("no prompts given", "pass at least one question")
         if images is None:
             image_list: list[ImageInput] | None = None
-        elif isinstance(images, (list, tuple)):
+        elif isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
             image_list = list(images)
         else:
             image_list = [images] * len(questions)
@@ -217,36 +218,20 @@ class VlmRuntime:
         seed: int,
         ignore_eos: bool = False,
     ) -> tuple[list[list[int]], list[str]]:
-        import time
-
         batch = len(chunks)
-        if batch == 0:
-            raise InputError("no prompts given", "pass at least one prompt")
-        if batch > self.decoder.max_batch:
-            raise InputError(f"batch of {batch} exceeds max_batch {self.decoder.max_batch}", "use generate(), which splits batches")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
         stats = GenerationStats()
         t0 = time.perf_counter()
         features = self._features(images)
-        if features is not None:
-            if features.shape[0] != batch:
-                raise InputError(f"{features.shape[0]} images for {batch} prompts", "pass one image per prompt")
         stats.vision_s = time.perf_counter() - t0
-
-        rows = [self._splice(b, chunks[b], features) for b in range(batch)]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        longest = int(lengths.max())
-        if longest + max_new_tokens > self.decoder.max_seq:
+        embeds, lengths = self._prompt_embeddings(chunks, features)
+        if int(lengths.max()) + max_new_tokens > self.decoder.max_seq:
             raise InputError(
-                f"prompt ({longest} tokens incl. image) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"prompt ({int(lengths.max())} tokens incl. image) + max_new_tokens ({max_new_tokens}) exceeds the "
                 f"KV cache of {self.decoder.max_seq} positions",
                 "lower max_new_tokens, or create the runtime with a larger max_seq",
             )
-        hidden = self.config.decoder.hidden_size
-        embeds = np.zeros((batch, longest, hidden), dtype=np.float32)
-        for b, r in enumerate(rows):
-            embeds[b, : len(r)] = r
         stats.prompt_tokens = lengths.tolist()
 
         rng = np.random.default_rng(seed)
@@ -294,13 +279,25 @@ class VlmRuntime:
 
     def first_step_logits(self, images: Sequence[ImageInput] | np.ndarray | None, chunks: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
         """Logits ``(B, vocab)`` after the prompt (prefill only), for checks against a reference."""
-        features = self._features(images)
-        rows = [self._splice(b, chunks[b], features) for b in range(len(chunks))]
+        embeds, lengths = self._prompt_embeddings(chunks, self._features(images))
+        return self.decoder.prefill(embeds, lengths)
+
+    def _prompt_embeddings(self, chunks: Sequence[Sequence[Sequence[int]]], features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded input embeddings ``(B, T, hidden)`` with the image rows spliced in, and
+        each prompt's length."""
+        batch = len(chunks)
+        if batch == 0:
+            raise InputError("no prompts given", "pass at least one prompt")
+        if batch > self.decoder.max_batch:
+            raise InputError(f"batch of {batch} exceeds max_batch {self.decoder.max_batch}", "use generate(), which splits batches")
+        if features is not None and features.shape[0] != batch:
+            raise InputError(f"{features.shape[0]} images for {batch} prompts", "pass one image per prompt")
+        rows = [self._splice(b, chunks[b], features) for b in range(batch)]
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        embeds = np.zeros((len(rows), int(lengths.max()), self.config.decoder.hidden_size), dtype=np.float32)
+        embeds = np.zeros((batch, int(lengths.max()), self.config.decoder.hidden_size), dtype=np.float32)
         for b, r in enumerate(rows):
             embeds[b, : len(r)] = r
-        return self.decoder.prefill(embeds, lengths)
+        return embeds, lengths
 
     def _features(self, images: Sequence[ImageInput] | np.ndarray | None) -> np.ndarray | None:
         """Image features: float arrays (B, N, hidden) pass through; images are encoded."""
