@@ -167,3 +167,39 @@ def test_missing_inputs_get_one_clear_error(tmp_path, hf_dir):
         export_vlm(d, tmp_path / "out.rsvlm", verify=False)
     assert not (tmp_path / "out.rsvlm").exists()  # nothing half-written
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.rsvlm")]
+
+
+def test_linear_projector_and_cls_patch_features(tmp_path):
+    """A LLaVA-v1 style checkpoint: linear projector (model.mm_projector.{weight,bias}) and
+    mm_vision_select_feature "cls_patch"; vision.onnx must equal CLIP hidden_states[-2] @ W.T + b."""
+    import onnxruntime as ort
+    from safetensors.torch import load_file, save_file
+
+    model = make_tiny_llava(tmp_path / "v1", layout="llava", fmt="safetensors")
+    index = json.loads((tmp_path / "v1" / "model.safetensors.index.json").read_text())
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(64, 64, generator=gen) * 0.1, torch.randn(64, generator=gen) * 0.1
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors = load_file(str(tmp_path / "v1" / shard))
+        if any(k.startswith("model.mm_projector.") for k in tensors):
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("model.mm_projector.")}
+            tensors["model.mm_projector.weight"], tensors["model.mm_projector.bias"] = weight, bias
+            save_file(tensors, str(tmp_path / "v1" / shard))
+            index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not k.startswith("model.mm_projector.")}
+            index["weight_map"].update({"model.mm_projector.weight": shard, "model.mm_projector.bias": shard})
+    (tmp_path / "v1" / "model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = json.loads((tmp_path / "v1" / "config.json").read_text())
+    cfg.update(mm_projector_type="linear", mm_vision_select_feature="cls_patch")
+    (tmp_path / "v1" / "config.json").write_text(json.dumps(cfg))
+
+    bundle = export_vlm(tmp_path / "v1", tmp_path / "v1.rsvlm", weights="fp32")
+    assert bundle.model["projector_type"] == "linear" and bundle.model["num_image_tokens"] == 17
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mean = torch.tensor(bundle.manifest["preprocess"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.manifest["preprocess"]["std"]).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        ref = (hidden @ weight.T + bias).numpy()
+    got = ort.InferenceSession(str(bundle.file("vision.onnx"))).run(None, {"images": images})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

@@ -81,3 +81,13 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in " ".join(proc.stderr.split())
     assert not (tmp_path / "x.rsvlm").exists()
+
+
+def test_generic_bench_command_runs_a_vlm_bundle(exported):
+    out = exported / "bench.json"
+    result = CliRunner().invoke(app, ["bench", str(exported / "tiny.rsvlm"), "--batch", "1,2", "--warmup", "0",
+                                      "--iters", "1", "--max-new-tokens", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["kind"] == "vlm" and [r["batch"] for r in saved["rows"]] == [1, 2]
+    assert all(r["decode_tok_s"] > 0 and r["precision"] == "w8" for r in saved["rows"])
