@@ -91,3 +91,14 @@ def test_generic_bench_command_runs_a_vlm_bundle(exported):
     saved = json.loads(out.read_text())
     assert saved["kind"] == "vlm" and [r["batch"] for r in saved["rows"]] == [1, 2]
     assert all(r["decode_tok_s"] > 0 and r["precision"] == "w8" for r in saved["rows"])
+
+
+def test_runtime_never_imports_torch(exported):
+    code = (
+        "import sys, numpy as np, rsvlm_edge\n"
+        f"rt = rsvlm_edge.load({str(exported / 'tiny.rsvlm')!r})\n"
+        "rt.generate([np.zeros((40, 30, 3), np.uint8)], ['What is here?'], max_new_tokens=3)\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
