@@ -122,12 +122,16 @@ def bench_vlm(
                 "bandwidth_floor_pct": None,
             }
         )
+    precision = runtime.bundle.manifest.get("precision", {})
+    ckpt = _peer_checkpoint(target, runtime) if peer else None
+    preprocess, num_image_tokens = runtime.preprocess, runtime.num_image_tokens
+    del runtime  # free the decoder weights and KV cache before the peer loads its own copy
     if peer:
-        ckpt = _peer_checkpoint(target, runtime)
         if ckpt is None:
             notes.append("peer skipped: the transformers checkpoint this bundle came from is not available")
         else:
-            peer_rows = _bench_transformers(ckpt, runtime, images, chunks, batches, warmup, iters, max_new_tokens, progress)
+            peer_rows = _bench_transformers(ckpt, preprocess, num_image_tokens, images, chunks, batches, warmup,
+                                            iters, max_new_tokens, progress)
             for ours, theirs in zip(rows, peer_rows):
                 ours["decode_vs_peer"] = ours["decode_tok_s"] / theirs["decode_tok_s"]
                 ours["ttft_vs_peer"] = theirs["ttft_ms"] / ours["ttft_ms"]
@@ -142,7 +146,7 @@ def bench_vlm(
         "warmup": warmup,
         "iters": iters,
         "max_new_tokens": max_new_tokens,
-        "precision": runtime.bundle.manifest.get("precision", {}),
+        "precision": precision,
         "notes": notes,
         "rows": rows,
     }
@@ -160,16 +164,27 @@ def _peer_checkpoint(target: str, runtime) -> Path | None:
     return ckpt
 
 
-def _bench_transformers(ckpt, runtime, images, chunks, batches, warmup, iters, max_new_tokens, progress) -> list[dict[str, Any]]:
+def _bench_transformers(
+    ckpt: Path,
+    preprocess: dict[str, Any],
+    num_image_tokens: int,
+    images: np.ndarray,
+    chunks: list[list[int]],
+    batches: list[int],
+    warmup: int,
+    iters: int,
+    max_new_tokens: int,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
     """transformers generate (greedy, fp32) on the same weights, prompt and images."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
     image_token = int(model.config.image_token_index)
-    ids = chunks[0] + [image_token] * runtime.num_image_tokens + chunks[1]
-    mean = torch.tensor(runtime.preprocess["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(runtime.preprocess["std"]).view(1, 3, 1, 1)
+    ids = chunks[0] + [image_token] * num_image_tokens + chunks[1]
+    mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
     rows = []
     for batch in batches:
         if progress:
