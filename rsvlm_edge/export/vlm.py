@@ -215,15 +215,19 @@ def write_bundle(
         module = build_vision_module(ckpt)
         vision_path = writer.path("vision.onnx")
         export_vision_onnx(module, ckpt.config.vision.image_size, vision_path)
+        validation: dict[str, Any] = {}
         if verify:
             step("checking vision.onnx against torch")
-            verify_vision_onnx(module, ckpt.config.vision.image_size, vision_path)
+            validation["vision_onnx_vs_torch_max_abs_err"] = verify_vision_onnx(
+                module, ckpt.config.vision.image_size, vision_path
+            )
         del module
         step(f"writing decoder weights ({weights})")
         save_file(decoder_tensors(ckpt.decoder, weights), str(writer.path("decoder.safetensors")))
         step("copying tokenizer")
         _copy_tokenizer(ckpt.source, writer.path("tokenizer.json"))
         manifest = {
+            "name": Path(dest).stem,
             "architecture": "llava",
             "model": {**ckpt.config.to_dict(), "source_layout": ckpt.layout},
             "source": str(ckpt.source.resolve()),
@@ -235,6 +239,7 @@ def write_bundle(
             },
             "precision": {"vision": "fp32", "decoder": weights},
             "notes": ckpt.notes,
+            "validation": validation,
         }
         step("hashing and committing bundle")
         return writer.commit(manifest)
