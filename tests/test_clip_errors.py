@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +12,13 @@ import torch
 
 import rsvlm_edge
 from clip_models import save_bare, tiny_open_clip
+from util import run_cli
 from rsvlm_edge.errors import BundleError, CheckpointError, InputError
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images
 from rsvlm_edge.export.clip_checkpoint import load_clip_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+cli = run_cli
 
 
 def assert_clean_error(r: subprocess.CompletedProcess, *needles: str) -> None:

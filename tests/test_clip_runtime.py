@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from PIL import Image
 
 import rsvlm_edge
 from clip_models import LABELS, save_bare, tiny_open_clip
+from util import package_env, run_cli
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +86,7 @@ def test_runtime_never_imports_torch(bundle, tmp_path):
         "bad = [m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env())
     assert r.returncode == 0, r.stderr
 
 
@@ -98,8 +95,7 @@ def test_cli_classify_json_and_embed(bundle, tmp_path):
     imgs.mkdir()
     for i, a in enumerate(synthetic_rs_images(3, 80, seed=30)):
         Image.fromarray(a).save(imgs / f"{i}.png")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *a], capture_output=True, text=True, env=env)
+    run = run_cli
     r = run("classify", str(bundle), str(imgs), "--labels", "forest,river,airport", "--json", str(tmp_path / "c.json"))
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "c.json").read_text())
@@ -116,10 +112,8 @@ def test_cli_classify_json_and_embed(bundle, tmp_path):
 
 
 def test_bench_writes_json_and_png(bundle, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", "bench", str(bundle), "--batch", "1,3",
-                        "--warmup", "1", "--iters", "2", "--json", str(tmp_path / "b.json"),
-                        "--plot", str(tmp_path / "b.png")], capture_output=True, text=True, env=env)
+    r = run_cli("bench", str(bundle), "--batch", "1,3", "--warmup", "1", "--iters", "2",
+                "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "b.json").read_text())
     ours = [x for x in res["rows"] if x["backend"] == "ort"]
