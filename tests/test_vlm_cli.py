@@ -16,6 +16,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from rsvlm_edge.cli import app  # noqa: E402
 from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
+from util import package_env, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +73,11 @@ def test_caption_batches_a_folder(exported):
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
-    cmd = [sys.executable, "-m", "rsvlm_edge.cli", "ask", str(exported / "tiny.rsvlm"), str(tmp_path / "missing.png"), "hi"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_cli("ask", str(exported / "tiny.rsvlm"), str(tmp_path / "missing.png"), "hi")
     err = " ".join(proc.stderr.split())  # rich may wrap long paths
     assert proc.returncode == 2
     assert "missing.png' does not exist" in err and "Traceback" not in err
-    cmd = [sys.executable, "-m", "rsvlm_edge.cli", "export", "vlm", str(tmp_path / "nope"), "-o", str(tmp_path / "x.rsvlm")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_cli("export", "vlm", str(tmp_path / "nope"), "-o", str(tmp_path / "x.rsvlm"))
     assert proc.returncode == 2 and "does not exist" in " ".join(proc.stderr.split())
     assert not (tmp_path / "x.rsvlm").exists()
 
@@ -100,5 +99,5 @@ def test_runtime_never_imports_torch(exported):
         "rt.generate([np.zeros((40, 30, 3), np.uint8)], ['What is here?'], max_new_tokens=3)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'torch imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..bench import peak_rss_mb
+from ..bench import peak_rss_mb, reset_peak_rss
 from ..builtin import BUILTIN_VLM, RANDOM_WEIGHTS_NOTE, builtin_name, cache_dir, is_builtin
 from ..bundle import open_bundle
 from ..errors import InputError
@@ -94,6 +94,7 @@ def bench_vlm(
     for batch in batches:
         if progress:
             progress(f"rsvlm-edge batch {batch}")
+        reset_peak_rss()  # peak of this point: the loaded model plus this batch's activations
         vision, prefill, decode = [], [], []
         steps = 0
         for i in range(warmup + iters):
@@ -205,6 +206,7 @@ def _bench_transformers(
     for batch in batches:
         if progress:
             progress(f"transformers batch {batch}")
+        reset_peak_rss()
         pixels = (torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         input_ids = torch.tensor([ids] * batch)
 
