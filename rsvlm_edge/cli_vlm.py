@@ -17,6 +17,20 @@ from .errors import InputError
 EXPORT_STEPS = 6  # progress steps reported by export_vlm (see rsvlm_edge/export/vlm.py)
 
 
+def _load_vlm(bundle: Path, backend: str, **kwargs):
+    """A ``VlmRuntime`` for ``bundle``; a CLIP bundle gets a clear error instead of a traceback."""
+    from .bundle import open_bundle
+    from .vlm.runtime import VlmRuntime
+
+    b = open_bundle(bundle)
+    if b.architecture != "llava":
+        raise InputError(
+            f"'{bundle}' is a {b.architecture} bundle; ask and caption need a VLM bundle",
+            "use `rsvlm-edge classify` / `embed` for CLIP bundles, or export a VLM with `rsvlm-edge export vlm`",
+        )
+    return VlmRuntime(b, backend=backend, **kwargs)
+
+
 def _write_json(dest: Path, obj) -> None:
     from .bundle import write_json_atomic
 
@@ -67,13 +81,11 @@ def ask(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the answer as JSON here")] = None,
 ) -> None:
     """Ask one question about one image."""
-    import rsvlm_edge
-
     from .preprocess import load_image
     from .vlm.prompts import geochat_question, parse_geochat_boxes
 
     width, height = load_image(image).size  # fails early, with one message, on a bad image
-    rt = rsvlm_edge.load(bundle, backend=backend)
+    rt = _load_vlm(bundle, backend)
     q = geochat_question(task, question)
 
     def on_piece(_i: int, piece: str) -> None:
@@ -103,15 +115,13 @@ def caption(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write [{image, caption}] JSON here")] = None,
 ) -> None:
     """Caption images in batches; prints one `path<TAB>caption` line per image."""
-    import rsvlm_edge
-
     from .preprocess import list_images
     from .progress import progress
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
     files = list_images(images)
-    rt = rsvlm_edge.load(bundle, backend=backend, max_batch=batch_size)
+    rt = _load_vlm(bundle, backend, max_batch=batch_size)
     results: list[dict[str, str]] = []
     with progress() as bar:
         task = bar.add_task("captioning", total=len(files))

@@ -80,6 +80,13 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
     proc = run_cli("export", "vlm", str(tmp_path / "nope"), "-o", str(tmp_path / "x.rsvlm"))
     assert proc.returncode == 2 and "does not exist" in " ".join(proc.stderr.split())
     assert not (tmp_path / "x.rsvlm").exists()
+    from rsvlm_edge.bundle import BundleWriter
+
+    with BundleWriter(tmp_path / "clip.rsvlm") as w:
+        w.path("image.onnx").write_bytes(b"not used")
+        w.commit({"architecture": "clip", "model": {}})
+    proc = run_cli("ask", str(tmp_path / "clip.rsvlm"), str(exported / "imgs" / "tile0.png"), "hi")
+    assert proc.returncode == 2 and "is a clip bundle" in " ".join(proc.stderr.split())
 
 
 def test_generic_bench_command_runs_a_vlm_bundle(exported):
