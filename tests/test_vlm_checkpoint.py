@@ -203,3 +203,18 @@ def test_linear_projector_and_cls_patch_features(tmp_path):
         ref = (hidden @ weight.T + bias).numpy()
     got = ort.InferenceSession(str(bundle.file("vision.onnx"))).run(None, {"images": images})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_config_saved_as_a_diff_gets_transformers_defaults(tmp_path, hf_dir):
+    """llava-hf style config.json omits values equal to the class defaults; they must be filled in."""
+    import shutil
+
+    d = tmp_path / "diff"
+    shutil.copytree(hf_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    for key in ("rms_norm_eps", "rope_parameters", "rope_theta", "head_dim", "hidden_act", "attention_bias"):
+        cfg["text_config"].pop(key, None)
+    for key in ("hidden_act", "layer_norm_eps"):
+        cfg["vision_config"].pop(key, None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert load_checkpoint(d).config == load_checkpoint(hf_dir).config

@@ -282,6 +282,34 @@ def infer_vision_config(
     )
 
 
+def _complete_llava_config(ckpt_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(text_config, vision_config) with transformers' defaults filled in: configs saved as a
+    diff against the defaults (e.g. llava-hf/llava-1.5-7b-hf) omit hidden_size, layers, heads..."""
+    if not isinstance(cfg.get("text_config"), dict):
+        raise CheckpointError(f"{ckpt_dir / 'config.json'} has no text_config", "expected a LlavaConfig config.json")
+    from transformers import AutoConfig
+
+    try:
+        full = AutoConfig.from_pretrained(str(ckpt_dir))
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(
+            f"{ckpt_dir / 'config.json'} is not a config transformers can read ({e})",
+            "expected a LlavaForConditionalGeneration config (model_type 'llava')",
+        ) from None
+    return full.text_config.to_dict(), full.vision_config.to_dict()
+
+
+def _complete_llama_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An original LLaVA config.json (LLaMA keys + mm_* keys) with LlamaConfig's defaults filled in."""
+    from transformers import LlamaConfig
+
+    keys = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
+    try:
+        return LlamaConfig(**keys).to_dict()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json has invalid LLaMA settings ({e})", "restore the checkpoint's config.json") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     from ..export.torch_io import read_json
 
@@ -302,10 +330,7 @@ def load_checkpoint(src: str | Path, image_size: int | None = None, template: st
     notes: list[str] = []
 
     if layout == "hf":
-        text_cfg = cfg.get("text_config") or {}
-        if not text_cfg:
-            raise CheckpointError(f"{ckpt_dir / 'config.json'} has no text_config", "expected a LlavaConfig config.json")
-        vision_cfg = cfg.get("vision_config") or {}
+        text_cfg, vision_cfg = _complete_llava_config(ckpt_dir, cfg)
         select_layer = cfg.get("vision_feature_layer", -2)
         if not isinstance(select_layer, int):
             raise CheckpointError("multi-layer vision_feature_layer is not supported", "use a single select layer")
@@ -324,7 +349,7 @@ def load_checkpoint(src: str | Path, image_size: int | None = None, template: st
         select_feature = cfg.get("mm_vision_select_feature", "patch")
         projector_type = cfg.get("mm_projector_type", "linear")
         aspect = cfg.get("image_aspect_ratio", "square")
-        dec_cfg = cfg
+        dec_cfg = _complete_llama_config(cfg)
         is_geochat = "geochat" in str(cfg.get("model_type", "")).lower() or any(
             "geochat" in a.lower() for a in cfg.get("architectures", [])
         )
