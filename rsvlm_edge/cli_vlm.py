@@ -6,7 +6,6 @@ the main CLI prints as one line (exit code 2).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +45,7 @@ def export_vlm_cmd(
     template: Annotated[Optional[str], typer.Option(help="chat template: llava_v1 | vicuna_v1 | llama_2 (default llava_v1)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     verify: Annotated[bool, typer.Option(help="compare vision.onnx with torch after export")] = True,
+    vision_tower: Annotated[Optional[Path], typer.Option(help="CLIP model dir for checkpoints saved without vision weights")] = None,
 ) -> None:
     """Export a LLaVA-class VLM: vision tower + projector to ONNX, decoder weights to safetensors."""
     from .export.vlm import export_vlm
@@ -58,7 +58,7 @@ def export_vlm_cmd(
             bar.update(task, description=msg, advance=1)
 
         bundle = export_vlm(checkpoint, output, weights=weights, overwrite=overwrite, image_size=image_size,
-                            template=template, verify=verify, progress=step)
+                            template=template, verify=verify, progress=step, vision_tower=vision_tower)
         bar.update(task, completed=EXPORT_STEPS)
     for note in bundle.manifest.get("notes", []):
         info(f"note: {note}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -137,8 +138,6 @@ def test_truncated_bin_shard_and_missing_shard_are_refused(tmp_path):
 
 
 def test_config_that_does_not_match_the_weights_is_refused(tmp_path, hf_dir):
-    import shutil
-
     d = tmp_path / "bad"
     shutil.copytree(hf_dir, d)
     cfg = json.loads((d / "config.json").read_text())
@@ -149,8 +148,6 @@ def test_config_that_does_not_match_the_weights_is_refused(tmp_path, hf_dir):
 
 
 def test_missing_inputs_get_one_clear_error(tmp_path, hf_dir):
-    import shutil
-
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nowhere")
     empty = tmp_path / "empty"
@@ -207,8 +204,6 @@ def test_linear_projector_and_cls_patch_features(tmp_path):
 
 def test_config_saved_as_a_diff_gets_transformers_defaults(tmp_path, hf_dir):
     """llava-hf style config.json omits values equal to the class defaults; they must be filled in."""
-    import shutil
-
     d = tmp_path / "diff"
     shutil.copytree(hf_dir, d)
     cfg = json.loads((d / "config.json").read_text())
@@ -218,3 +213,25 @@ def test_config_saved_as_a_diff_gets_transformers_defaults(tmp_path, hf_dir):
         cfg["vision_config"].pop(key, None)
     (d / "config.json").write_text(json.dumps(cfg))
     assert load_checkpoint(d).config == load_checkpoint(hf_dir).config
+
+
+def test_checkpoint_without_vision_weights_uses_a_separate_clip_tower(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_tiny_llava(tmp_path / "full", layout="llava", fmt="safetensors")
+    index = json.loads((tmp_path / "full" / "model.safetensors.index.json").read_text())
+    shutil.copytree(tmp_path / "full", tmp_path / "novision")
+    for shard in set(index["weight_map"].values()):
+        tensors = load_file(str(tmp_path / "novision" / shard))
+        save_file({k: v for k, v in tensors.items() if ".vision_tower." not in k}, str(tmp_path / "novision" / shard))
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if ".vision_tower." not in k}
+    (tmp_path / "novision" / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="--vision-tower"):
+        load_checkpoint(tmp_path / "novision")
+    model.model.vision_tower.save_pretrained(tmp_path / "clip")  # a transformers CLIPVisionModel dir
+    with_tower = load_checkpoint(tmp_path / "novision", vision_tower=tmp_path / "clip")
+    full = load_checkpoint(tmp_path / "full")
+    assert with_tower.config == full.config
+    assert set(with_tower.vision) == set(full.vision)
+    for k in full.vision:
+        assert torch.equal(with_tower.vision[k], full.vision[k])

@@ -189,6 +189,7 @@ def export_vlm(
     template: str | None = None,
     verify: bool = True,
     progress: Progress | None = None,
+    vision_tower: str | Path | None = None,
 ) -> Bundle:
     """Export ``checkpoint`` (LLaVA repo layout or transformers Llava directory) to ``dest``."""
     if weights not in WEIGHT_FORMATS:
@@ -200,7 +201,7 @@ def export_vlm(
     require_export_deps()
     step = progress or (lambda _msg: None)
     step("reading checkpoint")
-    ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template)
+    ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template, vision_tower=vision_tower)
     _check_tokenizer(ckpt.source)
     return write_bundle(ckpt, dest, weights, overwrite, verify, step)
 

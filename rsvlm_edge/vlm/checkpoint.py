@@ -9,7 +9,10 @@ Accepted layouts, detected from the tensor names:
   ``mm_vision_select_feature``, ``mm_projector_type``, ``image_aspect_ratio``. Such a config has no
   CLIP vision config, so the vision tower shape is inferred from the tensors: width from the patch
   embedding, patch size from its kernel, layers by counting, image size from the number of
-  position embeddings, heads = width / 64 (true for every OpenAI CLIP ViT), QuickGELU.
+  position embeddings, heads = width / 64 (true for every OpenAI CLIP ViT), QuickGELU. GeoChat
+  (model_type or architectures naming GeoChat) is exported at 504 px, its position embeddings
+  interpolated bicubic with align_corners=True as GeoChat's clip_encoder does. Checkpoints saved
+  without the vision tower take it from a CLIP model directory (``vision_tower=``).
 * ``hf``: transformers ``LlavaForConditionalGeneration`` directories, as saved by 4.x and 5.x
   (``language_model.model.*`` / ``language_model.lm_head`` / ``vision_tower.[vision_model.]*`` /
   ``multi_modal_projector.linear_{1,2}``) and the in-memory 5.x names (``model.language_model.*``,
@@ -252,7 +255,7 @@ def infer_vision_config(
     except KeyError:
         raise CheckpointError(
             "the checkpoint has no vision tower weights (LLaVA-1.5 style checkpoints load CLIP separately)",
-            "merge the CLIP vision tower weights into the checkpoint (model.vision_tower.vision_tower.vision_model.*)",
+            "pass --vision-tower DIR with a local copy of the CLIP model named by mm_vision_tower",
         ) from None
     width, _, patch, _ = patch_w.shape
     grid0 = math.isqrt(pos.shape[0] - 1)
@@ -316,8 +319,29 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def load_checkpoint(src: str | Path, image_size: int | None = None, template: str | None = None) -> VlmCheckpoint:
-    """Read a LLaVA-class checkpoint directory into canonical tensors and a ``VlmConfig``."""
+def read_vision_tower(src: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CLIP vision weights (canonical names) and vision config from a transformers CLIPModel or
+    CLIPVisionModel directory (e.g. a local copy of openai/clip-vit-large-patch14-336)."""
+    tower_dir = Path(src)
+    if not (tower_dir / "config.json").is_file():
+        raise CheckpointError(f"vision tower '{tower_dir}' has no config.json", "pass a transformers CLIP model directory")
+    cfg = _read_json(tower_dir / "config.json")
+    tensors = read_tensors(tower_dir)
+    vision = _take(tensors, ("vision_model.",)) or {
+        k: v for k, v in tensors.items() if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."))
+    }
+    if not vision:
+        raise CheckpointError(f"'{tower_dir}' holds no CLIP vision weights (vision_model.*)", "pass a CLIP model directory")
+    return vision, cfg.get("vision_config", cfg)
+
+
+def load_checkpoint(
+    src: str | Path, image_size: int | None = None, template: str | None = None, vision_tower: str | Path | None = None
+) -> VlmCheckpoint:
+    """Read a LLaVA-class checkpoint directory into canonical tensors and a ``VlmConfig``.
+
+    ``vision_tower``: a CLIP model directory to take the vision weights from, for checkpoints
+    saved without them (LLaVA loads ``mm_vision_tower`` separately)."""
     ckpt_dir = Path(src)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory '{ckpt_dir}' does not exist", "pass the directory holding config.json")
@@ -367,6 +391,9 @@ def load_checkpoint(src: str | Path, image_size: int | None = None, template: st
         else:
             raise CheckpointError("the checkpoint has no lm_head weight", "re-download the checkpoint")
     dc = _decoder_config(dec_cfg, decoder)
+    if vision_tower is not None:
+        vision, vision_cfg = read_vision_tower(vision_tower)
+        notes.append(f"vision tower weights from {vision_tower}")
     vc, grid0 = infer_vision_config(vision, vision_cfg, select_layer, select_feature, image_size)
     if vc.grid != grid0:
         vision = dict(vision)
