@@ -29,7 +29,8 @@ def test_bench_rows_have_the_reported_fields(bundle):
         assert r["backend"].startswith("rsvlm-edge") and r["precision"] == "fp16"
         assert r["prompt_tokens"] > 16  # the 16 image tokens plus the prompt
         assert r["vision_ms"] > 0 and r["ttft_ms"] >= r["vision_ms"] and r["decode_tok_s"] > 0
-        assert r["peak_rss_mb"] > 0 and r["bandwidth_floor_pct"] is None
+        assert r["peak_rss_mb"] > 0 and r["bandwidth_floor_pct"] > 0
+        assert r["bandwidth_floor_pct"] == pytest.approx(100 * r["weights_gb_s"] / result["read_gb_s"])
     assert not any("random weights" in n for n in result["notes"])  # a real bundle, not a builtin
 
 
