@@ -86,8 +86,10 @@ def bench_vlm(
     backend: str = "auto",
     peer: bool = False,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Time ``target`` at each batch size (median over ``iters`` runs after ``warmup`` runs)."""
+    """Time ``target`` at each batch size (median over ``iters`` runs after ``warmup`` runs).
+    ``threads``: onnxruntime intra-op threads for the vision tower (default: onnxruntime's)."""
     from .runtime import VlmRuntime
 
     if not batches or min(batches) < 1:
@@ -95,7 +97,7 @@ def bench_vlm(
     if iters < 1 or warmup < 0 or max_new_tokens < 2:
         raise InputError("bench needs iters >= 1, warmup >= 0 and max_new_tokens >= 2")
     path = resolve_target(target, progress)
-    runtime = VlmRuntime(open_bundle(path, verify=False), backend=backend, max_batch=max(batches))
+    runtime = VlmRuntime(open_bundle(path, verify=False), backend=backend, max_batch=max(batches), threads=threads)
     size = runtime.config.vision.image_size
     images = np.random.default_rng(0).integers(0, 256, size=(max(batches), size, size, 3), dtype=np.uint8)
     chunks = runtime.tokenize(runtime.build_prompt(BENCH_QUESTION))
