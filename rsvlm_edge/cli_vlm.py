@@ -40,7 +40,7 @@ def _write_json(dest: Path, obj) -> None:
 def export_vlm_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="LLaVA repo checkpoint dir (GeoChat, RS-LLaVA, VHM) or transformers Llava dir")],
     output: Annotated[Path, typer.Option("-o", "--output", help="bundle directory to write, NAME.rsvlm")],
-    weights: Annotated[str, typer.Option(help="decoder weights: fp16 | w8 (INT8 per-channel, weight-only) | fp32")] = "fp16",
+    weights: Annotated[str, typer.Option(help="decoder weights: fp16 | w8 (INT8 per channel) | w4 (INT4, groups of 128) | fp32; w8/w4 are weight-only")] = "fp16",
     image_size: Annotated[Optional[int], typer.Option(help="vision resolution (position embeddings interpolated); GeoChat defaults to 504")] = None,
     template: Annotated[Optional[str], typer.Option(help="chat template: llava_v1 | vicuna_v1 | llama_2 (default llava_v1)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,

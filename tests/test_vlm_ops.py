@@ -100,7 +100,7 @@ def test_rope_and_rms_norm_match_transformers_llama(op):
 
 @pytest.mark.parametrize("op", OP_SETS)
 def test_linear_dense_w8_and_swiglu(op):
-    from rsvlm_edge.export.vlm import quantize_w8
+    from rsvlm_edge.vlm.quant import quantize_w8
 
     rng = _rng(3)
     w = rng.standard_normal((48, 32), dtype=np.float32)
@@ -166,3 +166,18 @@ def test_native_backend_request_without_kernels_is_a_clear_error(monkeypatch):
     assert ops.select_ops("auto") is ops.NUMPY
     with pytest.raises(BackendError, match="no decoder kernels"):
         ops.select_ops("native")
+
+
+def test_w4_packing_and_group_quantisation():
+    from rsvlm_edge.vlm.quant import dequantize_w4, quantize_w4
+
+    w = np.array([[7.0, -7.0, 0.0, 3.5] * 64], dtype=np.float32)  # one row, 256 inputs: 2 groups of 128
+    packed, scale = quantize_w4(w)
+    assert packed.shape == (1, 128) and scale.shape == (1, 2)
+    assert packed[0, 0] == (7 + 8) | ((-7 + 8) << 4)  # even input in the low nibble
+    np.testing.assert_allclose(dequantize_w4(packed, scale), np.rint(w), atol=0)  # 3.5 -> 4 (scale 1)
+    rng = _rng(5)
+    w = rng.standard_normal((40, 384), dtype=np.float32)
+    packed, scale = quantize_w4(w)
+    err = np.abs(dequantize_w4(packed, scale) - w).reshape(40, 3, 128)
+    assert (err <= scale[:, :, None] / 2 + 1e-6).all()

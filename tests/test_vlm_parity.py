@@ -135,6 +135,41 @@ def test_w8_bundle_stores_int8_with_per_channel_scales(tiny):
     assert tensors["lm_head.weight"].dtype == np.float16
 
 
+def test_w4_runtime_computes_with_exactly_the_stored_int4_weights(tiny):
+    """int4's accuracy is a property of the format; what the runtime must get right is computing
+    with the dequantised stored weights: same logits as an fp32 decoder built from them."""
+    from safetensors.numpy import load_file
+
+    from rsvlm_edge.vlm.decoder import LlamaDecoder
+    from rsvlm_edge.vlm.quant import dequantize_w4
+
+    rt, images = tiny["runtime"], tiny["images"]
+    bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / "tiny-w4.rsvlm", weights="w4", verify=False)
+    w4 = VlmRuntime(bundle, max_batch=4)
+    stored = load_file(str(bundle.file("decoder.safetensors")))
+    widened = {k: dequantize_w4(v, stored[k + "_scale"]) if v.dtype == np.uint8 else v.astype(np.float32)
+               for k, v in stored.items() if not k.endswith("_scale")}
+    reference = VlmRuntime(bundle, max_batch=4)
+    reference.decoder = LlamaDecoder(w4.config.decoder, widened, max_batch=4, max_seq=256, backend="numpy")
+    chunks = [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS]
+    got = w4.first_step_logits(list(images), chunks)
+    np.testing.assert_allclose(got, reference.first_step_logits(list(images), chunks), rtol=1e-4, atol=1e-4)
+    fp32 = rt.first_step_logits(list(images), chunks)
+    assert min(_cosine(got[b], fp32[b]) for b in range(3)) > 0.5  # a real approximation, not noise
+    assert not np.allclose(got, fp32, atol=1e-3)
+
+
+def test_w4_bundle_stores_packed_int4_with_group_scales(tiny):
+    from safetensors.numpy import load_file
+
+    bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / "tiny-w4b.rsvlm", weights="w4", verify=False)
+    tensors = load_file(str(bundle.file("decoder.safetensors")))
+    down, gate = tensors["layers.0.down_proj.weight"], tensors["layers.0.gate_proj.weight"]
+    assert down.dtype == np.uint8 and down.shape == (64, 64)  # in = 128 -> one group of 128
+    assert tensors["layers.0.down_proj.weight_scale"].shape == (64, 1)
+    assert gate.shape == (128, 32) and tensors["layers.0.gate_proj.weight_scale"].shape == (128, 1)  # in = 64: per row
+
+
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_llava_repo_layout_sharded_matches_transformers_layout(tiny, fmt):
     rt, images = tiny["runtime"], tiny["images"]

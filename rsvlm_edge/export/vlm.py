@@ -4,8 +4,9 @@
 ``(B, S, S, 3)`` at model resolution (normalisation is inside the graph), output
 ``image_features`` float32 ``(B, N_image_tokens, decoder_hidden)``; dynamic batch.
 ``decoder.safetensors``: decoder weights under canonical names for the native runtime, in fp32,
-fp16, or w8 (per-output-channel symmetric INT8 weight-only for every ``*_proj`` linear, fp32
-scales ``<name>.weight_scale``; embeddings, norms and lm_head stay fp16).
+fp16, w8 (per-output-channel symmetric INT8) or w4 (INT4, groups of 128 inputs): weight-only
+quantisation of every ``*_proj`` linear with fp32 scales ``<name>.weight_scale`` (formats in
+``rsvlm_edge/vlm/quant.py``); embeddings, norms and lm_head stay fp16.
 """
 
 from __future__ import annotations
@@ -22,19 +23,11 @@ from ..errors import CheckpointError, InputError
 from ..vlm.checkpoint import VlmCheckpoint, load_checkpoint
 from ..vlm.config import VisionConfig
 from ..vlm.prompts import TEMPLATES
+from ..vlm.quant import quantize_w4, quantize_w8
 
-WEIGHT_FORMATS = ("fp32", "fp16", "w8")
+WEIGHT_FORMATS = ("fp32", "fp16", "w8", "w4")
 
 Progress = Callable[[str], None]
-
-
-def quantize_w8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel INT8: ``w ~= q * scale[:, None]``, q in [-127, 127]."""
-    w = w.astype(np.float32)
-    absmax = np.abs(w).max(axis=1)
-    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
 
 
 def _to_numpy(t: Any) -> np.ndarray:
@@ -54,8 +47,8 @@ def decoder_tensors(decoder: dict[str, Any], weights: str) -> dict[str, np.ndarr
     out: dict[str, np.ndarray] = {}
     for name, t in decoder.items():
         arr = _to_numpy(t)
-        if weights == "w8" and name.endswith("_proj.weight"):
-            q, scale = quantize_w8(arr)
+        if weights in ("w8", "w4") and name.endswith("_proj.weight"):
+            q, scale = (quantize_w8 if weights == "w8" else quantize_w4)(arr)
             out[name] = q
             out[f"{name}_scale"] = scale
         else:

@@ -1,9 +1,10 @@
 """LLaMA-family decoder over a preallocated KV cache (no torch).
 
 Weights come from ``decoder.safetensors`` under canonical names (see ``checkpoint.py``):
-fp32 / fp16 tensors, or for ``w8`` an int8 ``<name>.weight`` plus a per-output-channel fp32
-``<name>.weight_scale`` for every linear layer except the embeddings and lm_head. Compute is fp32:
-fp16 weights are widened once at load.
+fp32 / fp16 tensors, or for ``w8`` / ``w4`` quantised ``<name>.weight`` plus fp32
+``<name>.weight_scale`` for every linear layer except the embeddings and lm_head (formats in
+``quant.py``). Compute is fp32: fp16 weights are widened once at load; int8 / int4 weights stay
+quantised in memory.
 
 The KV cache is ``(layers, max_batch, kv_heads, max_seq, head_dim)`` fp32, allocated once and
 updated in place. Prefill takes a right-padded batch of input embeddings with per-sequence lengths
@@ -20,15 +21,21 @@ import numpy as np
 from ..errors import BundleError, InputError
 from .config import DecoderConfig
 from .ops import select_ops
+from .quant import dequantize_w4
 
 
 @dataclass
 class Linear:
-    """A linear layer's weight ``w`` (out, in): fp32, or int8 with a per-output-channel scale."""
+    """A linear layer's weight ``w`` (out, in): fp32; int8 with a per-output-channel ``scale``
+    (w8); or packed int4 with per-group ``scale`` (w4, see ``quant.py``)."""
 
     w: np.ndarray
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
+
+    @property
+    def is_w4(self) -> bool:
+        return self.w.dtype == np.uint8
 
     @property
     def nbytes(self) -> int:
@@ -121,6 +128,8 @@ class LlamaDecoder:
         return self.embed[ids]
 
     def _linear(self, x: np.ndarray, lin: Linear) -> np.ndarray:
+        if lin.is_w4:  # no int4 kernel yet: widen the packed weights per call
+            return self.ops.linear(x, dequantize_w4(lin.w, lin.scale), lin.bias)
         return self.ops.linear(x, lin.w, lin.bias, w_scale=lin.scale)
 
     def _block(self, x: np.ndarray, positions: np.ndarray, layer_idx: int, q_lens: np.ndarray, kv_lens: np.ndarray) -> np.ndarray:
