@@ -143,8 +143,31 @@ def native_ops() -> SimpleNamespace | None:
         from .. import _C
     except ImportError:
         return None
-    if not all(hasattr(_C, n) for n in ("rms_norm", "rope", "swiglu", "linear", "kv_append", "attention_prefill", "attention_decode")):
+    if not all(hasattr(_C, n) for n in OP_NAMES):
         return None
+
+    # The kernels take 2-D activations ((T, C), (T, H, D)): leading dims are flattened here.
+    def rms_norm_native(x, weight, eps=1e-6):
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+        return _C.rms_norm(x2, weight, eps).reshape(x.shape)
+
+    def rope_native(q, k, positions, theta=10000.0):
+        qf = np.ascontiguousarray(q)
+        kf = None if k is None else np.ascontiguousarray(k)
+        _C.rope(qf.reshape(-1, *q.shape[-2:]), None if kf is None else kf.reshape(-1, *k.shape[-2:]),
+                np.ascontiguousarray(positions, dtype=np.int32).reshape(-1), theta)
+        if qf is not q:  # the kernel rotated a contiguous copy: write it back
+            q[...] = qf
+        if k is not None and kf is not k:
+            k[...] = kf
+
+    def swiglu_native(gate, up):
+        g2 = np.ascontiguousarray(gate).reshape(-1, gate.shape[-1])
+        return _C.swiglu(g2, np.ascontiguousarray(up).reshape(g2.shape)).reshape(gate.shape)
+
+    def linear_native(x, w, bias=None, w_scale=None):
+        y = _C.linear(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), w, bias, w_scale=w_scale)
+        return y.reshape(*x.shape[:-1], w.shape[0])
 
     def kv_append_native(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None):
         _C.kv_append(k_cache, v_cache, np.ascontiguousarray(k_new), np.ascontiguousarray(v_new),
@@ -158,17 +181,11 @@ def native_ops() -> SimpleNamespace | None:
     def decode_native(q, k_cache, v_cache, seq_lens):
         return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache, np.ascontiguousarray(seq_lens, dtype=np.int32))
 
-    def rope_native(q, k, positions, theta=10000.0):
-        _C.rope(q, k, np.ascontiguousarray(positions, dtype=np.int32), theta)
-
-    def linear_native(x, w, bias=None, w_scale=None):
-        return _C.linear(np.ascontiguousarray(x), w, bias, w_scale=w_scale)
-
     return SimpleNamespace(
         name="native",
-        rms_norm=lambda x, weight, eps=1e-6: _C.rms_norm(np.ascontiguousarray(x), weight, eps),
+        rms_norm=rms_norm_native,
         rope=rope_native,
-        swiglu=lambda gate, up: _C.swiglu(np.ascontiguousarray(gate), np.ascontiguousarray(up)),
+        swiglu=swiglu_native,
         linear=linear_native,
         kv_append=kv_append_native,
         attention_prefill=prefill_native,
