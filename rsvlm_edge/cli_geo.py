@@ -58,16 +58,18 @@ def classify_scene_cmd(
     import rsvlm_edge
 
     from .cli import _read_labels
-    from .geo import _rasterio, classify_scene
+    from .clip_runtime import ClipRuntime
+    from .geo import SKIPPED, classify_scene, require_rasterio
     from .progress import info, progress, warn
     from .prompts import check_labels
 
-    _rasterio()
+    require_rasterio()
     label_list = check_labels(_read_labels(labels))
+    if label_raster and len(label_list) >= SKIPPED:
+        raise InputError(f"{len(label_list)} labels do not fit a uint8 label raster ({SKIPPED} marks skipped tiles)",
+                         f"use at most {SKIPPED - 1} labels with --label-raster")
     band_sel, pct = _parse_bands(bands), _parse_stretch(stretch)
     rt = rsvlm_edge.load(bundle, backend=backend)
-    from .clip_runtime import ClipRuntime
-
     if not isinstance(rt, ClipRuntime):
         raise InputError(f"'{bundle}' is not a CLIP bundle", "classify-scene needs a CLIP bundle (rsvlm-edge export clip)")
     with progress() as bar:
@@ -77,8 +79,7 @@ def classify_scene_cmd(
                              on_tiles=lambda done, total: bar.update(task, completed=done, total=total))
     rows, cols = res.grid_shape
     table = Table("class", "tiles", "area fraction",
-                  title=f"{scene.name}: {res.width}x{res.height} px, {rows}x{cols} tiles of {res.tile} px "
-                        f"(stride {res.stride}), bands {','.join(map(str, res.bands))}")
+                  title=f"{scene.name}: {res.width}x{res.height} px, {rows}x{cols} tiles of {res.tile} px, stride {res.stride}")
     for name, n, frac in res.summary():
         if n or name in label_list:
             table.add_row(name, str(n), f"{frac:.3f}")

@@ -11,6 +11,7 @@ rasterio is an optional dependency (``pip install 'rsvlm-edge[geo]'``), imported
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .bundle import write_json_atomic
 from .errors import InputError
 from .preprocess import resize_square
 from .prompts import check_labels
@@ -38,7 +38,7 @@ OVERVIEW_MAX_SIDE = 1024  # the percentile stretch is computed on a read decimat
 SKIPPED = 255  # label-raster value of tiles skipped for nodata
 
 
-def _rasterio():
+def require_rasterio():
     """Import rasterio, or say how to install it."""
     try:
         import rasterio
@@ -121,12 +121,13 @@ class Scene:
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None,
                  stretch: Sequence[float] | None = DEFAULT_STRETCH) -> None:
-        rasterio = _rasterio()
+        rasterio = require_rasterio()
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise InputError(f"scene '{self.path}' does not exist", "check the path")
+            raise InputError(f"scene '{self.path}' {'is not a file' if self.path.exists() else 'does not exist'}",
+                             "pass the path of a raster file")
         percentiles = _check_stretch(stretch)
         try:
             with warnings.catch_warnings():
@@ -365,8 +366,9 @@ class SceneResult:
     def write_geojson(self, path: str | os.PathLike[str]) -> Path:
         """Write ``to_geojson()`` atomically (temp file in the same directory, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, self.to_geojson())
+        gj = self.to_geojson()
+        with _atomic(path) as tmp:
+            Path(tmp).write_text(json.dumps(gj, indent=1) + "\n")
         return path
 
     def label_transform(self):
@@ -382,9 +384,7 @@ class SceneResult:
     def write_label_raster(self, path: str | os.PathLike[str]) -> Path:
         """uint8 GeoTIFF, one pixel per tile (``class_grid``), 255 = skipped, with the scene's CRS,
         ``label_transform()``, and the label names in the band description and metadata."""
-        rasterio = _rasterio()
-        import json
-
+        rasterio = require_rasterio()
         grid = self.class_grid()
         path = Path(path)
         names = ", ".join(f"{i}={lab}" for i, lab in enumerate(self.labels))
@@ -423,6 +423,9 @@ def _atomic(dest: Path) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the output the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -455,7 +458,7 @@ def classify_scene(runtime: ClipRuntime, path: str | os.PathLike[str], labels: S
     is (low, high) percentiles or None for data already in 0..255. Tiles with a nodata fraction
     above ``max_nodata`` are skipped. ``on_tiles(done, total)`` reports progress in tiles.
     """
-    rasterio = _rasterio()
+    rasterio = require_rasterio()
     labels = check_labels(labels)
     if not 0.0 <= max_nodata <= 1.0:
         raise InputError(f"max_nodata must be a fraction in 0..1, got {max_nodata}")

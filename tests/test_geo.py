@@ -4,6 +4,7 @@ nodata, streaming/batching equivalence, GeoJSON (EPSG:4326) and label-raster out
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -255,6 +256,9 @@ def test_label_raster_has_crs_transform_and_class_indices(rt, u16_scene, tmp_pat
     res = geo.classify_scene(rt, path, LABELS, bands=(3, 2, 1))
     out = res.write_label_raster(tmp_path / "labels.tif")
     assert [p.name for p in tmp_path.iterdir()] == ["labels.tif"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == 32633 and src.count == 1 and src.dtypes[0] == "uint8"
         assert (src.height, src.width) == res.grid_shape == (3, 4)
@@ -270,6 +274,21 @@ def test_label_raster_has_crs_transform_and_class_indices(rt, u16_scene, tmp_pat
     with rasterio.open(res.write_label_raster(tmp_path / "labels32.tif")) as src:
         assert src.transform.almost_equals(rasterio.Affine(320.0, 0.0, 500160.0, 0.0, -320.0, 4999840.0))
         assert (src.height, src.width) == res.grid_shape
+
+
+def test_scene_without_crs_keeps_raster_coordinates(rt, tmp_path):
+    path = tmp_path / "plain.tif"
+    data = synthetic_rs_images(1, 96, seed=2)[0].transpose(2, 0, 1).copy()
+    with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8") as dst:
+        dst.write(data)  # no CRS, identity transform
+    res = geo.classify_scene(rt, path, LABELS, stretch=None)
+    assert res.crs is None and res.grid_shape == (2, 2) and not res.skipped
+    gj = res.to_geojson()
+    assert gj["properties"]["coordinates_crs"] is None and gj["properties"]["source_crs"] is None
+    last = gj["features"][-1]["geometry"]["coordinates"][0]  # tile (1, 1) = pixels 32..96
+    assert sorted({tuple(c) for c in last}) == [(32.0, 32.0), (32.0, 96.0), (96.0, 32.0), (96.0, 96.0)]
+    with rasterio.open(res.write_label_raster(tmp_path / "l.tif")) as src:
+        assert src.crs is None and src.read(1).max() < len(LABELS)
 
 
 def test_cli_classify_scene_end_to_end(bundle, rt, u16_scene, u8_scene, tmp_path):
