@@ -223,6 +223,23 @@ def test_streamed_tiles_equal_independent_encoding_and_nodata_tiles_are_skipped(
     assert dict((k, n) for k, n, _ in summary)["skipped (nodata)"] == len(res.skipped)
 
 
+def test_scene_is_streamed_window_by_window_in_batches_of_max_batch(rt, u16_scene, monkeypatch):
+    path, _ = u16_scene
+    reads, batches = [], []
+    real_read, real_encode = geo.Scene._read, rt.encode_images
+    monkeypatch.setattr(geo.Scene, "_read", lambda self, **kw: reads.append(kw) or real_read(self, **kw))
+    monkeypatch.setattr(rt, "encode_images", lambda px: batches.append(len(px)) or real_encode(px))
+    monkeypatch.setattr(geo, "OVERVIEW_MAX_SIDE", 50)
+    progress = []
+    res = geo.classify_scene(rt, path, LABELS, on_tiles=lambda done, total: progress.append((done, total)))
+    overview, tiles = reads[0], reads[1:]
+    assert overview["out_shape"][1:] == (38, 50)  # one decimated read for the stretch (200x150 / 4)
+    assert len(tiles) == len(res.tiles) and all(kw["window"].width == kw["window"].height == 64 for kw in tiles)
+    assert batches and max(batches) <= rt.max_batch and sum(batches) == len(res.classified)
+    assert progress[-1] == (len(res.tiles), len(res.tiles))
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
 def test_geojson_polygons_are_tile_bounds_reprojected_to_wgs84(rt, u16_scene, tmp_path):
     path, _ = u16_scene
     res = geo.classify_scene(rt, path, LABELS, bands=(4, 3, 2))
