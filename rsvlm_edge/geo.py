@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path
 from .errors import InputError
 from .preprocess import resize_square
 from .prompts import check_labels
@@ -367,7 +366,7 @@ class SceneResult:
         """Write ``to_geojson()`` atomically (temp file in the same directory, then rename)."""
         path = Path(path)
         gj = self.to_geojson()
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(gj, indent=1) + "\n")
         return path
 
@@ -388,7 +387,7 @@ class SceneResult:
         grid = self.class_grid()
         path = Path(path)
         names = ", ".join(f"{i}={lab}" for i, lab in enumerate(self.labels))
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             with rasterio.open(tmp, "w", driver="GTiff", width=grid.shape[1], height=grid.shape[0], count=1,
                                dtype="uint8", crs=self.crs, transform=self.label_transform(), nodata=SKIPPED) as dst:
                 dst.write(grid, 1)
@@ -413,23 +412,6 @@ def _window_bounds(transform, win) -> tuple[float, float, float, float]:
 
 def _signed_area(ring: Sequence[tuple[float, float]]) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, [*ring[1:], ring[0]]))
-
-
-@contextmanager
-def _atomic(dest: Path) -> Iterator[str]:
-    """Yield a temp path in ``dest``'s directory; rename it onto ``dest`` if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix or ".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the output the usual permissions
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- classification -----------------------------------------------------------------------------
