@@ -1,0 +1,240 @@
+// CPU (OpenMP) KV-cache append and causal attention: the runtime's CPU path and the reference the
+// CUDA kernels are tested against. Plain fp32 math, one (sequence, query, head) row per work item.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kv_attention.h"
+
+namespace rsvlm_edge {
+namespace attn {
+namespace {
+
+std::string dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kI8: return "int8";
+  }
+  return "?";
+}
+
+KernelStatus check_cache(const KvCacheView& c, DType act, bool cuda) {
+  if (c.k == nullptr || c.v == nullptr) return KernelStatus::Error("k_cache / v_cache is null");
+  if (c.num_kv_heads <= 0 || c.head_dim <= 0 || c.slots <= 0 || c.s_max <= 0)
+    return KernelStatus::Error("cache dimensions must be positive");
+  if (c.paged() && (c.s_max != kPageSize || c.max_pages_per_seq <= 0))
+    return KernelStatus::Error("paged cache: page size must be " + std::to_string(kPageSize) +
+                               " and page_table must have at least one column");
+  const bool same = c.dtype == act;
+  if (!same && c.dtype != DType::kI8)
+    return KernelStatus::Error("cache dtype " + dtype_name(c.dtype) + " does not match activation dtype " +
+                               dtype_name(act) + " (use the same dtype or int8)");
+  if (c.dtype == DType::kI8 && (c.k_scale == nullptr || c.v_scale == nullptr))
+    return KernelStatus::Error("int8 cache needs k_scale and v_scale");
+  if (cuda) {
+    if (act != DType::kF16 && act != DType::kBF16)
+      return KernelStatus::Error("CUDA kernels take float16 or bfloat16 activations, got " + dtype_name(act));
+    if (!cuda_head_dim_supported(c.head_dim))
+      return KernelStatus::Error("CUDA attention supports head_dim 64, 80, 96, 128; got " +
+                                 std::to_string(c.head_dim));
+  } else if (act != DType::kF32) {
+    return KernelStatus::Error("CPU kernels take float32 activations, got " + dtype_name(act));
+  }
+  return KernelStatus::Ok();
+}
+
+// Index of the cache row (token `pos` of KV head h of sequence b) in units of D elements.
+inline int64_t row_index(const KvCacheView& c, int b, int h, int64_t pos) {
+  if (c.paged()) {
+    const int64_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + pos / kPageSize];
+    return (page * c.num_kv_heads + h) * kPageSize + pos % kPageSize;
+  }
+  return (int64_t(b) * c.num_kv_heads + h) * c.s_max + pos;
+}
+
+// Host-side check that positions [0, n) of sequence b are addressable.
+KernelStatus check_positions(const KvCacheView& c, int b, int64_t n, const char* what) {
+  if (n > c.capacity())
+    return KernelStatus::Error(std::string(what) + " of sequence " + std::to_string(b) + " needs " +
+                               std::to_string(n) + " cache positions but the cache holds " +
+                               std::to_string(c.capacity()) + " per sequence");
+  if (!c.paged() && b >= c.slots)
+    return KernelStatus::Error("sequence " + std::to_string(b) + " has no cache slot (cache batch " +
+                               std::to_string(c.slots) + ")");
+  if (c.paged()) {
+    const int64_t pages = (n + kPageSize - 1) / kPageSize;
+    for (int64_t i = 0; i < pages; ++i) {
+      const int32_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + i];
+      if (page < 0 || page >= c.slots)
+        return KernelStatus::Error("page_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
+                                   std::to_string(page) + " is outside [0, " + std::to_string(c.slots) + ")");
+    }
+  }
+  return KernelStatus::Ok();
+}
+
+// Symmetric int8 quantisation of one row: dst = round(src / scale), scale = max|src| / 127.
+float quantise_row(const float* src, int8_t* dst, int d) {
+  float amax = 0.f;
+  for (int i = 0; i < d; ++i) amax = std::max(amax, std::fabs(src[i]));
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  for (int i = 0; i < d; ++i) {
+    const float r = std::nearbyint(src[i] * inv);
+    dst[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, r)));
+  }
+  return amax / 127.f;
+}
+
+}  // namespace
+
+KernelStatus check_append(const KvAppendParams& p, bool cuda) {
+  if (p.batch < 0 || p.s_new < 0) return KernelStatus::Error("batch and S_new must be >= 0");
+  if (p.k_new == nullptr || p.v_new == nullptr || p.start_pos == nullptr)
+    return KernelStatus::Error("k_new, v_new and start_pos must be given");
+  return check_cache(p.cache, p.act_dtype, cuda);
+}
+
+KernelStatus check_attention(const AttentionParams& p, bool cuda) {
+  if (p.batch < 0 || p.s_q <= 0) return KernelStatus::Error("batch must be >= 0 and S_q >= 1");
+  if (p.q == nullptr || p.out == nullptr || p.kv_lens == nullptr)
+    return KernelStatus::Error("q, out and kv_lens must be given");
+  if (p.num_heads <= 0 || p.cache.num_kv_heads <= 0 || p.num_heads % p.cache.num_kv_heads != 0)
+    return KernelStatus::Error("num_heads (" + std::to_string(p.num_heads) +
+                               ") must be a positive multiple of num_kv_heads (" +
+                               std::to_string(p.cache.num_kv_heads) + ")");
+  return check_cache(p.cache, p.act_dtype, cuda);
+}
+
+KernelStatus kv_append_cpu(const KvAppendParams& p) {
+  KernelStatus st = check_append(p, /*cuda=*/false);
+  if (!st.ok()) return st;
+  const KvCacheView& c = p.cache;
+  const int hk = c.num_kv_heads, d = c.head_dim;
+  for (int b = 0; b < p.batch; ++b) {
+    const int n = p.new_lens ? p.new_lens[b] : p.s_new;
+    if (n < 0 || n > p.s_new)
+      return KernelStatus::Error("new_lens[" + std::to_string(b) + "] = " + std::to_string(n) +
+                                 " is outside [0, S_new=" + std::to_string(p.s_new) + "]");
+    if (p.start_pos[b] < 0)
+      return KernelStatus::Error("start_pos[" + std::to_string(b) + "] is negative");
+    st = check_positions(c, b, int64_t(p.start_pos[b]) + n, "kv_append");
+    if (!st.ok()) return st;
+  }
+  const float* kn = static_cast<const float*>(p.k_new);
+  const float* vn = static_cast<const float*>(p.v_new);
+#pragma omp parallel for collapse(3) schedule(static)
+  for (int b = 0; b < p.batch; ++b) {
+    for (int s = 0; s < p.s_new; ++s) {
+      for (int h = 0; h < hk; ++h) {
+        if (s >= (p.new_lens ? p.new_lens[b] : p.s_new)) continue;
+        const int64_t src = ((int64_t(b) * p.s_new + s) * hk + h) * d;
+        const int64_t row = row_index(c, b, h, int64_t(p.start_pos[b]) + s);
+        if (c.dtype == DType::kI8) {
+          c.k_scale[row] = quantise_row(kn + src, static_cast<int8_t*>(c.k) + row * d, d);
+          c.v_scale[row] = quantise_row(vn + src, static_cast<int8_t*>(c.v) + row * d, d);
+        } else {
+          std::copy(kn + src, kn + src + d, static_cast<float*>(c.k) + row * d);
+          std::copy(vn + src, vn + src + d, static_cast<float*>(c.v) + row * d);
+        }
+      }
+    }
+  }
+  return KernelStatus::Ok();
+}
+
+namespace {
+
+// Dot product of q (D) with cache row `row`, dequantised for int8.
+inline float dot_row(const KvCacheView& c, const float* q, int64_t row) {
+  const int d = c.head_dim;
+  float acc = 0.f;
+  if (c.dtype == DType::kI8) {
+    const int8_t* k = static_cast<const int8_t*>(c.k) + row * d;
+    for (int i = 0; i < d; ++i) acc += q[i] * float(k[i]);
+    return acc * c.k_scale[row];
+  }
+  const float* k = static_cast<const float*>(c.k) + row * d;
+  for (int i = 0; i < d; ++i) acc += q[i] * k[i];
+  return acc;
+}
+
+// acc (D) += w * v_row (dequantised for int8).
+inline void axpy_row(const KvCacheView& c, float w, int64_t row, float* acc) {
+  const int d = c.head_dim;
+  if (c.dtype == DType::kI8) {
+    const int8_t* v = static_cast<const int8_t*>(c.v) + row * d;
+    const float ws = w * c.v_scale[row];
+    for (int i = 0; i < d; ++i) acc[i] += ws * float(v[i]);
+    return;
+  }
+  const float* v = static_cast<const float*>(c.v) + row * d;
+  for (int i = 0; i < d; ++i) acc[i] += w * v[i];
+}
+
+}  // namespace
+
+KernelStatus attention_cpu(const AttentionParams& p) {
+  KernelStatus st = check_attention(p, /*cuda=*/false);
+  if (!st.ok()) return st;
+  const KvCacheView& c = p.cache;
+  for (int b = 0; b < p.batch; ++b) {
+    const int ql = p.q_lens ? p.q_lens[b] : p.s_q, kl = p.kv_lens[b];
+    if (ql < 0 || ql > p.s_q)
+      return KernelStatus::Error("q_lens[" + std::to_string(b) + "] = " + std::to_string(ql) +
+                                 " is outside [0, S_q=" + std::to_string(p.s_q) + "]");
+    if (kl < ql)
+      return KernelStatus::Error("kv_lens[" + std::to_string(b) + "] = " + std::to_string(kl) +
+                                 " is smaller than q_lens[" + std::to_string(b) + "] = " + std::to_string(ql) +
+                                 " (kv_lens counts the cached past plus the new tokens)");
+    st = check_positions(c, b, kl, "attention");
+    if (!st.ok()) return st;
+  }
+  const int h_q = p.num_heads, d = c.head_dim, group = p.num_heads / c.num_kv_heads;
+  const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(float(d));
+  const float* q = static_cast<const float*>(p.q);
+  float* out = static_cast<float*>(p.out);
+#pragma omp parallel
+  {
+    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(c.capacity(), 1)));
+    std::vector<float> qs(static_cast<size_t>(d)), acc(static_cast<size_t>(d));
+#pragma omp for collapse(3) schedule(dynamic, 4)
+    for (int b = 0; b < p.batch; ++b) {
+      for (int i = 0; i < p.s_q; ++i) {
+        for (int h = 0; h < h_q; ++h) {
+          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + h) * d;
+          float* o = out + off;
+          const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
+          if (i >= ql) {  // padding row
+            std::fill(o, o + d, 0.f);
+            continue;
+          }
+          const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
+          const int hk = h / group;
+          for (int t = 0; t < d; ++t) qs[t] = q[off + t] * scale;
+          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < n_keys; ++j) {
+            scores[j] = dot_row(c, qs.data(), row_index(c, b, hk, j));
+            m = std::max(m, scores[j]);
+          }
+          std::fill(acc.begin(), acc.end(), 0.f);
+          float sum = 0.f;
+          for (int64_t j = 0; j < n_keys; ++j) {
+            const float w = std::exp(scores[j] - m);
+            sum += w;
+            axpy_row(c, w, row_index(c, b, hk, j), acc.data());
+          }
+          const float inv = 1.f / sum;
+          for (int t = 0; t < d; ++t) o[t] = acc[t] * inv;
+        }
+      }
+    }
+  }
+  return KernelStatus::Ok();
+}
+
+}  // namespace attn
+}  // namespace rsvlm_edge
