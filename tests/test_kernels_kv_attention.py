@@ -275,6 +275,28 @@ def test_append_rejects_bad_arguments():
         C.kv_append(ro, k.copy(), kn, kn, [0, 0])
 
 
+class FakeCudaArray:
+    """Exposes __cuda_array_interface__ without memory behind it: argument checks run before any
+    kernel or device access, so mixed-device and dtype errors can be tested without a GPU."""
+
+    def __init__(self, shape, typestr):
+        self.__cuda_array_interface__ = dict(shape=tuple(shape), typestr=typestr, data=(0, False), strides=None,
+                                             version=3)
+
+
+def test_rejects_mixed_devices_and_bad_gpu_dtypes():
+    k = np.zeros((1, 2, 16, 64), np.float32)
+    with pytest.raises(ValueError, match=r"k_cache is on the CPU but q is on the GPU"):
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f2"), k, k.copy(), [3])
+    with pytest.raises(ValueError, match=r"q must be float16 or bfloat16 on the GPU, got float32"):
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f4"), k, k.copy(), [3])
+    gk = FakeCudaArray((1, 2, 16, 64), "<f2")
+    with pytest.raises(ValueError, match=r"seq_lens is on the CPU but q is on the GPU"):
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f2"), gk, gk, np.array([3], np.int32))
+    with pytest.raises(ValueError, match=r"out= is required for CUDA tensors"):
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f2"), gk, gk, FakeCudaArray((1,), "<i4"))
+
+
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
 
