@@ -25,14 +25,14 @@
 
 #include <cstdint>
 
-#include "kernel_status.h"
+#include "kernel_common.h"
 
 namespace rsvlm_edge {
 namespace attn {
 
 constexpr int kPageSize = 16;  // tokens per page of the paged cache
 
-enum class DType { kF32, kF16, kBF16, kI8 };
+using ::rsvlm_edge::DType;
 
 // Where sequence b's K/V rows live. Every pointer is on the device the launcher runs on.
 struct KvCacheView {

@@ -12,16 +12,6 @@ namespace rsvlm_edge {
 namespace attn {
 namespace {
 
-std::string dtype_name(DType t) {
-  switch (t) {
-    case DType::kF32: return "float32";
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
-    case DType::kI8: return "int8";
-  }
-  return "?";
-}
-
 KernelStatus check_cache(const KvCacheView& c, DType act, bool cuda) {
   if (c.k == nullptr || c.v == nullptr) return KernelStatus::Error("k_cache / v_cache is null");
   if (c.num_kv_heads <= 0 || c.head_dim <= 0 || c.slots <= 0 || c.s_max <= 0)

@@ -1,11 +1,25 @@
-// Status returned by every kernel launcher (CPU and CUDA). No exceptions cross the launcher
-// boundary: the bindings turn a failed status into a Python error with the same message.
+// Shared by every kernel family: the status launchers return and the element types they take.
+// No exceptions cross the launcher boundary: the bindings turn a failed status into a Python error
+// with the same message.
 #pragma once
 
 #include <string>
 #include <utility>
 
 namespace rsvlm_edge {
+
+// Element type of a kernel argument.
+enum class DType { kF32, kF16, kBF16, kI8 };
+
+inline std::string dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kI8: return "int8";
+  }
+  return "?";
+}
 
 struct KernelStatus {
   std::string message;  // empty when the launch succeeded
