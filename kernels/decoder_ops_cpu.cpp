@@ -1,0 +1,186 @@
+// CPU (OpenMP, fp32) decoder ops: the runtime's CPU path and the reference for decoder_ops.cu.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "decoder_ops.h"
+
+namespace rsvlm_edge {
+namespace dec {
+namespace {
+
+KernelStatus check_act(DType t, bool cuda) {
+  if (cuda && t != DType::kF16 && t != DType::kBF16)
+    return KernelStatus::Error("CUDA decoder ops take float16 or bfloat16 activations, got " + dtype_name(t));
+  if (!cuda && t != DType::kF32)
+    return KernelStatus::Error("CPU decoder ops take float32 activations, got " + dtype_name(t));
+  return KernelStatus::Ok();
+}
+
+// Sum of a[i] * b[i] in fp32 with 8 independent partial sums (vectorisable without fast-math).
+inline float dot(const float* a, const float* b, int k) {
+  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int i = 0;
+  for (; i + 8 <= k; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < k; ++i) r += a[i] * b[i];
+  return r;
+}
+
+}  // namespace
+
+KernelStatus check_rms_norm(const RmsNormParams& p, bool cuda) {
+  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr) return KernelStatus::Error("x, weight and out must be given");
+  if (p.rows < 0 || p.dim <= 0) return KernelStatus::Error("rms_norm needs T >= 0 and D >= 1");
+  if (!(p.eps >= 0.f)) return KernelStatus::Error("rms_norm eps must be >= 0");
+  return check_act(p.dtype, cuda);
+}
+
+KernelStatus check_rope(const RopeParams& p, bool cuda) {
+  if (p.q == nullptr || p.positions == nullptr) return KernelStatus::Error("q and positions must be given");
+  if (p.tokens < 0 || p.num_heads <= 0 || (p.k != nullptr && p.num_kv_heads <= 0))
+    return KernelStatus::Error("rope needs T >= 0 and at least one head");
+  if (p.head_dim <= 0 || p.head_dim % 2 != 0)
+    return KernelStatus::Error("rope needs an even head_dim, got " + std::to_string(p.head_dim));
+  if (!(p.theta > 0.f)) return KernelStatus::Error("rope theta must be > 0");
+  return check_act(p.dtype, cuda);
+}
+
+KernelStatus check_swiglu(const SwiGluParams& p, bool cuda) {
+  if (p.gate == nullptr || p.up == nullptr || p.out == nullptr) return KernelStatus::Error("gate, up and out must be given");
+  if (p.n < 0) return KernelStatus::Error("swiglu needs n >= 0");
+  return check_act(p.dtype, cuda);
+}
+
+KernelStatus check_linear(const LinearParams& p, bool cuda) {
+  if (p.x == nullptr || p.w == nullptr || p.out == nullptr) return KernelStatus::Error("x, w and out must be given");
+  if (p.m < 0 || p.n <= 0 || p.k <= 0) return KernelStatus::Error("linear needs M >= 0, N >= 1, K >= 1");
+  if (p.w_dtype != DType::kI8 && p.w_dtype != p.act_dtype)
+    return KernelStatus::Error("weight dtype " + dtype_name(p.w_dtype) + " must be int8 or the activation dtype " +
+                               dtype_name(p.act_dtype));
+  if (p.w_dtype == DType::kI8 && p.w_scale == nullptr)
+    return KernelStatus::Error("int8 weights need w_scale (N) float32");
+  return check_act(p.act_dtype, cuda);
+}
+
+KernelStatus rms_norm_cpu(const RmsNormParams& p) {
+  KernelStatus st = check_rms_norm(p, false);
+  if (!st.ok()) return st;
+  const float* x = static_cast<const float*>(p.x);
+  const float* w = static_cast<const float*>(p.weight);
+  float* out = static_cast<float*>(p.out);
+  const int d = p.dim;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* xr = x + r * d;
+    const float inv = 1.f / std::sqrt(dot(xr, xr, d) / float(d) + p.eps);
+    float* o = out + r * d;
+    for (int i = 0; i < d; ++i) o[i] = xr[i] * inv * w[i];
+  }
+  return KernelStatus::Ok();
+}
+
+KernelStatus rope_cpu(const RopeParams& p) {
+  KernelStatus st = check_rope(p, false);
+  if (!st.ok()) return st;
+  const int d = p.head_dim, half = d / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(p.theta, float(2 * i) / float(d));
+  float* q = static_cast<float*>(p.q);
+  float* k = static_cast<float*>(p.k);
+#pragma omp parallel
+  {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < p.tokens; ++t) {
+      const float pos = float(p.positions[t]);
+      for (int i = 0; i < half; ++i) {
+        const float a = pos * inv_freq[i];
+        cs[i] = std::cos(a);
+        sn[i] = std::sin(a);
+      }
+      auto rotate = [&](float* base, int heads) {
+        for (int h = 0; h < heads; ++h) {
+          float* x = base + (t * heads + h) * d;
+          for (int i = 0; i < half; ++i) {
+            const float x1 = x[i], x2 = x[i + half];
+            x[i] = x1 * cs[i] - x2 * sn[i];
+            x[i + half] = x2 * cs[i] + x1 * sn[i];
+          }
+        }
+      };
+      rotate(q, p.num_heads);
+      if (k) rotate(k, p.num_kv_heads);
+    }
+  }
+  return KernelStatus::Ok();
+}
+
+KernelStatus swiglu_cpu(const SwiGluParams& p) {
+  KernelStatus st = check_swiglu(p, false);
+  if (!st.ok()) return st;
+  const float* g = static_cast<const float*>(p.gate);
+  const float* u = static_cast<const float*>(p.up);
+  float* out = static_cast<float*>(p.out);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  return KernelStatus::Ok();
+}
+
+KernelStatus linear_cpu(const LinearParams& p) {
+  KernelStatus st = check_linear(p, false);
+  if (!st.ok()) return st;
+  constexpr int kTileN = 8;  // output rows whose weights stay in cache while every x row passes
+  const float* x = static_cast<const float*>(p.x);
+  const float* bias = static_cast<const float*>(p.bias);
+  float* out = static_cast<float*>(p.out);
+  const int n = p.n, k = p.k;
+  const bool i8 = p.w_dtype == DType::kI8;
+#pragma omp parallel
+  {
+    std::vector<float> wbuf(i8 ? static_cast<size_t>(kTileN) * k : 0);
+#pragma omp for schedule(static)
+    for (int n0 = 0; n0 < n; n0 += kTileN) {
+      const int nt = std::min(kTileN, n - n0);
+      const float* wt;  // (nt, K) fp32 weights of this tile (int8 values, unscaled, for int8)
+      if (i8) {
+        const int8_t* w8 = static_cast<const int8_t*>(p.w) + int64_t(n0) * k;
+        for (int64_t i = 0; i < int64_t(nt) * k; ++i) wbuf[i] = float(w8[i]);
+        wt = wbuf.data();
+      } else {
+        wt = static_cast<const float*>(p.w) + int64_t(n0) * k;
+      }
+      for (int64_t m = 0; m < p.m; ++m) {
+        const float* xr = x + m * k;
+        for (int j = 0; j < nt; ++j) {
+          float y = dot(xr, wt + int64_t(j) * k, k);
+          if (i8) y *= p.w_scale[n0 + j];
+          if (bias) y += bias[n0 + j];
+          out[m * n + n0 + j] = y;
+        }
+      }
+    }
+  }
+  return KernelStatus::Ok();
+}
+
+KernelStatus quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, float* scale) {
+  if (w == nullptr || q == nullptr || scale == nullptr || n <= 0 || k <= 0)
+    return KernelStatus::Error("quantize_weight_int8 needs a non-empty (N, K) weight");
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < n; ++r) {
+    const float* row = w + int64_t(r) * k;
+    float amax = 0.f;
+    for (int i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int i = 0; i < k; ++i)
+      q[int64_t(r) * k + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(row[i] * inv))));
+    scale[r] = amax / 127.f;
+  }
+  return KernelStatus::Ok();
+}
+
+}  // namespace dec
+}  // namespace rsvlm_edge
