@@ -3,10 +3,11 @@
 //
 // Attention kernel: one block of 4 warps per (tile of 16 "rows", KV head, sequence, KV split).
 // A row is one (query position i, query head g of the KV head's group): row = i * G + g, so the
-// G query heads sharing a KV head reuse each K/V tile (GQA). Each warp owns 4 rows and keeps their
-// online-softmax state (running max m, sum l, fp32 accumulator) in registers. K/V are staged 32
-// keys at a time in shared memory as fp32 (dequantised for int8); lane j scores key j, so a tile
-// costs one warp max/sum per row. Decode is the same kernel with S_q = 1; for long contexts the
+// G query heads sharing a KV head reuse each K/V tile (GQA). Warp w owns block rows w, w + 4, w + 8,
+// w + 12 (so a decode group of G <= 4 heads keeps G warps busy) and keeps their online-softmax
+// state (running max m, sum l, fp32 accumulator) in registers. K/V are staged 32 keys at a time in
+// shared memory as fp32 (dequantised for int8); lane j scores key j, so a tile costs one warp
+// max/sum per row. Decode is the same kernel with S_q = 1; for long contexts the
 // keys are cut into num_splits chunks (flash-decoding) whose partial (m, l, acc) are merged by
 // combine_kernel.
 #include <cuda_bf16.h>
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kDPL];
 #pragma unroll
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-    const int row = row0 + warp * kRowsPerWarp + rr;
+    const int row = row0 + rr * kWarps + warp;
     const int i = row / group;
     qpos[rr] = (row < n_rows && i < q_len) ? past + i : -1;
     m[rr] = -INFINITY;
@@ -183,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp * kRowsPerWarp + rr;
+      const int r = rr * kWarps + warp;
       const int64_t pos = tile + lane;
       float s = -INFINITY;
       if (pos < key_stop && pos <= qpos[rr]) {
@@ -214,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
   // Write results.
 #pragma unroll
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-    const int row = row0 + warp * kRowsPerWarp + rr;
+    const int row = row0 + rr * kWarps + warp;
     if (row >= n_rows) continue;
     const int i = row / group, h = hk * group + row % group;
     if (num_splits == 1) {
