@@ -1,6 +1,208 @@
-// Python bindings for the patch_embed op (filled in by the kernels work, issue 3).
+// Python bindings for the patch_embed op family (patch_embed, interpolate_pos_embed) and the
+// generic tensor_arg_info helper. Thin: validate every argument (csrc/tensor_arg.h), then call the
+// C++ API (kernels/patch_embed.h).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "patch_embed.h"
+#include "rsvlm_edge/version.h"
+#include "tensor_arg.h"
 
 namespace py = pybind11;
+using rsvlm_edge::ArgChecker;
+using rsvlm_edge::Dim;
+using rsvlm_edge::DType;
+using rsvlm_edge::DeviceType;
+using rsvlm_edge::TensorArg;
 
-void bind_patch_embed(py::module_& m) { (void)m; }
+namespace {
+
+// mean / std: any sequence of 3 numbers (tuple, list, numpy array).
+void rgb_triple(const ArgChecker& c, py::handle obj, const char* name, float dst[3]) {
+  std::vector<float> v;
+  try {
+    v = obj.cast<std::vector<float>>();
+  } catch (const py::cast_error&) {
+    c.fail(std::string("argument '") + name + "' must be 3 floats (R, G, B) in 0..1 units");
+  }
+  if (v.size() != 3)
+    c.fail(std::string("argument '") + name + "' must be 3 floats (R, G, B) in 0..1 units, got " +
+           std::to_string(v.size()) + " values");
+  for (int i = 0; i < 3; ++i) dst[i] = v[i];
+}
+
+py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle bias_obj,
+                       py::handle class_obj, py::handle pos_obj, py::handle mean_obj, py::handle std_obj,
+                       py::handle gamma_obj, py::handle beta_obj, double eps, py::handle out_obj,
+                       int64_t stream) {
+  ArgChecker c("patch_embed");
+  const TensorArg images = rsvlm_edge::tensor_arg(images_obj, "images", stream);
+  const TensorArg weight = rsvlm_edge::tensor_arg(weight_obj, "weight", stream);
+  const TensorArg class_emb = rsvlm_edge::tensor_arg(class_obj, "class_emb", stream);
+  const TensorArg pos_emb = rsvlm_edge::tensor_arg(pos_obj, "pos_emb", stream);
+  TensorArg bias, gamma, beta, out;
+  const bool has_bias = !bias_obj.is_none(), has_ln = !gamma_obj.is_none();
+  if (has_bias) bias = rsvlm_edge::tensor_arg(bias_obj, "bias", stream);
+  if (has_ln != !beta_obj.is_none()) c.fail("ln_gamma and ln_beta must be given together (or neither)");
+  if (has_ln) {
+    gamma = rsvlm_edge::tensor_arg(gamma_obj, "ln_gamma", stream);
+    beta = rsvlm_edge::tensor_arg(beta_obj, "ln_beta", stream);
+  }
+  const bool has_out = !out_obj.is_none();
+  if (has_out) out = rsvlm_edge::tensor_arg(out_obj, "out", stream);
+  c.same_device({&images, &weight, has_bias ? &bias : nullptr, &class_emb, &pos_emb, has_ln ? &gamma : nullptr,
+                 has_ln ? &beta : nullptr, has_out ? &out : nullptr});
+  const bool cuda = images.device.type == DeviceType::cuda;
+
+  c.check(images, {"B", "H", "W", 3}, {DType::u8});
+  if (cuda) c.check(weight, {"D", 3, "P", "P"}, {DType::f32, DType::f16, DType::bf16});
+  else c.check(weight, {"D", 3, "P", "P"}, {DType::f32});
+  const int64_t B = c.dim("B"), H = c.dim("H"), W = c.dim("W"), D = c.dim("D"), P = c.dim("P");
+  if (H % P != 0 || W % P != 0)
+    c.fail("images of " + std::to_string(H) + "x" + std::to_string(W) + " are not a multiple of the patch size " +
+           std::to_string(P) + " (from weight (D, 3, P, P)); resize the images to the model resolution");
+  const int64_t N = (H / P) * (W / P);
+  if (has_bias) c.check(bias, {"D"}, {weight.dtype});
+  c.check(class_emb, {"D"}, {weight.dtype});
+  if (pos_emb.ndim() == 2 && pos_emb.shape[0] != N + 1)
+    c.fail("argument 'pos_emb' has " + std::to_string(pos_emb.shape[0]) + " rows but " + std::to_string(H) + "x" +
+           std::to_string(W) + " images with patch " + std::to_string(P) + " give N+1 = " + std::to_string(N + 1) +
+           " tokens; resize the images to the model resolution or resize the position embedding with "
+           "interpolate_pos_embed(pos_emb, new_grid)");
+  c.check(pos_emb, {Dim("N+1", N + 1), "D"}, {weight.dtype});
+  if (has_ln) {
+    c.check(gamma, {"D"}, {weight.dtype});
+    c.check(beta, {"D"}, {weight.dtype});
+  }
+
+  py::object result;
+  if (has_out) {
+    c.check(out, {"B", Dim("N+1", N + 1), "D"}, {weight.dtype});
+    c.writable(out);
+    result = py::reinterpret_borrow<py::object>(out_obj);
+  } else if (cuda) {
+    c.fail("argument 'out' is required for CUDA inputs: pass a preallocated (B, N+1, D) = (" + std::to_string(B) +
+           ", " + std::to_string(N + 1) + ", " + std::to_string(D) + ") " + rsvlm_edge::dtype_name(weight.dtype) +
+           " tensor on the same device (rsvlm_edge.native.patch_embed allocates it for you)");
+  } else {
+    py::array_t<float> arr({B, N + 1, D});
+    out = rsvlm_edge::tensor_arg(arr, "out");
+    result = arr;
+  }
+
+  rsvlm_edge::PatchEmbedParams p;
+  p.images = images.ptr<const uint8_t>();
+  p.weight = weight.data;
+  p.bias = has_bias ? bias.data : nullptr;
+  p.class_emb = class_emb.data;
+  p.pos_emb = pos_emb.data;
+  p.ln_gamma = has_ln ? gamma.data : nullptr;
+  p.ln_beta = has_ln ? beta.data : nullptr;
+  p.out = out.data;
+  rgb_triple(c, mean_obj, "mean", p.mean);
+  rgb_triple(c, std_obj, "std", p.std);
+  p.eps = static_cast<float>(eps);
+  p.batch = B;
+  p.height = H;
+  p.width = W;
+  p.patch = P;
+  p.dim = D;
+  p.dtype = weight.dtype;
+
+  rsvlm_edge::Status s;
+  if (cuda) {
+    if (!rsvlm_edge::built_with_cuda())
+      throw std::runtime_error("patch_embed: got CUDA tensors but this build of rsvlm_edge has no CUDA kernels "
+                               "(built without CUDA); rebuild with nvcc available or pass CPU arrays");
+    rsvlm_edge::CudaDeviceGuard guard("patch_embed", images);
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::patch_embed_cuda(p, reinterpret_cast<void*>(stream));
+  } else {
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::patch_embed_cpu(p);
+  }
+  rsvlm_edge::throw_if_error(s);
+  return result;
+}
+
+py::object interpolate_pos_embed(py::handle pos_obj, int64_t new_grid, py::handle out_obj) {
+  ArgChecker c("interpolate_pos_embed");
+  const TensorArg pos = rsvlm_edge::tensor_arg(pos_obj, "pos");
+  if (pos.device.type != DeviceType::cpu)
+    c.fail("argument 'pos' is on " + pos.device_str() + "; this op runs once at load time on the CPU: pass a "
+           "CPU array (e.g. pos.cpu())");
+  c.check(pos, {"T", "D"}, {DType::f32});
+  const int64_t T = c.dim("T"), D = c.dim("D");
+  const auto G = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(T > 0 ? T - 1 : 0))));
+  if (T < 2 || G * G != T - 1)
+    c.fail("argument 'pos' has " + std::to_string(T) + " rows; expected 1 + G*G (class token + a square G x G grid)");
+  if (new_grid < 1) c.fail("argument 'new_grid' must be >= 1, got " + std::to_string(new_grid));
+  py::object result;
+  TensorArg out;
+  if (!out_obj.is_none()) {
+    out = rsvlm_edge::tensor_arg(out_obj, "out");
+    c.same_device({&pos, &out});
+    c.check(out, {Dim("1+new_grid^2", 1 + new_grid * new_grid), "D"}, {DType::f32});
+    c.writable(out);
+    result = py::reinterpret_borrow<py::object>(out_obj);
+  } else {
+    py::array_t<float> arr({1 + new_grid * new_grid, D});
+    out = rsvlm_edge::tensor_arg(arr, "out");
+    result = arr;
+  }
+  rsvlm_edge::PosEmbedInterpParams p;
+  p.pos = pos.ptr<const float>();
+  p.out = out.ptr<float>();
+  p.grid = G;
+  p.new_grid = new_grid;
+  p.dim = D;
+  rsvlm_edge::Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::interpolate_pos_embed_cpu(p);
+  }
+  rsvlm_edge::throw_if_error(s);
+  return result;
+}
+
+py::dict tensor_arg_info(py::handle obj, int64_t stream) {
+  const TensorArg t = rsvlm_edge::tensor_arg(obj, "tensor", stream);
+  py::dict d;
+  d["data"] = reinterpret_cast<uintptr_t>(t.data);
+  d["dtype"] = rsvlm_edge::dtype_name(t.dtype);
+  d["shape"] = py::tuple(py::cast(t.shape));
+  d["strides"] = py::tuple(py::cast(t.strides));
+  d["device"] = t.device_str();
+  d["contiguous"] = t.contiguous();
+  d["readonly"] = t.readonly;
+  return d;
+}
+
+}  // namespace
+
+void bind_patch_embed(py::module_& m) {
+  m.def("patch_embed", &patch_embed, py::arg("images"), py::arg("weight"), py::arg("bias"), py::arg("class_emb"),
+        py::arg("pos_emb"), py::arg("mean"), py::arg("std"), py::arg("ln_gamma") = py::none(),
+        py::arg("ln_beta") = py::none(), py::arg("eps") = 1e-5, py::arg("out") = py::none(),
+        py::arg("stream") = 0,
+        R"doc(Fused patch embedding: uint8 images -> ViT input tokens (open_clip conv1 + class + pos + ln_pre).
+
+images (B, H, W, 3) uint8 RGB at model resolution; weight (D, 3, P, P); bias (D) or None;
+class_emb (D); pos_emb (N+1, D) with N = (H/P)*(W/P); mean, std: 3 floats in 0..1 units;
+ln_gamma, ln_beta (D) or None (no ln_pre); out (B, N+1, D) or None.
+CPU: float32 parameters, returns a new numpy array unless `out` is given.
+CUDA (DLPack / __cuda_array_interface__ tensors): float32/float16/bfloat16 parameters, `out` required,
+`stream` is a cudaStream_t as an integer (0 = legacy default). Returns `out`.)doc");
+  m.def("interpolate_pos_embed", &interpolate_pos_embed, py::arg("pos"), py::arg("new_grid"),
+        py::arg("out") = py::none(),
+        R"doc(Resize a position embedding (1 + G*G, D) float32 to (1 + new_grid^2, D): bicubic,
+align_corners=True (exactly torch.nn.functional.interpolate's), class token row passed through. CPU.)doc");
+  m.def("tensor_arg_info", &tensor_arg_info, py::arg("tensor"), py::arg("stream") = 0,
+        "How the bindings see an array argument (numpy / __dlpack__ / __cuda_array_interface__): dict with "
+        "data (pointer), dtype, shape, strides (elements), device, contiguous, readonly. No copy is made.");
+}

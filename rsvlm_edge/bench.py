@@ -1,0 +1,177 @@
+"""``rsvlm-edge bench``: latency / throughput of CLIP image encoding per batch size and precision,
+with open_clip (torch) on the same machine in the same run as the peer."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .builtin import RANDOM_WEIGHTS_NOTE, builtin_clip_bundle, builtin_name, is_builtin
+from .bundle import write_json_atomic
+from .progress import progress
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def vit_image_gflop(model: dict[str, Any]) -> float:
+    """Multiply-add FLOPs (x2) of one image through the CLIP vision tower, in GFLOP."""
+    w, s, p = model["vision_width"], model["image_size"], model["patch_size"]
+    n = (s // p) ** 2 + 1
+    mlp = model["vision_mlp_ratio"] * w
+    per_layer = 2 * n * w * 3 * w + 2 * 2 * n * n * w + 2 * n * w * w + 2 * 2 * n * w * mlp
+    total = 2 * (n - 1) * 3 * p * p * w + model["vision_layers"] * per_layer + 2 * w * model["embed_dim"]
+    return total / 1e9
+
+
+def time_fn(fn: Callable[[], Any], warmup: int, iters: int) -> np.ndarray:
+    """Wall-clock seconds of ``iters`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _row(backend: str, precision: str, batch: int, secs: np.ndarray, gflop: float) -> dict[str, Any]:
+    p50, p90, p99 = (float(np.percentile(secs, q)) * 1e3 for q in (50, 90, 99))
+    ips = batch / float(np.mean(secs))
+    return {"backend": backend, "precision": precision, "batch": batch, "p50_ms": p50, "p90_ms": p90,
+            "p99_ms": p99, "images_per_s": ips, "gflop_per_s": ips * gflop, "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_clip(target: str, batches: list[int], precisions: list[str], backend: str = "auto",
+               warmup: int = 3, iters: int = 10, peer: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Bench image encoding of a CLIP bundle (or each precision of a built-in model)."""
+    import rsvlm_edge
+
+    from .export.clip import synthetic_rs_images
+
+    notes: list[str] = []
+    if is_builtin(target):
+        name = builtin_name(target)
+        bundles = [(p, builtin_clip_bundle(name, p)) for p in precisions]
+        notes.append(RANDOM_WEIGHTS_NOTE)
+    else:
+        bundles = [(None, Path(target))]
+    rows: list[dict[str, Any]] = []
+    model_cfg: dict[str, Any] = {}
+    with progress() as bar:
+        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (len(batches) if peer else 0))
+        for _, path in bundles:
+            rt = rsvlm_edge.load(path, backend=backend, threads=threads)
+            model_cfg = rt.bundle.model
+            prec = rt.bundle.manifest["precision"]["image"]
+            gflop = vit_image_gflop(model_cfg)
+            for b in batches:
+                bar.update(task, description=f"{rt.backend} {prec} batch {b}")
+                px = synthetic_rs_images(b, rt.image_size, seed=b)
+                rows.append(_row(rt.backend, prec, b, time_fn(lambda: rt.encode_images(px), warmup, iters), gflop))
+                bar.advance(task)
+        if peer:
+            rows += _peer_open_clip(bundles[0][1], batches, warmup, iters, threads, bar, task)
+    if peer and rows and rows[-1]["backend"] == "open_clip":
+        base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == "open_clip"}
+        for r in rows:
+            r["speedup_vs_open_clip"] = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else None
+    return {"kind": "clip", "target": target, "model": model_cfg.get("name", "?"), "device": _device(threads),
+            "rsvlm_edge": __version__, "date": time.strftime("%Y-%m-%d"), "warmup": warmup, "iters": iters,
+            "gflop_per_image": vit_image_gflop(model_cfg) if model_cfg else None, "notes": notes, "rows": rows}
+
+
+def _peer_open_clip(bundle_path: Path, batches: list[int], warmup: int, iters: int, threads: int | None,
+                    bar, task) -> list[dict[str, Any]]:
+    """open_clip fp32 in torch on the CPU, same weights (rebuilt from the bundle's checkpoint)."""
+    try:
+        import torch
+
+        from .bundle import open_bundle
+        from .export.clip import _wrappers, synthetic_rs_images
+        from .export.clip_checkpoint import build_open_clip, load_clip_checkpoint
+    except ImportError:
+        return []
+    b = open_bundle(bundle_path, verify=False)
+    src = Path(b.manifest["source"]["checkpoint"])
+    if not src.exists():
+        return []
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_clip_checkpoint(src, activation=b.model["activation"])
+    image_enc, _ = _wrappers(build_open_clip(ckpt), ckpt.config)
+    gflop = vit_image_gflop(b.model)
+    rows = []
+    with torch.inference_mode():
+        for bs in batches:
+            bar.update(task, description=f"open_clip torch fp32 batch {bs}")
+            px = torch.from_numpy(synthetic_rs_images(bs, b.model["image_size"], seed=bs))
+            rows.append(_row("open_clip", "fp32", bs, time_fn(lambda: image_enc(px), warmup, iters), gflop))
+            bar.advance(task)
+    return rows
+
+
+def _device(threads: int | None) -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {threads or os.cpu_count()} threads"
+
+
+def write_outputs(result: dict[str, Any], json_path: Path | None, plot_path: Path | None) -> None:
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, result)
+    if plot_path:
+        plot(result, plot_path)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Throughput vs batch, one line per backend/precision (matplotlib, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_key = "images_per_s" if result["kind"] == "clip" else "decode_tok_s"
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in result["rows"]:
+        if r.get(y_key) is not None:
+            series.setdefault(f"{r.get('backend', '')} {r.get('precision', '')}".strip(), []).append((r["batch"], r[y_key]))
+    for label, pts in series.items():
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel(y_key.replace("_", " "))
+    ax.set_title(f"{result['model']} on {result['device']}", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2)

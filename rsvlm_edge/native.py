@@ -1,0 +1,103 @@
+"""Thin Python wrappers over the native kernels in ``rsvlm_edge._C`` (numpy in, numpy out).
+
+Every function also accepts torch / cupy / jax tensors without copying (DLPack or
+``__cuda_array_interface__``): CPU tensors run the CPU kernels, CUDA tensors the CUDA kernels.
+Wrong shapes or dtypes raise ``ValueError`` naming the argument and the expected shape.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Sequence
+
+from .errors import BackendError
+
+# OpenAI CLIP preprocessing constants (also used by RemoteCLIP, GeoRSCLIP, SkyCLIP, GeoChat).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _c() -> ModuleType:
+    try:
+        from . import _C
+    except ImportError as e:  # pragma: no cover - depends on the build
+        raise BackendError(
+            f"the native extension rsvlm_edge._C is not available ({e})",
+            "build it with `scripts/dev-build.sh` (developer checkout) or `pip install .`",
+        ) from e
+    return _C
+
+
+def built_with_cuda() -> bool:
+    """True when the native extension contains the CUDA kernels."""
+    return bool(_c().built_with_cuda())
+
+
+def patch_embed(
+    images: Any,
+    weight: Any,
+    class_emb: Any,
+    pos_emb: Any,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    bias: Any = None,
+    ln_gamma: Any = None,
+    ln_beta: Any = None,
+    eps: float = 1e-5,
+    out: Any = None,
+    stream: int = 0,
+) -> Any:
+    """Fused ViT patch embedding from uint8 images (open_clip ``conv1 -> cat class -> + pos -> ln_pre``).
+
+    Args:
+        images: (B, H, W, 3) uint8 RGB, C-contiguous, already at model resolution (H, W multiples of P).
+        weight: (D, 3, P, P) conv1 weight. float32 on CPU; float32/float16/bfloat16 on CUDA.
+        class_emb: (D) class embedding, same dtype as ``weight``.
+        pos_emb: (N + 1, D) position embedding, N = (H / P) * (W / P); see ``interpolate_pos_embed``.
+        mean, std: 3 floats each, in 0..1 units: x = (u8 / 255 - mean) / std.
+        bias: (D) conv1 bias or None (CLIP has none).
+        ln_gamma, ln_beta: (D) ln_pre weight and bias, or None to skip ln_pre.
+        eps: LayerNorm epsilon.
+        out: (B, N + 1, D) output of ``weight``'s dtype, or None to allocate one (numpy for CPU inputs;
+            for CUDA tensors with ``new_empty`` (torch) it is allocated like ``weight``).
+        stream: cudaStream_t as an int for CUDA inputs (0 = legacy default stream).
+
+    Returns:
+        (B, N + 1, D) tokens: a new numpy array for CPU inputs, else ``out``.
+    """
+    if out is None and hasattr(images, "__dlpack_device__") and not _is_numpy(images):
+        device_type, _ = images.__dlpack_device__()
+        if device_type == 2 and hasattr(weight, "new_empty"):  # kDLCUDA: allocate like weight (torch)
+            b, h, w = images.shape[0], images.shape[1], images.shape[2]
+            p = weight.shape[-1]
+            out = weight.new_empty((b, (h // p) * (w // p) + 1, weight.shape[0]))
+    return _c().patch_embed(
+        images, weight, bias, class_emb, pos_emb, mean, std,
+        ln_gamma=ln_gamma, ln_beta=ln_beta, eps=eps, out=out, stream=stream,
+    )
+
+
+def interpolate_pos_embed(pos: Any, new_grid: int, out: Any = None) -> Any:
+    """Resize a ViT position embedding to a new square grid, as GeoChat does for 336 -> 504 px.
+
+    Args:
+        pos: (1 + G*G, D) float32 on the CPU: row 0 the class token, row 1 + y*G + x grid cell (y, x).
+        new_grid: G2, the new grid side (e.g. 36 for CLIP-L/14 at 504 px).
+        out: optional (1 + G2*G2, D) float32 destination.
+
+    Returns:
+        (1 + G2*G2, D) float32: bicubic, align_corners=True, identical to
+        ``torch.nn.functional.interpolate(mode="bicubic", align_corners=True)`` on the grid part; the
+        class token row is copied unchanged.
+    """
+    return _c().interpolate_pos_embed(pos, int(new_grid), out=out)
+
+
+def tensor_arg_info(tensor: Any) -> dict[str, Any]:
+    """How the native bindings see an array (data pointer, dtype, shape, strides, device); no copy."""
+    return dict(_c().tensor_arg_info(tensor))
+
+
+def _is_numpy(x: Any) -> bool:
+    return type(x).__module__ == "numpy"
