@@ -1,249 +1,213 @@
-// Python bindings for the kv_attention op: kv_append, attention_prefill, attention_decode.
-// Arrays are numpy arrays (CPU path) or objects exposing __cuda_array_interface__ such as
-// torch.cuda tensors (CUDA path, when built with CUDA). Every argument is validated here with a
-// ValueError naming the argument and the expected shape before any kernel runs.
+// Python bindings for the kv_attention op family: kv_append, attention_prefill, attention_decode.
+// Thin: validate every argument (csrc/tensor_arg.h), then call the C++ API (kernels/kv_attention.h).
+// numpy arrays / CPU tensors run the CPU kernels (float32); CUDA tensors (DLPack or
+// __cuda_array_interface__) run the CUDA kernels (float16/bfloat16).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <cstdint>
 #include <string>
-#include <vector>
 
+#include "index_arg.h"
 #include "kv_attention.h"
-#include "pyarg.h"
+#include "tensor_arg.h"
 
 namespace py = pybind11;
-using rsvlm_edge::KernelStatus;
-namespace attn = rsvlm_edge::attn;
-using rsvlm_edge::pyarg::Arg;
-using rsvlm_edge::pyarg::ArgType;
-using rsvlm_edge::pyarg::fail;
-using rsvlm_edge::pyarg::shape_str;
+using rsvlm_edge::ArgChecker;
+using rsvlm_edge::DeviceType;
+using rsvlm_edge::Dim;
+using rsvlm_edge::DType;
+using rsvlm_edge::TensorArg;
 
 namespace {
 
-// Activations: float32 on the CPU path, float16/bfloat16 on the CUDA path.
-void expect_activation(const Arg& a) {
-  const bool ok = a.cuda ? (a.type == ArgType::kF16 || a.type == ArgType::kBF16) : a.type == ArgType::kF32;
-  if (!ok)
-    fail(a.name + (a.cuda ? " must be float16 or bfloat16 on the GPU" : " must be float32 on the CPU") +
-         ", got " + a.type_name());
+TensorArg optional_arg(py::handle obj, const char* name, int64_t stream) {
+  return obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(obj, name, stream);
 }
 
-attn::DType to_attn_dtype(ArgType t) {
-  switch (t) {
-    case ArgType::kF32: return attn::DType::kF32;
-    case ArgType::kF16: return attn::DType::kF16;
-    case ArgType::kBF16: return attn::DType::kBF16;
-    case ArgType::kI8: return attn::DType::kI8;
-    default: break;
-  }
-  fail("unsupported dtype");
-}
-
-void raise_status(const KernelStatus& st, bool cuda) {
-  if (st.ok()) return;
-  if (cuda) throw std::runtime_error(st.message);
-  throw py::value_error(st.message);
-}
-
-// The cache arguments shared by the three functions, validated into a KvCacheView.
+// The cache arguments shared by the three functions.
 struct CacheArgs {
-  Arg k, v, k_scale, v_scale, page_table;
-  attn::KvCacheView view;
+  TensorArg k, v, k_scale, v_scale, page_table;
+  bool paged = false, int8 = false;
 };
 
-CacheArgs parse_cache(const py::object& k_cache, const py::object& v_cache, const py::object& page_table,
-                      const py::object& k_scale, const py::object& v_scale, int batch, bool cuda) {
-  CacheArgs c;
-  const bool paged = !page_table.is_none();
-  const char* layout = paged ? "(num_pages, H_kv, 16, D)" : "(B_cache, H_kv, S_max, D)";
-  c.k = Arg::from(k_cache, "k_cache", /*writable=*/true);
-  c.v = Arg::from(v_cache, "v_cache", /*writable=*/true);
-  c.k.expect_rank(4, layout);
-  c.v.expect_like(c.k);
-  c.k.expect_device(cuda, "q");
-  c.v.expect_device(cuda, "q");
-  const std::vector<int64_t>& s = c.k.shape;
-  attn::KvCacheView& view = c.view;
-  view.k = c.k.data;
-  view.v = c.v.data;
-  if (c.k.type != ArgType::kF32 && c.k.type != ArgType::kF16 && c.k.type != ArgType::kBF16 &&
-      c.k.type != ArgType::kI8)
-    fail("k_cache must be float32, float16, bfloat16 or int8, got " + c.k.type_name());
-  view.dtype = to_attn_dtype(c.k.type);
-  view.slots = int(s[0]);
-  view.num_kv_heads = int(s[1]);
-  view.s_max = int(s[2]);
-  view.head_dim = int(s[3]);
-  if (paged) {
-    if (s[2] != attn::kPageSize)
-      fail("k_cache must have shape (num_pages, H_kv, 16, D) for a paged cache (page size 16), got " +
-           shape_str(s));
-    c.page_table = Arg::from_index(page_table, "page_table", cuda);
-    c.page_table.expect_rank(2, "(B, max_pages_per_seq)");
-    if (c.page_table.shape[0] != batch)
-      fail("page_table must have shape (B=" + std::to_string(batch) + ", max_pages_per_seq), got " +
-           shape_str(c.page_table.shape));
-    view.page_table = static_cast<const int32_t*>(c.page_table.data);
-    view.max_pages_per_seq = int(c.page_table.shape[1]);
-  } else if (s[0] < batch) {
-    fail("k_cache must have shape (B_cache >= B=" + std::to_string(batch) +
-         ", H_kv, S_max, D) for a contiguous cache, got " + shape_str(s));
+CacheArgs load_cache(py::handle k_cache, py::handle v_cache, py::handle page_table, py::handle k_scale,
+                     py::handle v_scale, int64_t stream) {
+  CacheArgs a;
+  a.k = rsvlm_edge::tensor_arg(k_cache, "k_cache", stream);
+  a.v = rsvlm_edge::tensor_arg(v_cache, "v_cache", stream);
+  a.paged = !page_table.is_none();
+  if (a.paged) a.page_table = rsvlm_edge::index_arg(page_table, "page_table", stream);
+  a.k_scale = optional_arg(k_scale, "k_scale", stream);
+  a.v_scale = optional_arg(v_scale, "v_scale", stream);
+  return a;
+}
+
+const TensorArg* present(const TensorArg& t) { return t.data || !t.shape.empty() ? &t : nullptr; }
+
+// Checks k/v (and the int8 scales) first: the cache fixes H_kv and D. CPU caches are float32 or
+// int8, CUDA caches float16, bfloat16 or int8. `writable`: kv_append writes the cache.
+rsvlm_edge::KvCacheView check_cache(ArgChecker& c, const CacheArgs& a, bool cuda, bool writable) {
+  const char* slots = a.paged ? "num_pages" : "B_cache";
+  const Dim rows = a.paged ? Dim(rsvlm_edge::kKvPageSize) : Dim("S_max");
+  if (cuda) c.check(a.k, {slots, "H_kv", rows, "D"}, {DType::f16, DType::bf16, DType::i8});
+  else c.check(a.k, {slots, "H_kv", rows, "D"}, {DType::f32, DType::i8});
+  c.check(a.v, {slots, "H_kv", rows, "D"}, {a.k.dtype});
+  const bool int8 = a.k.dtype == DType::i8;
+  if (int8) {
+    if (!present(a.k_scale) || !present(a.v_scale))
+      c.fail(std::string("an int8 cache needs k_scale and v_scale, float32 arrays of shape ") +
+             (a.paged ? "(num_pages, H_kv, 16)" : "(B_cache, H_kv, S_max)") + ", one scale per (KV head, token)");
+    c.check(a.k_scale, {slots, "H_kv", rows}, {DType::f32});
+    c.check(a.v_scale, {slots, "H_kv", rows}, {DType::f32});
+  } else if (present(a.k_scale) || present(a.v_scale)) {
+    c.fail(std::string("k_scale / v_scale are only used with an int8 cache; k_cache is ") +
+           rsvlm_edge::dtype_name(a.k.dtype));
   }
-  const std::vector<int64_t> scale_shape = {s[0], s[1], s[2]};
-  const char* scale_layout = paged ? "(num_pages, H_kv, 16)" : "(B_cache, H_kv, S_max)";
-  if (view.dtype == attn::DType::kI8) {
-    if (k_scale.is_none() || v_scale.is_none())
-      fail("an int8 cache needs k_scale and v_scale, float32 arrays of shape " + std::string(scale_layout));
-    c.k_scale = Arg::from(k_scale, "k_scale", true);
-    c.v_scale = Arg::from(v_scale, "v_scale", true);
-    for (Arg* a : {&c.k_scale, &c.v_scale}) {
-      a->expect_shape(scale_shape, scale_layout);
-      a->expect_type(ArgType::kF32, "float32");
-      a->expect_device(cuda, "q");
+  if (writable) {
+    c.writable(a.k);
+    c.writable(a.v);
+    if (int8) {
+      c.writable(a.k_scale);
+      c.writable(a.v_scale);
     }
-    view.k_scale = static_cast<float*>(c.k_scale.data);
-    view.v_scale = static_cast<float*>(c.v_scale.data);
-  } else if (!k_scale.is_none() || !v_scale.is_none()) {
-    fail("k_scale / v_scale are only used with an int8 cache; k_cache is " + c.k.type_name());
   }
-  return c;
+  rsvlm_edge::KvCacheView view;
+  view.k = a.k.data;
+  view.v = a.v.data;
+  view.k_scale = int8 ? a.k_scale.ptr<float>() : nullptr;
+  view.v_scale = int8 ? a.v_scale.ptr<float>() : nullptr;
+  view.dtype = a.k.dtype;
+  view.num_kv_heads = static_cast<int>(c.dim("H_kv"));
+  view.head_dim = static_cast<int>(c.dim("D"));
+  view.slots = static_cast<int>(a.k.shape[0]);
+  view.s_max = static_cast<int>(a.k.shape[2]);
+  return view;
 }
 
-// Output: the given array (validated) or a new numpy array on the CPU path.
-Arg parse_out(const py::object& out, const Arg& like, const char* shape_desc, py::object* result) {
-  if (out.is_none()) {
-    if (like.cuda) fail("out= is required for CUDA tensors: pass an empty tensor shaped like q");
-    py::array_t<float> a(like.shape);
-    *result = a;
-    return Arg::from(a, "out", true);
+// After the activations bound B: the page table (paged) or the slot count (contiguous).
+void check_cache_batch(ArgChecker& c, const CacheArgs& a, rsvlm_edge::KvCacheView* view) {
+  if (a.paged) {
+    c.check(a.page_table, {"B", "max_pages_per_seq"}, {DType::i32});
+    view->page_table = a.page_table.ptr<const int32_t>();
+    view->max_pages_per_seq = static_cast<int>(c.dim("max_pages_per_seq"));
+  } else if (c.dim("B_cache") < c.dim("B")) {
+    c.fail("argument 'k_cache' has " + std::to_string(c.dim("B_cache")) + " sequence slots but the batch has B=" +
+           std::to_string(c.dim("B")) + "; allocate the cache as (B_cache >= B, H_kv, S_max, D)");
   }
-  Arg o = Arg::from(out, "out", true);
-  if (o.shape != like.shape)
-    fail(std::string("out must have shape ") + shape_desc + " = " + shape_str(like.shape) + " like q, got " +
-         shape_str(o.shape));
-  o.expect_type(like.type, "of q (" + like.type_name() + ")");
-  o.expect_device(like.cuda, "q");
-  *result = out;
-  return o;
 }
 
-void run_append(const attn::KvAppendParams& p, bool cuda) {
-  raise_status(attn::check_append(p, cuda), false);
-  if (!cuda) {
-    KernelStatus st;
-    {
-      py::gil_scoped_release nogil;
-      st = attn::kv_append_cpu(p);
+// Activations: the cache dtype, or float16/bfloat16 (CUDA) / float32 (CPU) in front of an int8 cache.
+void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<Dim> dims, DType cache, bool cuda) {
+  if (cache != DType::i8) c.check(t, dims, {cache});
+  else if (cuda) c.check(t, dims, {DType::f16, DType::bf16});
+  else c.check(t, dims, {DType::f32});
+}
+
+void kv_append(py::handle k_cache, py::handle v_cache, py::handle k_new_obj, py::handle v_new_obj,
+               py::handle start_pos_obj, py::handle new_lens_obj, py::handle page_table, py::handle k_scale,
+               py::handle v_scale, int64_t stream) {
+  ArgChecker c("kv_append");
+  TensorArg k_new = rsvlm_edge::tensor_arg(k_new_obj, "k_new", stream);
+  TensorArg v_new = rsvlm_edge::tensor_arg(v_new_obj, "v_new", stream);
+  CacheArgs a = load_cache(k_cache, v_cache, page_table, k_scale, v_scale, stream);
+  TensorArg start_pos = rsvlm_edge::index_arg(start_pos_obj, "start_pos", stream);
+  TensorArg new_lens = new_lens_obj.is_none() ? TensorArg{} : rsvlm_edge::index_arg(new_lens_obj, "new_lens", stream);
+  c.same_device({&k_new, &v_new, &a.k, &a.v, present(a.k_scale), present(a.v_scale), present(a.page_table),
+                 &start_pos, present(new_lens)});
+  const bool cuda = k_new.device.type == DeviceType::cuda;
+  // Decode form (B, H_kv, D) = (B, 1, H_kv, D).
+  if (k_new.ndim() == 3) {
+    for (TensorArg* t : {&k_new, &v_new}) {
+      if (t->ndim() != 3) continue;
+      t->shape.insert(t->shape.begin() + 1, 1);
+      t->strides.insert(t->strides.begin() + 1, t->strides[0]);
     }
-    raise_status(st, false);
-    return;
   }
-#ifdef RSVLM_WITH_CUDA
-  raise_status(attn::kv_append_cuda(p), true);
-#else
-  fail("this build of rsvlm_edge has no CUDA kernels; pass numpy arrays or rebuild with RSVLM_CUDA=ON");
-#endif
+  rsvlm_edge::KvAppendParams p;
+  p.cache = check_cache(c, a, cuda, /*writable=*/true);
+  check_activation(c, k_new, {"B", "S_new", "H_kv", "D"}, a.k.dtype, cuda);
+  c.check(v_new, {"B", "S_new", "H_kv", "D"}, {k_new.dtype});
+  check_cache_batch(c, a, &p.cache);
+  c.check(start_pos, {"B"}, {DType::i32});
+  if (present(new_lens)) c.check(new_lens, {"B"}, {DType::i32});
+  p.k_new = k_new.data;
+  p.v_new = v_new.data;
+  p.start_pos = start_pos.ptr<const int32_t>();
+  p.new_lens = present(new_lens) ? new_lens.ptr<const int32_t>() : nullptr;
+  p.act_dtype = k_new.dtype;
+  p.batch = static_cast<int>(c.dim("B"));
+  p.s_new = static_cast<int>(c.dim("S_new"));
+  rsvlm_edge::Status s;
+  if (cuda) {
+    rsvlm_edge::CudaDeviceGuard guard("kv_append", k_new);
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::kv_append_cuda(p, reinterpret_cast<void*>(stream));
+  } else {
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::kv_append_cpu(p);
+  }
+  rsvlm_edge::throw_if_error(s);
 }
 
-void run_attention(const attn::AttentionParams& p, bool cuda) {
-  raise_status(attn::check_attention(p, cuda), false);
-  if (!cuda) {
-    KernelStatus st;
-    {
-      py::gil_scoped_release nogil;
-      st = attn::attention_cpu(p);
-    }
-    raise_status(st, false);
-    return;
-  }
-#ifdef RSVLM_WITH_CUDA
-  raise_status(attn::attention_cuda(p), true);
-#else
-  fail("this build of rsvlm_edge has no CUDA kernels; pass numpy arrays or rebuild with RSVLM_CUDA=ON");
-#endif
-}
+py::object attention(const char* op, py::handle q_obj, py::handle k_cache, py::handle v_cache, py::handle q_lens_obj,
+                     py::handle kv_lens_obj, py::handle out_obj, py::handle page_table, py::handle k_scale,
+                     py::handle v_scale, double scale, int num_splits, int64_t stream) {
+  const bool decode = q_lens_obj.is_none();
+  ArgChecker c(op);
+  TensorArg q = rsvlm_edge::tensor_arg(q_obj, "q", stream);
+  CacheArgs a = load_cache(k_cache, v_cache, page_table, k_scale, v_scale, stream);
+  TensorArg q_lens = decode ? TensorArg{} : rsvlm_edge::index_arg(q_lens_obj, "q_lens", stream);
+  TensorArg kv_lens = rsvlm_edge::index_arg(kv_lens_obj, decode ? "seq_lens" : "kv_lens", stream);
+  TensorArg out = optional_arg(out_obj, "out", stream);
+  c.same_device({&q, &a.k, &a.v, present(a.k_scale), present(a.v_scale), present(a.page_table), present(q_lens),
+                 &kv_lens, present(out)});
+  const bool cuda = q.device.type == DeviceType::cuda;
+  rsvlm_edge::AttentionParams p;
+  p.cache = check_cache(c, a, cuda, /*writable=*/false);
+  if (decode) check_activation(c, q, {"B", "H", "D"}, a.k.dtype, cuda);
+  else check_activation(c, q, {"B", "S_q", "H", "D"}, a.k.dtype, cuda);
+  check_cache_batch(c, a, &p.cache);
+  if (c.dim("H") % c.dim("H_kv") != 0)
+    c.fail("q has H=" + std::to_string(c.dim("H")) + " heads, which is not a multiple of the H_kv=" +
+           std::to_string(c.dim("H_kv")) + " KV heads of k_cache (grouped-query attention needs H % H_kv == 0)");
+  if (!decode) c.check(q_lens, {"B"}, {DType::i32});
+  c.check(kv_lens, {"B"}, {DType::i32});
+  if (num_splits < 0) c.fail("argument 'num_splits' must be >= 0 (0 = automatic, 1 = off), got " + std::to_string(num_splits));
+  if (!(scale >= 0.0)) c.fail("argument 'scale' must be >= 0 (0 = 1/sqrt(D)), got " + std::to_string(scale));
 
-void kv_append(const py::object& k_cache, const py::object& v_cache, const py::object& k_new,
-               const py::object& v_new, const py::object& start_pos, const py::object& new_lens,
-               const py::object& page_table, const py::object& k_scale, const py::object& v_scale) {
-  Arg kn = Arg::from(k_new, "k_new", false);
-  if (kn.shape.size() == 3) kn.shape.insert(kn.shape.begin() + 1, 1);  // decode: (B, H_kv, D)
-  kn.expect_rank(4, "(B, S_new, H_kv, D) or (B, H_kv, D)");
-  const bool cuda = kn.cuda;
-  expect_activation(kn);
-  Arg vn = Arg::from(v_new, "v_new", false);
-  if (vn.shape.size() == 3) vn.shape.insert(vn.shape.begin() + 1, 1);
-  vn.expect_like(kn);
-  vn.expect_device(cuda, "k_new");
-  const int batch = int(kn.shape[0]);
-  CacheArgs c = parse_cache(k_cache, v_cache, page_table, k_scale, v_scale, batch, cuda);
-  if (kn.shape[2] != c.view.num_kv_heads || kn.shape[3] != c.view.head_dim)
-    fail("k_new must have shape (B, S_new, H_kv=" + std::to_string(c.view.num_kv_heads) +
-         ", D=" + std::to_string(c.view.head_dim) + ") to match k_cache, got " + shape_str(kn.shape));
-  Arg sp = Arg::from_index(start_pos, "start_pos", cuda);
-  sp.expect_shape({batch}, "(B,)");
-  Arg nl;
-  if (!new_lens.is_none()) {
-    nl = Arg::from_index(new_lens, "new_lens", cuda);
-    nl.expect_shape({batch}, "(B,)");
-  }
-  attn::KvAppendParams p;
-  p.k_new = kn.data;
-  p.v_new = vn.data;
-  p.start_pos = static_cast<const int32_t*>(sp.data);
-  p.new_lens = new_lens.is_none() ? nullptr : static_cast<const int32_t*>(nl.data);
-  p.act_dtype = to_attn_dtype(kn.type);
-  p.batch = batch;
-  p.s_new = int(kn.shape[1]);
-  p.cache = c.view;
-  run_append(p, cuda);
-}
-
-py::object attention(const py::object& q_obj, const py::object& k_cache, const py::object& v_cache,
-                     const py::object& q_lens, const py::object& kv_lens, const py::object& out,
-                     const py::object& page_table, const py::object& k_scale, const py::object& v_scale,
-                     double scale, int num_splits, bool decode) {
-  Arg q = Arg::from(q_obj, "q", false);
-  const char* q_desc = decode ? "(B, H, D)" : "(B, S_q, H, D)";
-  q.expect_rank(decode ? 3 : 4, q_desc);
-  const bool cuda = q.cuda;
-  expect_activation(q);
-  const int batch = int(q.shape[0]);
-  const int heads = int(q.shape[decode ? 1 : 2]);
-  const int64_t dim = q.shape[decode ? 2 : 3];
-  CacheArgs c = parse_cache(k_cache, v_cache, page_table, k_scale, v_scale, batch, cuda);
-  if (dim != c.view.head_dim)
-    fail(std::string("q must have shape ") + q_desc + " with D=" + std::to_string(c.view.head_dim) +
-         " (the head_dim of k_cache), got " + shape_str(q.shape));
-  if (heads % c.view.num_kv_heads != 0)
-    fail("q has " + std::to_string(heads) + " heads, which is not a multiple of the " +
-         std::to_string(c.view.num_kv_heads) + " KV heads of k_cache (grouped-query attention needs H % H_kv == 0)");
-  const char* lens_name = decode ? "seq_lens" : "kv_lens";
-  Arg kl = Arg::from_index(kv_lens, lens_name, cuda);
-  kl.expect_shape({batch}, "(B,)");
-  Arg ql;
-  if (!decode) {
-    ql = Arg::from_index(q_lens, "q_lens", cuda);
-    ql.expect_shape({batch}, "(B,)");
-  }
   py::object result;
-  Arg o = parse_out(out, q, q_desc, &result);
-  attn::AttentionParams p;
+  if (present(out)) {
+    if (decode) c.check(out, {"B", "H", "D"}, {q.dtype});
+    else c.check(out, {"B", "S_q", "H", "D"}, {q.dtype});
+    c.writable(out);
+    result = py::reinterpret_borrow<py::object>(out_obj);
+  } else if (cuda) {
+    c.fail("argument 'out' is required for CUDA inputs: pass a preallocated tensor shaped like q " + q.describe());
+  } else {
+    py::array_t<float> arr(q.shape);
+    out = rsvlm_edge::tensor_arg(arr, "out");
+    result = arr;
+  }
   p.q = q.data;
-  p.out = o.data;
-  p.q_lens = decode ? nullptr : static_cast<const int32_t*>(ql.data);
-  p.kv_lens = static_cast<const int32_t*>(kl.data);
-  p.act_dtype = to_attn_dtype(q.type);
-  p.batch = batch;
-  p.s_q = decode ? 1 : int(q.shape[1]);
-  p.num_heads = heads;
-  p.scale = float(scale);
-  p.cache = c.view;
-  p.num_splits = num_splits;
-  if (num_splits < 0) fail("num_splits must be >= 0 (0 = automatic), got " + std::to_string(num_splits));
-  run_attention(p, cuda);
+  p.out = out.data;
+  p.q_lens = decode ? nullptr : q_lens.ptr<const int32_t>();
+  p.kv_lens = kv_lens.ptr<const int32_t>();
+  p.act_dtype = q.dtype;
+  p.batch = static_cast<int>(c.dim("B"));
+  p.s_q = decode ? 1 : static_cast<int>(c.dim("S_q"));
+  p.num_heads = static_cast<int>(c.dim("H"));
+  p.scale = static_cast<float>(scale);
+  p.num_splits = decode ? num_splits : 1;
+  rsvlm_edge::Status s;
+  if (cuda) {
+    rsvlm_edge::CudaDeviceGuard guard(op, q);
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::attention_cuda(p, reinterpret_cast<void*>(stream));
+  } else {
+    py::gil_scoped_release nogil;
+    s = rsvlm_edge::attention_cpu(p);
+  }
+  rsvlm_edge::throw_if_error(s);
   return result;
 }
 
@@ -252,27 +216,30 @@ py::object attention(const py::object& q_obj, const py::object& k_cache, const p
 void bind_kv_attention(py::module_& m) {
   m.def("kv_append", &kv_append, py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"),
         py::arg("start_pos"), py::kw_only(), py::arg("new_lens") = py::none(), py::arg("page_table") = py::none(),
-        py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none(),
+        py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none(), py::arg("stream") = 0,
         R"doc(Write new K/V rows into a preallocated cache, in place.
 
 k_new, v_new: (B, S_new, H_kv, D), or (B, H_kv, D) for one token per sequence.
 Row s of sequence b goes to cache position start_pos[b] + s, for s < new_lens[b] (default S_new).
-start_pos, new_lens: (B,) int32 (any integer array on the CPU path).
+start_pos, new_lens: (B,) int32 (on the CPU any integer array or list).
 Contiguous cache: k_cache, v_cache (B_cache >= B, H_kv, S_max, D); sequence b uses slot b.
-Paged cache: k_cache, v_cache (num_pages, H_kv, 16, D) and page_table (B, max_pages_per_seq) int32.
+Paged cache: k_cache, v_cache (num_pages, H_kv, 16, D) and page_table (B, max_pages_per_seq) int32:
+position p of sequence b is row p % 16 of page page_table[b, p // 16].
 INT8 cache: k_cache/v_cache int8 plus k_scale/v_scale float32 (B_cache, H_kv, S_max) or
-(num_pages, H_kv, 16): one symmetric scale per (KV head, token), set here (scale = max|row|/127).
-CPU: float32 activations (cache float32 or int8). CUDA: float16/bfloat16 (cache same dtype or int8).)doc");
+(num_pages, H_kv, 16): one symmetric scale per (KV head, token), set here (scale = max|row| / 127).
+CPU: float32 activations (cache float32 or int8). CUDA tensors: float16/bfloat16 (cache same dtype
+or int8); `stream` is a cudaStream_t as an integer (0 = legacy default).)doc");
   m.def(
       "attention_prefill",
-      [](const py::object& q, const py::object& k_cache, const py::object& v_cache, const py::object& q_lens,
-         const py::object& kv_lens, const py::object& out, const py::object& page_table, const py::object& k_scale,
-         const py::object& v_scale, double scale) {
-        return attention(q, k_cache, v_cache, q_lens, kv_lens, out, page_table, k_scale, v_scale, scale, 1, false);
+      [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle q_lens, py::handle kv_lens, py::handle out,
+         py::handle page_table, py::handle k_scale, py::handle v_scale, double scale, int64_t stream) {
+        if (q_lens.is_none()) throw std::invalid_argument("attention_prefill: argument 'q_lens' is required but got None");
+        return attention("attention_prefill", q, k_cache, v_cache, q_lens, kv_lens, out, page_table, k_scale, v_scale,
+                         scale, 1, stream);
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("q_lens"), py::arg("kv_lens"), py::kw_only(),
       py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
-      py::arg("v_scale") = py::none(), py::arg("scale") = 0.0,
+      py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("stream") = 0,
       R"doc(Causal attention of new queries over the KV cache (prefill, chunked prefill).
 
 q: (B, S_q, H, D); q_lens: (B,) valid queries per sequence (<= S_q); kv_lens: (B,) tokens in the
@@ -283,15 +250,14 @@ Cache arguments as for kv_append. scale: softmax scale, 0 = 1/sqrt(D).
 Returns out (B, S_q, H, D); pass out= to write into an existing array (required for CUDA).)doc");
   m.def(
       "attention_decode",
-      [](const py::object& q, const py::object& k_cache, const py::object& v_cache, const py::object& seq_lens,
-         const py::object& out, const py::object& page_table, const py::object& k_scale, const py::object& v_scale,
-         double scale, int num_splits) {
-        return attention(q, k_cache, v_cache, py::none(), seq_lens, out, page_table, k_scale, v_scale, scale,
-                         num_splits, true);
+      [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle seq_lens, py::handle out,
+         py::handle page_table, py::handle k_scale, py::handle v_scale, double scale, int num_splits, int64_t stream) {
+        return attention("attention_decode", q, k_cache, v_cache, py::none(), seq_lens, out, page_table, k_scale,
+                         v_scale, scale, num_splits, stream);
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("seq_lens"), py::kw_only(),
       py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
-      py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("num_splits") = 0,
+      py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("num_splits") = 0, py::arg("stream") = 0,
       R"doc(Attention of one new query per sequence over the KV cache (decode step).
 
 q: (B, H, D); seq_lens: (B,) tokens in the cache per sequence including the new one (append it

@@ -10,10 +10,10 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda_check.cuh"
 #include "decoder_ops.h"
 
 namespace rsvlm_edge {
-namespace dec {
 namespace {
 
 constexpr int kThreads = 256;       // elementwise / norm kernels
@@ -123,70 +123,69 @@ __global__ void __launch_bounds__(kLinearWarps * 32) linear_kernel(LinearParams 
 }
 
 template <typename T>
-KernelStatus launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
-  if (p.rows > 0x7fffffff) return KernelStatus::Error("rms_norm: too many rows for one launch");
+Status launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
+  if (p.rows > 0x7fffffff) return Status::Invalid("rms_norm: too many rows for one launch");
   rms_norm_kernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(
       static_cast<const T*>(p.x), static_cast<const T*>(p.weight), static_cast<T*>(p.out), p.dim, p.eps);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return KernelStatus::Ok();
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
 }
 
 template <typename TA, typename TW>
-KernelStatus launch_linear(const LinearParams& p, cudaStream_t stream) {
+Status launch_linear(const LinearParams& p, cudaStream_t stream) {
   const int64_t row_blocks = (p.m + kLinearRows - 1) / kLinearRows;
-  if (row_blocks > 65535) return KernelStatus::Error("linear: M too large for one launch (max 262140 rows)");
+  if (row_blocks > 65535) return Status::Invalid("linear: M too large for one launch (max 262140 rows)");
   const dim3 grid((p.n + kLinearWarps - 1) / kLinearWarps, static_cast<unsigned>(row_blocks));
   linear_kernel<TA, TW><<<grid, kLinearWarps * 32, 0, stream>>>(p);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return KernelStatus::Ok();
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
 }
 
 }  // namespace
 
-KernelStatus rms_norm_cuda(const RmsNormParams& p) {
-  KernelStatus st = check_rms_norm(p, true);
+Status rms_norm_cuda(const RmsNormParams& p, void* stream_ptr) {
+  Status st = rms_norm_validate(p, true);
   if (!st.ok() || p.rows == 0) return st;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  return p.dtype == DType::kF16 ? launch_rms_norm<__half>(p, stream) : launch_rms_norm<__nv_bfloat16>(p, stream);
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  return p.dtype == DType::f16 ? launch_rms_norm<__half>(p, stream) : launch_rms_norm<__nv_bfloat16>(p, stream);
 }
 
-KernelStatus rope_cuda(const RopeParams& p) {
-  KernelStatus st = check_rope(p, true);
+Status rope_cuda(const RopeParams& p, void* stream_ptr) {
+  Status st = rope_validate(p, true);
   if (!st.ok() || p.tokens == 0) return st;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t total = p.tokens * (p.num_heads + (p.k ? p.num_kv_heads : 0)) * (p.head_dim / 2);
-  if (p.dtype == DType::kF16)
+  if (p.dtype == DType::f16)
     rope_kernel<__half><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
   else
     rope_kernel<__nv_bfloat16><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return KernelStatus::Ok();
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
 }
 
-KernelStatus swiglu_cuda(const SwiGluParams& p) {
-  KernelStatus st = check_swiglu(p, true);
+Status swiglu_cuda(const SwiGluParams& p, void* stream_ptr) {
+  Status st = swiglu_validate(p, true);
   if (!st.ok() || p.n == 0) return st;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  if (p.dtype == DType::kF16)
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  if (p.dtype == DType::f16)
     swiglu_kernel<__half><<<grid_for(p.n, kThreads), kThreads, 0, stream>>>(
         static_cast<const __half*>(p.gate), static_cast<const __half*>(p.up), static_cast<__half*>(p.out), p.n);
   else
     swiglu_kernel<__nv_bfloat16><<<grid_for(p.n, kThreads), kThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(p.gate), static_cast<const __nv_bfloat16*>(p.up),
         static_cast<__nv_bfloat16*>(p.out), p.n);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return KernelStatus::Ok();
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
 }
 
-KernelStatus linear_cuda(const LinearParams& p) {
-  KernelStatus st = check_linear(p, true);
+Status linear_cuda(const LinearParams& p, void* stream_ptr) {
+  Status st = linear_validate(p, true);
   if (!st.ok() || p.m == 0) return st;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const bool i8 = p.w_dtype == DType::kI8;
-  if (p.act_dtype == DType::kF16)
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const bool i8 = p.w_dtype == DType::i8;
+  if (p.act_dtype == DType::f16)
     return i8 ? launch_linear<__half, int8_t>(p, stream) : launch_linear<__half, __half>(p, stream);
   return i8 ? launch_linear<__nv_bfloat16, int8_t>(p, stream) : launch_linear<__nv_bfloat16, __nv_bfloat16>(p, stream);
 }
 
-}  // namespace dec
 }  // namespace rsvlm_edge

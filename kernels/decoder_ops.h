@@ -17,10 +17,10 @@
 
 #include <cstdint>
 
-#include "kernel_common.h"
+#include "rsvlm_edge/dtype.h"
+#include "rsvlm_edge/status.h"
 
 namespace rsvlm_edge {
-namespace dec {
 
 struct RmsNormParams {
   const void* x = nullptr;       // (T, D)
@@ -29,8 +29,7 @@ struct RmsNormParams {
   int64_t rows = 0;              // T
   int dim = 0;                   // D
   float eps = 1e-6f;
-  DType dtype = DType::kF32;     // of x, weight, out
-  void* stream = nullptr;        // CUDA only: cudaStream_t
+  DType dtype = DType::f32;     // of x, weight, out
 };
 
 struct RopeParams {
@@ -42,8 +41,7 @@ struct RopeParams {
   int num_kv_heads = 0;               // H_kv (ignored when k is nullptr)
   int head_dim = 0;                   // D, even
   float theta = 10000.f;              // rope_theta
-  DType dtype = DType::kF32;          // of q and k
-  void* stream = nullptr;             // CUDA only
+  DType dtype = DType::f32;          // of q and k
 };
 
 struct SwiGluParams {
@@ -51,8 +49,7 @@ struct SwiGluParams {
   const void* up = nullptr;    // (n)
   void* out = nullptr;         // (n); may alias gate or up
   int64_t n = 0;
-  DType dtype = DType::kF32;
-  void* stream = nullptr;      // CUDA only
+  DType dtype = DType::f32;
 };
 
 struct LinearParams {
@@ -64,36 +61,34 @@ struct LinearParams {
   int64_t m = 0;                   // M (tokens)
   int n = 0;                       // N (output features)
   int k = 0;                       // K (input features)
-  DType act_dtype = DType::kF32;   // of x, bias, out
-  DType w_dtype = DType::kF32;     // kI8 or act_dtype
-  void* stream = nullptr;          // CUDA only
+  DType act_dtype = DType::f32;   // of x, bias, out
+  DType w_dtype = DType::f32;     // i8, or act_dtype (dense)
 };
 
-// Argument checks shared by the CPU and CUDA launchers.
-KernelStatus check_rms_norm(const RmsNormParams& p, bool cuda);
-KernelStatus check_rope(const RopeParams& p, bool cuda);
-KernelStatus check_swiglu(const SwiGluParams& p, bool cuda);
-KernelStatus check_linear(const LinearParams& p, bool cuda);
+// Argument checks shared by the CPU and CUDA launchers (not devices).
+Status rms_norm_validate(const RmsNormParams& p, bool cuda);
+Status rope_validate(const RopeParams& p, bool cuda);
+Status swiglu_validate(const SwiGluParams& p, bool cuda);
+Status linear_validate(const LinearParams& p, bool cuda);
 
 // CPU (OpenMP, fp32) launchers; also the references for the CUDA kernels.
-KernelStatus rms_norm_cpu(const RmsNormParams& p);
-KernelStatus rope_cpu(const RopeParams& p);
-KernelStatus swiglu_cpu(const SwiGluParams& p);
-KernelStatus linear_cpu(const LinearParams& p);
+Status rms_norm_cpu(const RmsNormParams& p);
+Status rope_cpu(const RopeParams& p);
+Status swiglu_cpu(const SwiGluParams& p);
+Status linear_cpu(const LinearParams& p);
 
 // Per-output-channel symmetric INT8 quantisation of a weight w (N, K) fp32:
 // scale[n] = max|w[n, :]| / 127 (0 for an all-zero row), q[n, k] = round(w[n, k] / scale[n]).
-KernelStatus quantize_weight_int8_cpu(const float* w,  // (N, K)
+Status quantize_weight_int8_cpu(const float* w,  // (N, K)
                                       int n, int k,
                                       int8_t* q,       // (N, K)
                                       float* scale);   // (N)
 
-#ifdef RSVLM_WITH_CUDA
-KernelStatus rms_norm_cuda(const RmsNormParams& p);
-KernelStatus rope_cuda(const RopeParams& p);
-KernelStatus swiglu_cuda(const SwiGluParams& p);
-KernelStatus linear_cuda(const LinearParams& p);
-#endif
+// CUDA launchers: fp16/bf16 activations, all pointers on the current device; `stream` is a
+// cudaStream_t (nullptr = legacy default). Return kNotCompiled in a build without CUDA.
+Status rms_norm_cuda(const RmsNormParams& p, void* stream);
+Status rope_cuda(const RopeParams& p, void* stream);
+Status swiglu_cuda(const SwiGluParams& p, void* stream);
+Status linear_cuda(const LinearParams& p, void* stream);
 
-}  // namespace dec
 }  // namespace rsvlm_edge

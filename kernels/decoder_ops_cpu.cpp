@@ -7,15 +7,14 @@
 #include "decoder_ops.h"
 
 namespace rsvlm_edge {
-namespace dec {
 namespace {
 
-KernelStatus check_act(DType t, bool cuda) {
-  if (cuda && t != DType::kF16 && t != DType::kBF16)
-    return KernelStatus::Error("CUDA decoder ops take float16 or bfloat16 activations, got " + dtype_name(t));
-  if (!cuda && t != DType::kF32)
-    return KernelStatus::Error("CPU decoder ops take float32 activations, got " + dtype_name(t));
-  return KernelStatus::Ok();
+Status check_act(DType t, bool cuda) {
+  if (cuda && t != DType::f16 && t != DType::bf16)
+    return Status::Invalid(std::string("CUDA decoder ops take float16 or bfloat16 activations, got ") + dtype_name(t));
+  if (!cuda && t != DType::f32)
+    return Status::Invalid(std::string("CPU decoder ops take float32 activations, got ") + dtype_name(t));
+  return Status::Ok();
 }
 
 // Sum of a[i] * b[i] in fp32 with 8 independent partial sums (vectorisable without fast-math).
@@ -31,42 +30,42 @@ inline float dot(const float* a, const float* b, int k) {
 
 }  // namespace
 
-KernelStatus check_rms_norm(const RmsNormParams& p, bool cuda) {
-  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr) return KernelStatus::Error("x, weight and out must be given");
-  if (p.rows < 0 || p.dim <= 0) return KernelStatus::Error("rms_norm needs T >= 0 and D >= 1");
-  if (!(p.eps >= 0.f)) return KernelStatus::Error("rms_norm eps must be >= 0");
+Status rms_norm_validate(const RmsNormParams& p, bool cuda) {
+  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr) return Status::Invalid("x, weight and out must be given");
+  if (p.rows < 0 || p.dim <= 0) return Status::Invalid("rms_norm needs T >= 0 and D >= 1");
+  if (!(p.eps >= 0.f)) return Status::Invalid("rms_norm eps must be >= 0");
   return check_act(p.dtype, cuda);
 }
 
-KernelStatus check_rope(const RopeParams& p, bool cuda) {
-  if (p.q == nullptr || p.positions == nullptr) return KernelStatus::Error("q and positions must be given");
+Status rope_validate(const RopeParams& p, bool cuda) {
+  if (p.q == nullptr || p.positions == nullptr) return Status::Invalid("q and positions must be given");
   if (p.tokens < 0 || p.num_heads <= 0 || (p.k != nullptr && p.num_kv_heads <= 0))
-    return KernelStatus::Error("rope needs T >= 0 and at least one head");
+    return Status::Invalid("rope needs T >= 0 and at least one head");
   if (p.head_dim <= 0 || p.head_dim % 2 != 0)
-    return KernelStatus::Error("rope needs an even head_dim, got " + std::to_string(p.head_dim));
-  if (!(p.theta > 0.f)) return KernelStatus::Error("rope theta must be > 0");
+    return Status::Invalid("rope needs an even head_dim, got " + std::to_string(p.head_dim));
+  if (!(p.theta > 0.f)) return Status::Invalid("rope theta must be > 0");
   return check_act(p.dtype, cuda);
 }
 
-KernelStatus check_swiglu(const SwiGluParams& p, bool cuda) {
-  if (p.gate == nullptr || p.up == nullptr || p.out == nullptr) return KernelStatus::Error("gate, up and out must be given");
-  if (p.n < 0) return KernelStatus::Error("swiglu needs n >= 0");
+Status swiglu_validate(const SwiGluParams& p, bool cuda) {
+  if (p.gate == nullptr || p.up == nullptr || p.out == nullptr) return Status::Invalid("gate, up and out must be given");
+  if (p.n < 0) return Status::Invalid("swiglu needs n >= 0");
   return check_act(p.dtype, cuda);
 }
 
-KernelStatus check_linear(const LinearParams& p, bool cuda) {
-  if (p.x == nullptr || p.w == nullptr || p.out == nullptr) return KernelStatus::Error("x, w and out must be given");
-  if (p.m < 0 || p.n <= 0 || p.k <= 0) return KernelStatus::Error("linear needs M >= 0, N >= 1, K >= 1");
-  if (p.w_dtype != DType::kI8 && p.w_dtype != p.act_dtype)
-    return KernelStatus::Error("weight dtype " + dtype_name(p.w_dtype) + " must be int8 or the activation dtype " +
+Status linear_validate(const LinearParams& p, bool cuda) {
+  if (p.x == nullptr || p.w == nullptr || p.out == nullptr) return Status::Invalid("x, w and out must be given");
+  if (p.m < 0 || p.n <= 0 || p.k <= 0) return Status::Invalid("linear needs M >= 0, N >= 1, K >= 1");
+  if (p.w_dtype != DType::i8 && p.w_dtype != p.act_dtype)
+    return Status::Invalid(std::string("weight dtype ") + dtype_name(p.w_dtype) + " must be int8 or the activation dtype " +
                                dtype_name(p.act_dtype));
-  if (p.w_dtype == DType::kI8 && p.w_scale == nullptr)
-    return KernelStatus::Error("int8 weights need w_scale (N) float32");
+  if (p.w_dtype == DType::i8 && p.w_scale == nullptr)
+    return Status::Invalid("int8 weights need w_scale (N) float32");
   return check_act(p.act_dtype, cuda);
 }
 
-KernelStatus rms_norm_cpu(const RmsNormParams& p) {
-  KernelStatus st = check_rms_norm(p, false);
+Status rms_norm_cpu(const RmsNormParams& p) {
+  Status st = rms_norm_validate(p, false);
   if (!st.ok()) return st;
   const float* x = static_cast<const float*>(p.x);
   const float* w = static_cast<const float*>(p.weight);
@@ -79,11 +78,11 @@ KernelStatus rms_norm_cpu(const RmsNormParams& p) {
     float* o = out + r * d;
     for (int i = 0; i < d; ++i) o[i] = xr[i] * inv * w[i];
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-KernelStatus rope_cpu(const RopeParams& p) {
-  KernelStatus st = check_rope(p, false);
+Status rope_cpu(const RopeParams& p) {
+  Status st = rope_validate(p, false);
   if (!st.ok()) return st;
   const int d = p.head_dim, half = d / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
@@ -115,29 +114,29 @@ KernelStatus rope_cpu(const RopeParams& p) {
       if (k) rotate(k, p.num_kv_heads);
     }
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-KernelStatus swiglu_cpu(const SwiGluParams& p) {
-  KernelStatus st = check_swiglu(p, false);
+Status swiglu_cpu(const SwiGluParams& p) {
+  Status st = swiglu_validate(p, false);
   if (!st.ok()) return st;
   const float* g = static_cast<const float*>(p.gate);
   const float* u = static_cast<const float*>(p.up);
   float* out = static_cast<float*>(p.out);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < p.n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-KernelStatus linear_cpu(const LinearParams& p) {
-  KernelStatus st = check_linear(p, false);
+Status linear_cpu(const LinearParams& p) {
+  Status st = linear_validate(p, false);
   if (!st.ok()) return st;
   constexpr int kTileN = 8;  // output rows whose weights stay in cache while every x row passes
   const float* x = static_cast<const float*>(p.x);
   const float* bias = static_cast<const float*>(p.bias);
   float* out = static_cast<float*>(p.out);
   const int n = p.n, k = p.k;
-  const bool i8 = p.w_dtype == DType::kI8;
+  const bool i8 = p.w_dtype == DType::i8;
 #pragma omp parallel
   {
     std::vector<float> wbuf(i8 ? static_cast<size_t>(kTileN) * k : 0);
@@ -163,12 +162,12 @@ KernelStatus linear_cpu(const LinearParams& p) {
       }
     }
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-KernelStatus quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, float* scale) {
+Status quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, float* scale) {
   if (w == nullptr || q == nullptr || scale == nullptr || n <= 0 || k <= 0)
-    return KernelStatus::Error("quantize_weight_int8 needs a non-empty (N, K) weight");
+    return Status::Invalid("quantize_weight_int8 needs a non-empty (N, K) weight");
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < n; ++r) {
     const float* row = w + int64_t(r) * k;
@@ -179,8 +178,20 @@ KernelStatus quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, f
       q[int64_t(r) * k + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(row[i] * inv))));
     scale[r] = amax / 127.f;
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-}  // namespace dec
+#ifndef RSVLM_WITH_CUDA
+namespace {
+Status no_cuda(const char* op) {
+  return Status::NotCompiled(std::string(op) + ": this build of rsvlm_edge has no CUDA kernels (built without "
+                             "CUDA); rebuild with nvcc available (RSVLM_CUDA=ON) or pass CPU arrays");
+}
+}  // namespace
+Status rms_norm_cuda(const RmsNormParams&, void*) { return no_cuda("rms_norm"); }
+Status rope_cuda(const RopeParams&, void*) { return no_cuda("rope"); }
+Status swiglu_cuda(const SwiGluParams&, void*) { return no_cuda("swiglu"); }
+Status linear_cuda(const LinearParams&, void*) { return no_cuda("linear"); }
+#endif
+
 }  // namespace rsvlm_edge

@@ -20,10 +20,10 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda_check.cuh"
 #include "kv_attention.h"
 
 namespace rsvlm_edge {
-namespace attn {
 namespace {
 
 constexpr int kWarps = 4;
@@ -55,16 +55,16 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 __device__ __forceinline__ int64_t capacity(const KvCacheView& c) {
-  return c.page_table ? int64_t(c.max_pages_per_seq) * kPageSize : c.s_max;
+  return c.page_table ? int64_t(c.max_pages_per_seq) * kKvPageSize : c.s_max;
 }
 
 // Index of the cache row (token pos of KV head h of sequence b) in units of D elements, or -1
 // when the page table points outside the page pool (the row is then skipped).
 __device__ __forceinline__ int64_t row_index(const KvCacheView& c, int b, int h, int64_t pos) {
   if (c.page_table) {
-    const int64_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + pos / kPageSize];
+    const int64_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + pos / kKvPageSize];
     if (page < 0 || page >= c.slots) return -1;
-    return (page * c.num_kv_heads + h) * kPageSize + pos % kPageSize;
+    return (page * c.num_kv_heads + h) * kKvPageSize + pos % kKvPageSize;
   }
   return (int64_t(b) * c.num_kv_heads + h) * c.s_max + pos;
 }
@@ -267,49 +267,46 @@ __global__ void combine_kernel(const float* partial_o,   // (B, H, num_splits, D
 // ---------------------------------------------------------------- dispatch
 
 template <typename TA, typename TC>
-KernelStatus launch_append(const KvAppendParams& p, cudaStream_t stream) {
+Status launch_append(const KvAppendParams& p, cudaStream_t stream) {
   const int64_t rows = int64_t(p.batch) * p.s_new * p.cache.num_kv_heads;
   const int64_t blocks = (rows + kWarps - 1) / kWarps;
   append_kernel<TA, TC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return KernelStatus::Ok();
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
 }
 
 template <int D, typename TA, typename TC>
-KernelStatus launch_attention(const AttentionParams& p, float scale, int splits, float* ws, cudaStream_t stream) {
+Status launch_attention(const AttentionParams& p, float scale, int splits, float* ws, cudaStream_t stream) {
   const int group = p.num_heads / p.cache.num_kv_heads;
   const int64_t tiles = (int64_t(p.s_q) * group + kRowsPerBlock - 1) / kRowsPerBlock;
   const dim3 grid(static_cast<unsigned>(tiles), p.cache.num_kv_heads, p.batch * splits);
   float* partial_o = ws;
   float* partial_ml = ws ? ws + int64_t(p.batch) * p.num_heads * splits * D : nullptr;
   attention_kernel<D, TA, TC><<<grid, kThreads, 0, stream>>>(p, scale, splits, partial_o, partial_ml);
-  RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  RSVLM_CUDA_CHECK(cudaGetLastError());
   if (splits > 1) {
     combine_kernel<TA><<<dim3(p.num_heads, p.batch), D, 0, stream>>>(partial_o, partial_ml, p.num_heads, D, splits,
                                                                      static_cast<TA*>(p.out));
-    RSVLM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    RSVLM_CUDA_CHECK(cudaGetLastError());
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
 template <typename TA, typename TC>
-KernelStatus dispatch_head_dim(const AttentionParams& p, float scale, int splits, float* ws, cudaStream_t stream) {
+Status dispatch_head_dim(const AttentionParams& p, float scale, int splits, float* ws, cudaStream_t stream) {
   switch (p.cache.head_dim) {
     case 64: return launch_attention<64, TA, TC>(p, scale, splits, ws, stream);
     case 80: return launch_attention<80, TA, TC>(p, scale, splits, ws, stream);
     case 96: return launch_attention<96, TA, TC>(p, scale, splits, ws, stream);
     case 128: return launch_attention<128, TA, TC>(p, scale, splits, ws, stream);
-    default: return KernelStatus::Error("unsupported head_dim " + std::to_string(p.cache.head_dim));
+    default: return Status::Invalid("unsupported head_dim " + std::to_string(p.cache.head_dim));
   }
 }
 
 }  // namespace
 
-int64_t attention_workspace_floats(int batch, int num_heads, int head_dim, int num_splits) {
-  return int64_t(batch) * num_heads * num_splits * (head_dim + 2);
-}
-
-int attention_auto_splits(int batch, int num_kv_heads, int64_t max_kv_len) {
+// Split count for num_splits = 0: about two blocks per SM, each split at least 256 keys.
+static int attention_auto_splits(int batch, int num_kv_heads, int64_t max_kv_len) {
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
@@ -320,22 +317,22 @@ int attention_auto_splits(int batch, int num_kv_heads, int64_t max_kv_len) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMaxSplits})));
 }
 
-KernelStatus kv_append_cuda(const KvAppendParams& p) {
-  KernelStatus st = check_append(p, /*cuda=*/true);
+Status kv_append_cuda(const KvAppendParams& p, void* stream_ptr) {
+  Status st = kv_append_validate(p, /*cuda=*/true);
   if (!st.ok()) return st;
-  if (p.batch == 0 || p.s_new == 0) return KernelStatus::Ok();
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const bool i8 = p.cache.dtype == DType::kI8;
-  if (p.act_dtype == DType::kF16)
+  if (p.batch == 0 || p.s_new == 0) return Status::Ok();
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const bool i8 = p.cache.dtype == DType::i8;
+  if (p.act_dtype == DType::f16)
     return i8 ? launch_append<__half, int8_t>(p, stream) : launch_append<__half, __half>(p, stream);
   return i8 ? launch_append<__nv_bfloat16, int8_t>(p, stream) : launch_append<__nv_bfloat16, __nv_bfloat16>(p, stream);
 }
 
-KernelStatus attention_cuda(const AttentionParams& p) {
-  KernelStatus st = check_attention(p, /*cuda=*/true);
+Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
+  Status st = attention_validate(p, /*cuda=*/true);
   if (!st.ok()) return st;
-  if (p.batch == 0) return KernelStatus::Ok();
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  if (p.batch == 0) return Status::Ok();
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(float(p.cache.head_dim));
   // Split-KV only for decode; lengths live on the device, so the cache capacity bounds them.
   int splits = 1;
@@ -351,25 +348,24 @@ KernelStatus attention_cuda(const AttentionParams& p) {
     const int64_t need = attention_workspace_floats(p.batch, p.num_heads, p.cache.head_dim, splits);
     if (p.workspace) {
       if (p.workspace_floats < need)
-        return KernelStatus::Error("attention workspace holds " + std::to_string(p.workspace_floats) +
+        return Status::Invalid("attention workspace holds " + std::to_string(p.workspace_floats) +
                                    " floats but " + std::to_string(splits) + " splits need " + std::to_string(need) +
                                    " (see attention_workspace_floats)");
       ws = p.workspace;
     } else {
-      RSVLM_CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&ws), need * sizeof(float), stream));
+      RSVLM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), need * sizeof(float), stream));
       owned = true;
     }
   }
-  const bool i8 = p.cache.dtype == DType::kI8;
-  if (p.act_dtype == DType::kF16)
+  const bool i8 = p.cache.dtype == DType::i8;
+  if (p.act_dtype == DType::f16)
     st = i8 ? dispatch_head_dim<__half, int8_t>(p, scale, splits, ws, stream)
             : dispatch_head_dim<__half, __half>(p, scale, splits, ws, stream);
   else
     st = i8 ? dispatch_head_dim<__nv_bfloat16, int8_t>(p, scale, splits, ws, stream)
             : dispatch_head_dim<__nv_bfloat16, __nv_bfloat16>(p, scale, splits, ws, stream);
-  if (owned) RSVLM_CUDA_RETURN_IF_ERROR(cudaFreeAsync(ws, stream));
+  if (owned) RSVLM_CUDA_CHECK(cudaFreeAsync(ws, stream));
   return st;
 }
 
-}  // namespace attn
 }  // namespace rsvlm_edge

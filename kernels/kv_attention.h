@@ -25,14 +25,12 @@
 
 #include <cstdint>
 
-#include "kernel_common.h"
+#include "rsvlm_edge/dtype.h"
+#include "rsvlm_edge/status.h"
 
 namespace rsvlm_edge {
-namespace attn {
 
-constexpr int kPageSize = 16;  // tokens per page of the paged cache
-
-using ::rsvlm_edge::DType;
+constexpr int kKvPageSize = 16;  // tokens per page of the paged cache
 
 // Where sequence b's K/V rows live. Every pointer is on the device the launcher runs on.
 struct KvCacheView {
@@ -41,7 +39,7 @@ struct KvCacheView {
   float* k_scale = nullptr;              // int8 only: contiguous (B_cache, H_kv, S_max) | paged (num_pages, H_kv, 16)
   float* v_scale = nullptr;              // int8 only: same shape as k_scale
   const int32_t* page_table = nullptr;   // paged only: (B, max_pages_per_seq); nullptr = contiguous
-  DType dtype = DType::kF32;             // element type of k and v
+  DType dtype = DType::f32;              // element type of k and v: f32 | f16 | bf16 | i8
   int num_kv_heads = 0;                  // H_kv
   int head_dim = 0;                      // D
   int slots = 0;                         // contiguous: B_cache; paged: num_pages
@@ -50,7 +48,7 @@ struct KvCacheView {
 
   bool paged() const { return page_table != nullptr; }
   // Largest number of tokens one sequence can hold.
-  int64_t capacity() const { return paged() ? int64_t(max_pages_per_seq) * kPageSize : s_max; }
+  int64_t capacity() const { return paged() ? int64_t(max_pages_per_seq) * kKvPageSize : s_max; }
 };
 
 // Write k_new/v_new rows of each sequence at positions [start_pos[b], start_pos[b] + new_lens[b]).
@@ -59,11 +57,10 @@ struct KvAppendParams {
   const void* v_new = nullptr;        // (B, S_new, H_kv, D)
   const int32_t* start_pos = nullptr; // (B) first position written (= tokens already cached)
   const int32_t* new_lens = nullptr;  // (B) valid rows of k_new per sequence, <= S_new; nullptr = all S_new
-  DType act_dtype = DType::kF32;      // dtype of k_new, v_new
+  DType act_dtype = DType::f32;       // dtype of k_new, v_new: f32 (CPU) | f16 | bf16 (CUDA)
   int batch = 0;                      // B
   int s_new = 0;                      // S_new
   KvCacheView cache;
-  void* stream = nullptr;             // CUDA only: cudaStream_t (nullptr = default stream)
 };
 
 // Causal attention of q over the cache (prefill; decode uses s_q = 1).
@@ -72,7 +69,7 @@ struct AttentionParams {
   void* out = nullptr;              // (B, S_q, H, D), activation dtype
   const int32_t* q_lens = nullptr;  // (B) valid queries per sequence, <= S_q; nullptr = all S_q (decode)
   const int32_t* kv_lens = nullptr; // (B) cached tokens per sequence incl. the new ones, q_lens[b] <= kv_lens[b] <= capacity
-  DType act_dtype = DType::kF32;    // dtype of q and out
+  DType act_dtype = DType::f32;     // dtype of q and out: f32 (CPU) | f16 | bf16 (CUDA)
   int batch = 0;                    // B
   int s_q = 0;                      // S_q
   int num_heads = 0;                // H, a multiple of cache.num_kv_heads
@@ -86,29 +83,29 @@ struct AttentionParams {
   // takes a stream-ordered allocation (cudaMallocAsync) for the call.
   float* workspace = nullptr;
   int64_t workspace_floats = 0;     // size of workspace
-  void* stream = nullptr;           // CUDA only: cudaStream_t (nullptr = default stream)
 };
 
-// Argument checks shared by every launcher (sizes, head ratio, dtype pairs, head_dim support).
-KernelStatus check_append(const KvAppendParams& p, bool cuda);
-KernelStatus check_attention(const AttentionParams& p, bool cuda);
+// Argument checks shared by the CPU and CUDA launchers (sizes, head ratio, dtype pairs, head_dim
+// support; not devices, and not the lengths, which may live on the GPU).
+Status kv_append_validate(const KvAppendParams& p, bool cuda);
+Status attention_validate(const AttentionParams& p, bool cuda);
 
 // CPU (OpenMP) launchers: fp32 activations, fp32 or int8 cache. Also the reference for CUDA.
-KernelStatus kv_append_cpu(const KvAppendParams& p);
-KernelStatus attention_cpu(const AttentionParams& p);
+// All pointers host. Lengths, positions and page-table entries are checked (kInvalidArgument).
+Status kv_append_cpu(const KvAppendParams& p);
+Status attention_cpu(const AttentionParams& p);
 
-// Head dims the CUDA kernels are compiled for.
-inline bool cuda_head_dim_supported(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }
+// Head dims the CUDA attention kernel is compiled for.
+inline bool kv_attention_cuda_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }
 
-#ifdef RSVLM_WITH_CUDA
 // Floats of workspace that split-KV decode needs for B sequences, H heads, head_dim D and num_splits.
 int64_t attention_workspace_floats(int batch, int num_heads, int head_dim, int num_splits);
-// The split count the CUDA launcher picks for num_splits = 0 (clamped to what the workspace allows).
-int attention_auto_splits(int batch, int num_kv_heads, int64_t max_kv_len);
-// CUDA launchers: fp16/bf16 activations; cache of the same dtype or int8.
-KernelStatus kv_append_cuda(const KvAppendParams& p);
-KernelStatus attention_cuda(const AttentionParams& p);
-#endif
 
-}  // namespace attn
+// CUDA launchers: fp16/bf16 activations; cache of the same dtype or int8. All pointers (lengths and
+// page table included) on the current device; `stream` is a cudaStream_t (nullptr = legacy
+// default). Lengths are not checked on the host: out-of-range positions and pages are skipped.
+// Return kNotCompiled in a build without CUDA.
+Status kv_append_cuda(const KvAppendParams& p, void* stream);
+Status attention_cuda(const AttentionParams& p, void* stream);
+
 }  // namespace rsvlm_edge

@@ -9,62 +9,61 @@
 #include "kv_attention.h"
 
 namespace rsvlm_edge {
-namespace attn {
 namespace {
 
-KernelStatus check_cache(const KvCacheView& c, DType act, bool cuda) {
-  if (c.k == nullptr || c.v == nullptr) return KernelStatus::Error("k_cache / v_cache is null");
+Status check_cache(const KvCacheView& c, DType act, bool cuda) {
+  if (c.k == nullptr || c.v == nullptr) return Status::Invalid("k_cache / v_cache is null");
   if (c.num_kv_heads <= 0 || c.head_dim <= 0 || c.slots <= 0 || c.s_max <= 0)
-    return KernelStatus::Error("cache dimensions must be positive");
-  if (c.paged() && (c.s_max != kPageSize || c.max_pages_per_seq <= 0))
-    return KernelStatus::Error("paged cache: page size must be " + std::to_string(kPageSize) +
+    return Status::Invalid("cache dimensions must be positive");
+  if (c.paged() && (c.s_max != kKvPageSize || c.max_pages_per_seq <= 0))
+    return Status::Invalid("paged cache: page size must be " + std::to_string(kKvPageSize) +
                                " and page_table must have at least one column");
   const bool same = c.dtype == act;
-  if (!same && c.dtype != DType::kI8)
-    return KernelStatus::Error("cache dtype " + dtype_name(c.dtype) + " does not match activation dtype " +
+  if (!same && c.dtype != DType::i8)
+    return Status::Invalid(std::string("cache dtype ") + dtype_name(c.dtype) + " does not match activation dtype " +
                                dtype_name(act) + " (use the same dtype or int8)");
-  if (c.dtype == DType::kI8 && (c.k_scale == nullptr || c.v_scale == nullptr))
-    return KernelStatus::Error("int8 cache needs k_scale and v_scale");
+  if (c.dtype == DType::i8 && (c.k_scale == nullptr || c.v_scale == nullptr))
+    return Status::Invalid("int8 cache needs k_scale and v_scale");
   if (cuda) {
-    if (act != DType::kF16 && act != DType::kBF16)
-      return KernelStatus::Error("CUDA kernels take float16 or bfloat16 activations, got " + dtype_name(act));
-    if (!cuda_head_dim_supported(c.head_dim))
-      return KernelStatus::Error("CUDA attention supports head_dim 64, 80, 96, 128; got " +
+    if (act != DType::f16 && act != DType::bf16)
+      return Status::Invalid(std::string("CUDA kernels take float16 or bfloat16 activations, got ") + dtype_name(act));
+    if (!kv_attention_cuda_head_dim(c.head_dim))
+      return Status::Invalid("CUDA attention supports head_dim 64, 80, 96, 128; got " +
                                  std::to_string(c.head_dim));
-  } else if (act != DType::kF32) {
-    return KernelStatus::Error("CPU kernels take float32 activations, got " + dtype_name(act));
+  } else if (act != DType::f32) {
+    return Status::Invalid(std::string("CPU kernels take float32 activations, got ") + dtype_name(act));
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
 // Index of the cache row (token `pos` of KV head h of sequence b) in units of D elements.
 inline int64_t row_index(const KvCacheView& c, int b, int h, int64_t pos) {
   if (c.paged()) {
-    const int64_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + pos / kPageSize];
-    return (page * c.num_kv_heads + h) * kPageSize + pos % kPageSize;
+    const int64_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + pos / kKvPageSize];
+    return (page * c.num_kv_heads + h) * kKvPageSize + pos % kKvPageSize;
   }
   return (int64_t(b) * c.num_kv_heads + h) * c.s_max + pos;
 }
 
 // Host-side check that positions [0, n) of sequence b are addressable.
-KernelStatus check_positions(const KvCacheView& c, int b, int64_t n, const char* what) {
+Status check_positions(const KvCacheView& c, int b, int64_t n, const char* what) {
   if (n > c.capacity())
-    return KernelStatus::Error(std::string(what) + " of sequence " + std::to_string(b) + " needs " +
+    return Status::Invalid(std::string(what) + " of sequence " + std::to_string(b) + " needs " +
                                std::to_string(n) + " cache positions but the cache holds " +
                                std::to_string(c.capacity()) + " per sequence");
   if (!c.paged() && b >= c.slots)
-    return KernelStatus::Error("sequence " + std::to_string(b) + " has no cache slot (cache batch " +
+    return Status::Invalid("sequence " + std::to_string(b) + " has no cache slot (cache batch " +
                                std::to_string(c.slots) + ")");
   if (c.paged()) {
-    const int64_t pages = (n + kPageSize - 1) / kPageSize;
+    const int64_t pages = (n + kKvPageSize - 1) / kKvPageSize;
     for (int64_t i = 0; i < pages; ++i) {
       const int32_t page = c.page_table[int64_t(b) * c.max_pages_per_seq + i];
       if (page < 0 || page >= c.slots)
-        return KernelStatus::Error("page_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
+        return Status::Invalid("page_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
                                    std::to_string(page) + " is outside [0, " + std::to_string(c.slots) + ")");
     }
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
 // Symmetric int8 quantisation of one row: dst = round(src / scale), scale = max|src| / 127.
@@ -81,36 +80,36 @@ float quantise_row(const float* src, int8_t* dst, int d) {
 
 }  // namespace
 
-KernelStatus check_append(const KvAppendParams& p, bool cuda) {
-  if (p.batch < 0 || p.s_new < 0) return KernelStatus::Error("batch and S_new must be >= 0");
+Status kv_append_validate(const KvAppendParams& p, bool cuda) {
+  if (p.batch < 0 || p.s_new < 0) return Status::Invalid("batch and S_new must be >= 0");
   if (p.k_new == nullptr || p.v_new == nullptr || p.start_pos == nullptr)
-    return KernelStatus::Error("k_new, v_new and start_pos must be given");
+    return Status::Invalid("k_new, v_new and start_pos must be given");
   return check_cache(p.cache, p.act_dtype, cuda);
 }
 
-KernelStatus check_attention(const AttentionParams& p, bool cuda) {
-  if (p.batch < 0 || p.s_q <= 0) return KernelStatus::Error("batch must be >= 0 and S_q >= 1");
+Status attention_validate(const AttentionParams& p, bool cuda) {
+  if (p.batch < 0 || p.s_q <= 0) return Status::Invalid("batch must be >= 0 and S_q >= 1");
   if (p.q == nullptr || p.out == nullptr || p.kv_lens == nullptr)
-    return KernelStatus::Error("q, out and kv_lens must be given");
+    return Status::Invalid("q, out and kv_lens must be given");
   if (p.num_heads <= 0 || p.cache.num_kv_heads <= 0 || p.num_heads % p.cache.num_kv_heads != 0)
-    return KernelStatus::Error("num_heads (" + std::to_string(p.num_heads) +
+    return Status::Invalid("num_heads (" + std::to_string(p.num_heads) +
                                ") must be a positive multiple of num_kv_heads (" +
                                std::to_string(p.cache.num_kv_heads) + ")");
   return check_cache(p.cache, p.act_dtype, cuda);
 }
 
-KernelStatus kv_append_cpu(const KvAppendParams& p) {
-  KernelStatus st = check_append(p, /*cuda=*/false);
+Status kv_append_cpu(const KvAppendParams& p) {
+  Status st = kv_append_validate(p, /*cuda=*/false);
   if (!st.ok()) return st;
   const KvCacheView& c = p.cache;
   const int hk = c.num_kv_heads, d = c.head_dim;
   for (int b = 0; b < p.batch; ++b) {
     const int n = p.new_lens ? p.new_lens[b] : p.s_new;
     if (n < 0 || n > p.s_new)
-      return KernelStatus::Error("new_lens[" + std::to_string(b) + "] = " + std::to_string(n) +
+      return Status::Invalid("new_lens[" + std::to_string(b) + "] = " + std::to_string(n) +
                                  " is outside [0, S_new=" + std::to_string(p.s_new) + "]");
     if (p.start_pos[b] < 0)
-      return KernelStatus::Error("start_pos[" + std::to_string(b) + "] is negative");
+      return Status::Invalid("start_pos[" + std::to_string(b) + "] is negative");
     st = check_positions(c, b, int64_t(p.start_pos[b]) + n, "kv_append");
     if (!st.ok()) return st;
   }
@@ -123,7 +122,7 @@ KernelStatus kv_append_cpu(const KvAppendParams& p) {
         if (s >= (p.new_lens ? p.new_lens[b] : p.s_new)) continue;
         const int64_t src = ((int64_t(b) * p.s_new + s) * hk + h) * d;
         const int64_t row = row_index(c, b, h, int64_t(p.start_pos[b]) + s);
-        if (c.dtype == DType::kI8) {
+        if (c.dtype == DType::i8) {
           c.k_scale[row] = quantise_row(kn + src, static_cast<int8_t*>(c.k) + row * d, d);
           c.v_scale[row] = quantise_row(vn + src, static_cast<int8_t*>(c.v) + row * d, d);
         } else {
@@ -133,7 +132,7 @@ KernelStatus kv_append_cpu(const KvAppendParams& p) {
       }
     }
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
 namespace {
@@ -142,7 +141,7 @@ namespace {
 inline float dot_row(const KvCacheView& c, const float* q, int64_t row) {
   const int d = c.head_dim;
   float acc = 0.f;
-  if (c.dtype == DType::kI8) {
+  if (c.dtype == DType::i8) {
     const int8_t* k = static_cast<const int8_t*>(c.k) + row * d;
     for (int i = 0; i < d; ++i) acc += q[i] * float(k[i]);
     return acc * c.k_scale[row];
@@ -155,7 +154,7 @@ inline float dot_row(const KvCacheView& c, const float* q, int64_t row) {
 // acc (D) += w * v_row (dequantised for int8).
 inline void axpy_row(const KvCacheView& c, float w, int64_t row, float* acc) {
   const int d = c.head_dim;
-  if (c.dtype == DType::kI8) {
+  if (c.dtype == DType::i8) {
     const int8_t* v = static_cast<const int8_t*>(c.v) + row * d;
     const float ws = w * c.v_scale[row];
     for (int i = 0; i < d; ++i) acc[i] += ws * float(v[i]);
@@ -167,17 +166,17 @@ inline void axpy_row(const KvCacheView& c, float w, int64_t row, float* acc) {
 
 }  // namespace
 
-KernelStatus attention_cpu(const AttentionParams& p) {
-  KernelStatus st = check_attention(p, /*cuda=*/false);
+Status attention_cpu(const AttentionParams& p) {
+  Status st = attention_validate(p, /*cuda=*/false);
   if (!st.ok()) return st;
   const KvCacheView& c = p.cache;
   for (int b = 0; b < p.batch; ++b) {
     const int ql = p.q_lens ? p.q_lens[b] : p.s_q, kl = p.kv_lens[b];
     if (ql < 0 || ql > p.s_q)
-      return KernelStatus::Error("q_lens[" + std::to_string(b) + "] = " + std::to_string(ql) +
+      return Status::Invalid("q_lens[" + std::to_string(b) + "] = " + std::to_string(ql) +
                                  " is outside [0, S_q=" + std::to_string(p.s_q) + "]");
     if (kl < ql)
-      return KernelStatus::Error("kv_lens[" + std::to_string(b) + "] = " + std::to_string(kl) +
+      return Status::Invalid("kv_lens[" + std::to_string(b) + "] = " + std::to_string(kl) +
                                  " is smaller than q_lens[" + std::to_string(b) + "] = " + std::to_string(ql) +
                                  " (kv_lens counts the cached past plus the new tokens)");
     st = check_positions(c, b, kl, "attention");
@@ -223,8 +222,22 @@ KernelStatus attention_cpu(const AttentionParams& p) {
       }
     }
   }
-  return KernelStatus::Ok();
+  return Status::Ok();
 }
 
-}  // namespace attn
+int64_t attention_workspace_floats(int batch, int num_heads, int head_dim, int num_splits) {
+  return int64_t(batch) * num_heads * num_splits * (head_dim + 2);  // partial o (D) + (m, l) per split
+}
+
+#ifndef RSVLM_WITH_CUDA
+Status kv_append_cuda(const KvAppendParams&, void*) {
+  return Status::NotCompiled("kv_append: this build of rsvlm_edge has no CUDA kernels (built without CUDA); "
+                             "rebuild with nvcc available (RSVLM_CUDA=ON) or pass CPU arrays");
+}
+Status attention_cuda(const AttentionParams&, void*) {
+  return Status::NotCompiled("attention: this build of rsvlm_edge has no CUDA kernels (built without CUDA); "
+                             "rebuild with nvcc available (RSVLM_CUDA=ON) or pass CPU arrays");
+}
+#endif
+
 }  // namespace rsvlm_edge
