@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_math.h"
 #include "decoder_ops.h"
 
 namespace rsvlm_edge {
@@ -17,16 +18,7 @@ Status check_act(DType t, bool cuda) {
   return Status::Ok();
 }
 
-// Sum of a[i] * b[i] in fp32 with 8 independent partial sums (vectorisable without fast-math).
-inline float dot(const float* a, const float* b, int k) {
-  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  int i = 0;
-  for (; i + 8 <= k; i += 8)
-    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
-  float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-  for (; i < k; ++i) r += a[i] * b[i];
-  return r;
-}
+using cpu::dot;
 
 }  // namespace
 

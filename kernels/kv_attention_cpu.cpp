@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_math.h"
 #include "kv_attention.h"
 
 namespace rsvlm_edge {
@@ -140,15 +141,8 @@ namespace {
 // Dot product of q (D) with cache row `row`, dequantised for int8.
 inline float dot_row(const KvCacheView& c, const float* q, int64_t row) {
   const int d = c.head_dim;
-  float acc = 0.f;
-  if (c.dtype == DType::i8) {
-    const int8_t* k = static_cast<const int8_t*>(c.k) + row * d;
-    for (int i = 0; i < d; ++i) acc += q[i] * float(k[i]);
-    return acc * c.k_scale[row];
-  }
-  const float* k = static_cast<const float*>(c.k) + row * d;
-  for (int i = 0; i < d; ++i) acc += q[i] * k[i];
-  return acc;
+  if (c.dtype == DType::i8) return cpu::dot(q, static_cast<const int8_t*>(c.k) + row * d, d) * c.k_scale[row];
+  return cpu::dot(q, static_cast<const float*>(c.k) + row * d, d);
 }
 
 // acc (D) += w * v_row (dequantised for int8).
