@@ -352,9 +352,13 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
                                    " floats but " + std::to_string(splits) + " splits need " + std::to_string(need) +
                                    " (see attention_workspace_floats)");
       ws = p.workspace;
-    } else {
-      RSVLM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), need * sizeof(float), stream));
+    } else if (cudaMallocAsync(reinterpret_cast<void**>(&ws), need * sizeof(float), stream) == cudaSuccess) {
       owned = true;
+    } else {
+      // No stream-ordered allocator (or no memory): run unsplit, which needs no workspace.
+      (void)cudaGetLastError();
+      ws = nullptr;
+      splits = 1;
     }
   }
   const bool i8 = p.cache.dtype == DType::i8;

@@ -80,7 +80,7 @@ struct AttentionParams {
   // Only used when s_q == 1 and a workspace is given.
   int num_splits = 0;
   // CUDA only: attention_workspace_floats() floats for the split partials. nullptr = the launcher
-  // takes a stream-ordered allocation (cudaMallocAsync) for the call.
+  // takes a stream-ordered allocation (cudaMallocAsync) for the call, or runs unsplit if it fails.
   float* workspace = nullptr;
   int64_t workspace_floats = 0;     // size of workspace
 };
