@@ -176,42 +176,53 @@ Status attention_cpu(const AttentionParams& p) {
     st = check_positions(c, b, kl, "attention");
     if (!st.ok()) return st;
   }
-  const int h_q = p.num_heads, d = c.head_dim, group = p.num_heads / c.num_kv_heads;
+  const int h_q = p.num_heads, h_kv = c.num_kv_heads, d = c.head_dim, group = p.num_heads / c.num_kv_heads;
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(float(d));
   const float* q = static_cast<const float*>(p.q);
   float* out = static_cast<float*>(p.out);
+  const int64_t cap = std::max<int64_t>(c.capacity(), 1);
+  // Work item (sequence b, query i, KV head hk): the G query heads of the group share each K/V row
+  // read. Per head the arithmetic is the plain softmax(q k^T * scale) v, in key order.
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(c.capacity(), 1)));
-    std::vector<float> qs(static_cast<size_t>(d)), acc(static_cast<size_t>(d));
-#pragma omp for collapse(3) schedule(dynamic, 4)
+    std::vector<float> scores(static_cast<size_t>(group * cap));                // (G, n_keys)
+    std::vector<float> qs(static_cast<size_t>(group) * d), acc(qs.size());      // (G, D)
+    std::vector<float> m(static_cast<size_t>(group)), sum(m.size());            // (G)
+#pragma omp for collapse(3) schedule(dynamic, 2)
     for (int b = 0; b < p.batch; ++b) {
       for (int i = 0; i < p.s_q; ++i) {
-        for (int h = 0; h < h_q; ++h) {
-          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + h) * d;
-          float* o = out + off;
+        for (int hk = 0; hk < h_kv; ++hk) {
+          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group) * d;  // head hk * G
           const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
           if (i >= ql) {  // padding row
-            std::fill(o, o + d, 0.f);
+            std::fill(out + off, out + off + int64_t(group) * d, 0.f);
             continue;
           }
           const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
-          const int hk = h / group;
-          for (int t = 0; t < d; ++t) qs[t] = q[off + t] * scale;
-          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < int64_t(group) * d; ++t) qs[t] = q[off + t] * scale;
+          std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
           for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = dot_row(c, qs.data(), row_index(c, b, hk, j));
-            m = std::max(m, scores[j]);
+            const int64_t row = row_index(c, b, hk, j);
+            for (int g = 0; g < group; ++g) {
+              const float sc = dot_row(c, qs.data() + int64_t(g) * d, row);
+              scores[g * cap + j] = sc;
+              m[g] = std::max(m[g], sc);
+            }
           }
           std::fill(acc.begin(), acc.end(), 0.f);
-          float sum = 0.f;
+          std::fill(sum.begin(), sum.end(), 0.f);
           for (int64_t j = 0; j < n_keys; ++j) {
-            const float w = std::exp(scores[j] - m);
-            sum += w;
-            axpy_row(c, w, row_index(c, b, hk, j), acc.data());
+            const int64_t row = row_index(c, b, hk, j);
+            for (int g = 0; g < group; ++g) {
+              const float w = std::exp(scores[g * cap + j] - m[g]);
+              sum[g] += w;
+              axpy_row(c, w, row, acc.data() + int64_t(g) * d);
+            }
           }
-          const float inv = 1.f / sum;
-          for (int t = 0; t < d; ++t) o[t] = acc[t] * inv;
+          for (int g = 0; g < group; ++g) {
+            const float inv = 1.f / sum[g];
+            for (int t = 0; t < d; ++t) out[off + int64_t(g) * d + t] = acc[int64_t(g) * d + t] * inv;
+          }
         }
       }
     }
