@@ -131,7 +131,7 @@ def test_swiglu_matches_reference(shape):
 # ---------------------------------------------------------------- linear / int8
 
 
-LINEAR_SHAPES = [(1, 4096, 11), (7, 77, 129), (97, 320, 33), (1, 9, 1)]
+LINEAR_SHAPES = [(1, 4096, 11), (3, 50, 17), (7, 77, 129), (97, 320, 33), (1, 9, 1)]
 
 
 @pytest.mark.parametrize("m, k, n", LINEAR_SHAPES, ids=lambda s: str(s))
