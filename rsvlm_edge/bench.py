@@ -19,8 +19,24 @@ from .bundle import write_json_atomic
 from .progress import progress
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs). False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB)."""
+    """Peak resident set size (MiB) since the last ``reset_peak_rss`` (VmHWM), else since start."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -72,6 +88,7 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
     with progress() as bar:
         task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (len(batches) if peer else 0))
         for _, path in bundles:
+            reset_peak_rss()  # peak RSS per row = loading this bundle + running up to this batch
             rt = rsvlm_edge.load(path, backend=backend, threads=threads)
             model_cfg = rt.bundle.model
             prec = rt.bundle.manifest["precision"]["image"]
@@ -109,8 +126,10 @@ def _peer_open_clip(bundle_path: Path, batches: list[int], warmup: int, iters: i
         return []
     if threads:
         torch.set_num_threads(threads)
+    reset_peak_rss()
     ckpt = load_clip_checkpoint(src, activation=b.model["activation"])
     image_enc, _ = _wrappers(build_open_clip(ckpt), ckpt.config)
+    del ckpt
     gflop = vit_image_gflop(b.model)
     rows = []
     with torch.inference_mode():
