@@ -1,6 +1,7 @@
 // CUDA decoder ops (fp16/bf16 activations, fp32 accumulation). Mirrors decoder_ops_cpu.cpp; see
 // decoder_ops.h for shapes and conventions. Simple, one-pass kernels: a block per RMSNorm row, a
-// thread per rotated pair / element, and a warp per output feature for the linear layer.
+// thread per rotated pair / element, and a warp per output feature for the linear layer (8-wide
+// vector loads when K % 8 == 0).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -95,9 +96,31 @@ __global__ void __launch_bounds__(kThreads) swiglu_kernel(const T* gate, const T
   }
 }
 
+// 8 consecutive elements as fp32, from one 16-byte (fp16/bf16) or 8-byte (int8) load; the pointer
+// must be aligned to that size.
+__device__ __forceinline__ void load8(const __half* p, float v[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __half* h = reinterpret_cast<const __half*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = __half2float(h[i]);
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float v[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = __bfloat162float(h[i]);
+}
+__device__ __forceinline__ void load8(const int8_t* p, float v[8]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(q[i]);
+}
+
 // grid (ceil(N / 4), ceil(M / 4)), block 128: warp w computes out[m0 .. m0+3, n0 + w].
-// Lanes stride K; each weight element is loaded once per block and used for 4 rows of x.
-template <typename TA, typename TW>
+// Lanes stride K; each weight element is loaded once per block and used for up to 4 rows of x.
+// kVec8 (K % 8 == 0 and 16-byte aligned x, w): each lane loads 8 consecutive elements at a time.
+template <typename TA, typename TW, bool kVec8>
 __global__ void __launch_bounds__(kLinearWarps * 32) linear_kernel(LinearParams p) {
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * kLinearWarps + threadIdx.x / 32;
@@ -107,11 +130,25 @@ __global__ void __launch_bounds__(kLinearWarps * 32) linear_kernel(LinearParams 
   const TW* w = static_cast<const TW*>(p.w) + int64_t(n) * p.k;
   const int rows = int(min(int64_t(kLinearRows), p.m - m0));
   float acc[kLinearRows] = {0.f, 0.f, 0.f, 0.f};
-  for (int k = lane; k < p.k; k += 32) {
-    const float wk = to_float(w[k]);
+  if constexpr (kVec8) {
+    for (int k = lane * 8; k < p.k; k += 32 * 8) {
+      float wv[8], xv[8];
+      load8(w + k, wv);
 #pragma unroll
-    for (int r = 0; r < kLinearRows; ++r)
-      if (r < rows) acc[r] += to_float(x[(m0 + r) * p.k + k]) * wk;
+      for (int r = 0; r < kLinearRows; ++r) {
+        if (r >= rows) break;
+        load8(x + (m0 + r) * p.k + k, xv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[r] += xv[i] * wv[i];
+      }
+    }
+  } else {
+    for (int k = lane; k < p.k; k += 32) {
+      const float wk = to_float(w[k]);
+#pragma unroll
+      for (int r = 0; r < kLinearRows; ++r)
+        if (r < rows) acc[r] += to_float(x[(m0 + r) * p.k + k]) * wk;
+    }
   }
   const float scale = std::is_same<TW, int8_t>::value ? p.w_scale[n] : 1.f;
   const float b = p.bias ? to_float(static_cast<const TA*>(p.bias)[n]) : 0.f;
@@ -136,7 +173,10 @@ Status launch_linear(const LinearParams& p, cudaStream_t stream) {
   const int64_t row_blocks = (p.m + kLinearRows - 1) / kLinearRows;
   if (row_blocks > 65535) return Status::Invalid("linear: M too large for one launch (max 262140 rows)");
   const dim3 grid((p.n + kLinearWarps - 1) / kLinearWarps, static_cast<unsigned>(row_blocks));
-  linear_kernel<TA, TW><<<grid, kLinearWarps * 32, 0, stream>>>(p);
+  const bool vec8 = p.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+  if (vec8) linear_kernel<TA, TW, true><<<grid, kLinearWarps * 32, 0, stream>>>(p);
+  else linear_kernel<TA, TW, false><<<grid, kLinearWarps * 32, 0, stream>>>(p);
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }
