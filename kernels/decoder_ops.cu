@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "cuda_check.cuh"
+#include "cuda_math.cuh"
 #include "decoder_ops.h"
 
 namespace rsvlm_edge {
@@ -21,21 +22,10 @@ constexpr int kThreads = 256;       // elementwise / norm kernels
 constexpr int kLinearWarps = 4;     // output features per linear block (one per warp)
 constexpr int kLinearRows = 4;      // rows of x per linear block (kept in registers per warp)
 
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(int8_t x) { return static_cast<float>(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using cuda::from_float;
+using cuda::load8;
+using cuda::to_float;
+using cuda::warp_sum;
 
 unsigned grid_for(int64_t n, int threads) {
   return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 1 << 20));
@@ -94,27 +84,6 @@ __global__ void __launch_bounds__(kThreads) swiglu_kernel(const T* gate, const T
     const float g = to_float(gate[i]);
     out[i] = from_float<T>(g / (1.f + expf(-g)) * to_float(up[i]));
   }
-}
-
-// 8 consecutive elements as fp32, from one 16-byte (fp16/bf16) or 8-byte (int8) load; the pointer
-// must be aligned to that size.
-__device__ __forceinline__ void load8(const __half* p, float v[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __half* h = reinterpret_cast<const __half*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = __half2float(h[i]);
-}
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float v[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = __bfloat162float(h[i]);
-}
-__device__ __forceinline__ void load8(const int8_t* p, float v[8]) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(p);
-  const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(q[i]);
 }
 
 // grid (ceil(N / 4), ceil(M / 4)), block 128: warp w computes out[m0 .. m0+3, n0 + w].

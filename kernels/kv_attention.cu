@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "cuda_check.cuh"
+#include "cuda_math.cuh"
 #include "kv_attention.h"
 
 namespace rsvlm_edge {
@@ -34,25 +35,11 @@ constexpr int kKeyTile = 32;                           // keys per shared-memory
 constexpr int kMaxSplits = 64;
 constexpr int kMinKeysPerSplit = 256;
 
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(int8_t x) { return static_cast<float>(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using cuda::from_float;
+using cuda::load8;
+using cuda::to_float;
+using cuda::warp_max;
+using cuda::warp_sum;
 
 __device__ __forceinline__ int64_t capacity(const KvCacheView& c) {
   return c.page_table ? int64_t(c.max_pages_per_seq) * kKvPageSize : c.s_max;
@@ -116,6 +103,7 @@ __global__ void __launch_bounds__(kThreads) append_kernel(KvAppendParams p) {
 template <int D, typename TA, typename TC>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(AttentionParams p, float scale, int num_splits, float* partial_o, float* partial_ml) {
+  static_assert(D % 8 == 0, "K/V tiles are loaded 8 elements at a time");
   constexpr int kDPL = (D + 31) / 32;  // head-dim elements per lane
   __shared__ float q_s[kRowsPerBlock][D];
   __shared__ float k_s[kKeyTile][D + 1];  // +1: lane j reading row j hits distinct banks
@@ -165,21 +153,29 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t tile = key_begin; tile < key_stop; tile += kKeyTile) {
     __syncthreads();  // q_s written / previous tile consumed
-    for (int idx = tid; idx < kKeyTile * D; idx += kThreads) {
-      const int j = idx / D, t = idx % D;
+    // 8 consecutive elements per thread and load (D % 8 == 0; rows are 16-byte aligned).
+    for (int idx = tid; idx < kKeyTile * D / 8; idx += kThreads) {
+      const int j = idx / (D / 8), t0 = idx % (D / 8) * 8;
       const int64_t pos = tile + j;
-      float kx = 0.f, vx = 0.f;
+      float kx[8] = {}, vx[8] = {};
       const int64_t row = pos < key_stop ? row_index(c, b, hk, pos) : -1;
       if (row >= 0) {
-        kx = to_float(static_cast<const TC*>(c.k)[row * D + t]);
-        vx = to_float(static_cast<const TC*>(c.v)[row * D + t]);
+        load8(static_cast<const TC*>(c.k) + row * D + t0, kx);
+        load8(static_cast<const TC*>(c.v) + row * D + t0, vx);
         if constexpr (std::is_same<TC, int8_t>::value) {
-          kx *= c.k_scale[row];
-          vx *= c.v_scale[row];
+          const float ks = c.k_scale[row], vs = c.v_scale[row];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            kx[i] *= ks;
+            vx[i] *= vs;
+          }
         }
       }
-      k_s[j][t] = kx;
-      v_s[j][t] = vx;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        k_s[j][t0 + i] = kx[i];
+        v_s[j][t0 + i] = vx[i];
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -333,6 +329,9 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   if (!st.ok()) return st;
   if (p.batch == 0) return Status::Ok();
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  if (reinterpret_cast<uintptr_t>(p.cache.k) % 16 != 0 || reinterpret_cast<uintptr_t>(p.cache.v) % 16 != 0)
+    return Status::Invalid("attention: k_cache and v_cache must start at a 16-byte aligned address (the kernel "
+                           "loads 8 elements at a time); pass freshly allocated caches, not offset views");
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(float(p.cache.head_dim));
   // Split-KV only for decode; lengths live on the device, so the cache capacity bounds them.
   int splits = 1;
