@@ -129,9 +129,22 @@ def time_torch(fn, device, iters):
     return statistics.median(times)
 
 
+def peak_mem_mib(device):
+    """CUDA: peak bytes torch allocated since the last reset (caches, q, out; the split-KV workspace
+    comes from the CUDA memory pool and is not included). CPU: the process's peak RSS."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def bench_cuda(C, args, batch, ctx, h_kv, int8, rng):
     import torch
 
+    torch.cuda.reset_peak_memory_stats()
     dtype = getattr(torch, args.dtype)
     d, h = args.head_dim, args.heads
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -195,7 +208,7 @@ def main(argv=None):
     records = []
     print(f"decode attention on {device} ({dev_name}), H={args.heads}, D={args.head_dim}, "
           f"{'paged' if args.paged else 'contiguous'} cache, roofline {args.peak_gbs:.0f} GB/s")
-    print(f"{'kv':>5} {'ctx':>6} {'batch':>5} {'h_kv':>4} {'ms':>9} {'GB/s':>8} {'%roof':>6} {'peer ms':>9} {'x peer':>7}")
+    print(f"{'kv':>5} {'ctx':>6} {'batch':>5} {'h_kv':>4} {'ms':>9} {'GB/s':>8} {'%roof':>6} {'peer ms':>9} {'x peer':>7} {'peak MiB':>9}")
     for int8 in ([False, True] if args.int8 else [False]):
         for h_kv in args.kv_heads:
             for ctx in args.contexts:
@@ -211,12 +224,13 @@ def main(argv=None):
                                paged=args.paged, context=ctx, batch=batch, heads=args.heads, kv_heads=h_kv,
                                head_dim=args.head_dim, ms=t * 1e3, kv_bytes=nbytes, gbs=gbs,
                                roofline_pct=100 * gbs / args.peak_gbs, peer="torch.sdpa" if peer else None,
-                               peer_ms=peer * 1e3 if peer else None, speedup_vs_peer=(peer / t) if peer else None)
+                               peer_ms=peer * 1e3 if peer else None, speedup_vs_peer=(peer / t) if peer else None,
+                               peak_mem_mib=peak_mem_mib(device))
                     records.append(rec)
                     peer_ms = f"{rec['peer_ms']:9.3f}" if peer else f"{'-':>9}"
                     ratio = f"{rec['speedup_vs_peer']:7.2f}" if peer else f"{'-':>7}"
                     print(f"{rec['kv_dtype'][:5]:>5} {ctx:>6} {batch:>5} {h_kv:>4} {t * 1e3:9.3f} {gbs:8.1f} "
-                          f"{rec['roofline_pct']:6.1f} {peer_ms} {ratio}")
+                          f"{rec['roofline_pct']:6.1f} {peer_ms} {ratio} {rec['peak_mem_mib']:9.0f}")
     result = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=device,
                   device_name=dev_name, peak_gbs=args.peak_gbs, records=records)
     if args.out:
