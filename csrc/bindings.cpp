@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 void bind_patch_embed(py::module_& m);   // csrc/bind_patch_embed.cpp
 void bind_kv_attention(py::module_& m);  // csrc/bind_kv_attention.cpp
+void bind_decoder_ops(py::module_& m);   // csrc/bind_decoder_ops.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rsvlm-edge native runtime (C++/CUDA kernels)";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C, m) {
         "True when the CUDA kernels were compiled into this build.");
   bind_patch_embed(m);
   bind_kv_attention(m);
+  bind_decoder_ops(m);
 }

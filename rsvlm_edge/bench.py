@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .builtin import RANDOM_WEIGHTS_NOTE, builtin_clip_bundle, builtin_name, is_builtin
-from .bundle import write_json_atomic
+from .atomic import write_json_atomic
 from .progress import progress
 
 

@@ -7,14 +7,13 @@ without leaving a partial output file behind.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from .atomic import atomic_path, write_json_atomic
 from .errors import InputError, RsvlmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,8 +82,7 @@ def classify(
         results.append({"image": str(f), "top": [{"label": lab, "prob": p} for lab, p in top]})
     Console().print(table)
     if json_out:
-        _write_atomic(json_out, lambda p: Path(p).write_text(json.dumps(
-            {"bundle": str(bundle), "labels": label_list, "results": results}, indent=2)))
+        write_json_atomic(json_out, {"bundle": str(bundle), "labels": label_list, "results": results})
 
 
 def _read_labels(labels: str) -> list[str]:
@@ -94,19 +92,6 @@ def _read_labels(labels: str) -> list[str]:
             raise InputError(f"label file '{p}' does not exist")
         return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
     return _csv(labels) if labels.strip() else []
-
-
-def _write_atomic(dest: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``dest``: a failure never leaves a partial file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix or ".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @app.command()
@@ -136,9 +121,11 @@ def embed(
     emb = np.concatenate(chunks).astype(np.float32)
     if output.suffix != ".npy":
         raise InputError(f"output '{output}' must end in .npy")
-    _write_atomic(output, lambda p: np.save(open(p, "wb"), emb))
+    with atomic_path(output) as tmp:
+        np.save(tmp, emb)
     paths_file = output.with_suffix(".paths.txt")
-    _write_atomic(paths_file, lambda p: Path(p).write_text("".join(f"{f}\n" for f in files)))
+    with atomic_path(paths_file) as tmp:
+        Path(tmp).write_text("".join(f"{f}\n" for f in files))
     info(f"wrote {output} {emb.shape} and {paths_file}")
 
 
@@ -224,6 +211,10 @@ def _register_vlm() -> None:
 
 
 _register_vlm()
+
+from .cli_geo import register as _register_geo  # noqa: E402
+
+_register_geo(app)
 
 
 def main() -> None:

@@ -105,7 +105,17 @@ class ClipRuntime:
         """Zero-shot scene classification: softmax(logit_scale * cos(image, class))."""
         labels = check_labels(labels)
         cls = self.class_embeddings(labels, templates)
-        logits = self.logit_scale * self.encode_images(images) @ cls.T
+        return self._softmax(self.encode_images(images), labels, cls)
+
+    def classify_embeddings(self, image_embeddings: np.ndarray, labels: Sequence[str],
+                            templates: str | Sequence[str] | None = None) -> Classification:
+        """``classify`` on L2-normalised image embeddings (N, E) already computed by ``encode_images``."""
+        labels = check_labels(labels)
+        return self._softmax(np.asarray(image_embeddings, dtype=np.float32), labels,
+                             self.class_embeddings(labels, templates))
+
+    def _softmax(self, image_embeddings: np.ndarray, labels: list[str], cls: np.ndarray) -> Classification:
+        logits = self.logit_scale * image_embeddings @ cls.T
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return Classification(labels, p / p.sum(axis=1, keepdims=True))

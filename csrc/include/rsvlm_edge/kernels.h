@@ -21,7 +21,8 @@
 // interpolate_pos_embed_cpu.
 #include "patch_embed.h"
 
-// KV-cache attention (prefill + decode, GQA, contiguous and paged caches), from the kv_attention work.
-#if __has_include("kv_attention.h")
+// KV-cache attention (append, prefill + decode, GQA, contiguous / paged / int8 caches, split-KV on CUDA).
 #include "kv_attention.h"
-#endif
+
+// LLaMA decoder ops: RMSNorm, RoPE (rotate-half), SwiGLU, dense and weight-only INT8 linear.
+#include "decoder_ops.h"

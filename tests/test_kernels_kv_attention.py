@@ -1,0 +1,408 @@
+"""KV-cache attention op (kernels/kv_attention*): append, prefill, decode; contiguous, paged, int8.
+
+Reference: float64 numpy causal attention over the same K/V. Caches and outputs are poisoned with NaN
+before each call, so a kernel that reads an unwritten cache row or skips an output row fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+C = pytest.importorskip("rsvlm_edge._C")
+
+# (H, H_kv, D): GQA ratios 1, 4, 8 over head dims 64, 80, 96, 128.
+HEADS = [(4, 4, 64), (8, 2, 80), (8, 1, 96), (16, 2, 128)]
+# Batches as (q_lens, past_lens): single sequences of odd lengths, then batch 3 with different
+# lengths and a cached prefix (chunked prefill / image tokens already in the cache).
+PREFILL_CASES = [
+    ((1,), (0,)),
+    ((7,), (0,)),
+    ((54,), (0,)),
+    ((97,), (0,)),
+    ((577,), (0,)),
+    ((1297,), (0,)),
+    ((7, 54, 1), (0, 13, 96)),
+]
+# INT8 KV: per-head-per-token symmetric scales. The dequantisation error is at most max|row| / 254
+# per element (~0.012 for unit-normal rows of 128); through softmax and the V sum the attention
+# output of unit-normal q, K, V stays within this absolute bound (measured max 0.025).
+INT8_ATOL = 4e-2
+
+
+def reference_attention(q, k_seq, v_seq, past, scale=None):
+    """q (S, H, D), k_seq/v_seq (past + S, H_kv, D) -> (S, H, D), float64 causal attention."""
+    s, h, d = q.shape
+    group = h // k_seq.shape[1]
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    out = np.zeros((s, h, d))
+    n = k_seq.shape[0]
+    mask = np.arange(n)[None, :] <= (past + np.arange(s))[:, None]  # (S, n)
+    for head in range(h):
+        kv = head // group
+        scores = (q[:, head].astype(np.float64) @ k_seq[:, kv].astype(np.float64).T) * scale
+        scores = np.where(mask, scores, -np.inf)
+        scores -= scores.max(axis=1, keepdims=True)
+        p = np.exp(scores)
+        p /= p.sum(axis=1, keepdims=True)
+        out[:, head] = p @ v_seq[:, kv].astype(np.float64)
+    return out
+
+
+def make_cache(batch, h_kv, d, capacity, paged, dtype=np.float32):
+    """Empty caches poisoned with NaN (int8: scales poisoned); paged caches get a shuffled page table."""
+    pages_per_seq = -(-capacity // 16)
+    if paged:
+        num_pages = batch * pages_per_seq + 3
+        shape = (num_pages, h_kv, 16, d)
+        table = np.random.default_rng(1234).permutation(num_pages)[: batch * pages_per_seq].reshape(batch, pages_per_seq)
+        table = table.astype(np.int32)
+    else:
+        shape = (batch, h_kv, capacity, d)
+        table = None
+    if dtype == np.int8:
+        k = np.full(shape, 77, np.int8)
+        v = np.full(shape, -77, np.int8)
+        ks = np.full(shape[:3], np.nan, np.float32)
+        vs = np.full(shape[:3], np.nan, np.float32)
+        return dict(k_cache=k, v_cache=v, page_table=table, k_scale=ks, v_scale=vs)
+    k = np.full(shape, np.nan, np.float32)
+    v = np.full(shape, np.nan, np.float32)
+    return dict(k_cache=k, v_cache=v, page_table=table)
+
+
+def fill(cache, k_seqs, v_seqs, starts, ends):
+    """Append rows [starts[b], ends[b]) of every sequence through kv_append, in one batched call."""
+    batch = len(k_seqs)
+    width = max(1, max(e - s for s, e in zip(starts, ends)))
+    h_kv, d = k_seqs[0].shape[1:]
+    kn = np.full((batch, width, h_kv, d), np.nan, np.float32)
+    vn = np.full((batch, width, h_kv, d), np.nan, np.float32)
+    for b in range(batch):
+        n = ends[b] - starts[b]
+        kn[b, :n] = k_seqs[b][starts[b] : ends[b]]
+        vn[b, :n] = v_seqs[b][starts[b] : ends[b]]
+    lens = np.array([e - s for s, e in zip(starts, ends)], np.int32)
+    C.kv_append(cache["k_cache"], cache["v_cache"], kn, vn, np.array(starts, np.int32), new_lens=lens,
+                page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
+
+
+def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0):
+    """Build a cache holding past + new tokens, run attention_prefill; return (out, reference)."""
+    h, h_kv, d = heads
+    rng = np.random.default_rng(seed)
+    batch = len(q_lens)
+    kv_lens = [p + n for p, n in zip(past_lens, q_lens)]
+    s_q = max(q_lens)
+    k_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in kv_lens]
+    v_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in kv_lens]
+    q = np.full((batch, s_q, h, d), np.nan, np.float32)
+    for b in range(batch):
+        q[b, : q_lens[b]] = rng.standard_normal((q_lens[b], h, d))
+    cache = make_cache(batch, h_kv, d, max(kv_lens) + 5, paged, cache_dtype)
+    fill(cache, k_seqs, v_seqs, [0] * batch, list(past_lens))  # the cached prefix
+    fill(cache, k_seqs, v_seqs, list(past_lens), kv_lens)  # the new chunk
+    out = np.full_like(q, np.nan)
+    ret = C.attention_prefill(q, cache["k_cache"], cache["v_cache"], np.array(q_lens, np.int32),
+                              np.array(kv_lens, np.int32), out=out, page_table=cache["page_table"],
+                              k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
+    assert ret is out
+    ref = np.zeros(q.shape)
+    for b in range(batch):
+        ref[b, : q_lens[b]] = reference_attention(q[b, : q_lens[b]], k_seqs[b], v_seqs[b], past_lens[b])
+    return out, ref, cache
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("lens", PREFILL_CASES, ids=lambda t: "q" + "_".join(map(str, t[0])))
+def test_prefill_matches_reference(heads, lens):
+    q_lens, past_lens = lens
+    if max(q_lens) > 500 and heads[0] > 8:
+        heads = (8, 1, heads[2])  # keep the long cases cheap on 2 CPU cores; ratio 8 still covered
+    out, ref, _ = run_prefill(heads, q_lens, past_lens, paged=False)
+    assert not np.isnan(out).any(), "padding rows must be written (zeros), not left poisoned"
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def run_decode(heads, seq_lens, paged, cache_dtype=np.float32, seed=1, num_splits=0):
+    """Cache holds seq_lens[b] - 1 tokens; append the new one with kv_append, then attention_decode."""
+    h, h_kv, d = heads
+    rng = np.random.default_rng(seed)
+    batch = len(seq_lens)
+    k_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in seq_lens]
+    v_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in seq_lens]
+    cache = make_cache(batch, h_kv, d, max(seq_lens) + 2, paged, cache_dtype)
+    past = [n - 1 for n in seq_lens]
+    fill(cache, k_seqs, v_seqs, [0] * batch, past)
+    k_new = np.stack([k[-1] for k in k_seqs])  # (B, H_kv, D): the decode-step form of k_new
+    v_new = np.stack([v[-1] for v in v_seqs])
+    C.kv_append(cache["k_cache"], cache["v_cache"], k_new, v_new, np.array(past, np.int32),
+                page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
+    q = rng.standard_normal((batch, h, d)).astype(np.float32)
+    out = np.full_like(q, np.nan)
+    C.attention_decode(q, cache["k_cache"], cache["v_cache"], np.array(seq_lens, np.int32), out=out,
+                       page_table=cache["page_table"], k_scale=cache.get("k_scale"),
+                       v_scale=cache.get("v_scale"), num_splits=num_splits)
+    ref = np.stack([reference_attention(q[b][None], k_seqs[b], v_seqs[b], past[b])[0] for b in range(batch)])
+    return out, ref
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("seq_lens", [(1,), (1297,), (1, 54, 577), (97, 7, 608)], ids=str)
+def test_decode_matches_reference(heads, seq_lens):
+    out, ref = run_decode(heads, seq_lens, paged=False)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [(8, 2, 80), (16, 2, 128)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+def test_paged_prefill_equals_contiguous(heads):
+    q_lens, past = (7, 54, 1), (0, 13, 96)
+    contiguous, ref, _ = run_prefill(heads, q_lens, past, paged=False, seed=3)
+    paged, _, cache = run_prefill(heads, q_lens, past, paged=True, seed=3)
+    assert cache["page_table"].shape[1] > 1 and not np.all(np.diff(cache["page_table"].ravel()) == 1)
+    np.testing.assert_array_equal(paged, contiguous)
+    np.testing.assert_allclose(paged, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [(4, 4, 64), (8, 1, 96)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+def test_paged_decode_equals_contiguous(heads):
+    seq_lens = (17, 1, 97)
+    contiguous, ref = run_decode(heads, seq_lens, paged=False, seed=4)
+    paged, _ = run_decode(heads, seq_lens, paged=True, seed=4)
+    np.testing.assert_array_equal(paged, contiguous)
+    np.testing.assert_allclose(paged, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_int8_append_quantises_per_head_per_token():
+    rng = np.random.default_rng(5)
+    cache = make_cache(1, 2, 64, 20, paged=False, dtype=np.int8)
+    k = (rng.standard_normal((1, 9, 2, 64)) * rng.uniform(0.1, 10, (1, 9, 2, 1))).astype(np.float32)
+    C.kv_append(cache["k_cache"], cache["v_cache"], k, -k, np.array([3], np.int32),
+                k_scale=cache["k_scale"], v_scale=cache["v_scale"])
+    kq = cache["k_cache"][0, :, 3:12].astype(np.float32)  # (H_kv, 9, D)
+    ks = cache["k_scale"][0, :, 3:12]
+    expect_scale = np.abs(k[0]).max(axis=-1).T / 127.0  # (H_kv, 9)
+    np.testing.assert_allclose(ks, expect_scale, rtol=1e-6)
+    assert np.abs(kq).max() == 127
+    err = np.abs(kq * ks[..., None] - k[0].transpose(1, 0, 2))
+    assert np.all(err <= ks[..., None] * 0.5 * (1 + 1e-5)), "dequantised rows must be within half a step"
+
+    np.testing.assert_array_equal(cache["v_cache"][0, :, 3:12], -cache["k_cache"][0, :, 3:12])
+    assert np.isnan(cache["k_scale"][0, :, :3]).all() and np.isnan(cache["k_scale"][0, :, 12:]).all()
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_int8_prefill_and_decode_within_tolerance(paged):
+    out, ref, _ = run_prefill((8, 2, 128), (54, 7, 97), (0, 40, 11), paged=paged, cache_dtype=np.int8)
+    np.testing.assert_allclose(out, ref, atol=INT8_ATOL, rtol=0)
+    out, ref = run_decode((8, 1, 80), (577, 1, 33), paged=paged, cache_dtype=np.int8)
+    np.testing.assert_allclose(out, ref, atol=INT8_ATOL, rtol=0)
+
+
+def test_custom_scale_and_allocated_output():
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((1, 1, 12, 64)).astype(np.float32)
+    v = rng.standard_normal((1, 1, 12, 64)).astype(np.float32)
+    q = rng.standard_normal((1, 2, 64)).astype(np.float32)
+    out = C.attention_decode(q, k, v, [12], scale=0.3)
+    ref = reference_attention(q[None, 0], k[0].transpose(1, 0, 2), v[0].transpose(1, 0, 2), 11, scale=0.3)
+    np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-4)
+
+
+def _valid_args():
+    rng = np.random.default_rng(7)
+    k = rng.standard_normal((2, 2, 32, 64)).astype(np.float32)
+    return dict(q=rng.standard_normal((2, 5, 4, 64)).astype(np.float32), k_cache=k, v_cache=k.copy(),
+                q_lens=np.array([5, 3], np.int32), kv_lens=np.array([9, 3], np.int32))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(q=np.zeros((2, 5, 4, 80), np.float32)),
+         r"attention_prefill: argument 'q' must have shape \(B, S_q, H, D=64\) float32 C-contiguous, got \(2, 5, 4, 80\)"),
+        (dict(q=np.zeros((2, 5, 3, 64), np.float32)), r"q has H=3 heads, which is not a multiple of the H_kv=2 KV heads"),
+        (dict(q=np.zeros((2, 5, 4, 64), np.float64)), r"argument 'q' has numpy dtype float64, which is not supported"),
+        (dict(q=np.zeros((2, 5, 4, 64), np.float16)), r"argument 'q' must have shape \(B, S_q, H, D=64\) float32"),
+        (dict(q=np.zeros((5, 4, 64), np.float32)), r"argument 'q' must have shape \(B, S_q, H, D=64\)"),
+        (dict(v_cache=np.zeros((2, 2, 31, 64), np.float32)),
+         r"argument 'v_cache' must have shape \(B_cache=2, H_kv=2, S_max=32, D=64\) float32 C-contiguous, "
+         r"got \(2, 2, 31, 64\)"),
+        (dict(k_cache=np.zeros((1, 2, 32, 64), np.float32), v_cache=np.zeros((1, 2, 32, 64), np.float32)),
+         r"argument 'k_cache' has 1 sequence slots but the batch has B=2"),
+        (dict(v_cache=np.zeros((2, 2, 32, 64), np.int8)), r"argument 'v_cache' must have shape .* float32 C-contiguous, got .* int8"),
+        (dict(q_lens=np.array([5], np.int32)), r"argument 'q_lens' must have shape \(B=2,\) int32"),
+        (dict(q_lens=np.array([5.0, 3.0])), r"argument 'q_lens' must be an integer array, got float64"),
+        (dict(kv_lens=np.array([9, 2], np.int32)), r"kv_lens\[1\] = 2 is smaller than q_lens\[1\] = 3"),
+        (dict(kv_lens=np.array([33, 3], np.int32)), r"needs 33 cache positions but the cache holds 32"),
+        (dict(q_lens=np.array([6, 3], np.int32)), r"q_lens\[0\] = 6 is outside \[0, S_q=5\]"),
+        (dict(out=np.zeros((2, 5, 4, 32), np.float32)), r"argument 'out' must have shape \(B=2, S_q=5, H=4, D=64\)"),
+        (dict(k_cache=np.zeros((2, 2, 32, 64), np.int8), v_cache=np.zeros((2, 2, 32, 64), np.int8)),
+         r"an int8 cache needs k_scale and v_scale"),
+        (dict(page_table=np.zeros((3, 2), np.int32)), r"argument 'k_cache' must have shape \(num_pages, H_kv, 16, D\)"),
+        (dict(scale=-1.0), r"argument 'scale' must be >= 0"),
+    ],
+)
+def test_prefill_rejects_bad_arguments(change, match):
+    args = _valid_args()
+    args.update(change)
+    q = args.pop("q")
+    with pytest.raises(ValueError, match=match):
+        C.attention_prefill(q, args.pop("k_cache"), args.pop("v_cache"), args.pop("q_lens"), args.pop("kv_lens"),
+                            **args)
+
+
+def test_paged_rejects_bad_page_table():
+    k = np.zeros((4, 2, 16, 64), np.float32)
+    q = np.zeros((2, 4, 64), np.float32)
+    with pytest.raises(ValueError, match=r"argument 'page_table' must have shape \(B=2, max_pages_per_seq\) int32"):
+        C.attention_decode(q, k, k.copy(), [3, 3], page_table=np.zeros((3, 2), np.int32))
+    with pytest.raises(ValueError, match=r"page_table\[1, 1\] = 9 is outside \[0, 4\)"):
+        C.attention_decode(q, k, k.copy(), [3, 20], page_table=np.array([[0, 1], [2, 9]], np.int32))
+
+
+def test_append_rejects_bad_arguments():
+    k = np.zeros((2, 2, 8, 64), np.float32)
+    kn = np.zeros((2, 3, 2, 64), np.float32)
+    with pytest.raises(ValueError, match=r"kv_append: argument 'k_new' must have shape \(B, S_new, H_kv=2, D=64\)"):
+        C.kv_append(k, k.copy(), np.zeros((2, 3, 4, 64), np.float32), np.zeros((2, 3, 4, 64), np.float32), [0, 0])
+    with pytest.raises(ValueError, match=r"argument 'v_new' must have shape \(B=2, S_new=3, H_kv=2, D=64\)"):
+        C.kv_append(k, k.copy(), kn, kn[:, :2].copy(), [0, 0])
+    with pytest.raises(ValueError, match=r"argument 'start_pos' must have shape \(B=2,\) int32"):
+        C.kv_append(k, k.copy(), kn, kn, [0])
+    with pytest.raises(ValueError, match=r"kv_append of sequence 1 needs 9 cache positions but the cache holds 8"):
+        C.kv_append(k, k.copy(), kn, kn, [0, 6])
+    with pytest.raises(ValueError, match=r"new_lens\[0\] = 4 is outside \[0, S_new=3\]"):
+        C.kv_append(k, k.copy(), kn, kn, [0, 0], new_lens=[4, 1])
+    with pytest.raises(ValueError, match=r"k_scale / v_scale are only used with an int8 cache"):
+        C.kv_append(k, k.copy(), kn, kn, [0, 0], k_scale=np.zeros((2, 2, 8), np.float32),
+                    v_scale=np.zeros((2, 2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"argument 'k_cache' is read-only"):
+        ro = k.copy()
+        ro.flags.writeable = False
+        C.kv_append(ro, k.copy(), kn, kn, [0, 0])
+
+
+class FakeCudaArray:
+    """Exposes __cuda_array_interface__ without memory behind it: argument checks run before any
+    kernel or device access, so mixed-device and dtype errors can be tested without a GPU."""
+
+    def __init__(self, shape, typestr):
+        self.__cuda_array_interface__ = dict(shape=tuple(shape), typestr=typestr, data=(0, False), strides=None,
+                                             version=3)
+
+
+def test_rejects_mixed_devices():
+    k = np.zeros((1, 2, 16, 64), np.float32)
+    with pytest.raises(ValueError, match=r"argument 'k_cache' is on cpu but 'q' is on cuda"):
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f2"), k, k.copy(), [3])
+    with pytest.raises(ValueError, match=r"argument 'seq_lens' is on cpu but 'q' is on cuda"):
+        gk = FakeCudaArray((1, 2, 16, 64), "<f2")
+        C.attention_decode(FakeCudaArray((1, 4, 64), "<f2"), gk, gk, np.array([3], np.int32))
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+
+@pytest.fixture
+def torch_cuda(cuda_device):
+    """torch, when a GPU is present and this build has the CUDA kernels (tests/conftest.py: cuda_device)."""
+    if not C.built_with_cuda():
+        pytest.skip("rsvlm_edge was built without CUDA kernels")
+    import torch
+
+    return torch
+
+
+def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_splits=0):
+    """Run append + attention on the GPU with torch.cuda tensors (passed through DLPack) and
+    return (gpu result as float32 numpy, fp64 reference on the same fp16/bf16-rounded inputs)."""
+    h, h_kv, d = heads
+    rng = np.random.default_rng(11)
+    batch = len(q_lens)
+    kv_lens = [p + n for p, n in zip(past_lens, q_lens)]
+    s_q = max(q_lens)
+    dev = "cuda"
+
+    def rounded(shape):  # inputs representable in the activation dtype, as float32 numpy
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(dtype).float().numpy()
+
+    k_seqs = [rounded((n, h_kv, d)) for n in kv_lens]
+    v_seqs = [rounded((n, h_kv, d)) for n in kv_lens]
+    q = np.zeros((batch, s_q, h, d), np.float32)
+    for b in range(batch):
+        q[b, : q_lens[b]] = rounded((q_lens[b], h, d))
+    host = make_cache(batch, h_kv, d, max(kv_lens) + 5, paged, np.int8 if int8 else np.float32)
+    cache_dtype = torch.int8 if int8 else dtype
+    k_cache = torch.full(host["k_cache"].shape, 0, dtype=cache_dtype, device=dev)
+    v_cache = torch.full(host["k_cache"].shape, 0, dtype=cache_dtype, device=dev)
+    if not int8:
+        k_cache.fill_(float("nan"))
+        v_cache.fill_(float("nan"))
+    scales = {}
+    if int8:
+        scales = dict(k_scale=torch.full(host["k_scale"].shape, float("nan"), device=dev),
+                      v_scale=torch.full(host["k_scale"].shape, float("nan"), device=dev))
+    table = None if host["page_table"] is None else torch.from_numpy(host["page_table"]).to(dev)
+    width = max(q_lens)
+    for starts, ends in ((np.zeros(batch, int), np.array(past_lens)), (np.array(past_lens), np.array(kv_lens))):
+        kn = np.zeros((batch, max(width, max(past_lens), 1), h_kv, d), np.float32)
+        vn = np.zeros_like(kn)
+        for b in range(batch):
+            kn[b, : ends[b] - starts[b]] = k_seqs[b][starts[b] : ends[b]]
+            vn[b, : ends[b] - starts[b]] = v_seqs[b][starts[b] : ends[b]]
+        C.kv_append(k_cache, v_cache, torch.from_numpy(kn).to(dev, dtype), torch.from_numpy(vn).to(dev, dtype),
+                    torch.tensor(starts, dtype=torch.int32, device=dev),
+                    new_lens=torch.tensor(ends - starts, dtype=torch.int32, device=dev), page_table=table, **scales)
+    lens = lambda x: torch.tensor(x, dtype=torch.int32, device=dev)  # noqa: E731
+    if decode:
+        q_t = torch.from_numpy(q[:, 0]).to(dev, dtype)
+        out = torch.full_like(q_t, float("nan"))
+        C.attention_decode(q_t, k_cache, v_cache, lens(kv_lens), out=out, page_table=table,
+                           num_splits=num_splits, **scales)
+    else:
+        q_t = torch.from_numpy(q).to(dev, dtype)
+        out = torch.full_like(q_t, float("nan"))
+        C.attention_prefill(q_t, k_cache, v_cache, lens(q_lens), lens(kv_lens), out=out, page_table=table, **scales)
+    torch.cuda.synchronize()
+    ref = np.zeros(q.shape)
+    for b in range(batch):
+        ref[b, : q_lens[b]] = reference_attention(q[b, : q_lens[b]], k_seqs[b], v_seqs[b], past_lens[b])
+    got = out.float().cpu().numpy()
+    return got, (ref[:, 0] if decode else ref)
+
+
+CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_cuda_prefill_matches_reference(torch_cuda, dtype_name, heads, paged):
+    dtype = getattr(torch_cuda, dtype_name)
+    for q_lens, past in [((1297,), (0,)), ((7, 54, 1), (0, 13, 96))]:
+        got, ref = _cuda_run(torch_cuda, dtype, heads, q_lens, past, paged, int8=False, decode=False)
+        np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("num_splits", [0, 1, 7])
+def test_cuda_decode_split_kv_matches_reference(torch_cuda, dtype_name, heads, num_splits):
+    dtype = getattr(torch_cuda, dtype_name)
+    seq_lens = (1, 8192, 577)
+    got, ref = _cuda_run(torch_cuda, dtype, heads, (1, 1, 1), tuple(n - 1 for n in seq_lens), paged=True,
+                         int8=False, decode=True, num_splits=num_splits)
+    np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
+def test_cuda_int8_cache_within_tolerance(torch_cuda, dtype_name, decode):
+    dtype = getattr(torch_cuda, dtype_name)
+    q_lens, past = ((1, 1, 1), (0, 96, 2047)) if decode else ((54, 7, 97), (0, 40, 11))
+    got, ref = _cuda_run(torch_cuda, dtype, (8, 2, 128), q_lens, past, paged=False, int8=True, decode=decode)
+    np.testing.assert_allclose(got, ref, atol=INT8_ATOL + CUDA_TOL[dtype_name], rtol=0)
