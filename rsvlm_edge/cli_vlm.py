@@ -31,9 +31,8 @@ def _load_vlm(bundle: Path, backend: str, **kwargs):
 
 
 def _write_json(dest: Path, obj) -> None:
-    from .bundle import write_json_atomic
+    from .atomic import write_json_atomic
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(dest, obj)
 
 
