@@ -154,7 +154,8 @@ def bench(
     if _is_vlm_target(target):
         from .vlm.bench import bench_vlm
 
-        result = bench_vlm(target, batches, warmup=warmup, iters=iters, max_new_tokens=max_new_tokens, backend=backend)
+        result = bench_vlm(target, batches, warmup=warmup, iters=iters, max_new_tokens=max_new_tokens,
+                           backend=backend, peer=peer, threads=threads)
         result.setdefault("kind", "vlm")
     else:
         if target.removeprefix("builtin:") in BUILTIN_VLM:
