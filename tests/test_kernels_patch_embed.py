@@ -335,6 +335,7 @@ def test_patch_embed_cuda_allocates_output_and_uses_stream(cuda_device):
     want = native.patch_embed(**inp)
     dev = {k: None if v is None else torch.from_numpy(v).to(cuda_device) for k, v in inp.items()}
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the default stream
     with torch.cuda.stream(stream):
         got = native.patch_embed(stream=stream.cuda_stream, **dev)
     stream.synchronize()
