@@ -79,8 +79,8 @@ __global__ void __launch_bounds__(kThreads) patch_gemm_kernel(const GemmArgs<T> 
     const int c = i / 256, v = i % 256;
     // Select by value: dynamic indexing into the by-value kernel argument would spill it to local memory.
     const float mean = c == 0 ? a.mean[0] : (c == 1 ? a.mean[1] : a.mean[2]);
-    const float std = c == 0 ? a.std[0] : (c == 1 ? a.std[1] : a.std[2]);
-    lut[c][v] = (static_cast<float>(v) / 255.f - mean) / std;
+    const float sdev = c == 0 ? a.std[0] : (c == 1 ? a.std[1] : a.std[2]);
+    lut[c][v] = (static_cast<float>(v) / 255.f - mean) / sdev;
   }
   for (int m = tid; m < kTileM; m += kThreads) {
     const int64_t r = m0 + m;
