@@ -162,8 +162,13 @@ inline TensorArg from_dlpack(py::handle obj, const std::string& name, int64_t cu
     const int dev_type = dev[0].cast<int>();
     on_cuda = dev_type == kDLCUDA || dev_type == kDLCUDAManaged;
   }
-  py::object cap_obj = on_cuda ? obj.attr("__dlpack__")(py::arg("stream") = cuda_stream == 0 ? 1 : cuda_stream)
-                               : obj.attr("__dlpack__")();
+  py::object cap_obj;
+  try {
+    cap_obj = on_cuda ? obj.attr("__dlpack__")(py::arg("stream") = cuda_stream == 0 ? 1 : cuda_stream)
+                      : obj.attr("__dlpack__")();
+  } catch (py::error_already_set& e) {  // e.g. torch: "Can't export tensors that require gradient"
+    arg_fail(name, std::string("could not be exported through __dlpack__: ") + e.what());
+  }
   PyObject* cap = cap_obj.ptr();
   if (!PyCapsule_IsValid(cap, RSVLM_DLPACK_CAPSULE_NAME))
     arg_fail(name, "returned a DLPack capsule that is not a fresh 'dltensor' (already consumed?)");

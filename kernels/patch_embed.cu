@@ -68,7 +68,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) patch_gemm_kernel(const GemmArgs<T> a) {
   __shared__ float lut[3][256];                  // normalised value of every uint8 level per channel
   __shared__ float as[kTileK][kTileM + 1];       // pixels, k-major
-  __shared__ float bs[kTileK][kTileN];           // weight^T tile
+  __shared__ float bs[kTileK][kTileN + 1];       // weight^T tile (+1: conflict-free k-fastest stores)
   __shared__ int64_t row_base[kTileM];           // offset of the patch's top-left pixel, -1 = past the end
 
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -77,7 +77,10 @@ __global__ void __launch_bounds__(kThreads) patch_gemm_kernel(const GemmArgs<T> 
 
   for (int i = tid; i < 3 * 256; i += kThreads) {
     const int c = i / 256, v = i % 256;
-    lut[c][v] = (static_cast<float>(v) / 255.f - a.mean[c]) / a.std[c];
+    // Select by value: dynamic indexing into the by-value kernel argument would spill it to local memory.
+    const float mean = c == 0 ? a.mean[0] : (c == 1 ? a.mean[1] : a.mean[2]);
+    const float sdev = c == 0 ? a.std[0] : (c == 1 ? a.std[1] : a.std[2]);
+    lut[c][v] = (static_cast<float>(v) / 255.f - mean) / sdev;
   }
   for (int m = tid; m < kTileM; m += kThreads) {
     const int64_t r = m0 + m;

@@ -70,37 +70,55 @@ Status patch_embed_cpu(const PatchEmbedParams& p) {
 
   float lut[3][256];
   normalise_lut(p, lut);
-  // wt (K, D): weight transposed once so the inner loop runs over contiguous D.
+  // wt (K, D): weight transposed once per call so the inner loop runs over contiguous D.
   std::vector<float> wt(static_cast<size_t>(K * D));
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t k = 0; k < K; ++k) wt[k * D + d] = weight[d * K + k];
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t d = 0; d < D; ++d) wt[k * D + d] = weight[d * K + k];
 
+  // Rows (b, t) of the output in blocks of kRowBlock: each weight row wt[k] is loaded once per
+  // block and used for every patch row in it (the block's outputs stay in cache).
+  constexpr int64_t kRowBlock = 8;
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel
   {
-    std::vector<float> x(static_cast<size_t>(K));  // one patch, normalised, in conv order (c, py, px)
+    std::vector<float> x(static_cast<size_t>(kRowBlock * K));  // patches, normalised, conv order (c, py, px)
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t b = r / T, t = r % T;
-      float* o = out + r * D;
-      const float* pr = pos + t * D;
-      if (t == 0) {
-        for (int64_t d = 0; d < D; ++d) o[d] = cls[d] + pr[d];
-      } else {
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      int64_t patch_rows[kRowBlock];  // output rows of this block that are patch tokens
+      int64_t np = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / T, t = r % T;
+        float* o = out + r * D;
+        if (t == 0) {  // class token
+          for (int64_t d = 0; d < D; ++d) o[d] = cls[d];
+          continue;
+        }
+        float* xr = x.data() + np * K;
         const int64_t n = t - 1, y0 = (n / Gw) * P, x0 = (n % Gw) * P;
         for (int64_t py = 0; py < P; ++py) {
           const uint8_t* src = p.images + ((b * H + y0 + py) * W + x0) * 3;  // row of P pixels
           for (int64_t px = 0; px < P; ++px)
-            for (int64_t c = 0; c < 3; ++c) x[(c * P + py) * P + px] = lut[c][src[px * 3 + c]];
+            for (int64_t c = 0; c < 3; ++c) xr[(c * P + py) * P + px] = lut[c][src[px * 3 + c]];
         }
         for (int64_t d = 0; d < D; ++d) o[d] = bias ? bias[d] : 0.f;
-        for (int64_t k = 0; k < K; ++k) {
-          const float xv = x[k];
-          const float* wr = wt.data() + k * D;
+        patch_rows[np++] = r;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const float* wr = wt.data() + k * D;
+        for (int64_t i = 0; i < np; ++i) {
+          const float xv = x[i * K + k];
+          float* o = out + patch_rows[i] * D;
           for (int64_t d = 0; d < D; ++d) o[d] += xv * wr[d];
         }
-        for (int64_t d = 0; d < D; ++d) o[d] += pr[d];
       }
-      if (gamma) layer_norm_row(o, gamma, beta, D, p.eps);
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + r * D;
+        const float* pr = pos + (r % T) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += pr[d];
+        if (gamma) layer_norm_row(o, gamma, beta, D, p.eps);
+      }
     }
   }
   return Status::Ok();

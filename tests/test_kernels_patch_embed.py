@@ -194,6 +194,11 @@ def test_tensor_arg_info_torch_views_dtypes():
         native.tensor_arg_info(torch.zeros(3, dtype=torch.float64))
 
 
+def test_dlpack_export_failure_names_the_argument():
+    with pytest.raises(ValueError, match=r"argument 'weight' could not be exported through __dlpack__: .*gradient"):
+        _call(weight=torch.zeros(48, 3, 4, 4, requires_grad=True))
+
+
 def test_tensor_arg_info_numpy_strides_and_readonly():
     a = np.arange(60, dtype=np.float32).reshape(3, 4, 5)[:, ::2, 1:]
     info = native.tensor_arg_info(a)
@@ -300,6 +305,17 @@ def test_interpolate_pos_embed_allocates_and_validates():
         native.interpolate_pos_embed(pos, 0)
 
 
+
+def test_geochat_style_504px_with_interpolated_pos_embed():
+    """CLIP-L/14-336 grid 24x24 resized to 36x36 for 504 px images, then patch-embedded (D shrunk to 64)."""
+    inp = make_inputs(1, 336, 336, 14, 64)
+    pos504 = native.interpolate_pos_embed(inp["pos_emb"], 36)
+    np.testing.assert_allclose(pos504, torch_interp(inp["pos_emb"], 24, 36), rtol=1e-5, atol=1e-5)
+    inp["images"] = np.random.default_rng(5).integers(0, 256, (1, 504, 504, 3), dtype=np.uint8)
+    inp["pos_emb"] = pos504
+    got = native.patch_embed(out=poisoned((1, 1297, 64)), **inp)
+    np.testing.assert_allclose(got, reference(**inp), rtol=1e-4, atol=1e-4)
+
 # ---- CUDA (skipped without a GPU): CUDA op vs the CPU reference ----
 
 TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 6e-2}
@@ -335,6 +351,7 @@ def test_patch_embed_cuda_allocates_output_and_uses_stream(cuda_device):
     want = native.patch_embed(**inp)
     dev = {k: None if v is None else torch.from_numpy(v).to(cuda_device) for k, v in inp.items()}
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the default stream
     with torch.cuda.stream(stream):
         got = native.patch_embed(stream=stream.cuda_stream, **dev)
     stream.synchronize()
