@@ -105,6 +105,9 @@ class BundleWriter:
             "files": files,
         }
         write_json_atomic(self.tmp / MANIFEST, full)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700
         if self.dest.exists():
             old = self.dest.with_name(f".{self.dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
