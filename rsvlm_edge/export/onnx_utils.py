@@ -50,9 +50,23 @@ class _Reader:
         return next(self._it, None)
 
 
+def weightless_matmuls(path: Path) -> list[str]:
+    """Names of MatMul nodes whose inputs are both activations (attention QK^T and PV): no weight to
+    quantise, and quantising their inputs costs accuracy and Q/DQ overhead."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {t.name for t in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
 def quantize_int8_qdq(src: Path, dst: Path, calib_feeds: list[dict[str, np.ndarray]], tmp_dir: Path) -> None:
-    """Static INT8 QDQ quantisation (S8S8, per-channel weights) of MatMul/Gemm/Conv, calibrated on
-    ``calib_feeds``. LayerNorm, Softmax and GELU stay in float: they carry the accuracy of a ViT."""
+    """Static INT8 QDQ quantisation of the weight MatMul/Gemm/Conv nodes, calibrated on ``calib_feeds``:
+    uint8 asymmetric activations x int8 symmetric per-channel weights (U8S8: onnxruntime's fast x86 path,
+    measured 2.7x faster than S8S8 at batch 1 on ViT-B/32 with the same cosine). Attention's activation x
+    activation MatMuls, LayerNorm, Softmax and GELU stay in float: they carry the accuracy of a ViT.
+    (TensorRT wants symmetric int8 activations: its engine build will need an S8S8 variant.)"""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,8 +76,9 @@ def quantize_int8_qdq(src: Path, dst: Path, calib_feeds: list[dict[str, np.ndarr
         quantize_static(
             str(pre), str(dst), _Reader(calib_feeds),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_exclude=weightless_matmuls(pre),
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
