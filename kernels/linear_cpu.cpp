@@ -3,16 +3,16 @@
 //
 //   y[m, n] = (sum_k x[m, k] * float(W[n, k])) * scale[n] + bias[n]   (scale: int8 only)
 //
-// float(W) is exact for fp16 and int8, so every weight dtype runs the same fp32 tile kernel on
-// rows of W converted to fp32 (fp32 weights are read in place). Two loop nests:
+// float(W) is exact for fp16 and int8. Two loop nests over one tile kernel:
 //   GEMV (M < kGemmMinRows: decode, bandwidth-bound): OpenMP over tiles of kNr weight rows; each
-//        weight row is read from memory once (converted into a per-thread buffer of kNr x K) and
+//        weight row is streamed from memory once in its stored dtype, converted in registers, and
 //        dotted with every row of x.
 //   GEMM (M >= kGemmMinRows: prefill): OpenMP over panels of kNc weight rows; per K block of kKc
-//        inputs the panel is converted to fp32 (kNc x kKc, stays in L2) and kMr x kNr register
-//        tiles of y accumulate over it while the kMr rows of x (kMr x kKc) stay in L1.
-// Tile kernel: kMr x kNr dot products over kc inputs, one vector accumulator per output, lanes
-// along k (no transposition anywhere), summed horizontally at the end of the block.
+//        inputs the panel is converted (copied, for fp32) into a contiguous fp32 buffer (kNc x kKc,
+//        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
+//        (kMr x kKc) stay in L1. fp16 and int8 weights reuse the fp32 tile kernel there.
+// Tile kernel: R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
+// per output, lanes along k (no transposition anywhere), summed horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
 //   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
 //   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
@@ -36,19 +36,21 @@ namespace {
 
 constexpr int kMr = 3;               // rows of x per register tile
 constexpr int kNr = 4;               // output features (rows of W) per register tile
-constexpr int kKc = 512;             // GEMM: inputs per K block (x tile: 3 x 512 fp32 = 6 KiB, L1)
-constexpr int kNc = 64;              // GEMM: output features per panel (64 x 512 fp32 = 128 KiB, L2)
+constexpr int kKc = 1024;            // GEMM: inputs per K block (x tile: 3 x 1024 fp32 = 12 KiB, L1)
+constexpr int kNc = 32;              // GEMM: output features per panel (32 x 1024 fp32 = 128 KiB, L2)
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM, else GEMV
 
-// acc[r * kNr + c] = sum_{i < kc} x[r][i] * w[c][i]  for r < R (1..kMr), c < kNr.
-using TileFn = void (*)(const float* const* x, const float* const* w, int kc, float* acc);
-// dst[r * kc + i] = float(src[r * ld + i]) for r < rows, i < kc (src: fp16 bits or int8).
+// acc[r * kNr + c] = sum_{i < kc} x[r][i] * float(w[c][i])  for r < R (1..kMr), c < kNr; w[c]
+// points to kc weights of one dtype (float, uint16_t fp16 bits or int8_t).
+using TileFn = void (*)(const float* const* x, const void* const* w, int kc, float* acc);
+// dst[r * kc + i] = float(src[r * ld + i]) for r < rows, i < kc.
 using ConvertFn = void (*)(const void* src, int64_t ld, int rows, int kc, float* dst);
 
+enum WeightKind { kF32, kF16, kI8 };
+
 struct KernelSet {
-  TileFn tile[kMr + 1];  // indexed by R; [0] unused
-  ConvertFn from_f16;
-  ConvertFn from_i8;
+  TileFn tile[3][kMr + 1];  // [WeightKind][R]; R = 0 unused
+  ConvertFn convert[3];     // [WeightKind]
 };
 
 // ---- portable ----
@@ -61,8 +63,17 @@ inline v4f load4(const float* p) {
   return v;
 }
 
-template <int R>
-void tile_portable(const float* const* x, const float* const* w, int kc, float* acc) {
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t h) { return cpu::half_to_float(h); }
+inline float to_float(int8_t v) { return static_cast<float>(v); }
+
+inline v4f load4(const uint16_t* p) { return v4f{to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3])}; }
+inline v4f load4(const int8_t* p) { return v4f{to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3])}; }
+
+template <int R, typename W>
+void tile_portable(const float* const* x, const void* const* wp, int kc, float* acc) {
+  const W* w[kNr];
+  for (int c = 0; c < kNr; ++c) w[c] = static_cast<const W*>(wp[c]);
   v4f a[R][kNr] = {};
   int i = 0;
   for (; i + 4 <= kc; i += 4) {
@@ -76,13 +87,10 @@ void tile_portable(const float* const* x, const float* const* w, int kc, float* 
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < kNr; ++c) {
       float s = (a[r][c][0] + a[r][c][1]) + (a[r][c][2] + a[r][c][3]);
-      for (int j = i; j < kc; ++j) s += x[r][j] * w[c][j];
+      for (int j = i; j < kc; ++j) s += x[r][j] * to_float(w[c][j]);
       acc[r * kNr + c] = s;
     }
 }
-
-inline float to_float(uint16_t h) { return cpu::half_to_float(h); }
-inline float to_float(int8_t v) { return static_cast<float>(v); }
 
 template <typename T>
 void convert_portable(const void* src, int64_t ld, int rows, int kc, float* dst) {
@@ -93,8 +101,10 @@ void convert_portable(const void* src, int64_t ld, int rows, int kc, float* dst)
   }
 }
 
-const KernelSet kPortable = {{nullptr, tile_portable<1>, tile_portable<2>, tile_portable<3>},
-                             convert_portable<uint16_t>, convert_portable<int8_t>};
+#define RSVLM_TILES(fn, W) {nullptr, fn<1, W>, fn<2, W>, fn<3, W>}
+const KernelSet kPortable = {
+    {RSVLM_TILES(tile_portable, float), RSVLM_TILES(tile_portable, uint16_t), RSVLM_TILES(tile_portable, int8_t)},
+    {convert_portable<float>, convert_portable<uint16_t>, convert_portable<int8_t>}};
 
 // ---- avx2 (x86-64) ----
 
@@ -107,15 +117,28 @@ RSVLM_AVX2 inline __m128 hsum4(const __m256* a) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-template <int R>
-RSVLM_AVX2 void tile_avx2(const float* const* x, const float* const* w, int kc, float* acc) {
+RSVLM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+RSVLM_AVX2 inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+RSVLM_AVX2 inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+RSVLM_AVX2 inline float to_float_avx2(float v) { return v; }
+RSVLM_AVX2 inline float to_float_avx2(uint16_t h) { return _cvtsh_ss(h); }
+RSVLM_AVX2 inline float to_float_avx2(int8_t v) { return static_cast<float>(v); }
+
+template <int R, typename W>
+RSVLM_AVX2 void tile_avx2(const float* const* x, const void* const* wp, int kc, float* acc) {
+  const W* w[kNr];
+  for (int c = 0; c < kNr; ++c) w[c] = static_cast<const W*>(wp[c]);
   __m256 a[R][kNr];  // R x 4 accumulators (12 for R = 3) + 4 weight vectors: 16 ymm registers
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < kNr; ++c) a[r][c] = _mm256_setzero_ps();
   int i = 0;
   for (; i + 8 <= kc; i += 8) {
     __m256 wv[kNr];
-    for (int c = 0; c < kNr; ++c) wv[c] = _mm256_loadu_ps(w[c] + i);
+    for (int c = 0; c < kNr; ++c) wv[c] = load8(w[c] + i);
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_loadu_ps(x[r] + i);
       for (int c = 0; c < kNr; ++c) a[r][c] = _mm256_fmadd_ps(xv, wv[c], a[r][c]);
@@ -125,34 +148,24 @@ RSVLM_AVX2 void tile_avx2(const float* const* x, const float* const* w, int kc, 
   for (int r = 0; r < R; ++r) {
     _mm_storeu_ps(acc + r * kNr, hsum4(a[r]));
     for (int j = i; j < kc; ++j)
-      for (int c = 0; c < kNr; ++c) acc[r * kNr + c] += x[r][j] * w[c][j];
+      for (int c = 0; c < kNr; ++c) acc[r * kNr + c] += x[r][j] * to_float_avx2(w[c][j]);
   }
 }
 
-RSVLM_AVX2 void convert_f16_avx2(const void* src, int64_t ld, int rows, int kc, float* dst) {
+template <typename W>
+RSVLM_AVX2 void convert_avx2(const void* src, int64_t ld, int rows, int kc, float* dst) {
   for (int r = 0; r < rows; ++r) {
-    const uint16_t* s = static_cast<const uint16_t*>(src) + r * ld;
+    const W* s = static_cast<const W*>(src) + r * ld;
     float* d = dst + int64_t(r) * kc;
     int i = 0;
-    for (; i + 8 <= kc; i += 8)
-      _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-    for (; i < kc; ++i) d[i] = _cvtsh_ss(s[i]);
+    for (; i + 8 <= kc; i += 8) _mm256_storeu_ps(d + i, load8(s + i));
+    for (; i < kc; ++i) d[i] = to_float_avx2(s[i]);
   }
 }
 
-RSVLM_AVX2 void convert_i8_avx2(const void* src, int64_t ld, int rows, int kc, float* dst) {
-  for (int r = 0; r < rows; ++r) {
-    const int8_t* s = static_cast<const int8_t*>(src) + r * ld;
-    float* d = dst + int64_t(r) * kc;
-    int i = 0;
-    for (; i + 8 <= kc; i += 8)
-      _mm256_storeu_ps(d + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)))));
-    for (; i < kc; ++i) d[i] = static_cast<float>(s[i]);
-  }
-}
-
-const KernelSet kAvx2 = {{nullptr, tile_avx2<1>, tile_avx2<2>, tile_avx2<3>}, convert_f16_avx2, convert_i8_avx2};
+const KernelSet kAvx2 = {
+    {RSVLM_TILES(tile_avx2, float), RSVLM_TILES(tile_avx2, uint16_t), RSVLM_TILES(tile_avx2, int8_t)},
+    {convert_avx2<float>, convert_avx2<uint16_t>, convert_avx2<int8_t>}};
 
 bool cpu_has_avx2_fma_f16c() {
   __builtin_cpu_init();
@@ -207,36 +220,28 @@ Status linear_cpu(const LinearParams& p) {
   const int64_t m = p.m;
   const int n = p.n, k = p.k;
   const int64_t wsize = dtype_size(p.w_dtype);
-  const ConvertFn convert = p.w_dtype == DType::f16 ? ks.from_f16 : p.w_dtype == DType::i8 ? ks.from_i8 : nullptr;
+  const WeightKind wk = p.w_dtype == DType::f16 ? kF16 : p.w_dtype == DType::i8 ? kI8 : kF32;
   auto w_at = [&](int row, int col) {  // &W[row, col] in its storage dtype
     return static_cast<const char*>(p.w) + (int64_t(row) * k + col) * wsize;
   };
   auto finish = [&](float y, int col) {  // the full sum over k -> y
-    if (p.w_dtype == DType::i8) y *= p.w_scale[col];
+    if (wk == kI8) y *= p.w_scale[col];
     return bias ? y + bias[col] : y;
   };
 
   if (m < kGemmMinRows) {
     const int rows = static_cast<int>(m);
-#pragma omp parallel
-    {
-      std::vector<float> buf(convert ? size_t(kNr) * k : 0);  // (kNr, K) converted weight rows
-#pragma omp for schedule(static)
-      for (int n0 = 0; n0 < n; n0 += kNr) {
-        const int nt = std::min(kNr, n - n0);
-        if (convert) convert(w_at(n0, 0), k, nt, k, buf.data());
-        const float* wr[kNr];
-        for (int c = 0; c < kNr; ++c) {
-          const int j = std::min(c, nt - 1);  // clamp: duplicate the last row, results dropped
-          wr[c] = convert ? buf.data() + int64_t(j) * k : reinterpret_cast<const float*>(w_at(n0 + j, 0));
-        }
-        const float* xr[kMr];
-        for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
-        float acc[kMr * kNr];
-        ks.tile[rows](xr, wr, k, acc);
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < nt; ++c) out[r * int64_t(n) + n0 + c] = finish(acc[r * kNr + c], n0 + c);
-      }
+    const float* xr[kMr];
+    for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
+#pragma omp parallel for schedule(static)
+    for (int n0 = 0; n0 < n; n0 += kNr) {
+      const int nt = std::min(kNr, n - n0);
+      const void* wr[kNr];
+      for (int c = 0; c < kNr; ++c) wr[c] = w_at(n0 + std::min(c, nt - 1), 0);  // clamp: duplicate, dropped
+      float acc[kMr * kNr];
+      ks.tile[wk][rows](xr, wr, k, acc);
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < nt; ++c) out[r * int64_t(n) + n0 + c] = finish(acc[r * kNr + c], n0 + c);
     }
     return Status::Ok();
   }
@@ -244,30 +249,24 @@ Status linear_cpu(const LinearParams& p) {
   const int panels = (n + kNc - 1) / kNc;
 #pragma omp parallel
   {
-    std::vector<float> buf(convert ? size_t(kNc) * kKc : 0);  // (kNc, kKc) converted panel
+    std::vector<float> buf(size_t(kNc) * kKc);  // (kNc, kKc) panel of W as fp32
 #pragma omp for schedule(dynamic)
     for (int pi = 0; pi < panels; ++pi) {
       const int n0 = pi * kNc, nc = std::min(kNc, n - n0);
       for (int k0 = 0; k0 < k; k0 += kKc) {
         const int kc = std::min(kKc, k - k0);
         const bool first = k0 == 0, last = k0 + kc == k;
-        const float* panel = reinterpret_cast<const float*>(w_at(n0, k0));  // (nc, kc), row stride ld
-        int64_t ld = k;
-        if (convert) {
-          convert(w_at(n0, k0), k, nc, kc, buf.data());
-          panel = buf.data();
-          ld = kc;
-        }
+        ks.convert[wk](w_at(n0, k0), k, nc, kc, buf.data());
         for (int64_t m0 = 0; m0 < m; m0 += kMr) {
           const int rows = static_cast<int>(std::min<int64_t>(kMr, m - m0));
           const float* xr[kMr];
           for (int r = 0; r < rows; ++r) xr[r] = x + (m0 + r) * k + k0;
           for (int j0 = 0; j0 < nc; j0 += kNr) {
             const int nt = std::min(kNr, nc - j0);
-            const float* wr[kNr];
-            for (int c = 0; c < kNr; ++c) wr[c] = panel + int64_t(j0 + std::min(c, nt - 1)) * ld;
+            const void* wr[kNr];
+            for (int c = 0; c < kNr; ++c) wr[c] = buf.data() + int64_t(j0 + std::min(c, nt - 1)) * kc;
             float acc[kMr * kNr];
-            ks.tile[rows](xr, wr, kc, acc);
+            ks.tile[kF32][rows](xr, wr, kc, acc);
             for (int r = 0; r < rows; ++r)
               for (int c = 0; c < nt; ++c) {
                 const int col = n0 + j0 + c;

@@ -156,9 +156,9 @@ def cpu_kernels(request):
     C.set_cpu_kernels("auto")
 
 
-# (M, K, N): M < 4 runs the GEMV path, M >= 4 the GEMM path (K > 512: several K blocks, N > 64:
-# several panels, ragged edges everywhere).
-LINEAR_SHAPES = [(1, 4096, 11), (3, 50, 17), (7, 77, 129), (97, 320, 33), (1, 9, 1), (130, 1000, 67), (17, 67, 1000)]
+# (M, K, N): M < 4 runs the GEMV path, M >= 4 the GEMM path (K > 1024: several K blocks, N > 32:
+# several panels; ragged edges everywhere).
+LINEAR_SHAPES = [(1, 4096, 11), (3, 50, 17), (7, 77, 129), (97, 320, 33), (1, 9, 1), (130, 2100, 67), (17, 67, 1000)]
 
 
 @pytest.mark.parametrize("m, k, n", LINEAR_SHAPES, ids=lambda s: str(s))
@@ -175,7 +175,7 @@ def test_linear_dense_matches_reference(cpu_kernels, m, k, n, with_bias):
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 130])
-@pytest.mark.parametrize("k, n", [(67, 200), (1000, 67), (200, 1000)], ids=str)
+@pytest.mark.parametrize("k, n", [(67, 200), (1000, 67), (200, 1000), (2100, 67)], ids=str)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
 def test_linear_fp16_weights_match_float64_reference(cpu_kernels, m, k, n, with_bias):
     rng = np.random.default_rng(10)
@@ -189,7 +189,7 @@ def test_linear_fp16_weights_match_float64_reference(cpu_kernels, m, k, n, with_
 
 
 @pytest.mark.parametrize("wdtype", ["float32", "float16", "int8"])
-@pytest.mark.parametrize("m, k, n", [(17, 1000, 67), (130, 67, 200), (4, 200, 1000)], ids=str)
+@pytest.mark.parametrize("m, k, n", [(17, 2100, 67), (130, 67, 200), (4, 200, 1000)], ids=str)
 def test_linear_gemm_path_equals_gemv_path(cpu_kernels, wdtype, m, k, n):
     """M >= 4 (GEMM) against the same rows one at a time (GEMV): equal up to summation order."""
     rng = np.random.default_rng(11)
@@ -204,16 +204,17 @@ def test_linear_gemm_path_equals_gemv_path(cpu_kernels, wdtype, m, k, n):
     gemm = C.linear(x, w, bias, **kw)
     gemv = np.concatenate([C.linear(x[i : i + 1], w, bias, **kw) for i in range(m)])
     pairs = np.concatenate([C.linear(x[i : i + 2], w, bias, **kw) for i in range(0, m - 1, 2)])
-    np.testing.assert_allclose(gemm, gemv, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(gemm[: len(pairs)], pairs, rtol=1e-6, atol=1e-6)
+    # Outputs are O(1); the two paths sum K products in different orders (K blocks of 1024 in the GEMM).
+    np.testing.assert_allclose(gemm, gemv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gemm[: len(pairs)], pairs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(len(CPU_KERNELS) < 2, reason="only the portable CPU kernels run here")
 @pytest.mark.parametrize("wdtype", ["float32", "float16", "int8"])
 def test_linear_avx2_and_portable_kernels_agree(wdtype):
     rng = np.random.default_rng(12)
-    x = randn(rng, 37, 700)
-    w = randn(rng, 150, 700, scale=700**-0.5)
+    x = randn(rng, 37, 1100)
+    w = randn(rng, 150, 1100, scale=1100**-0.5)
     kw = {}
     if wdtype == "int8":
         w, kw["w_scale"] = C.quantize_weight_int8(w)
@@ -227,7 +228,7 @@ def test_linear_avx2_and_portable_kernels_agree(wdtype):
     finally:
         C.set_cpu_kernels("auto")
     for a, b in zip(got["avx2"], got["portable"]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # O(1) outputs, different summation orders
 
 
 def test_linear_fp16_conversion_is_exact_for_every_half(cpu_kernels):
