@@ -132,21 +132,38 @@ template <int R, typename W>
 RSVLM_AVX2 void tile_avx2(const float* const* x, const void* const* wp, int kc, float* acc) {
   const W* w[kNr];
   for (int c = 0; c < kNr; ++c) w[c] = static_cast<const W*>(wp[c]);
-  __m256 a[R][kNr];  // R x 4 accumulators (12 for R = 3) + 4 weight vectors: 16 ymm registers
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kNr; ++c) a[r][c] = _mm256_setzero_ps();
+  // U interleaved accumulators per output: R = 1 (decode) would otherwise be bound by the FMA
+  // latency (4 dependent chains). R x kNr x U <= 12 accumulators + 4 weight vectors: 16 ymm.
+  constexpr int U = R == 1 ? 2 : 1;
+  __m256 a[U][R][kNr];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kNr; ++c) a[u][r][c] = _mm256_setzero_ps();
   int i = 0;
-  for (; i + 8 <= kc; i += 8) {
+  for (; i + 8 * U <= kc; i += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 wv[kNr];
+      for (int c = 0; c < kNr; ++c) wv[c] = load8(w[c] + i + 8 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m256 xv = _mm256_loadu_ps(x[r] + i + 8 * u);
+        for (int c = 0; c < kNr; ++c) a[u][r][c] = _mm256_fmadd_ps(xv, wv[c], a[u][r][c]);
+      }
+    }
+  }
+  for (; i + 8 <= kc; i += 8) {  // U = 2: one 8-wide step left
     __m256 wv[kNr];
     for (int c = 0; c < kNr; ++c) wv[c] = load8(w[c] + i);
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_loadu_ps(x[r] + i);
-      for (int c = 0; c < kNr; ++c) a[r][c] = _mm256_fmadd_ps(xv, wv[c], a[r][c]);
+      for (int c = 0; c < kNr; ++c) a[0][r][c] = _mm256_fmadd_ps(xv, wv[c], a[0][r][c]);
     }
   }
+  for (int u = 1; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kNr; ++c) a[0][r][c] = _mm256_add_ps(a[0][r][c], a[u][r][c]);
   static_assert(kNr == 4, "hsum4 reduces 4 accumulators");
   for (int r = 0; r < R; ++r) {
-    _mm_storeu_ps(acc + r * kNr, hsum4(a[r]));
+    _mm_storeu_ps(acc + r * kNr, hsum4(a[0][r]));
     for (int j = i; j < kc; ++j)
       for (int c = 0; c < kNr; ++c) acc[r * kNr + c] += x[r][j] * to_float_avx2(w[c][j]);
   }
