@@ -54,7 +54,7 @@ def main() -> None:
     for m in a.m:
         x = rng.standard_normal((m, a.k), dtype=np.float32)
         flop = 2.0 * m * a.n * a.k
-        rows = [("fp32", "numpy BLAS", w32.nbytes, lambda: x @ w32.T)]
+        rows = []
         for name, (w, kw) in weights.items():
             try:
                 _C.linear(x[:1], w, **kw)
@@ -62,6 +62,9 @@ def main() -> None:
                 print(f"| {m} | {name} | rsvlm _C.linear | unsupported: {str(e)[:60]} | | |")
                 continue
             rows.append((name, "rsvlm _C.linear", w.nbytes, lambda w=w, kw=kw: _C.linear(x, w, **kw)))
+        # BLAS last: OpenBLAS threads keep spinning for a while after a call and would steal the
+        # cores from the next OpenMP region on a small machine.
+        rows.append(("fp32", "numpy BLAS", w32.nbytes, lambda: x @ w32.T))
         for name, impl, nbytes, fn in rows:
             t = _time(fn, a.iters)
             gbs = f"{nbytes / t / 1e9:.1f}" if m <= 8 else ""
