@@ -12,7 +12,8 @@
 //        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
 //        (kMr x kKc) stay in L1. fp16 and int8 weights reuse the fp32 tile kernel there.
 // Tile kernel: R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
-// per output, lanes along k (no transposition anywhere), summed horizontally at the end.
+// per output (two for R = 1 on avx2), lanes along k (no transposition anywhere), summed
+// horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
 //   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
 //   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
