@@ -1,5 +1,5 @@
 // Python bindings for the LLaMA decoder ops: rms_norm, rope, swiglu, linear (dense or weight-only
-// int8) and quantize_weight_int8. Thin: validate every argument (csrc/tensor_arg.h), then call the
+// int8), quantize_weight_int8, and cpu_kernels / set_cpu_kernels (the CPU linear's micro-kernels). Thin: validate every argument (csrc/tensor_arg.h), then call the
 // C++ API (kernels/decoder_ops.h). numpy arrays / CPU tensors run the CPU kernels (float32); CUDA
 // tensors (DLPack or __cuda_array_interface__) run the CUDA kernels (float16/bfloat16, out= given).
 #include <pybind11/numpy.h>
@@ -150,7 +150,8 @@ py::object linear(py::handle x_obj, py::handle w_obj, py::handle bias_obj, py::h
   TensorArg out = out_obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(out_obj, "out", stream);
   c.same_device({&x, &w, has_bias ? &bias : nullptr, has_scale ? &scale : nullptr, out_obj.is_none() ? nullptr : &out});
   check_activation(c, x, {"M", "K"});
-  c.check(w, {"N", "K"}, {x.dtype, DType::i8});
+  if (on_cuda(x)) c.check(w, {"N", "K"}, {x.dtype, DType::i8});
+  else c.check(w, {"N", "K"}, {DType::f32, DType::f16, DType::i8});  // fp16: converted on the fly
   const bool int8 = w.dtype == DType::i8;
   if (int8 && !has_scale)
     c.fail("argument 'w' is int8 and needs w_scale, a float32 array of shape (N,) = (" + std::to_string(c.dim("N")) +
@@ -174,6 +175,20 @@ py::object linear(py::handle x_obj, py::handle w_obj, py::handle bias_obj, py::h
   launch("linear", x, stream, [&] { return rsvlm_edge::linear_cpu(p); },
          [&](void* st) { return rsvlm_edge::linear_cuda(p, st); });
   return result;
+}
+
+std::string cpu_kernels() { return rsvlm_edge::cpu_kernels_name(rsvlm_edge::cpu_kernels()); }
+
+std::string set_cpu_kernels(const std::string& name) {
+  rsvlm_edge::CpuKernels k;
+  if (name == "portable") k = rsvlm_edge::CpuKernels::portable;
+  else if (name == "avx2") k = rsvlm_edge::CpuKernels::avx2;
+  else if (name == "auto")
+    k = rsvlm_edge::cpu_kernels_supported(rsvlm_edge::CpuKernels::avx2) ? rsvlm_edge::CpuKernels::avx2
+                                                                          : rsvlm_edge::CpuKernels::portable;
+  else throw std::invalid_argument("set_cpu_kernels: argument 'name' must be 'auto', 'avx2' or 'portable', got '" + name + "'");
+  rsvlm_edge::throw_if_error(rsvlm_edge::set_cpu_kernels(k));
+  return cpu_kernels();
 }
 
 py::tuple quantize_weight_int8(py::handle w_obj) {
@@ -221,10 +236,17 @@ x[i], x[i+D/2] -> x[i] cos a - x[i+D/2] sin a, x[i+D/2] cos a + x[i] sin a for i
         py::arg("w_scale") = py::none(), py::arg("out") = py::none(), py::arg("stream") = 0,
         R"doc(Linear layer y = x @ W.T (+ bias), dense or weight-only INT8 (fp32 accumulation).
 
-x: (M, K); w: (N, K) in the dtype of x (dense) or int8 with w_scale (N,) float32, meaning
-W = w * w_scale[:, None] (per-output-channel symmetric, see quantize_weight_int8); bias: (N,) or None.
-Returns y (M, N). CPU: float32. CUDA: float16/bfloat16 activations, out= required. The CUDA kernel is a
-GEMV / small-M GEMM (decode, M <= 16); it is correct for any M but slow for long prefills.)doc");
+x: (M, K); w: (N, K) dense, or int8 with w_scale (N,) float32, meaning W = w * w_scale[:, None]
+(per-output-channel symmetric, see quantize_weight_int8); bias: (N,) or None. Returns y (M, N).
+CPU: float32 activations; dense w float32 or float16 (converted to fp32 on the fly, exact); GEMV for
+M < 4, cache-blocked GEMM above (see cpu_kernels). CUDA: float16/bfloat16 activations, dense w in the
+same dtype, out= required; the CUDA kernel is a GEMV / small-M GEMM (decode, M <= 16), correct for
+any M but slow for long prefills.)doc");
+  m.def("cpu_kernels", &cpu_kernels,
+        "Micro-kernels the CPU linear runs: 'avx2' (x86-64 with AVX2+FMA+F16C, detected at run time) or 'portable'.");
+  m.def("set_cpu_kernels", &set_cpu_kernels, py::arg("name"),
+        "Force the CPU linear's micro-kernels process-wide: 'auto' (best supported), 'avx2' or 'portable' "
+        "(tests, benchmarks). Returns the active name; ValueError when this CPU cannot run them.");
   m.def("quantize_weight_int8", &quantize_weight_int8, py::arg("w"),
         R"doc(Per-output-channel symmetric INT8 quantisation of w (N, K) float32 (CPU, load time).
 

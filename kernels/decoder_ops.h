@@ -1,7 +1,8 @@
 // LLaMA decoder ops: RMSNorm, rotary position embedding (RoPE), SwiGLU, and linear layers with
 // dense or weight-only INT8 weights (GEMV / small-M GEMM).
 //
-// Dtypes: CPU takes fp32 activations (weights fp32 or int8). CUDA takes fp16 or bf16 activations
+// Dtypes: CPU takes fp32 activations (linear weights fp32, fp16 or int8, converted to fp32 on the
+// fly, see linear_cpu.cpp). CUDA takes fp16 or bf16 activations
 // (dense weights and biases in the activation dtype, or int8 weights with fp32 scales). Every
 // reduction accumulates in fp32.
 //
@@ -54,7 +55,7 @@ struct SwiGluParams {
 
 struct LinearParams {
   const void* x = nullptr;         // (M, K) activations
-  const void* w = nullptr;         // (N, K): int8, or the activation dtype (dense)
+  const void* w = nullptr;         // (N, K): int8; dense: CPU fp32 or fp16, CUDA the activation dtype
   const float* w_scale = nullptr;  // (N) per-output-channel scales; int8 weights only
   const void* bias = nullptr;      // (N) activation dtype, or nullptr
   void* out = nullptr;             // (M, N) activation dtype; must not alias x
@@ -62,7 +63,7 @@ struct LinearParams {
   int n = 0;                       // N (output features)
   int k = 0;                       // K (input features)
   DType act_dtype = DType::f32;   // of x, bias, out
-  DType w_dtype = DType::f32;     // i8, or act_dtype (dense)
+  DType w_dtype = DType::f32;     // i8; CPU f32 or f16; CUDA act_dtype
 };
 
 // Argument checks shared by the CPU and CUDA launchers (not devices).
@@ -76,6 +77,16 @@ Status rms_norm_cpu(const RmsNormParams& p);
 Status rope_cpu(const RopeParams& p);
 Status swiglu_cpu(const SwiGluParams& p);
 Status linear_cpu(const LinearParams& p);
+
+// Micro-kernels linear_cpu runs: avx2 (x86-64 CPUs with AVX2, FMA and F16C, detected at run time;
+// the library is not built with -mavx2) or portable (plain C++: aarch64, older x86-64). The default
+// is the best this CPU supports; set_cpu_kernels forces one process-wide (tests, benchmarks) and
+// returns an error when this CPU cannot run it.
+enum class CpuKernels : int32_t { portable, avx2 };
+CpuKernels cpu_kernels();
+bool cpu_kernels_supported(CpuKernels k);
+Status set_cpu_kernels(CpuKernels k);
+const char* cpu_kernels_name(CpuKernels k);  // "portable", "avx2"
 
 // Per-output-channel symmetric INT8 quantisation of a weight w (N, K) fp32:
 // scale[n] = max|w[n, :]| / 127 (0 for an all-zero row), q[n, k] = round(w[n, k] / scale[n]).

@@ -1,4 +1,5 @@
 // CPU (OpenMP, fp32) decoder ops: the runtime's CPU path and the reference for decoder_ops.cu.
+// linear_cpu lives in linear_cpu.cpp.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -47,9 +48,11 @@ Status swiglu_validate(const SwiGluParams& p, bool cuda) {
 Status linear_validate(const LinearParams& p, bool cuda) {
   if (p.x == nullptr || p.w == nullptr || p.out == nullptr) return Status::Invalid("x, w and out must be given");
   if (p.m < 0 || p.n <= 0 || p.k <= 0) return Status::Invalid("linear needs M >= 0, N >= 1, K >= 1");
-  if (p.w_dtype != DType::i8 && p.w_dtype != p.act_dtype)
-    return Status::Invalid(std::string("weight dtype ") + dtype_name(p.w_dtype) + " must be int8 or the activation dtype " +
-                               dtype_name(p.act_dtype));
+  if (cuda && p.w_dtype != DType::i8 && p.w_dtype != p.act_dtype)
+    return Status::Invalid(std::string("CUDA linear takes int8 weights or weights in the activation dtype ") +
+                           dtype_name(p.act_dtype) + ", got " + dtype_name(p.w_dtype));
+  if (!cuda && p.w_dtype != DType::f32 && p.w_dtype != DType::f16 && p.w_dtype != DType::i8)
+    return Status::Invalid(std::string("CPU linear takes float32, float16 or int8 weights, got ") + dtype_name(p.w_dtype));
   if (p.w_dtype == DType::i8 && p.w_scale == nullptr)
     return Status::Invalid("int8 weights need w_scale (N) float32");
   return check_act(p.act_dtype, cuda);
@@ -116,101 +119,6 @@ Status swiglu_cpu(const SwiGluParams& p) {
   float* out = static_cast<float*>(p.out);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < p.n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  return Status::Ok();
-}
-
-namespace {
-
-// acc (4, 8) = rows x0..x3 (K) times wt (K, 8) (a transposed 8-row weight tile). Each output is a
-// plain sum over k in order; the 8 columns are independent lanes held in 4-wide vectors (GCC/Clang
-// vector extensions: SSE on x86-64, NEON on aarch64), 8 accumulators = 4 rows x 2 halves.
-typedef float v4f __attribute__((vector_size(16)));
-
-inline v4f load4(const float* p) {
-  v4f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-void gemm_4x8(const float* x0, const float* x1, const float* x2, const float* x3, const float* wt, int64_t k,
-              float* acc) {
-  v4f a0l = {}, a0h = {}, a1l = {}, a1h = {}, a2l = {}, a2h = {}, a3l = {}, a3h = {};
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const v4f wl = load4(wt + kk * 8), wh = load4(wt + kk * 8 + 4);
-    const float v0 = x0[kk], v1 = x1[kk], v2 = x2[kk], v3 = x3[kk];
-    a0l += v0 * wl;
-    a0h += v0 * wh;
-    a1l += v1 * wl;
-    a1h += v1 * wh;
-    a2l += v2 * wl;
-    a2h += v2 * wh;
-    a3l += v3 * wl;
-    a3h += v3 * wh;
-  }
-  const v4f all[8] = {a0l, a0h, a1l, a1h, a2l, a2h, a3l, a3h};
-  std::memcpy(acc, all, sizeof(all));
-}
-
-}  // namespace
-
-Status linear_cpu(const LinearParams& p) {
-  Status st = linear_validate(p, false);
-  if (!st.ok()) return st;
-  // Work is split over tiles of kTileN output features. M < 4 (decode, GEMV): stream each weight row
-  // once and dot it with the few rows of x. Larger M (prefill, GEMM): copy the tile transposed to
-  // (K, kTileN) so that 4 rows x kTileN columns accumulate as independent vector lanes over k.
-  constexpr int kTileN = 8;
-  constexpr int kRowsM = 4;
-  const float* x = static_cast<const float*>(p.x);
-  const float* bias = static_cast<const float*>(p.bias);
-  float* out = static_cast<float*>(p.out);
-  const int n = p.n, k = p.k;
-  const bool i8 = p.w_dtype == DType::i8;
-  const bool gemv = p.m < kRowsM;
-#pragma omp parallel
-  {
-    std::vector<float> wbuf(gemv && !i8 ? 0 : static_cast<size_t>(kTileN) * k);
-#pragma omp for schedule(static)
-    for (int n0 = 0; n0 < n; n0 += kTileN) {
-      const int nt = std::min(kTileN, n - n0);
-      auto finish = [&](int64_t m, int j, float y) {  // scale (int8), bias, store
-        if (i8) y *= p.w_scale[n0 + j];
-        if (bias) y += bias[n0 + j];
-        out[m * n + n0 + j] = y;
-      };
-      if (gemv) {
-        const float* wt = static_cast<const float*>(p.w) + int64_t(n0) * k;  // (nt, K)
-        if (i8) {  // int8 values as fp32 (unscaled): exact
-          const int8_t* w8 = static_cast<const int8_t*>(p.w) + int64_t(n0) * k;
-          for (int64_t i = 0; i < int64_t(nt) * k; ++i) wbuf[i] = float(w8[i]);
-          wt = wbuf.data();
-        }
-        for (int j = 0; j < nt; ++j)
-          for (int64_t m = 0; m < p.m; ++m) finish(m, j, cpu::dot(x + m * k, wt + int64_t(j) * k, k));
-        continue;
-      }
-      // wbuf = tile transposed: wbuf[kk * kTileN + j] = W[n0 + j, kk] (zero for j >= nt).
-      for (int64_t kk = 0; kk < k; ++kk) {
-        for (int j = 0; j < kTileN; ++j) {
-          float v = 0.f;
-          if (j < nt) {
-            const int64_t src = int64_t(n0 + j) * k + kk;
-            v = i8 ? float(static_cast<const int8_t*>(p.w)[src]) : static_cast<const float*>(p.w)[src];
-          }
-          wbuf[kk * kTileN + j] = v;
-        }
-      }
-      for (int64_t m0 = 0; m0 < p.m; m0 += kRowsM) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRowsM, p.m - m0));
-        const float* xr[kRowsM];
-        for (int r = 0; r < kRowsM; ++r) xr[r] = x + (m0 + std::min(r, rows - 1)) * k;  // clamp: valid reads
-        float acc[kRowsM * kTileN];
-        gemm_4x8(xr[0], xr[1], xr[2], xr[3], wbuf.data(), k, acc);
-        for (int r = 0; r < rows; ++r)
-          for (int j = 0; j < nt; ++j) finish(m0 + r, j, acc[r * kTileN + j]);
-      }
-    }
-  }
   return Status::Ok();
 }
 

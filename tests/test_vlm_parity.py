@@ -122,6 +122,26 @@ def test_reduced_precision_first_step_logits_cosine(tiny, weights, min_cosine):
     assert not np.array_equal(got, ref)  # the bundle really holds reduced-precision weights
 
 
+@pytest.mark.skipif(native_ops() is None, reason="_C has no decoder kernels")
+def test_native_decoder_keeps_fp16_weights_as_float16(tiny):
+    """fp16 bundle: the native decoder holds the linear weights, lm_head and embeddings as float16
+    (2 bytes/param); the numpy ops widen the linears at load. Same logits either way."""
+    rt, images = tiny["runtime"], tiny["images"]
+    bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / "tiny-fp16-mem.rsvlm", weights="fp16", verify=False)
+    native = VlmRuntime(bundle, backend="native", max_batch=4)
+    reference = VlmRuntime(bundle, backend="numpy", max_batch=4)
+    dec = native.decoder
+    linears = [dec.lm_head] + [getattr(layer, n) for layer in dec.layers for n in ("q", "k", "v", "o", "gate", "up", "down")]
+    assert all(lin.w.dtype == np.float16 for lin in linears)
+    assert dec.embed.dtype == np.float16
+    assert dec.weight_bytes < reference.decoder.weight_bytes * 0.6
+    assert reference.decoder.layers[0].q.w.dtype == np.float32 and reference.decoder.lm_head.w.dtype == np.float32
+    chunks = [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS]
+    got = native.first_step_logits(list(images), chunks)
+    np.testing.assert_allclose(got, reference.first_step_logits(list(images), chunks), rtol=1e-4, atol=1e-4)
+    assert _our_tokens(native, images, QUESTIONS, max_new_tokens=8) == _our_tokens(reference, images, QUESTIONS, max_new_tokens=8)
+
+
 def test_w8_bundle_stores_int8_with_per_channel_scales(tiny):
     from safetensors.numpy import load_file
 

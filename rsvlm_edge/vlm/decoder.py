@@ -3,8 +3,10 @@
 Weights come from ``decoder.safetensors`` under canonical names (see ``checkpoint.py``):
 fp32 / fp16 tensors, or for ``w8`` / ``w4`` quantised ``<name>.weight`` plus fp32
 ``<name>.weight_scale`` for every linear layer except the embeddings and lm_head (formats in
-``quant.py``). Compute is fp32: fp16 weights are widened once at load; int8 / int4 weights stay
-quantised in memory.
+``quant.py``). Compute is fp32. fp16 linear weights (lm_head included) stay fp16 in memory with the
+native ops (the kernel converts them on the fly) and are widened once at load for the numpy ops;
+an fp16 embedding table stays fp16 and only the looked-up rows are widened; norms are widened;
+int8 / int4 weights stay quantised in memory.
 
 The KV cache is ``(layers, max_batch, kv_heads, max_seq, head_dim)`` fp32, allocated once and
 updated in place. Prefill takes a right-padded batch of input embeddings with per-sequence lengths
@@ -26,8 +28,8 @@ from .quant import dequantize_w4
 
 @dataclass
 class Linear:
-    """A linear layer's weight ``w`` (out, in): fp32; int8 with a per-output-channel ``scale``
-    (w8); or packed int4 with per-group ``scale`` (w4, see ``quant.py``)."""
+    """A linear layer's weight ``w`` (out, in): fp32 or fp16 (native ops only); int8 with a
+    per-output-channel ``scale`` (w8); or packed int4 with per-group ``scale`` (w4, see ``quant.py``)."""
 
     w: np.ndarray
     scale: np.ndarray | None = None
@@ -90,9 +92,12 @@ class LlamaDecoder:
             scale = weights.get(f"{name}.weight_scale")
             if scale is not None:
                 return Linear(np.ascontiguousarray(w), np.ascontiguousarray(scale, dtype=np.float32), bias)
-            return Linear(np.ascontiguousarray(w, dtype=np.float32), None, bias)
+            keep = w.dtype == np.float16 and self.ops.half_weights
+            return Linear(np.ascontiguousarray(w, dtype=None if keep else np.float32), None, bias)
 
-        self.embed = tensor("embed_tokens.weight")
+        embed = weights.get("embed_tokens.weight")
+        # An fp16 table stays fp16 (vocab x hidden: the largest tensor after the layers); lookups widen rows.
+        self.embed = embed if embed is not None and embed.dtype == np.float16 else tensor("embed_tokens.weight")
         self.norm = tensor("norm.weight")
         self.lm_head = linear("lm_head")
         self.layers = [
@@ -125,7 +130,7 @@ class LlamaDecoder:
         return total
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed[ids]
+        return self.embed[ids].astype(np.float32, copy=False)
 
     def _linear(self, x: np.ndarray, lin: Linear) -> np.ndarray:
         if lin.is_w4:  # no int4 kernel yet: widen the packed weights per call

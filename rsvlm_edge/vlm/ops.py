@@ -9,7 +9,8 @@ functions (B = batch, T = tokens, H = query heads, K = KV heads, D = head dim, S
   convention (transformers' LLaMA, rope_type "default")
 * ``swiglu(gate, up) -> silu(gate) * up``
 * ``linear(x[..., I], w[O, I], bias[O] | None, w_scale=None | [O]) -> y``: ``w`` dense, or int8
-  with per-output-channel ``w_scale`` (weight-only INT8)
+  with per-output-channel ``w_scale`` (weight-only INT8). Dense ``w`` is float32, or float16 when
+  the op set's ``half_weights`` is True (native: converted to fp32 inside the kernel)
 * ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B])``: caches are
   ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b]
 * ``attention_prefill(q[B, T, H, D], k_cache, v_cache, q_lens[B], kv_lens[B]) -> [B, T, H, D]``:
@@ -134,7 +135,9 @@ def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, se
     return (probs @ values).reshape(batch, heads, dim)
 
 
-NUMPY = SimpleNamespace(name="numpy", **{n: globals()[n] for n in OP_NAMES})
+# half_weights: linear takes float16 dense weights as they are (numpy could too, but x @ w.T on
+# float16 is slow, so the decoder widens them to float32 at load for the numpy ops).
+NUMPY = SimpleNamespace(name="numpy", half_weights=False, **{n: globals()[n] for n in OP_NAMES})
 
 
 def native_ops() -> SimpleNamespace | None:
@@ -183,6 +186,7 @@ def native_ops() -> SimpleNamespace | None:
 
     return SimpleNamespace(
         name="native",
+        half_weights=True,
         rms_norm=rms_norm_native,
         rope=rope_native,
         swiglu=swiglu_native,

@@ -24,5 +24,6 @@
 // KV-cache attention (append, prefill + decode, GQA, contiguous / paged / int8 caches, split-KV on CUDA).
 #include "kv_attention.h"
 
-// LLaMA decoder ops: RMSNorm, RoPE (rotate-half), SwiGLU, dense and weight-only INT8 linear.
+// LLaMA decoder ops: RMSNorm, RoPE (rotate-half), SwiGLU, dense (CPU: fp32 or fp16 weights) and
+// weight-only INT8 linear; CpuKernels (the CPU linear's avx2 / portable micro-kernels).
 #include "decoder_ops.h"
