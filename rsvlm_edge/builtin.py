@@ -40,11 +40,17 @@ def builtin_name(target: str) -> str:
 
 
 def builtin_clip_bundle(name: str, precision: str) -> Path:
-    """Path of the cached bundle for a built-in CLIP at ``precision``, exporting it on first use."""
-    from .bundle import open_bundle
-    from .errors import BundleError
+    """Path of the cached bundle for a built-in CLIP at ``precision``, exporting it on first use.
 
-    arch, act = BUILTIN_CLIP[name]
+    The export runs in a child process, so the caller (e.g. ``bench``) never holds torch or the export's
+    memory: its timings and peak RSS are those of the runtime alone."""
+    import subprocess
+    import sys
+
+    from .bundle import open_bundle
+    from .errors import BundleError, RsvlmError
+
+    arch, _ = BUILTIN_CLIP[name]
     out = cache_dir() / f"{name}-{precision}-v{__version__}.rsvlm"
     try:
         open_bundle(out, verify=False)
@@ -52,6 +58,17 @@ def builtin_clip_bundle(name: str, precision: str) -> Path:
     except BundleError:
         pass
     warn(f"building builtin:{name} ({arch}, {precision}) once into {out}: {RANDOM_WEIGHTS_NOTE}")
+    r = subprocess.run([sys.executable, "-m", "rsvlm_edge.builtin", name, precision, str(out)],
+                       stdout=subprocess.PIPE, stderr=None, text=True)
+    if r.returncode != 0:
+        raise RsvlmError(f"building builtin:{name} ({precision}) failed (exit {r.returncode}; its messages are above)",
+                         "install the export extra: pip install torch==2.14.1 torchvision==0.29.1 && pip install 'rsvlm-edge[export]'")
+    return out
+
+
+def _export_builtin_clip(name: str, precision: str, out: Path) -> None:
+    """Child-process side of ``builtin_clip_bundle``: seeded random weights -> state dict -> bundle."""
+    arch, act = BUILTIN_CLIP[name]
     ckpt = cache_dir() / f"{name}-seed0.pt"
     if not ckpt.exists():
         import open_clip
@@ -65,4 +82,16 @@ def builtin_clip_bundle(name: str, precision: str) -> Path:
     from .export.clip import export_clip
 
     export_clip(ckpt, out, precision=precision, activation=act, overwrite=True, n_synthetic_calib=32)
-    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .errors import RsvlmError
+    from .progress import console
+
+    try:
+        _export_builtin_clip(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+    except RsvlmError as e:
+        console.print(f"[bold red]error:[/bold red] {e.message}", highlight=False)
+        sys.exit(2)

@@ -65,7 +65,7 @@ def classify(
 ) -> None:
     """Zero-shot scene classification: a table on stdout, optional JSON."""
     import rsvlm_edge
-    from rich.console import Console
+    from .progress import table_console
     from rich.table import Table
 
     from .preprocess import list_images
@@ -80,7 +80,7 @@ def classify(
     for f, top in zip(files, res.top(top_k)):
         table.add_row(str(f), *[f"{lab} ({p:.3f})" for lab, p in top])
         results.append({"image": str(f), "top": [{"label": lab, "prob": p} for lab, p in top]})
-    Console().print(table)
+    table_console().print(table)
     if json_out:
         write_json_atomic(json_out, {"bundle": str(bundle), "labels": label_list, "results": results})
 
@@ -144,7 +144,7 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(help="draw throughput vs batch to this PNG")] = None,
 ) -> None:
     """Latency (p50/p90/p99), throughput and peak memory per batch size, with the torch peer."""
-    from rich.console import Console
+    from .progress import table_console
     from rich.table import Table
 
     from .bench import bench_clip, write_outputs
@@ -167,7 +167,7 @@ def bench(
     table = Table(*cols, title=f"{result['model']} — {result['device']}")
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in cols])
-    con = Console()
+    con = table_console()
     con.print(table)
     for n in result.get("notes", []):
         con.print(f"[yellow]note:[/yellow] {n}")

@@ -52,7 +52,7 @@ def classify_scene_cmd(
     backend: Annotated[str, typer.Option(help="auto | ort | native | trt")] = "auto",
 ) -> None:
     """Zero-shot classification of a large raster scene, tile by tile, with a per-class summary."""
-    from rich.console import Console
+    from .progress import table_console
     from rich.table import Table
 
     import rsvlm_edge
@@ -83,7 +83,7 @@ def classify_scene_cmd(
     for name, n, frac in res.summary():
         if n or name in label_list:
             table.add_row(name, str(n), f"{frac:.3f}")
-    Console().print(table)
+    table_console().print(table)
     if res.skipped:
         warn(f"{len(res.skipped)} of {len(res.tiles)} tiles skipped: nodata fraction above {max_nodata:g}")
     if geojson:

@@ -18,6 +18,12 @@ def progress() -> Progress:
     )
 
 
+def table_console() -> Console:
+    """Console for result tables on stdout: the terminal's width, or 200 columns when piped to a file
+    (rich would otherwise cut columns at 80)."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def warn(msg: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {msg}")
 
