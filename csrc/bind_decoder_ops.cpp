@@ -14,6 +14,7 @@
 
 namespace py = pybind11;
 using rsvlm_edge::ArgChecker;
+using rsvlm_edge::launch;
 using rsvlm_edge::DeviceType;
 using rsvlm_edge::Dim;
 using rsvlm_edge::DType;
@@ -47,21 +48,6 @@ py::object output(ArgChecker& c, py::handle out_obj, TensorArg& out, const Tenso
   py::array_t<float> arr(shape);
   out = rsvlm_edge::tensor_arg(arr, "out");
   return arr;
-}
-
-// CPU launcher without the GIL, or the CUDA launcher on `stream` on the tensors' device.
-void launch(const char* op, const TensorArg& first, int64_t stream, const std::function<Status()>& cpu,
-            const std::function<Status(void*)>& gpu) {
-  Status s;
-  if (on_cuda(first)) {
-    rsvlm_edge::CudaDeviceGuard guard(op, first);
-    py::gil_scoped_release nogil;
-    s = gpu(reinterpret_cast<void*>(stream));
-  } else {
-    py::gil_scoped_release nogil;
-    s = cpu();
-  }
-  rsvlm_edge::throw_if_error(s);
 }
 
 py::object rms_norm(py::handle x_obj, py::handle w_obj, double eps, py::handle out_obj, int64_t stream) {

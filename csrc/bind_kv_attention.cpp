@@ -137,16 +137,8 @@ void kv_append(py::handle k_cache, py::handle v_cache, py::handle k_new_obj, py:
   p.act_dtype = k_new.dtype;
   p.batch = static_cast<int>(c.dim("B"));
   p.s_new = static_cast<int>(c.dim("S_new"));
-  rsvlm_edge::Status s;
-  if (cuda) {
-    rsvlm_edge::CudaDeviceGuard guard("kv_append", k_new);
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::kv_append_cuda(p, reinterpret_cast<void*>(stream));
-  } else {
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::kv_append_cpu(p);
-  }
-  rsvlm_edge::throw_if_error(s);
+  rsvlm_edge::launch("kv_append", k_new, stream, [&] { return rsvlm_edge::kv_append_cpu(p); },
+                     [&](void* st) { return rsvlm_edge::kv_append_cuda(p, st); });
 }
 
 py::object attention(const char* op, py::handle q_obj, py::handle k_cache, py::handle v_cache, py::handle q_lens_obj,
@@ -198,16 +190,8 @@ py::object attention(const char* op, py::handle q_obj, py::handle k_cache, py::h
   p.num_heads = static_cast<int>(c.dim("H"));
   p.scale = static_cast<float>(scale);
   p.num_splits = decode ? num_splits : 1;
-  rsvlm_edge::Status s;
-  if (cuda) {
-    rsvlm_edge::CudaDeviceGuard guard(op, q);
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::attention_cuda(p, reinterpret_cast<void*>(stream));
-  } else {
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::attention_cpu(p);
-  }
-  rsvlm_edge::throw_if_error(s);
+  rsvlm_edge::launch(op, q, stream, [&] { return rsvlm_edge::attention_cpu(p); },
+                     [&](void* st) { return rsvlm_edge::attention_cuda(p, st); });
   return result;
 }
 

@@ -114,19 +114,11 @@ py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle 
   p.dim = D;
   p.dtype = weight.dtype;
 
-  rsvlm_edge::Status s;
-  if (cuda) {
-    if (!rsvlm_edge::built_with_cuda())
-      throw std::runtime_error("patch_embed: got CUDA tensors but this build of rsvlm_edge has no CUDA kernels "
-                               "(built without CUDA); rebuild with nvcc available or pass CPU arrays");
-    rsvlm_edge::CudaDeviceGuard guard("patch_embed", images);
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::patch_embed_cuda(p, reinterpret_cast<void*>(stream));
-  } else {
-    py::gil_scoped_release nogil;
-    s = rsvlm_edge::patch_embed_cpu(p);
-  }
-  rsvlm_edge::throw_if_error(s);
+  if (cuda && !rsvlm_edge::built_with_cuda())
+    throw std::runtime_error("patch_embed: got CUDA tensors but this build of rsvlm_edge has no CUDA kernels "
+                             "(built without CUDA); rebuild with nvcc available or pass CPU arrays");
+  rsvlm_edge::launch("patch_embed", images, stream, [&] { return rsvlm_edge::patch_embed_cpu(p); },
+                     [&](void* st) { return rsvlm_edge::patch_embed_cuda(p, st); });
   return result;
 }
 

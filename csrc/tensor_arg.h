@@ -29,6 +29,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -392,5 +393,21 @@ class CudaDeviceGuard {
   int prev_ = -1;
   bool restore_ = false;
 };
+
+// Run an op's CPU launcher without the GIL, or, when `first` is a CUDA tensor, its CUDA launcher on
+// `stream` (a cudaStream_t as an integer) with `first`'s device current; raise on a failed Status.
+inline void launch(const char* op, const TensorArg& first, int64_t stream, const std::function<Status()>& cpu,
+                   const std::function<Status(void*)>& gpu) {
+  Status s;
+  if (first.device.type == DeviceType::cuda) {
+    CudaDeviceGuard guard(op, first);
+    pybind11::gil_scoped_release nogil;
+    s = gpu(reinterpret_cast<void*>(stream));
+  } else {
+    pybind11::gil_scoped_release nogil;
+    s = cpu();
+  }
+  throw_if_error(s);
+}
 
 }  // namespace rsvlm_edge
