@@ -148,7 +148,6 @@ def bench(
     from rich.table import Table
 
     from .bench import bench_clip, write_outputs
-    from .builtin import BUILTIN_VLM
 
     batches = _ints(batch)
     if _is_vlm_target(target):
@@ -158,8 +157,6 @@ def bench(
                            backend=backend, peer=peer, threads=threads)
         result.setdefault("kind", "vlm")
     else:
-        if target.removeprefix("builtin:") in BUILTIN_VLM:
-            raise InputError(f"unexpected target {target}")
         result = bench_clip(target, batches, _csv(precision), backend=backend, warmup=warmup, iters=iters,
                             peer=peer, threads=threads)
     rows = result["rows"]

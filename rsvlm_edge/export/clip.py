@@ -149,9 +149,10 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 img32.replace(img_out)
                 txt32.replace(txt_out)
             bar.update(task, advance=1, description="validating against torch")
-            validation = _validate(image_enc, text_enc, img_out, txt_out, s, fp16=precision == "fp16")
-            bar.update(task, advance=1, description="writing bundle")
             write_clip_tokenizer(writer.path("tokenizer.json"))
+            validation = _validate(image_enc, text_enc, img_out, txt_out, writer.path("tokenizer.json"), s,
+                                   fp16=precision == "fp16")
+            bar.update(task, advance=1, description="writing bundle")
             manifest = {
                 "architecture": "clip",
                 "name": Path(out).stem,
@@ -180,7 +181,8 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
     return bundle
 
 
-def _validate(image_enc, text_enc, img_onnx: Path, txt_onnx: Path, size: int, fp16: bool) -> dict[str, float]:
+def _validate(image_enc, text_enc, img_onnx: Path, txt_onnx: Path, tokenizer: Path, size: int,
+              fp16: bool) -> dict[str, float]:
     """Per-output cosine of the exported graphs vs the torch fp32 model on held-out inputs."""
     import torch
 
@@ -188,9 +190,7 @@ def _validate(image_enc, text_enc, img_onnx: Path, txt_onnx: Path, size: int, fp
     from ..tokenizer import ClipTokenizer
 
     pixels = synthetic_rs_images(16, size, seed=99)
-    with tempfile.TemporaryDirectory() as d:
-        write_clip_tokenizer(Path(d) / "tok.json")
-        ids = ClipTokenizer(Path(d) / "tok.json")([TEMPLATES["satellite"][0].format(c) for c in CALIB_LABELS])
+    ids = ClipTokenizer(tokenizer)([TEMPLATES["satellite"][0].format(c) for c in CALIB_LABELS])
     with torch.no_grad():
         ref_i = image_enc(torch.from_numpy(pixels)).numpy()
         ref_t = text_enc(torch.from_numpy(ids)).numpy()
