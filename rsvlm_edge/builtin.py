@@ -1,6 +1,7 @@
 """Built-in default models: real architectures with seeded random weights, for timing only.
 
-They are built with open_clip (export extra) on first use and cached under
+Names and the cache live here (runtime side); the models are made by the package's own export code
+(``rsvlm_edge.export.builtin``, needs the export extra) on first use and cached under
 ``$RSVLM_EDGE_CACHE`` (default ``~/.cache/rsvlm-edge``)/builtin.
 """
 
@@ -10,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, RsvlmError
 from .progress import warn
 
 BUILTIN_CLIP = {
@@ -19,6 +20,7 @@ BUILTIN_CLIP = {
 }
 BUILTIN_VLM = ("tinyllava-1b",)
 RANDOM_WEIGHTS_NOTE = "built-in model with seeded random weights: timing only, its predictions mean nothing"
+EXPORT_FIX = "install the export extra: pip install torch==2.14.1 torchvision==0.29.1 && pip install 'rsvlm-edge[export]'"
 
 
 def cache_dir() -> Path:
@@ -48,7 +50,7 @@ def builtin_clip_bundle(name: str, precision: str) -> Path:
     import sys
 
     from .bundle import open_bundle
-    from .errors import BundleError, RsvlmError
+    from .errors import BundleError
 
     arch, _ = BUILTIN_CLIP[name]
     out = cache_dir() / f"{name}-{precision}-v{__version__}.rsvlm"
@@ -58,40 +60,43 @@ def builtin_clip_bundle(name: str, precision: str) -> Path:
     except BundleError:
         pass
     warn(f"building builtin:{name} ({arch}, {precision}) once into {out}: {RANDOM_WEIGHTS_NOTE}")
-    r = subprocess.run([sys.executable, "-m", "rsvlm_edge.builtin", name, precision, str(out)],
+    r = subprocess.run([sys.executable, "-m", "rsvlm_edge.export.builtin", name, precision, str(out)],
                        stdout=subprocess.PIPE, stderr=None, text=True)
     if r.returncode != 0:
         raise RsvlmError(f"building builtin:{name} ({precision}) failed (exit {r.returncode}; its messages are above)",
-                         "install the export extra: pip install torch==2.14.1 torchvision==0.29.1 && pip install 'rsvlm-edge[export]'")
+                         EXPORT_FIX)
     return out
 
 
-def _export_builtin_clip(name: str, precision: str, out: Path) -> None:
-    """Child-process side of ``builtin_clip_bundle``: seeded random weights -> state dict -> bundle."""
-    arch, act = BUILTIN_CLIP[name]
-    ckpt = cache_dir() / f"{name}-seed0.pt"
-    if not ckpt.exists():
-        import open_clip
-        import torch
-
-        torch.manual_seed(0)
-        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=act == "quick_gelu")
-        tmp = ckpt.with_suffix(".pt.tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
-    from .export.clip import export_clip
-
-    export_clip(ckpt, out, precision=precision, activation=act, overwrite=True, n_synthetic_calib=32)
+def builtin_vlm_paths(name: str) -> tuple[Path, Path]:
+    """(transformers checkpoint dir, bundle) of a builtin VLM in the cache."""
+    return cache_dir() / f"{name}-seed0-hf", cache_dir() / f"{name}-fp16-v{__version__}.rsvlm"
 
 
-if __name__ == "__main__":
-    import sys
+def builtin_vlm_bundle(name: str, progress=None) -> Path:
+    """Path of the cached bundle of a built-in VLM, built on first use (needs the export extra)."""
+    from .bundle import open_bundle
+    from .errors import BundleError
 
-    from .errors import RsvlmError
-    from .progress import console
-
+    ckpt, bundle = builtin_vlm_paths(name)
     try:
-        _export_builtin_clip(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
-    except RsvlmError as e:
-        console.print(f"[bold red]error:[/bold red] {e.message}", highlight=False)
-        sys.exit(2)
+        open_bundle(bundle, verify=False)
+        return bundle
+    except BundleError:
+        pass
+    try:
+        from .export.builtin import build_builtin_vlm
+    except ImportError as e:
+        raise InputError(f"building builtin:{name} needs the export extras ({e})", EXPORT_FIX) from None
+    build_builtin_vlm(name, ckpt, bundle, progress)
+    return bundle
+
+
+def resolve_target(target: str, progress=None) -> Path:
+    """A bundle path for ``target`` (a path, or ``builtin:NAME`` built on first use)."""
+    if not is_builtin(target):
+        return Path(target)
+    name = builtin_name(target)
+    if name in BUILTIN_VLM:
+        return builtin_vlm_bundle(name, progress)
+    raise InputError(f"'{target}' is a CLIP model: pass a precision", "use builtin_clip_bundle(name, precision)")

@@ -25,11 +25,11 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .errors import InputError
-from .preprocess import resize_square
-from .prompts import check_labels
+from .images import resize_square
+from .models.clip.prompts import check_labels
 
 if TYPE_CHECKING:
-    from .clip_runtime import ClipRuntime
+    from .models.clip.runtime import ClipRuntime
 
 DEFAULT_STRETCH = (2.0, 98.0)
 DEFAULT_MAX_NODATA = 0.5

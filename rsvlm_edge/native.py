@@ -12,10 +12,8 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from .errors import BackendError
-
-# OpenAI CLIP preprocessing constants (also used by RemoteCLIP, GeoRSCLIP, SkyCLIP, GeoChat).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .images import OPENAI_MEAN as CLIP_MEAN
+from .images import OPENAI_STD as CLIP_STD
 
 
 def _c() -> ModuleType:

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import rsvlm_edge
 from clip_models import save_bare, tiny_open_clip
 from util import run_cli
+
+import rsvlm_edge
 from rsvlm_edge.errors import BundleError, CheckpointError, InputError
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images
 from rsvlm_edge.export.clip_checkpoint import load_clip_checkpoint
-
 
 cli = run_cli
 
@@ -211,4 +210,4 @@ def test_unknown_builtin_and_backend(bundle, tmp_path):
     img = tmp_path / "scene.png"
     Image.fromarray(synthetic_rs_images(1, 64)[0]).save(img)
     r = cli("classify", str(bundle), str(img), "--labels", "a,b", "--backend", "trt")
-    assert_clean_error(r, "backend 'trt' is not available")
+    assert_clean_error(r, "unknown backend 'trt'", "rsvlm-edge doctor")

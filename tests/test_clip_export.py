@@ -7,10 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from clip_models import (
+    LABELS,
+    TEXTS,
+    cos,
+    open_clip_image_embeds,
+    open_clip_text_embeds,
+    save_bare,
+    tiny_hf_clip,
+    tiny_open_clip,
+)
 
 import rsvlm_edge
-from clip_models import (LABELS, TEXTS, cos, open_clip_image_embeds, open_clip_text_embeds, save_bare,
-                         tiny_hf_clip, tiny_open_clip)
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images
 
 
@@ -72,7 +80,7 @@ def test_skyclip_training_checkpoint_gives_same_embeddings(oc_model, fp32_bundle
     ckpt = tmp_path / "skyclip_epoch_20.pt"
     torch.save({"epoch": 20, "name": "SkyCLIP", "state_dict": {f"module.{k}": v for k, v in oc_model.state_dict().items()}}, ckpt)
     b = export_clip(ckpt, tmp_path / "sky.rsvlm")
-    assert b.manifest["source"]["layout"] == "open_clip_train"
+    assert b.manifest.source.layout == "open_clip_train"
     px = synthetic_rs_images(3, 64, seed=11)
     a = rsvlm_edge.load(b.path).encode_images(px)
     ref = rsvlm_edge.load(fp32_bundle).encode_images(px)
@@ -98,8 +106,8 @@ def test_hf_clipmodel_dir_and_open_clip_format_agree(tmp_path):
     hf_dir = tmp_path / "hf"
     hf.save_pretrained(hf_dir)
     b_hf = export_clip(hf_dir, tmp_path / "hf.rsvlm")
-    assert b_hf.manifest["source"]["layout"] == "hf_clip"
-    assert b_hf.manifest["model"]["activation"] == "quick_gelu"
+    assert b_hf.manifest.source.layout == "hf_clip"
+    assert b_hf.manifest.model.activation == "quick_gelu"
     oc = tmp_path / "oc.pt"
     torch.save(hf_to_open_clip(hf.state_dict()), oc)
     b_oc = export_clip(oc, tmp_path / "oc.rsvlm", activation="quick_gelu")
@@ -123,7 +131,7 @@ def test_hf_clipmodel_dir_and_open_clip_format_agree(tmp_path):
 
 def test_fp16_bundle_close_to_fp32(oc_ckpt, fp32_bundle, tmp_path):
     b = export_clip(oc_ckpt, tmp_path / "fp16.rsvlm", precision="fp16")
-    assert b.manifest["precision"] == {"image": "fp16", "text": "fp16"}
+    assert {k: p.precision for k, p in b.manifest.parts.items()} == {"image": "fp16", "text": "fp16"}
     px = synthetic_rs_images(5, 64, seed=21)
     assert cos(rsvlm_edge.load(b.path).encode_images(px), rsvlm_edge.load(fp32_bundle).encode_images(px)).min() >= 0.999
 
@@ -136,8 +144,8 @@ def test_int8_bundle_cosine_and_zero_shot_agreement(oc_ckpt, fp32_bundle, tmp_pa
     for i, a in enumerate(synthetic_rs_images(24, 96, seed=500)):
         Image.fromarray(a).save(calib / f"{i:03d}.png")
     b = export_clip(oc_ckpt, tmp_path / "int8.rsvlm", precision="int8", calib=calib)
-    assert b.manifest["precision"]["image"] == "int8-qdq"
-    assert b.manifest["validation"]["image_cosine_min"] >= 0.99
+    assert b.manifest.parts["image"].precision == "int8-qdq"
+    assert b.manifest.validation["image_cosine_min"] >= 0.99
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(b.path / "image.onnx")).graph.node}
@@ -153,7 +161,7 @@ def test_int8_bundle_cosine_and_zero_shot_agreement(oc_ckpt, fp32_bundle, tmp_pa
 
 def test_manifest_records_architecture_and_hashes(fp32_bundle):
     m = json.loads((fp32_bundle / "manifest.json").read_text())
-    assert m["architecture"] == "clip" and m["format_version"] == 1
+    assert m["architecture"] == "clip" and m["format_version"] == 2
     assert m["model"]["image_size"] == 64 and m["model"]["activation"] == "quick_gelu"
     assert set(m["files"]) == {"image.onnx", "text.onnx", "tokenizer.json"}
     assert all(len(v["sha256"]) == 64 for v in m["files"].values())

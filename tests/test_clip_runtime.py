@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from clip_models import LABELS, save_bare, tiny_open_clip
 from PIL import Image
+from util import package_env, run_cli
 
 import rsvlm_edge
-from clip_models import LABELS, save_bare, tiny_open_clip
-from util import package_env, run_cli
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images
 
 
@@ -54,7 +54,7 @@ def test_classify_probabilities_and_template_ensemble(bundle):
     top = res.top(3)
     assert len(top) == 6 and len(top[0]) == 3 and top[0][0][1] >= top[0][1][1] >= top[0][2][1]
     # the ensemble is the normalised mean of the per-template normalised embeddings
-    from rsvlm_edge.prompts import TEMPLATES
+    from rsvlm_edge.models.clip.prompts import TEMPLATES
 
     t = TEMPLATES["rs-ensemble"]
     per = rt.encode_texts([tmpl.format("forest") for tmpl in t]).mean(0)
@@ -115,7 +115,7 @@ def test_bench_writes_json_and_png(bundle, tmp_path):
                 "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "b.json").read_text())
-    ours = [x for x in res["rows"] if x["backend"] == "ort"]
+    ours = [x for x in res["rows"] if x["backend"] == "ort-cpu"]
     peer = [x for x in res["rows"] if x["backend"] == "open_clip"]
     assert [x["batch"] for x in ours] == [1, 3] and [x["batch"] for x in peer] == [1, 3]
     for row in ours:

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 rasterio = pytest.importorskip("rasterio")
+from clip_models import save_bare, tiny_open_clip  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 from rasterio.warp import transform_geom  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 from rasterio.windows import bounds as window_bounds  # noqa: E402
+from util import package_env  # noqa: E402
 
 import rsvlm_edge  # noqa: E402
-from clip_models import save_bare, tiny_open_clip  # noqa: E402
-from util import package_env  # noqa: E402
 from rsvlm_edge import geo  # noqa: E402
 from rsvlm_edge.errors import InputError  # noqa: E402
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images  # noqa: E402
@@ -73,16 +73,11 @@ def u8_scene(tmp_path_factory):
 
 
 def run_cli(*args: str):
-    """``rsvlm-edge ARGS`` in a subprocess, with ``classify-scene`` registered by ``cli_geo.register``
-    if the main app does not register it itself."""
+    """``rsvlm-edge ARGS`` in a subprocess."""
     import subprocess
 
-    code = ("import sys\nfrom rsvlm_edge import cli, cli_geo\n"
-            "if not any(c.name == 'classify-scene' for c in cli.app.registered_commands):\n"
-            "    cli_geo.register(cli.app)\n"
-            "sys.argv[0] = 'rsvlm-edge'\ncli.main()\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=package_env(),
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *args], capture_output=True, text=True,
+                          env=package_env(), timeout=300)
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray, lo_p=2.0, hi_p=98.0) -> np.ndarray:

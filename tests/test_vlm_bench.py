@@ -7,10 +7,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from llava_fixtures import make_tiny_llava  # noqa: E402
+
+from rsvlm_edge.bench.llava import bench_vlm  # noqa: E402
 from rsvlm_edge.errors import InputError  # noqa: E402
-from rsvlm_edge.export.vlm import export_vlm  # noqa: E402
-from rsvlm_edge.vlm.bench import bench_vlm  # noqa: E402
-from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
+from rsvlm_edge.export.llava import export_vlm  # noqa: E402
 
 
 @pytest.fixture(scope="module")

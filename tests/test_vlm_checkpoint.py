@@ -13,10 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from llava_fixtures import TinySpec, make_hf_model, make_tiny_llava  # noqa: E402
+
 from rsvlm_edge.errors import CheckpointError  # noqa: E402
-from rsvlm_edge.export.vlm import export_vlm  # noqa: E402
-from rsvlm_edge.vlm.checkpoint import detect_layout, load_checkpoint, split_parts  # noqa: E402
-from rsvlm_edge.vlm.testing import TinySpec, make_hf_model, make_tiny_llava  # noqa: E402
+from rsvlm_edge.export.llava import export_vlm  # noqa: E402
+from rsvlm_edge.export.llava_checkpoint import detect_layout, load_checkpoint, split_parts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_every_key_layout_maps_to_the_same_canonical_names(style):
             k = k.replace("model.language_model.", "language_model.model.").replace("lm_head.", "language_model.lm_head.")
             return k.replace("model.vision_tower.", "vision_tower.").replace("model.multi_modal_projector.", "multi_modal_projector.")
         if style == "llava":
-            from rsvlm_edge.vlm.testing import _llava_name
+            from llava_fixtures import _llava_name
 
             return _llava_name(k)
         return k
@@ -96,7 +97,7 @@ def test_interpolated_vision_tower_matches_geochat_style_transformers_model(tmp_
 
     model = make_tiny_llava(tmp_path / "gc", layout="llava", fmt="bin", model_type="geochat")
     bundle = export_vlm(tmp_path / "gc", tmp_path / "gc.rsvlm", weights="fp32", image_size=48)
-    assert bundle.model["vision"]["image_size"] == 48 and bundle.model["num_image_tokens"] == 36
+    assert bundle.model.vision.image_size == 48 and bundle.model.num_image_tokens == 36
     # Patch the transformers model the way GeoChat's CLIPVisionTower.load_model does.
     emb = model.model.vision_tower.embeddings
     new_pos = _geochat_reference_pos(emb.position_embedding.weight.detach(), 48, 8)
@@ -105,8 +106,8 @@ def test_interpolated_vision_tower_matches_geochat_style_transformers_model(tmp_
     emb.image_size, emb.num_patches, emb.num_positions = 48, 36, 37
     emb.register_buffer("position_ids", torch.arange(37).expand((1, -1)), persistent=False)
     images = np.random.default_rng(5).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
-    mean = torch.tensor(bundle.manifest["preprocess"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.manifest["preprocess"]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(bundle.manifest.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.manifest.preprocess.std).view(1, 3, 1, 1)
     pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         out = model.model.get_image_features(pixel_values=pixels, vision_feature_layer=-2,
@@ -190,10 +191,10 @@ def test_linear_projector_and_cls_patch_features(tmp_path):
     (tmp_path / "v1" / "config.json").write_text(json.dumps(cfg))
 
     bundle = export_vlm(tmp_path / "v1", tmp_path / "v1.rsvlm", weights="fp32")
-    assert bundle.model["projector_type"] == "linear" and bundle.model["num_image_tokens"] == 17
+    assert bundle.model.projector_type == "linear" and bundle.model.num_image_tokens == 17
     images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    mean = torch.tensor(bundle.manifest["preprocess"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.manifest["preprocess"]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(bundle.manifest.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.manifest.preprocess.std).view(1, 3, 1, 1)
     pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         hidden = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from llava_fixtures import make_tiny_llava  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
+from util import package_env, run_cli  # noqa: E402
 
 from rsvlm_edge.cli import app  # noqa: E402
-from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
-from util import package_env, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def exported(tmp_path_factory):
 def test_export_vlm_writes_a_w8_bundle(exported):
     manifest = json.loads((exported / "tiny.rsvlm" / "manifest.json").read_text())
     assert manifest["architecture"] == "llava"
-    assert manifest["precision"] == {"vision": "fp32", "decoder": "w8"}
+    assert {k: p["precision"] for k, p in manifest["parts"].items()} == {"vision": "fp32", "decoder": "w8"}
     assert {"vision.onnx", "decoder.safetensors", "tokenizer.json"} <= set(manifest["files"])
     assert manifest["prompts"]["template"] == "llava_v1"
 
@@ -80,11 +80,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
     proc = run_cli("export", "vlm", str(tmp_path / "nope"), "-o", str(tmp_path / "x.rsvlm"))
     assert proc.returncode == 2 and "does not exist" in " ".join(proc.stderr.split())
     assert not (tmp_path / "x.rsvlm").exists()
-    from rsvlm_edge.bundle import BundleWriter
+    from clip_models import save_bare, tiny_open_clip
 
-    with BundleWriter(tmp_path / "clip.rsvlm") as w:
-        w.path("image.onnx").write_bytes(b"not used")
-        w.commit({"architecture": "clip", "model": {}})
+    from rsvlm_edge.export.clip import export_clip
+
+    export_clip(save_bare(tiny_open_clip(), tmp_path / "clip.pt"), tmp_path / "clip.rsvlm")
     proc = run_cli("ask", str(tmp_path / "clip.rsvlm"), str(exported / "imgs" / "tile0.png"), "hi")
     assert proc.returncode == 2 and "is a clip bundle" in " ".join(proc.stderr.split())
 

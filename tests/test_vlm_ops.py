@@ -6,11 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsvlm_edge.vlm import ops
+from rsvlm_edge.backends import decoder_numpy as ops
+from rsvlm_edge.backends import registry
 
 torch = pytest.importorskip("torch")
 
-NATIVE = ops.native_ops()
+
+def _native_or_none():
+    try:
+        from rsvlm_edge.backends.decoder_native import native_ops
+
+        return native_ops()
+    except ImportError:
+        return None
+
+
+NATIVE = _native_or_none()
 OP_SETS = [pytest.param(ops.NUMPY, id="numpy"),
            pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(NATIVE is None, reason="_C has no decoder kernels"))]
 
@@ -100,7 +111,7 @@ def test_rope_and_rms_norm_match_transformers_llama(op):
 
 @pytest.mark.parametrize("op", OP_SETS)
 def test_linear_dense_w8_and_swiglu(op):
-    from rsvlm_edge.vlm.quant import quantize_w8
+    from rsvlm_edge.models.llava.quant import quantize_w8
 
     rng = _rng(3)
     w = rng.standard_normal((48, 32), dtype=np.float32)
@@ -135,8 +146,8 @@ def _random_decoder_weights(rng):
 def test_decoder_cache_decode_equals_full_prefill(backend):
     """Prefill(prefix) + decode steps must give the logits of a prefill over the whole sequence,
     with sequences of different lengths padded in one batch."""
-    from rsvlm_edge.vlm.config import DecoderConfig
-    from rsvlm_edge.vlm.decoder import LlamaDecoder
+    from rsvlm_edge.models.llava.config import DecoderConfig
+    from rsvlm_edge.models.llava.decoder import LlamaDecoder
 
     cfg = DecoderConfig("llama", 50, 32, 48, 2, 4, 2, 8, 1e-6, 10000.0, 64, True, 1, 2)
     rng = _rng(4)
@@ -160,16 +171,19 @@ def test_decoder_cache_decode_equals_full_prefill(backend):
 
 
 def test_native_backend_request_without_kernels_is_a_clear_error(monkeypatch):
+    from rsvlm_edge.backends.registry import Probe
     from rsvlm_edge.errors import BackendError
 
-    monkeypatch.setattr(ops, "native_ops", lambda: None)
-    assert ops.select_ops("auto") is ops.NUMPY
-    with pytest.raises(BackendError, match="no decoder kernels"):
-        ops.select_ops("native")
+    spec = registry._REGISTRY["native"]
+    monkeypatch.setitem(registry._REGISTRY, "native", type(spec)(**{**spec.__dict__, "probe": lambda: Probe(
+        False, "this build of rsvlm_edge._C lacks rms_norm")}))
+    assert registry.open_decoder("auto") is ops.NUMPY
+    with pytest.raises(BackendError, match="lacks rms_norm"):
+        registry.open_decoder("native")
 
 
 def test_w4_packing_and_group_quantisation():
-    from rsvlm_edge.vlm.quant import dequantize_w4, quantize_w4
+    from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4
 
     w = np.array([[7.0, -7.0, 0.0, 3.5] * 64], dtype=np.float32)  # one row, 256 inputs: 2 groups of 128
     packed, scale = quantize_w4(w)

@@ -9,10 +9,20 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rsvlm_edge.export.vlm import export_vlm  # noqa: E402
-from rsvlm_edge.vlm.ops import native_ops  # noqa: E402
-from rsvlm_edge.vlm.runtime import VlmRuntime  # noqa: E402
-from rsvlm_edge.vlm.testing import make_tiny_llava  # noqa: E402
+from rsvlm_edge.backends.registry import choose  # noqa: E402
+from rsvlm_edge.errors import BackendError  # noqa: E402
+from rsvlm_edge.export.llava import export_vlm  # noqa: E402
+
+
+def native_ops():
+    try:
+        return choose("decoder", "native")
+    except BackendError:
+        return None
+
+from llava_fixtures import make_tiny_llava  # noqa: E402
+
+from rsvlm_edge.models.llava.runtime import VlmRuntime  # noqa: E402
 
 IMAGE_TOKEN = 3
 DECODER_BACKENDS = ["numpy", pytest.param("native", marks=pytest.mark.skipif(native_ops() is None, reason="_C has no decoder kernels"))]
@@ -34,8 +44,8 @@ def tiny(tmp_path_factory):
 
 
 def _pixels(runtime: VlmRuntime, images: np.ndarray):
-    mean = torch.tensor(runtime.preprocess["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(runtime.preprocess["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(runtime.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(runtime.preprocess.std).view(1, 3, 1, 1)
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
@@ -112,7 +122,7 @@ def test_first_step_logits_within_1e4_relative(tiny, backend):
 def test_reduced_precision_first_step_logits_cosine(tiny, weights, min_cosine):
     rt, images = tiny["runtime"], tiny["images"]
     bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / f"tiny-{weights}.rsvlm", weights=weights, verify=False)
-    assert bundle.manifest["precision"]["decoder"] == weights
+    assert bundle.manifest.parts["decoder"].precision == weights
     low = VlmRuntime(bundle, max_batch=4)
     chunks = [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS]
     ref = rt.first_step_logits(list(images), chunks)
@@ -160,8 +170,8 @@ def test_w4_runtime_computes_with_exactly_the_stored_int4_weights(tiny):
     with the dequantised stored weights: same logits as an fp32 decoder built from them."""
     from safetensors.numpy import load_file
 
-    from rsvlm_edge.vlm.decoder import LlamaDecoder
-    from rsvlm_edge.vlm.quant import dequantize_w4
+    from rsvlm_edge.models.llava.decoder import LlamaDecoder
+    from rsvlm_edge.models.llava.quant import dequantize_w4
 
     rt, images = tiny["runtime"], tiny["images"]
     bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / "tiny-w4.rsvlm", weights="w4", verify=False)
@@ -197,8 +207,8 @@ def test_llava_repo_layout_sharded_matches_transformers_layout(tiny, fmt):
     make_tiny_llava(src, layout="llava", fmt=fmt)
     assert (src / ("pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json")).is_file()
     bundle = export_vlm(src, tiny["root"] / f"llava-{fmt}.rsvlm", weights="fp32")
-    assert bundle.model["source_layout"] == "llava"
-    assert bundle.manifest["preprocess"]["pad_to_square"] is True  # image_aspect_ratio "pad"
+    assert bundle.model.source_layout == "llava"
+    assert bundle.manifest.preprocess.pad_to_square is True  # image_aspect_ratio "pad"
     other = VlmRuntime(bundle, max_batch=4)
     chunks = [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS]
     np.testing.assert_allclose(
@@ -255,13 +265,13 @@ def test_generate_splits_batches_larger_than_max_batch(tiny):
 
 @pytest.mark.parametrize("text_model_type,tie", [("qwen2", False), ("mistral", True)])
 def test_other_decoder_families_match_transformers(tmp_path, text_model_type, tie):
-    from rsvlm_edge.vlm.testing import TinySpec
+    from llava_fixtures import TinySpec
 
     spec = TinySpec(text_model_type=text_model_type, tie_word_embeddings=tie)
     model = make_tiny_llava(tmp_path / "ckpt", layout="hf", spec=spec)
     bundle = export_vlm(tmp_path / "ckpt", tmp_path / "m.rsvlm", weights="fp32", verify=False)
-    assert bundle.model["decoder"]["model_type"] == text_model_type
-    assert bundle.model["decoder"]["attention_bias"] == (text_model_type == "qwen2")
+    assert bundle.model.decoder.model_type == text_model_type
+    assert bundle.model.decoder.attention_bias == (text_model_type == "qwen2")
     rt = VlmRuntime(bundle, max_batch=4)
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     ref = _hf_generate(model, rt, images, QUESTIONS[:2], max_new_tokens=16)

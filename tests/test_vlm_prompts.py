@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rsvlm_edge.errors import InputError
-from rsvlm_edge.vlm.prompts import (
+from rsvlm_edge.models.llava.prompts import (
     build_prompt,
     geochat_question,
     parse_geochat_boxes,
@@ -36,7 +36,7 @@ def test_bad_template_or_question_is_refused():
 
 
 def test_tokenize_with_image_mirrors_llava_chunking():
-    from rsvlm_edge.vlm.testing import make_tokenizer
+    from llava_fixtures import make_tokenizer
 
     tok = make_tokenizer(316)
     prompt = build_prompt("llava_v1", "How many ships?")

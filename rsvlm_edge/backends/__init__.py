@@ -1,6 +1,9 @@
-"""Inference backends. ``ort`` (onnxruntime) is available everywhere; ``native`` and ``trt`` plug in
-through the same ``ImageTextBackend`` protocol in ``base.py``."""
+"""Where model parts run: one registry (``registry``) of graph backends (ONNX graphs:
+``graph_ort``) and decoder backends (one prefill/decode step over a KV cache: ``decoder_numpy``,
+``decoder_native``). Importing this package registers every built-in backend."""
 
-from .base import BACKENDS, resolve_backend
+from . import decoder_native, decoder_numpy, graph_ort  # noqa: F401  (registration)
+from .registry import BackendSpec, Probe, all_backends, choose, doctor_rows, names, open_decoder, open_graph, register
 
-__all__ = ["BACKENDS", "resolve_backend"]
+__all__ = ["BackendSpec", "Probe", "all_backends", "choose", "doctor_rows", "names", "open_decoder", "open_graph",
+           "register"]

@@ -9,51 +9,25 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle, BundleWriter
-from ..errors import InputError
-from ..preprocess import OPENAI_MEAN, OPENAI_STD, clip_pixels, list_images
+from ..errors import CheckpointError, InputError
+from ..images import OPENAI_MEAN, OPENAI_STD, clip_pixels, list_images
+from ..models.clip.prompts import DEFAULT_TEMPLATES, TEMPLATES
 from ..progress import info, progress, warn
-from ..prompts import DEFAULT_TEMPLATES, TEMPLATES
+from ..synthetic import synthetic_rs_images  # noqa: F401  (re-exported for callers of the exporter)
 from . import require_export_deps
 from .clip_checkpoint import ClipCheckpoint, build_open_clip, load_clip_checkpoint
 from .clip_tokenizer import write_clip_tokenizer
 from .onnx_utils import cosine_rows, export_onnx, quantize_int8_qdq, to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
+IMAGE_IO = ("pixels", "image_embeds")  # graph input, output names (recorded in the manifest's parts)
+TEXT_IO = ("input_ids", "text_embeds")
 CALIB_LABELS = ("airport", "bare land", "beach", "bridge", "dense residential area", "desert", "farmland",
                 "forest", "harbor", "industrial area", "meadow", "mountain", "parking lot", "river",
                 "storage tanks", "stadium")
 
 
-def synthetic_rs_images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Deterministic synthetic overhead-like scenes, uint8 (n, size, size, 3): smooth colour fields
-    (fields, water, vegetation) with roads and rectangular blocks. For calibration/tests only."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        base = rng.uniform(30, 200, size=3)
-        img = np.empty((size, size, 3))
-        for c in range(3):
-            f = rng.uniform(1, 6, size=2)
-            ph = rng.uniform(0, 2 * np.pi, size=2)
-            img[:, :, c] = base[c] + 40 * np.sin(2 * np.pi * f[0] * xx + ph[0]) * np.cos(2 * np.pi * f[1] * yy + ph[1])
-        for _ in range(rng.integers(0, 12)):  # buildings / fields
-            x0, y0 = rng.integers(0, size, size=2)
-            w, h = rng.integers(size // 16, size // 3, size=2)
-            img[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, size=3)
-        for _ in range(rng.integers(0, 3)):  # roads
-            if rng.random() < 0.5:
-                r = rng.integers(0, size)
-                img[r:r + max(1, size // 40), :] = 90
-            else:
-                c0 = rng.integers(0, size)
-                img[:, c0:c0 + max(1, size // 40)] = 90
-        img += rng.normal(0, 8, size=img.shape)
-        out[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return out
-
-
-def _wrappers(model, cfg):
+def torch_encoders(model, cfg):
     import torch
 
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
@@ -113,7 +87,7 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
         ckpt: ClipCheckpoint = load_clip_checkpoint(checkpoint, activation=activation)
         cfg = ckpt.config
         model = build_open_clip(ckpt)
-        image_enc, text_enc = _wrappers(model, cfg)
+        image_enc, text_enc = torch_encoders(model, cfg)
         info(f"{ckpt.source}: layout {ckpt.layout}, architecture {cfg.name} ({cfg.vision_layers}x{cfg.vision_width} "
              f"vision @ {cfg.image_size}px/{cfg.patch_size}, {cfg.text_layers}x{cfg.text_width} text, "
              f"embed {cfg.embed_dim}, {cfg.activation})")
@@ -126,9 +100,9 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
             ex_ids[:, 0], ex_ids[:, 1], ex_ids[:, 2] = 49406, 320, 49407
             bar.update(task, advance=1, description="exporting image encoder to ONNX")
             img32, txt32 = tmp / "image.fp32.onnx", tmp / "text.fp32.onnx"
-            export_onnx(image_enc, (ex_pixels,), img32, ["pixels"], ["image_embeds"])
+            export_onnx(image_enc, (ex_pixels,), img32, [IMAGE_IO[0]], [IMAGE_IO[1]])
             bar.update(task, advance=1, description="exporting text encoder to ONNX")
-            export_onnx(text_enc, (ex_ids,), txt32, ["input_ids"], ["text_embeds"])
+            export_onnx(text_enc, (ex_ids,), txt32, [TEXT_IO[0]], [TEXT_IO[1]])
 
             img_out, txt_out = writer.path("image.onnx"), writer.path("text.onnx")
             parts = {"image": "fp32", "text": "fp32"}
@@ -140,7 +114,7 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
             elif precision == "int8":
                 bar.update(task, advance=1, description="calibrating INT8 (image encoder)")
                 pixels = _calibration_pixels(Path(calib) if calib else None, s, n_synthetic_calib)
-                feeds = [{"pixels": pixels[i:i + calib_batch]} for i in range(0, len(pixels), calib_batch)]
+                feeds = [{IMAGE_IO[0]: pixels[i:i + calib_batch]} for i in range(0, len(pixels), calib_batch)]
                 quantize_int8_qdq(img32, img_out, feeds, tmp)
                 txt32.replace(txt_out)
                 parts = {"image": "int8-qdq", "text": "fp32"}
@@ -157,20 +131,14 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 "architecture": "clip",
                 "name": Path(out).stem,
                 "source": {"checkpoint": str(ckpt.source), "layout": ckpt.layout},
-                "model": cfg.to_dict(),
-                "preprocess": {"input": "uint8 (B, H, W, 3) RGB", "resize": "shortest-side", "crop": "center",
-                               "interpolation": "bicubic", "image_size": s,
-                               "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "normalize": "in-graph"},
-                "tokenizer": {"file": "tokenizer.json", "context_length": cfg.context_length,
+                "model": {**cfg.to_dict(), "logit_scale": _logit_scale(ckpt)},
+                "parts": clip_parts(cfg, parts),
+                "preprocess": {"image_size": s, "crop_rounding": "round",
+                               "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+                "tokenizer": {"file": "tokenizer.json", "kind": "clip-bpe", "context_length": cfg.context_length,
                               "sot_id": 49406, "eot_id": 49407},
                 "prompts": {"default": DEFAULT_TEMPLATES, "sets": {k: list(v) for k, v in TEMPLATES.items()}},
-                "precision": parts,
                 "max_batch": max_batch,
-                "logit_scale": float(math.exp(float(ckpt.state_dict["logit_scale"]))) if "logit_scale" in ckpt.state_dict else 100.0,
-                "graphs": {
-                    "image": {"file": "image.onnx", "input": "pixels", "output": "image_embeds"},
-                    "text": {"file": "text.onnx", "input": "input_ids", "output": "text_embeds"},
-                },
                 "validation": validation,
             }
             bundle = writer.commit(manifest)
@@ -181,23 +149,54 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
     return bundle
 
 
+def _logit_scale(ckpt: ClipCheckpoint) -> float:
+    if "logit_scale" not in ckpt.state_dict:
+        return 100.0
+    value = float(math.exp(float(ckpt.state_dict["logit_scale"])))
+    if not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"'{ckpt.source}': logit_scale is not finite (exp = {value})",
+                              "the checkpoint is corrupt; restore it from its source")
+    return value
+
+
+def clip_parts(cfg, precision: dict[str, str]) -> dict[str, dict]:
+    """The manifest's ``parts`` of a CLIP bundle: the two graphs with their I/O names and shapes."""
+    s = cfg.image_size
+    return {
+        "image": {"kind": "graph", "file": "image.onnx", "precision": precision["image"],
+                  "inputs": [{"name": IMAGE_IO[0], "dtype": "uint8", "shape": ["batch", s, s, 3]}],
+                  "outputs": [{"name": IMAGE_IO[1], "dtype": "float32", "shape": ["batch", cfg.embed_dim]}]},
+        "text": {"kind": "graph", "file": "text.onnx", "precision": precision["text"],
+                 "inputs": [{"name": TEXT_IO[0], "dtype": "int64", "shape": ["batch", cfg.context_length]}],
+                 "outputs": [{"name": TEXT_IO[1], "dtype": "float32", "shape": ["batch", cfg.embed_dim]}]},
+    }
+
+
 def _validate(image_enc, text_enc, img_onnx: Path, txt_onnx: Path, tokenizer: Path, size: int,
               fp16: bool) -> dict[str, float]:
     """Per-output cosine of the exported graphs vs the torch fp32 model on held-out inputs."""
     import torch
 
-    from ..backends.ort import OrtModel
-    from ..tokenizer import ClipTokenizer
+    from ..models.clip.tokenizer import ClipTokenizer
 
     pixels = synthetic_rs_images(16, size, seed=99)
     ids = ClipTokenizer(tokenizer)([TEMPLATES["satellite"][0].format(c) for c in CALIB_LABELS])
     with torch.no_grad():
         ref_i = image_enc(torch.from_numpy(pixels)).numpy()
         ref_t = text_enc(torch.from_numpy(ids)).numpy()
-    cpu = ["CPUExecutionProvider"]
-    got_i = OrtModel(img_onnx, providers=cpu, fp16=fp16).run({"pixels": pixels})[0]
-    got_t = OrtModel(txt_onnx, providers=cpu, fp16=fp16).run({"input_ids": ids})[0]
+    got_i = _ort_session(img_onnx, fp16).run(None, {IMAGE_IO[0]: pixels})[0]
+    got_t = _ort_session(txt_onnx, fp16).run(None, {TEXT_IO[0]: ids})[0]
     ci, ct = cosine_rows(got_i, ref_i), cosine_rows(got_t, ref_t)
     return {"vs": "torch fp32 (open_clip)", "n_images": len(pixels), "n_texts": len(ids),
             "image_cosine_min": float(ci.min()), "image_cosine_mean": float(ci.mean()),
             "text_cosine_min": float(ct.min()), "text_cosine_mean": float(ct.mean())}
+
+
+def _ort_session(path: Path, fp16: bool):
+    """A CPU onnxruntime session for export-time checks (fp16 graphs: ORT_ENABLE_EXTENDED)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if fp16:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,93 @@
+"""The ``native`` decoder backend: the C++ kernels of ``rsvlm_edge._C`` on the CPU, as an op set
+with the contract of ``decoder_numpy.py`` (the kernels take 2-D activations, so leading dims are
+flattened here; ``out=`` buffers are passed through to the kernels)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .decoder_numpy import OP_NAMES
+from .registry import BackendSpec, Probe, register
+
+
+def _ext() -> Any:
+    from .. import _C
+
+    return _C
+
+
+def _flat(out: np.ndarray | None, cols: int) -> np.ndarray | None:
+    return None if out is None else out.reshape(-1, cols)
+
+
+def native_ops() -> SimpleNamespace:
+    """The native kernels as an op set (raises ImportError when the extension is not built)."""
+    _C = _ext()
+
+    def rms_norm(x, weight, eps=1e-6, out=None):
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+        y = _C.rms_norm(x2, weight, eps, out=_flat(out, x.shape[-1]))
+        return out if out is not None else y.reshape(x.shape)
+
+    def rope(q, k, positions, theta=10000.0):
+        qf = np.ascontiguousarray(q)
+        kf = None if k is None else np.ascontiguousarray(k)
+        _C.rope(qf.reshape(-1, *q.shape[-2:]), None if kf is None else kf.reshape(-1, *k.shape[-2:]),
+                np.ascontiguousarray(positions, dtype=np.int64).reshape(-1), theta)
+        if qf is not q:  # the kernel rotated a contiguous copy: write it back
+            q[...] = qf
+        if k is not None and kf is not k:
+            k[...] = kf
+
+    def swiglu(gate, up, out=None):
+        g2 = np.ascontiguousarray(gate).reshape(-1, gate.shape[-1])
+        y = _C.swiglu(g2, np.ascontiguousarray(up).reshape(g2.shape), out=_flat(out, gate.shape[-1]))
+        return out if out is not None else y.reshape(gate.shape)
+
+    def linear(x, w, bias=None, w_scale=None, out=None):
+        y = _C.linear(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), w, bias, w_scale=w_scale,
+                      out=_flat(out, w.shape[0]))
+        return out if out is not None else y.reshape(*x.shape[:-1], w.shape[0])
+
+    def kv_append(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None):
+        _C.kv_append(k_cache, v_cache, np.ascontiguousarray(k_new), np.ascontiguousarray(v_new),
+                     np.ascontiguousarray(start_pos, dtype=np.int64),
+                     new_lens=None if new_lens is None else np.ascontiguousarray(new_lens, dtype=np.int64))
+
+    def attention_prefill(q, k_cache, v_cache, q_lens, kv_lens):
+        return _C.attention_prefill(np.ascontiguousarray(q), k_cache, v_cache,
+                                    np.ascontiguousarray(q_lens, dtype=np.int64),
+                                    np.ascontiguousarray(kv_lens, dtype=np.int64))
+
+    def attention_decode(q, k_cache, v_cache, seq_lens, out=None):
+        return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache,
+                                   np.ascontiguousarray(seq_lens, dtype=np.int64), out=out)
+
+    ops = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, linear=linear, kv_append=kv_append,
+               attention_prefill=attention_prefill, attention_decode=attention_decode)
+    assert set(ops) == set(OP_NAMES)
+    return SimpleNamespace(name="native", half_weights=True, **ops)
+
+
+def _probe() -> Probe:
+    try:
+        _C = _ext()
+    except ImportError as e:
+        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})")
+    missing = [n for n in OP_NAMES if not hasattr(_C, n)]
+    if missing:
+        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}")
+    kernels = _C.cpu_kernels() if hasattr(_C, "cpu_kernels") else "?"
+    return Probe(True, versions=f"rsvlm_edge._C {_C.version() if hasattr(_C, 'version') else ''}".strip(),
+                 device=f"cpu ({kernels} kernels)")
+
+
+register(BackendSpec(
+    name="native", kind="decoder", rank=50, device="cpu",
+    summary="our C++ kernels on the CPU (AVX2/F16C or portable; fp16/int8 weights kept in memory)",
+    probe=_probe,
+    factory=native_ops,
+))

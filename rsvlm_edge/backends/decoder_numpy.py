@@ -1,0 +1,162 @@
+"""The ``numpy`` decoder backend: the reference op set (fp32 numpy), and the op-set contract every
+decoder backend follows.
+
+The signatures are those of the native bindings, so a decoder backend is a namespace with these
+functions (B = batch, T = tokens, H = query heads, K = KV heads, D = head dim, S = cache length):
+
+Ops that return an array also take ``out=`` (same shape, float32, C-contiguous) and then write
+there and return it, so a decode step can run on preallocated buffers (and be captured once in a
+CUDA graph by a GPU backend).
+
+* ``rms_norm(x[..., C], weight[C], eps) -> y``
+* ``rope(q[..., H, D], k[..., K, D], positions[...], theta) -> None`` in place, rotate-half
+  convention (transformers' LLaMA, rope_type "default")
+* ``swiglu(gate, up) -> silu(gate) * up``
+* ``linear(x[..., I], w[O, I], bias[O] | None, w_scale=None | [O]) -> y``: ``w`` dense, or int8
+  with per-output-channel ``w_scale`` (weight-only INT8). Dense ``w`` is float32, or float16 when
+  the op set's ``half_weights`` is True (native: converted to fp32 inside the kernel)
+* ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B])``: caches are
+  ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b]
+* ``attention_prefill(q[B, T, H, D], k_cache, v_cache, q_lens[B], kv_lens[B]) -> [B, T, H, D]``:
+  causal over the cache; query i of sequence b sits at kv_lens[b] - q_lens[b] + i
+* ``attention_decode(q[B, H, D], k_cache, v_cache, seq_lens[B]) -> [B, H, D]``
+  (GQA everywhere: query head h reads KV head h // (H / K)).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from .registry import BackendSpec, Probe, register
+
+OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "kv_append", "attention_prefill", "attention_decode")
+
+
+def _store(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return y
+    out[...] = y
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6, out: np.ndarray | None = None) -> np.ndarray:
+    var = np.mean(np.square(x), axis=-1, keepdims=True)
+    return _store((x / np.sqrt(var + np.float32(eps))) * weight, out)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape positions.shape + (head_dim / 2,), computed in fp32 like transformers."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
+    freqs = positions.astype(np.float32)[..., None] * inv_freq
+    return np.cos(freqs), np.sin(freqs)
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].copy(), x[..., half:].copy()
+    x[..., :half] = x1 * cos - x2 * sin
+    x[..., half:] = x2 * cos + x1 * sin
+
+
+def rope(q: np.ndarray, k: np.ndarray | None, positions: np.ndarray, theta: float = 10000.0) -> None:
+    cos, sin = rope_tables(positions, q.shape[-1], theta)
+    cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+    _rotate(q, cos, sin)
+    if k is not None:
+        _rotate(k, cos, sin)
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _store(gate / (np.float32(1.0) + np.exp(-gate)) * up, out)
+
+
+def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, w_scale: np.ndarray | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
+    if w_scale is None:
+        y = x @ w.T
+    else:  # weight-only INT8: the int8 matrix is widened per call, the scale applied per output
+        y = (x @ w.T.astype(np.float32)) * w_scale
+    return _store(y if bias is None else y + bias, out)
+
+
+def kv_append(
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    k_new: np.ndarray,
+    v_new: np.ndarray,
+    start_pos: np.ndarray,
+    new_lens: np.ndarray | None = None,
+) -> None:
+    if k_new.ndim == 3:  # decode: (B, K, D)
+        k_new, v_new = k_new[:, None], v_new[:, None]
+    batch, tokens = k_new.shape[:2]
+    if tokens == 1:
+        rows = np.arange(batch)
+        k_cache[rows, :, start_pos] = k_new[:, 0]
+        v_cache[rows, :, start_pos] = v_new[:, 0]
+        return
+    lens = np.full(batch, tokens) if new_lens is None else np.asarray(new_lens)
+    for b in range(batch):
+        s0, n = int(start_pos[b]), int(lens[b])
+        k_cache[b, :, s0 : s0 + n] = k_new[b, :n].transpose(1, 0, 2)
+        v_cache[b, :, s0 : s0 + n] = v_new[b, :n].transpose(1, 0, 2)
+
+
+def _softmax_masked(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    scores = np.where(valid, scores, np.float32(-np.inf))
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+def attention_prefill(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_lens: np.ndarray, kv_lens: np.ndarray
+) -> np.ndarray:
+    batch, tokens, heads, dim = q.shape
+    kv_heads = k_cache.shape[1]
+    q_lens, kv_lens = np.asarray(q_lens), np.asarray(kv_lens)
+    span = int(kv_lens.max())
+    keys = k_cache[:batch, :, :span][:, :, None]  # B,K,1,S,D
+    values = v_cache[:batch, :, :span][:, :, None]
+    qg = q.transpose(0, 2, 1, 3).reshape(batch, kv_heads, heads // kv_heads, tokens, dim)
+    scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,T,S
+    qpos = (kv_lens - q_lens)[:, None] + np.arange(tokens)[None, :]  # B,T absolute query positions
+    kpos = np.arange(span)
+    valid = (kpos[None, None, :] <= qpos[:, :, None]) & (kpos[None, None, :] < kv_lens[:, None, None])
+    probs = _softmax_masked(scores, valid[:, None, None])
+    out = (probs @ values).reshape(batch, heads, tokens, dim).transpose(0, 2, 1, 3)
+    out[np.arange(tokens)[None, :] >= q_lens[:, None]] = 0.0  # padded query rows, as the kernel
+    return out
+
+
+def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, seq_lens: np.ndarray,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    batch, heads, dim = q.shape
+    kv_heads = k_cache.shape[1]
+    seq_lens = np.asarray(seq_lens)
+    span = int(seq_lens.max())
+    keys = k_cache[:batch, :, :span]  # B,K,S,D
+    values = v_cache[:batch, :, :span]
+    qg = q.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,S
+    valid = np.arange(span)[None, :] < seq_lens[:, None]  # B,S
+    probs = _softmax_masked(scores, valid[:, None, None])
+    return _store((probs @ values).reshape(batch, heads, dim), out)
+
+
+
+
+# half_weights: linear takes float16 dense weights as they are (numpy could too, but x @ w.T on
+# float16 is slow, so the decoder widens them to float32 at load for the numpy ops).
+NUMPY = SimpleNamespace(name="numpy", half_weights=False, **{n: globals()[n] for n in OP_NAMES})
+
+register(BackendSpec(
+    name="numpy", kind="decoder", rank=100, device="cpu",
+    summary="reference decoder ops in numpy (fp32; slow, exact)",
+    probe=lambda: Probe(True, versions=f"numpy {np.__version__}", device="cpu"),
+    factory=lambda: NUMPY,
+))

@@ -1,0 +1,163 @@
+"""The one backend registry: where each part of a model runs.
+
+Two kinds of backend serve the two kinds of model part (see ``rsvlm_edge.bundle.schema``):
+
+* ``graph`` backends run an ONNX graph part (CLIP image/text encoders, the VLM vision tower):
+  ``ort-cuda`` and ``ort-cpu`` (onnxruntime) today, TensorRT next.
+* ``decoder`` backends run one prefill / decode step of a LLaMA-family decoder over a KV cache:
+  ``numpy`` (the reference) and ``native`` (our C++ kernels) today, ``cuda`` next.
+
+A backend module registers a ``BackendSpec`` (name, kind, rank, a probe that says whether it can run
+here and why not, and a factory). Runtimes ask ``open_graph`` / ``open_decoder`` for a part and a
+user preference and never construct a backend themselves; ``auto`` picks the available backend of
+lowest rank; ``rsvlm-edge doctor`` lists the same registry. Adding a backend = one new module that
+calls ``register`` + an import in ``backends/__init__.py``.
+
+A preference is ``auto``, a backend name, an alias (``ort``: the best onnxruntime provider;
+``cpu``: the best CPU-only backend of each kind), or per kind ``graph=ort-cpu,decoder=numpy``. A
+single name applies to the kind it serves; the other kind is chosen automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import BackendError
+
+Kind = Literal["graph", "decoder"]
+KINDS: tuple[Kind, ...] = ("graph", "decoder")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether a backend can run on this machine and build, and what it found."""
+
+    available: bool
+    why_not: str = ""
+    versions: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A registered backend. ``rank``: lower is preferred by ``auto``. ``device``: cpu | cuda.
+    ``factory``: builds the backend object (a graph session, or a decoder op set)."""
+
+    name: str
+    kind: Kind
+    rank: int
+    device: str
+    summary: str
+    probe: Callable[[], Probe]
+    factory: Callable[..., Any]
+    supports: Callable[[Any], str | None] = field(default=lambda part: None)  # why it cannot run ``part``
+
+    def check(self) -> Probe:
+        try:
+            return self.probe()
+        except Exception as e:  # a probe must never take the process down
+            return Probe(False, f"probe failed: {e.__class__.__name__}: {e}")
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+ALIASES = ("auto", "ort", "cpu")
+
+
+def register(spec: BackendSpec) -> None:
+    if spec.name in _REGISTRY or spec.name in ALIASES:
+        raise ValueError(f"backend '{spec.name}' is registered twice")
+    _REGISTRY[spec.name] = spec
+
+
+def all_backends(kind: Kind | None = None) -> list[BackendSpec]:
+    """Registered backends (of ``kind``), best first."""
+    return sorted((s for s in _REGISTRY.values() if kind is None or s.kind == kind), key=lambda s: (s.kind, s.rank))
+
+
+def names() -> list[str]:
+    """Every accepted single-name preference."""
+    return [*ALIASES, *(s.name for s in all_backends())]
+
+
+def parse_preference(preference: str | None) -> dict[Kind, str]:
+    """``{kind: name-or-alias}`` for both kinds from a user preference string."""
+    pref = (preference or "auto").strip()
+    out: dict[Kind, str] = {"graph": "auto", "decoder": "auto"}
+    if "=" in pref:
+        for item in pref.split(","):
+            kind, _, name = item.partition("=")
+            kind, name = kind.strip(), name.strip()
+            if kind not in KINDS:
+                raise BackendError(f"unknown part kind '{kind}' in backend '{preference}'",
+                                   "use graph=NAME,decoder=NAME, e.g. graph=ort-cpu,decoder=numpy")
+            out[kind] = _known(name, preference)  # type: ignore[index]
+        return out
+    name = _known(pref, preference)
+    if name in ALIASES:
+        return {"graph": name, "decoder": name}
+    spec = _REGISTRY[name]
+    out[spec.kind] = name
+    return out
+
+
+def _known(name: str, preference: str | None) -> str:
+    if name in ALIASES or name in _REGISTRY:
+        return name
+    raise BackendError(f"unknown backend '{name}'" + (f" in '{preference}'" if preference != name else ""),
+                       f"choose one of {', '.join(names())} (see `rsvlm-edge doctor`)")
+
+
+def choose(kind: Kind, preference: str | None, part: Any = None, part_name: str = "") -> BackendSpec:
+    """The backend that runs a part of ``kind`` under ``preference``; BackendError naming what is
+    missing when the requested one cannot run it."""
+    wanted = parse_preference(preference)[kind]
+    what = f"part '{part_name}' ({kind})" if part_name else f"{kind} parts"
+    if wanted in ALIASES:
+        candidates = [s for s in all_backends(kind)
+                      if wanted == "auto" or (wanted == "ort" and s.name.startswith("ort-"))
+                      or (wanted == "cpu" and s.device == "cpu")]
+        reasons = []
+        for spec in candidates:
+            probe = spec.check()
+            why = probe.why_not if not probe.available else spec.supports(part) if part is not None else None
+            if not why:
+                return spec
+            reasons.append(f"{spec.name}: {why}")
+        raise BackendError(f"no '{wanted}' backend can run {what}: " + ("; ".join(reasons) or "none registered"),
+                           "run `rsvlm-edge doctor` to see what is installed")
+    spec = _REGISTRY[wanted]
+    if spec.kind != kind:
+        raise BackendError(f"backend '{wanted}' runs {spec.kind} parts, not {what}",
+                           f"use one of {', '.join(s.name for s in all_backends(kind))} or auto for {kind} parts")
+    probe = spec.check()
+    if not probe.available:
+        raise BackendError(f"backend '{wanted}' is not available: {probe.why_not}",
+                           "run `rsvlm-edge doctor`, or use --backend auto")
+    why = spec.supports(part) if part is not None else None
+    if why:
+        raise BackendError(f"backend '{wanted}' cannot run {what}: {why}", "use --backend auto")
+    return spec
+
+
+def open_graph(part: Any, path: Any, preference: str | None = "auto", part_name: str = "", **options: Any) -> Any:
+    """A session for graph ``part`` (a ``GraphPart``) whose ONNX file is ``path``."""
+    spec = choose("graph", preference, part, part_name)
+    return spec.factory(part, path, **options)
+
+
+def open_decoder(preference: str | None = "auto", part: Any = None) -> Any:
+    """The decoder op set (see ``backends/decoder_numpy.py`` for the contract)."""
+    return choose("decoder", preference, part, "decoder").factory()
+
+
+def doctor_rows() -> list[dict[str, str]]:
+    """One row per registered backend: name, kind, available, why not, versions, device."""
+    rows = []
+    for spec in all_backends():
+        probe = spec.check()
+        rows.append({"backend": spec.name, "kind": spec.kind, "available": "yes" if probe.available else "no",
+                     "why not": probe.why_not, "versions": probe.versions, "device": probe.device or spec.device,
+                     "summary": spec.summary})
+    return rows

@@ -1,0 +1,105 @@
+"""CLIP bench: latency / throughput of image encoding per batch size and precision, with open_clip
+(torch) on the same machine in the same run as the peer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..builtin import RANDOM_WEIGHTS_NOTE, builtin_clip_bundle, builtin_name, is_builtin
+from ..progress import progress
+from ..synthetic import synthetic_rs_images
+from .timing import device_line, peak_rss_mb, reset_peak_rss, time_fn
+
+
+def vit_image_gflop(model: dict[str, Any]) -> float:
+    """Multiply-add FLOPs (x2) of one image through the CLIP vision tower, in GFLOP."""
+    w, s, p = model["vision_width"], model["image_size"], model["patch_size"]
+    n = (s // p) ** 2 + 1
+    mlp = model["vision_mlp_ratio"] * w
+    per_layer = 2 * n * w * 3 * w + 2 * 2 * n * n * w + 2 * n * w * w + 2 * 2 * n * w * mlp
+    total = 2 * (n - 1) * 3 * p * p * w + model["vision_layers"] * per_layer + 2 * w * model["embed_dim"]
+    return total / 1e9
+
+
+def _row(backend: str, precision: str, batch: int, secs: np.ndarray, gflop: float) -> dict[str, Any]:
+    p50, p90, p99 = (float(np.percentile(secs, q)) * 1e3 for q in (50, 90, 99))
+    ips = batch / float(np.mean(secs))
+    return {"backend": backend, "precision": precision, "batch": batch, "p50_ms": p50, "p90_ms": p90,
+            "p99_ms": p99, "images_per_s": ips, "gflop_per_s": ips * gflop, "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_clip(target: str, batches: list[int], precisions: list[str], backend: str = "auto",
+               warmup: int = 3, iters: int = 10, peer: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Bench image encoding of a CLIP bundle (or each precision of a built-in model)."""
+    import rsvlm_edge
+
+    notes: list[str] = []
+    if is_builtin(target):
+        name = builtin_name(target)
+        bundles = [(p, builtin_clip_bundle(name, p)) for p in precisions]
+        notes.append(RANDOM_WEIGHTS_NOTE)
+    else:
+        bundles = [(None, Path(target))]
+    rows: list[dict[str, Any]] = []
+    model_cfg: dict[str, Any] = {}
+    with progress() as bar:
+        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (len(batches) if peer else 0))
+        for _, path in bundles:
+            reset_peak_rss()  # peak RSS per row = loading this bundle + running up to this batch
+            rt = rsvlm_edge.load(path, backend=backend, threads=threads)
+            model_cfg = rt.bundle.model.model_dump()
+            prec = rt.bundle.manifest.parts["image"].precision
+            gflop = vit_image_gflop(model_cfg)
+            for b in batches:
+                bar.update(task, description=f"{rt.backend} {prec} batch {b}")
+                px = synthetic_rs_images(b, rt.image_size, seed=b)
+                rows.append(_row(rt.backend, prec, b, time_fn(lambda: rt.encode_images(px), warmup, iters), gflop))
+                bar.advance(task)
+        if peer:
+            rows += _peer_open_clip(bundles[0][1], batches, warmup, iters, threads, bar, task)
+    if peer and rows and rows[-1]["backend"] == "open_clip":
+        base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == "open_clip"}
+        for r in rows:
+            r["speedup_vs_open_clip"] = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else None
+    return {"kind": "clip", "target": target, "model": model_cfg.get("name", "?"), "device": device_line(threads),
+            "rsvlm_edge": __version__, "date": time.strftime("%Y-%m-%d"), "warmup": warmup, "iters": iters,
+            "gflop_per_image": vit_image_gflop(model_cfg) if model_cfg else None, "notes": notes, "rows": rows}
+
+
+def _peer_open_clip(bundle_path: Path, batches: list[int], warmup: int, iters: int, threads: int | None,
+                    bar, task) -> list[dict[str, Any]]:
+    """open_clip fp32 in torch on the CPU, same weights (rebuilt from the bundle's checkpoint)."""
+    try:
+        import torch
+
+        from ..bundle import open_bundle
+        from ..export.clip import torch_encoders
+        from ..export.clip_checkpoint import build_open_clip, load_clip_checkpoint
+    except ImportError:
+        return []
+    b = open_bundle(bundle_path, verify=False)
+    src = Path(b.manifest.source.checkpoint)
+    if not src.exists():
+        return []
+    if threads:
+        torch.set_num_threads(threads)
+    reset_peak_rss()
+    ckpt = load_clip_checkpoint(src, activation=b.model.activation)
+    image_enc, _ = torch_encoders(build_open_clip(ckpt), ckpt.config)
+    del ckpt
+    gflop = vit_image_gflop(b.model.model_dump())
+    rows = []
+    with torch.inference_mode():
+        for bs in batches:
+            bar.update(task, description=f"open_clip torch fp32 batch {bs}")
+            px = torch.from_numpy(synthetic_rs_images(bs, b.model.image_size, seed=bs))
+            rows.append(_row("open_clip", "fp32", bs, time_fn(lambda: image_enc(px), warmup, iters), gflop))
+            bar.advance(task)
+    return rows
+
+

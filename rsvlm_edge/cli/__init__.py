@@ -1,0 +1,29 @@
+"""``rsvlm-edge`` command line: one module per command group, registered here on one typer app.
+
+Every user error prints one ``error:`` line and one ``fix:`` line and exits with code 2, without a
+traceback and without leaving a partial output behind; Ctrl-C exits 130, SIGTERM 143
+(``common.run_app``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import bench, clip, geo, info, llava
+from .common import run_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run remote-sensing vision-language models (CLIP, LLaVA-class) from compiled bundles.")
+export_app = typer.Typer(no_args_is_help=True, help="Export a checkpoint to a NAME.rsvlm bundle.")
+app.add_typer(export_app, name="export")
+for _group in (clip, llava, geo, bench, info):
+    _group.register(app, export_app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_app(app, argv))
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,142 @@
+"""VLM commands: ``rsvlm-edge ask``, ``rsvlm-edge caption`` and ``rsvlm-edge export vlm``.
+
+``register(app, export_app)`` is called by ``rsvlm_edge.cli``. Errors are ``RsvlmError``s, which
+the main CLI prints as one line (exit code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+
+EXPORT_STEPS = 6  # progress steps reported by export_vlm (see rsvlm_edge/export/llava.py)
+
+
+def _load_vlm(bundle: Path, backend: str, **kwargs):
+    """A ``VlmRuntime`` for ``bundle``; a CLIP bundle gets a clear error instead of a traceback."""
+    from ..bundle import open_bundle
+    from ..models.llava.runtime import VlmRuntime
+
+    b = open_bundle(bundle)
+    if b.architecture != "llava":
+        raise InputError(
+            f"'{bundle}' is a {b.architecture} bundle; ask and caption need a VLM bundle",
+            "use `rsvlm-edge classify` / `embed` for CLIP bundles, or export a VLM with `rsvlm-edge export vlm`",
+        )
+    return VlmRuntime(b, backend=backend, **kwargs)
+
+
+def _write_json(dest: Path, obj) -> None:
+    from ..atomic import write_json_atomic
+
+    write_json_atomic(dest, obj)
+
+
+def export_vlm_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="LLaVA repo checkpoint dir (GeoChat, RS-LLaVA, VHM) or transformers Llava dir")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="bundle directory to write, NAME.rsvlm")],
+    weights: Annotated[str, typer.Option(help="decoder weights: fp16 | w8 (INT8 per channel) | w4 (INT4, groups of 128) | fp32; w8/w4 are weight-only")] = "fp16",
+    image_size: Annotated[Optional[int], typer.Option(help="vision resolution (position embeddings interpolated); GeoChat defaults to 504")] = None,
+    template: Annotated[Optional[str], typer.Option(help="chat template: llava_v1 | vicuna_v1 | llama_2 (default llava_v1)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
+    verify: Annotated[bool, typer.Option(help="compare vision.onnx with torch after export")] = True,
+    vision_tower: Annotated[Optional[Path], typer.Option(help="CLIP model dir for checkpoints saved without vision weights")] = None,
+) -> None:
+    """Export a LLaVA-class VLM: vision tower + projector to ONNX, decoder weights to safetensors."""
+    from ..export.llava import export_vlm
+    from ..progress import info, progress
+
+    with progress() as bar:
+        task = bar.add_task("export vlm", total=EXPORT_STEPS)
+
+        def step(msg: str) -> None:
+            bar.update(task, description=msg, advance=1)
+
+        bundle = export_vlm(checkpoint, output, weights=weights, overwrite=overwrite, image_size=image_size,
+                            template=template, verify=verify, progress=step, vision_tower=vision_tower)
+        bar.update(task, completed=EXPORT_STEPS)
+    for note in bundle.manifest.notes:
+        info(f"note: {note}")
+    info(f"wrote {bundle.path}")
+
+
+def ask(
+    bundle: Annotated[Path, typer.Argument(help="VLM bundle (NAME.rsvlm)")],
+    image: Annotated[Path, typer.Argument(help="image file")],
+    question: Annotated[str, typer.Argument(help="the question")],
+    task: Annotated[Optional[str], typer.Option(help="GeoChat task prefix: grounding | refer | identify")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens to generate")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with temperature > 0)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    template: Annotated[Optional[str], typer.Option(help="override the bundle's chat template")] = None,
+    boxes: Annotated[bool, typer.Option(help="also print GeoChat boxes {<x1><y1><x2><y2>|<θ>} in pixels")] = False,
+    stream: Annotated[bool, typer.Option(help="print the answer as it is generated")] = True,
+    backend: Annotated[str, typer.Option(help="auto, a backend (native, numpy, ort-cpu, ...) or graph=NAME,decoder=NAME; see `rsvlm-edge doctor`")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the answer as JSON here")] = None,
+) -> None:
+    """Ask one question about one image."""
+    from ..images import load_image
+    from ..models.llava.prompts import geochat_question, parse_geochat_boxes
+
+    width, height = load_image(image).size  # fails early, with one message, on a bad image
+    rt = _load_vlm(bundle, backend)
+    q = geochat_question(task, question)
+
+    def on_piece(_i: int, piece: str) -> None:
+        typer.echo(piece, nl=False)
+
+    answer = rt.generate([str(image)], [q], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         template=template, seed=seed, stream=on_piece if stream else None)[0]
+    typer.echo("" if stream else answer)
+    found = parse_geochat_boxes(answer, width, height, padded=rt.preprocess.pad_to_square)
+    if boxes:
+        for b in found:
+            typer.echo(f"box: x1={b.x1:.1f} y1={b.y1:.1f} x2={b.x2:.1f} y2={b.y2:.1f} angle={b.angle:g}")
+    if json_out:
+        _write_json(json_out, {
+            "bundle": str(bundle), "image": str(image), "question": q, "answer": answer,
+            "boxes": [b.__dict__ for b in found],
+        })
+
+
+def caption(
+    bundle: Annotated[Path, typer.Argument(help="VLM bundle (NAME.rsvlm)")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders (recursed, sorted)")],
+    prompt: Annotated[str, typer.Option(help="the captioning question")] = "Describe the image in detail.",
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens per caption")] = 128,
+    backend: Annotated[str, typer.Option(help="auto, a backend (native, numpy, ort-cpu, ...) or graph=NAME,decoder=NAME; see `rsvlm-edge doctor`")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write [{image, caption}] JSON here")] = None,
+) -> None:
+    """Caption images in batches; prints one `path<TAB>caption` line per image."""
+    from ..images import list_images
+    from ..progress import progress
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
+    files = list_images(images)
+    rt = _load_vlm(bundle, backend, max_batch=batch_size)
+    results: list[dict[str, str]] = []
+    with progress() as bar:
+        task = bar.add_task("captioning", total=len(files))
+        for start in range(0, len(files), batch_size):
+            part = [str(f) for f in files[start : start + batch_size]]
+            texts = rt.generate(part, [prompt] * len(part), max_new_tokens=max_new_tokens)
+            for f, text in zip(part, texts):
+                results.append({"image": f, "caption": text})
+                typer.echo(f"{f}\t{' '.join(text.split())}")
+            bar.advance(task, len(part))
+    if json_out:
+        _write_json(json_out, {"bundle": str(bundle), "prompt": prompt, "captions": results})
+
+
+def register(app: typer.Typer, export_app: typer.Typer) -> None:
+    """Add ``ask`` and ``caption`` to ``app`` and ``vlm`` to the ``export`` sub-app."""
+    export_app.command("vlm")(export_vlm_cmd)
+    app.command("ask")(ask)
+    app.command("caption")(caption)

@@ -1,0 +1,453 @@
+"""Reading LLaVA-class checkpoints (export time only: imports torch).
+
+Accepted layouts, detected from the tensor names:
+
+* ``llava``: the original LLaVA repo (GeoChat, RS-LLaVA, VHM): ``model.embed_tokens``,
+  ``model.layers.N.*``, ``model.norm``, ``lm_head``, ``model.mm_projector.{0,2}`` (or
+  ``model.mm_projector.weight`` for a linear projector) and
+  ``model.vision_tower.vision_tower.vision_model.*``. Config keys: ``mm_vision_select_layer``,
+  ``mm_vision_select_feature``, ``mm_projector_type``, ``image_aspect_ratio``. Such a config has no
+  CLIP vision config, so the vision tower shape is inferred from the tensors: width from the patch
+  embedding, patch size from its kernel, layers by counting, image size from the number of
+  position embeddings, heads = width / 64 (true for every OpenAI CLIP ViT), QuickGELU. GeoChat
+  (model_type or architectures naming GeoChat) is exported at 504 px, its position embeddings
+  interpolated bicubic with align_corners=True as GeoChat's clip_encoder does. Checkpoints saved
+  without the vision tower take it from a CLIP model directory (``vision_tower=``).
+* ``hf``: transformers ``LlavaForConditionalGeneration`` directories, as saved by 4.x and 5.x
+  (``language_model.model.*`` / ``language_model.lm_head`` / ``vision_tower.[vision_model.]*`` /
+  ``multi_modal_projector.linear_{1,2}``) and the in-memory 5.x names (``model.language_model.*``,
+  ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``lm_head``).
+
+Weights come from ``model.safetensors``, ``pytorch_model.bin`` or sharded files with an index
+json. ``.bin`` files are loaded with ``torch.load(weights_only=True)`` only.
+
+Everything is returned under canonical names: decoder ``embed_tokens.weight``,
+``layers.N.{q,k,v,o}_proj.{weight,bias}``, ``layers.N.{gate,up,down}_proj.weight``,
+``layers.N.{input,post_attention}_layernorm.weight``, ``norm.weight``, ``lm_head.weight``;
+vision = transformers ``CLIPVisionModel`` names (``embeddings.*``, ``pre_layrnorm.*``,
+``encoder.layers.N.*``); projector ``fc1.*`` [``fc2.*``].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+from ..images import OPENAI_MEAN, OPENAI_STD
+from ..models.llava.config import DecoderConfig, VisionConfig, VlmConfig
+
+GEOCHAT_IMAGE_SIZE = 504  # GeoChat's clip_encoder interpolates CLIP-L/14-336 to 504 px (36x36)
+
+_LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    # layout -> role -> prefixes (first match wins)
+    "llava": {
+        "decoder": ("model.",),
+        "lm_head": ("lm_head.",),
+        "projector": ("model.mm_projector.",),
+        "vision": ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower."),
+    },
+    "hf": {
+        "decoder": ("language_model.model.", "model.language_model."),
+        "lm_head": ("language_model.lm_head.", "lm_head."),
+        "projector": ("multi_modal_projector.", "model.multi_modal_projector."),
+        "vision": (
+            "vision_tower.vision_model.",
+            "vision_tower.",
+            "model.vision_tower.vision_model.",
+            "model.vision_tower.",
+        ),
+    },
+}
+
+_DECODER_RENAMES = (
+    (re.compile(r"^layers\.(\d+)\.self_attn\.([qkvo])_proj\."), r"layers.\1.\2_proj."),
+    (re.compile(r"^layers\.(\d+)\.mlp\.(gate|up|down)_proj\."), r"layers.\1.\2_proj."),
+)
+
+
+@dataclass
+class VlmCheckpoint:
+    """A checkpoint read into canonical names (torch tensors) plus what the bundle needs."""
+
+    source: Path
+    layout: str
+    config: VlmConfig
+    decoder: dict[str, Any]
+    vision: dict[str, Any]
+    projector: dict[str, Any]
+    preprocess: dict[str, Any]
+    template: str
+    notes: list[str] = field(default_factory=list)
+
+
+def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
+    """All tensors of a checkpoint directory (single file or shards with an index json)."""
+    candidates = [
+        ("model.safetensors.index.json", None),
+        ("pytorch_model.bin.index.json", None),
+        (None, "model.safetensors"),
+        (None, "pytorch_model.bin"),
+    ]
+    for index_name, single in candidates:
+        if index_name and (ckpt_dir / index_name).is_file():
+            index_path = ckpt_dir / index_name
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index_path} is not a valid shard index ({e})", "re-download the checkpoint") from None
+            tensors: dict[str, Any] = {}
+            for shard in sorted(set(weight_map.values())):
+                tensors.update(_read_file(ckpt_dir / shard))
+            missing = set(weight_map) - tensors.keys()
+            if missing:
+                raise CheckpointError(
+                    f"{index_path} lists {len(missing)} tensors its shards do not contain (e.g. {sorted(missing)[0]})",
+                    "re-download the checkpoint",
+                )
+            return tensors
+        if single and (ckpt_dir / single).is_file():
+            return _read_file(ckpt_dir / single)
+    found = sorted(p.name for p in ckpt_dir.iterdir())[:10]
+    raise CheckpointError(
+        f"no weights in '{ckpt_dir}' (looked for model.safetensors, pytorch_model.bin and their *.index.json; found {found})",
+        "point at the checkpoint directory that holds config.json and the weight files",
+    )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    import torch
+
+    from .torch_io import load_tensor_file
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint shard '{path}' is missing", "re-download the checkpoint (all shards)")
+    obj = load_tensor_file(path)
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def detect_layout(names: list[str]) -> str:
+    if any(n.startswith("model.mm_projector.") for n in names):
+        return "llava"
+    if any(n.startswith(("language_model.model.", "model.language_model.")) for n in names):
+        return "hf"
+    raise CheckpointError(
+        f"unknown checkpoint key layout (first keys: {sorted(names)[:4]})",
+        "expected an original LLaVA checkpoint (model.mm_projector.*) or a transformers "
+        "LlavaForConditionalGeneration directory (language_model.*, multi_modal_projector.*)",
+    )
+
+
+def _take(tensors: dict[str, Any], prefixes: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    for prefix in prefixes:
+        part = {
+            k[len(prefix) :]: v
+            for k, v in tensors.items()
+            if k.startswith(prefix) and not any(k.startswith(e) for e in exclude)
+        }
+        if part:
+            return part
+    return {}
+
+
+def split_parts(tensors: dict[str, Any], layout: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(decoder, vision, projector) under canonical names."""
+    spec = _LAYOUTS[layout]
+    exclude = ("model.mm_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+    decoder = _take(tensors, spec["decoder"], exclude)
+    if decoder and all(k.startswith("language_model.") for k in decoder):  # 5.x in-memory nesting
+        decoder = {k[len("language_model.") :]: v for k, v in decoder.items()}
+    out: dict[str, Any] = {}
+    for name, value in decoder.items():
+        for pattern, repl in _DECODER_RENAMES:
+            name = pattern.sub(repl, name)
+        out[name] = value
+    for name, value in _take(tensors, spec["lm_head"]).items():
+        out[f"lm_head.{name}"] = value
+    vision = _take(tensors, spec["vision"])
+    projector_raw = _take(tensors, spec["projector"])
+    projector: dict[str, Any] = {}
+    for name, value in projector_raw.items():
+        head, _, leaf = name.rpartition(".")
+        if head == "":  # linear projector saved as mm_projector.{weight,bias}
+            projector[f"fc1.{leaf}"] = value
+        elif head.isdigit():  # nn.Sequential(Linear, GELU, Linear): 0 -> fc1, 2 -> fc2
+            projector[f"fc{int(head) // 2 + 1}.{leaf}"] = value
+        elif head.startswith("linear_"):
+            projector[f"fc{head[len('linear_'):]}.{leaf}"] = value
+        else:
+            raise CheckpointError(f"unknown projector tensor '{name}'", "only linear and mlp2x_gelu projectors are supported")
+    return out, vision, projector
+
+
+def _decoder_config(cfg: dict[str, Any], decoder: dict[str, Any]) -> DecoderConfig:
+    model_type = cfg.get("model_type", "llama")
+    if model_type not in ("llama", "mistral", "qwen2"):
+        # LLaVA repos name their own model_type (llava, llava_llama, geochat); the decoder is LLaMA.
+        model_type = "llama"
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise CheckpointError(
+            f"RoPE scaling type '{rope_type}' is not supported yet", "use a checkpoint with plain RoPE"
+        )
+    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    eos = cfg.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0]
+    dc = DecoderConfig(
+        model_type=model_type,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or hidden // heads),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+        attention_bias="layers.0.q_proj.bias" in decoder,
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_id=eos,
+    )
+    expect = {
+        "embed_tokens.weight": (dc.vocab_size, dc.hidden_size),
+        "layers.0.q_proj.weight": (dc.num_heads * dc.head_dim, dc.hidden_size),
+        "layers.0.k_proj.weight": (dc.num_kv_heads * dc.head_dim, dc.hidden_size),
+        "layers.0.gate_proj.weight": (dc.intermediate_size, dc.hidden_size),
+        "norm.weight": (dc.hidden_size,),
+    }
+    for name, shape in expect.items():
+        if name not in decoder:
+            raise CheckpointError(f"decoder tensor '{name}' is missing from the checkpoint", "re-download the checkpoint")
+        if tuple(decoder[name].shape) != shape:
+            raise CheckpointError(
+                f"decoder tensor '{name}' has shape {tuple(decoder[name].shape)}, config.json implies {shape}",
+                "the config.json does not belong to these weights",
+            )
+    layers = {int(k.split(".")[1]) for k in decoder if k.startswith("layers.")}
+    if layers != set(range(dc.num_layers)):
+        raise CheckpointError(
+            f"checkpoint has decoder layers {sorted(layers)[:3]}..{max(layers, default=-1)}, config.json says {dc.num_layers}",
+            "re-download the checkpoint (a shard may be missing)",
+        )
+    return dc
+
+
+def infer_vision_config(
+    vision: dict[str, Any], vcfg: dict[str, Any] | None, select_layer: int, select_feature: str, image_size: int | None
+) -> tuple[VisionConfig, int]:
+    """Vision config (from ``vcfg`` when given, else from tensor shapes) and the checkpoint's
+    own position-embedding grid. ``image_size`` overrides the resolution (pos-emb interpolation)."""
+    try:
+        patch_w = vision["embeddings.patch_embedding.weight"]
+        pos = vision["embeddings.position_embedding.weight"]
+    except KeyError:
+        raise CheckpointError(
+            "the checkpoint has no vision tower weights (LLaVA-1.5 style checkpoints load CLIP separately)",
+            "pass --vision-tower DIR with a local copy of the CLIP model named by mm_vision_tower",
+        ) from None
+    width, _, patch, _ = patch_w.shape
+    grid0 = math.isqrt(pos.shape[0] - 1)
+    if grid0 * grid0 != pos.shape[0] - 1:
+        raise CheckpointError(f"vision position embedding has {pos.shape[0]} rows, not 1 + a square grid")
+    layers = len({int(k.split(".")[2]) for k in vision if k.startswith("encoder.layers.")})
+    vcfg = vcfg or {}
+    size = image_size or int(vcfg.get("image_size", grid0 * patch))
+    if size % patch:
+        raise CheckpointError(f"image size {size} is not a multiple of the patch size {patch}")
+    if not -layers <= select_layer <= layers:
+        raise CheckpointError(f"vision select layer {select_layer} is out of range for {layers} layers")
+    return (
+        VisionConfig(
+            hidden_size=int(width),
+            intermediate_size=int(vision["encoder.layers.0.mlp.fc1.weight"].shape[0]),
+            num_layers=layers,
+            num_heads=int(vcfg.get("num_attention_heads", max(1, width // 64))),
+            patch_size=int(patch),
+            image_size=int(size),
+            layer_norm_eps=float(vcfg.get("layer_norm_eps", 1e-5)),
+            hidden_act=str(vcfg.get("hidden_act", "quick_gelu")),
+            select_layer=int(select_layer),
+            select_feature=select_feature,
+        ),
+        grid0,
+    )
+
+
+def _complete_llava_config(ckpt_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(text_config, vision_config) with transformers' defaults filled in: configs saved as a
+    diff against the defaults (e.g. llava-hf/llava-1.5-7b-hf) omit hidden_size, layers, heads..."""
+    if not isinstance(cfg.get("text_config"), dict):
+        raise CheckpointError(f"{ckpt_dir / 'config.json'} has no text_config", "expected a LlavaConfig config.json")
+    from transformers import AutoConfig
+
+    try:
+        full = AutoConfig.from_pretrained(str(ckpt_dir))
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(
+            f"{ckpt_dir / 'config.json'} is not a config transformers can read ({e})",
+            "expected a LlavaForConditionalGeneration config (model_type 'llava')",
+        ) from None
+    return full.text_config.to_dict(), full.vision_config.to_dict()
+
+
+def _complete_llama_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An original LLaVA config.json (LLaMA keys + mm_* keys) with LlamaConfig's defaults filled in."""
+    from transformers import LlamaConfig
+
+    keys = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
+    try:
+        return LlamaConfig(**keys).to_dict()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json has invalid LLaMA settings ({e})", "restore the checkpoint's config.json") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    from .torch_io import read_json
+
+    return read_json(path)
+
+
+def read_vision_tower(src: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CLIP vision weights (canonical names) and vision config from a transformers CLIPModel or
+    CLIPVisionModel directory (e.g. a local copy of openai/clip-vit-large-patch14-336)."""
+    tower_dir = Path(src)
+    if not (tower_dir / "config.json").is_file():
+        raise CheckpointError(f"vision tower '{tower_dir}' has no config.json", "pass a transformers CLIP model directory")
+    cfg = _read_json(tower_dir / "config.json")
+    tensors = read_tensors(tower_dir)
+    vision = _take(tensors, ("vision_model.",)) or {
+        k: v for k, v in tensors.items() if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."))
+    }
+    if not vision:
+        raise CheckpointError(f"'{tower_dir}' holds no CLIP vision weights (vision_model.*)", "pass a CLIP model directory")
+    return vision, cfg.get("vision_config", cfg)
+
+
+def load_checkpoint(
+    src: str | Path, image_size: int | None = None, template: str | None = None, vision_tower: str | Path | None = None
+) -> VlmCheckpoint:
+    """Read a LLaVA-class checkpoint directory into canonical tensors and a ``VlmConfig``.
+
+    ``vision_tower``: a CLIP model directory to take the vision weights from, for checkpoints
+    saved without them (LLaVA loads ``mm_vision_tower`` separately)."""
+    ckpt_dir = Path(src)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory '{ckpt_dir}' does not exist", "pass the directory holding config.json")
+    if not (ckpt_dir / "config.json").is_file():
+        raise CheckpointError(f"'{ckpt_dir}' has no config.json", "pass the checkpoint directory (with config.json)")
+    cfg = _read_json(ckpt_dir / "config.json")
+    tensors = read_tensors(ckpt_dir)
+    layout = detect_layout(list(tensors))
+    decoder, vision, projector = split_parts(tensors, layout)
+    notes: list[str] = []
+
+    if layout == "hf":
+        text_cfg, vision_cfg = _complete_llava_config(ckpt_dir, cfg)
+        select_layer = cfg.get("vision_feature_layer", -2)
+        if not isinstance(select_layer, int):
+            raise CheckpointError("multi-layer vision_feature_layer is not supported", "use a single select layer")
+        select_feature = "patch" if cfg.get("vision_feature_select_strategy", "default") == "default" else "cls_patch"
+        proj_act = cfg.get("projector_hidden_act", "gelu")
+        if proj_act != "gelu":
+            raise CheckpointError(f"projector activation '{proj_act}' is not supported", "only gelu projectors")
+        projector_type = "mlp2x_gelu" if "fc2.weight" in projector else "linear"
+        aspect = "resize"
+        dec_cfg = text_cfg
+        if "tie_word_embeddings" not in dec_cfg and cfg.get("tie_word_embeddings"):
+            dec_cfg = {**dec_cfg, "tie_word_embeddings": True}
+    else:
+        vision_cfg = None
+        select_layer = int(cfg.get("mm_vision_select_layer", -2))
+        select_feature = cfg.get("mm_vision_select_feature", "patch")
+        projector_type = cfg.get("mm_projector_type", "linear")
+        aspect = cfg.get("image_aspect_ratio", "square")
+        dec_cfg = _complete_llama_config(cfg)
+        is_geochat = "geochat" in str(cfg.get("model_type", "")).lower() or any(
+            "geochat" in a.lower() for a in cfg.get("architectures", [])
+        )
+        if is_geochat and image_size is None:
+            image_size = GEOCHAT_IMAGE_SIZE
+            notes.append("GeoChat: vision position embeddings interpolated to 504 px (36x36), as GeoChat's clip_encoder")
+    if projector_type not in ("linear", "mlp2x_gelu"):
+        raise CheckpointError(f"projector type '{projector_type}' is not supported", "supported: linear, mlp2x_gelu")
+    if select_feature not in ("patch", "cls_patch"):
+        raise CheckpointError(f"vision select feature '{select_feature}' is not supported", "supported: patch, cls_patch")
+
+    if "lm_head.weight" not in decoder:
+        if dec_cfg.get("tie_word_embeddings") and "embed_tokens.weight" in decoder:
+            decoder["lm_head.weight"] = decoder["embed_tokens.weight"]
+        else:
+            raise CheckpointError("the checkpoint has no lm_head weight", "re-download the checkpoint")
+    dc = _decoder_config(dec_cfg, decoder)
+    if vision_tower is not None:
+        vision, vision_cfg = read_vision_tower(vision_tower)
+        notes.append(f"vision tower weights from {vision_tower}")
+    vc, grid0 = infer_vision_config(vision, vision_cfg, select_layer, select_feature, image_size)
+    if vc.grid != grid0:
+        vision = dict(vision)
+        vision["embeddings.position_embedding.weight"] = interpolate_pos_embedding(
+            vision["embeddings.position_embedding.weight"], vc.grid
+        )
+        notes.append(f"vision position embeddings interpolated {grid0}x{grid0} -> {vc.grid}x{vc.grid} (bicubic, align_corners)")
+    if projector["fc1.weight"].shape[1] != vc.hidden_size:
+        raise CheckpointError(
+            f"projector input width {projector['fc1.weight'].shape[1]} != vision width {vc.hidden_size}",
+            "the projector and vision tower do not belong together",
+        )
+    last = "fc2.weight" if projector_type == "mlp2x_gelu" else "fc1.weight"
+    if projector[last].shape[0] != dc.hidden_size:
+        raise CheckpointError(
+            f"projector output width {projector[last].shape[0]} != decoder width {dc.hidden_size}",
+            "the projector and decoder do not belong together",
+        )
+
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    pp_path = ckpt_dir / "preprocessor_config.json"
+    if pp_path.is_file():
+        pp = _read_json(pp_path)
+        mean = tuple(pp.get("image_mean", mean))
+        std = tuple(pp.get("image_std", std))
+    preprocess = {
+        "image_size": vc.image_size,
+        # transformers' CLIPImageProcessor (LLaVA's processor) crops at (margin // 2).
+        "crop_rounding": "floor",
+        "pad_to_square": aspect == "pad",
+        # LLaVA / GeoChat expand2square: tuple(int(x * 255) for x in image_processor.image_mean).
+        "fill_rgb": [int(m * 255) for m in mean],
+        "mean": list(mean),
+        "std": list(std),
+    }
+    return VlmCheckpoint(
+        source=ckpt_dir,
+        layout=layout,
+        config=VlmConfig(decoder=dc, vision=vc, projector_type=projector_type),
+        decoder=decoder,
+        vision=vision,
+        projector=projector,
+        preprocess=preprocess,
+        template=template or "llava_v1",
+        notes=notes,
+    )
+
+
+def interpolate_pos_embedding(pos: Any, grid: int) -> Any:
+    """CLS row kept; the square patch grid resized bicubic with align_corners=True (GeoChat)."""
+    import torch
+
+    cls_row, patches = pos[:1], pos[1:]
+    g0 = math.isqrt(patches.shape[0])
+    width = patches.shape[1]
+    img = patches.float().T.reshape(1, width, g0, g0)
+    img = torch.nn.functional.interpolate(img, size=grid, mode="bicubic", align_corners=True)
+    return torch.cat([cls_row.float(), img.reshape(width, grid * grid).T], dim=0).to(pos.dtype)

@@ -1,0 +1,313 @@
+"""LLaMA-family decoder: weights, and pure prefill / decode-step functions over a KV cache (no torch).
+
+As in gpt-fast, the state is explicit: ``DecoderWeights`` (read-only), a preallocated ``KVCache``
+and, for the decode step, preallocated ``DecodeBuffers``; ``prefill`` and ``decode_step`` are
+functions of (config, weights, ops, cache, inputs, out). ``decode_step`` allocates nothing: every
+activation goes to a buffer sized for ``max_batch``, so a GPU backend can capture the step once in a
+CUDA graph and replay it per token. ``ops`` is a decoder backend's op set (``rsvlm_edge.backends``).
+
+Weights come from ``decoder.safetensors`` under canonical names (see ``export/llava_checkpoint.py``):
+fp32 / fp16 tensors, or for ``w8`` / ``w4`` quantised ``<name>.weight`` plus fp32
+``<name>.weight_scale`` for every linear layer except the embeddings and lm_head (formats in
+``quant.py``). Compute is fp32. fp16 linear weights stay fp16 in memory when the op set takes them
+(``half_weights``) and are widened once at load otherwise; an fp16 embedding table stays fp16 and
+only looked-up rows are widened; int8 / int4 weights stay quantised in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BundleError, InputError
+from .config import DecoderConfig
+from .kv_cache import KVCache
+from .quant import dequantize_w4, w4_group_size
+
+
+@dataclass
+class Linear:
+    """A linear layer's weight ``w`` (out, in): fp32 or fp16; int8 with a per-output-channel
+    ``scale`` (w8); or packed int4 (out, in/2) with per-group ``scale`` (w4, see ``quant.py``)."""
+
+    w: np.ndarray
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    @property
+    def is_w4(self) -> bool:
+        return self.w.dtype == np.uint8
+
+    @property
+    def out_features(self) -> int:
+        return int(self.w.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+
+@dataclass
+class Layer:
+    input_norm: np.ndarray
+    post_norm: np.ndarray
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"cannot read decoder weights '{path}' ({e})", "re-export the bundle") from None
+
+
+@dataclass
+class DecoderWeights:
+    embed: np.ndarray  # (vocab, C) float16 or float32
+    norm: np.ndarray  # (C,) float32
+    lm_head: Linear  # (vocab, C)
+    layers: list[Layer]
+
+    @classmethod
+    def from_tensors(cls, config: DecoderConfig, tensors: dict[str, np.ndarray], half_weights: bool) -> "DecoderWeights":
+        """Check every tensor's presence, dtype and shape against ``config`` and arrange them."""
+        c, kvd, qd, inter = config.hidden_size, config.num_kv_heads * config.head_dim, \
+            config.num_heads * config.head_dim, config.intermediate_size
+
+        def get(name: str, shape: tuple[int, ...], allowed: tuple[type, ...]) -> np.ndarray:
+            t = tensors.get(name)
+            if t is None:
+                raise BundleError(f"decoder weights lack '{name}'", "re-export the bundle")
+            if t.dtype.type not in allowed or tuple(t.shape) != shape:
+                raise BundleError(f"decoder tensor '{name}' is {t.dtype} {tuple(t.shape)}, expected "
+                                  f"{'/'.join(np.dtype(a).name for a in allowed)} {shape}", "re-export the bundle")
+            return t
+
+        floats = (np.float32, np.float16)
+
+        def norm(name: str) -> np.ndarray:
+            return np.ascontiguousarray(get(name, (c,), floats), dtype=np.float32)
+
+        def linear(name: str, out_f: int, in_f: int, bias: bool = False) -> Linear:
+            w = tensors.get(f"{name}.weight")
+            scale = tensors.get(f"{name}.weight_scale")
+            if w is not None and w.dtype == np.int8:  # w8
+                q = get(f"{name}.weight", (out_f, in_f), (np.int8,))
+                s = get(f"{name}.weight_scale", (out_f,), (np.float32,))
+                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s))
+            elif w is not None and w.dtype == np.uint8:  # w4
+                q = get(f"{name}.weight", (out_f, in_f // 2), (np.uint8,))
+                s = get(f"{name}.weight_scale", (out_f, in_f // w4_group_size(in_f)), (np.float32,))
+                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s))
+            else:
+                if scale is not None:
+                    raise BundleError(f"decoder tensor '{name}.weight_scale' goes with a float weight", "re-export the bundle")
+                w = get(f"{name}.weight", (out_f, in_f), floats)
+                keep = w.dtype == np.float16 and half_weights
+                lin = Linear(np.ascontiguousarray(w, dtype=None if keep else np.float32))
+            if bias:
+                lin.bias = np.ascontiguousarray(get(f"{name}.bias", (out_f,), floats), dtype=np.float32)
+            return lin
+
+        embed = get("embed_tokens.weight", (config.vocab_size, c), floats)
+        layers = []
+        for i in range(config.num_layers):
+            p = f"layers.{i}."
+            layers.append(Layer(
+                input_norm=norm(p + "input_layernorm.weight"),
+                post_norm=norm(p + "post_attention_layernorm.weight"),
+                q=linear(p + "q_proj", qd, c, config.attention_bias),
+                k=linear(p + "k_proj", kvd, c, config.attention_bias),
+                v=linear(p + "v_proj", kvd, c, config.attention_bias),
+                o=linear(p + "o_proj", c, qd),
+                gate=linear(p + "gate_proj", inter, c),
+                up=linear(p + "up_proj", inter, c),
+                down=linear(p + "down_proj", c, inter),
+            ))
+        return cls(embed=np.ascontiguousarray(embed), norm=norm("norm.weight"),
+                   lm_head=linear("lm_head", config.vocab_size, c), layers=layers)
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes of weights one decode step reads (every layer + lm_head; embeddings: one row)."""
+        total = self.lm_head.nbytes + self.norm.nbytes
+        for layer in self.layers:
+            total += sum(lin.nbytes for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+            total += layer.input_norm.nbytes + layer.post_norm.nbytes
+        return total
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (..., C) rows of the embedding table for token ids (...)."""
+        return self.embed[ids].astype(np.float32, copy=False)
+
+
+@dataclass
+class DecodeBuffers:
+    """Every activation of one decode step, sized for ``max_batch`` (rows ``[:B]`` are used)."""
+
+    x: np.ndarray  # (B_max, C) residual stream
+    h: np.ndarray  # (B_max, C) normed
+    q: np.ndarray  # (B_max, H, D)
+    k: np.ndarray  # (B_max, K, D)
+    v: np.ndarray  # (B_max, K, D)
+    attn: np.ndarray  # (B_max, H, D)
+    proj: np.ndarray  # (B_max, C) o_proj / down_proj output
+    gate: np.ndarray  # (B_max, I)
+    up: np.ndarray  # (B_max, I)
+    act: np.ndarray  # (B_max, I)
+    positions: np.ndarray  # (B_max,) int64
+    ones: np.ndarray  # (B_max,) int64
+
+    @classmethod
+    def allocate(cls, config: DecoderConfig, max_batch: int) -> "DecodeBuffers":
+        f32 = np.float32
+        b, c, h, k, d, i = max_batch, config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim, \
+            config.intermediate_size
+        return cls(x=np.zeros((b, c), f32), h=np.zeros((b, c), f32), q=np.zeros((b, h, d), f32),
+                   k=np.zeros((b, k, d), f32), v=np.zeros((b, k, d), f32), attn=np.zeros((b, h, d), f32),
+                   proj=np.zeros((b, c), f32), gate=np.zeros((b, i), f32), up=np.zeros((b, i), f32),
+                   act=np.zeros((b, i), f32), positions=np.zeros(b, np.int64), ones=np.ones(b, np.int64))
+
+
+def _linear(ops: Any, x: np.ndarray, lin: Linear, out: np.ndarray | None = None) -> np.ndarray:
+    if lin.is_w4:  # no int4 kernel yet: widen the packed weights per call
+        return ops.linear(x, dequantize_w4(lin.w, lin.scale), lin.bias, out=out)
+    return ops.linear(x, lin.w, lin.bias, w_scale=lin.scale, out=out)
+
+
+def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarray, v_cache: np.ndarray,
+                   x: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One transformer layer over right-padded x[B, T, C] at ``positions`` [B, T]."""
+    batch, tokens, _ = x.shape
+    h = ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
+    q = _linear(ops, h, layer.q).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
+    k = _linear(ops, h, layer.k).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+    v = _linear(ops, h, layer.v).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
+    ops.rope(q, k, positions, cfg.rope_theta)
+    ops.kv_append(k_cache, v_cache, k, v, positions[:, 0], new_lens=lengths)
+    attn = ops.attention_prefill(q, k_cache, v_cache, lengths, lengths)
+    x = x + _linear(ops, attn.reshape(batch, tokens, -1), layer.o)
+    h = ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
+    return x + _linear(ops, ops.swiglu(_linear(ops, h, layer.gate), _linear(ops, h, layer.up)), layer.down)
+
+
+def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCache, embeds: np.ndarray,
+            lengths: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Run right-padded prompts ``embeds[B, T, C]`` (valid rows ``< lengths[b]``) into a fresh
+    cache; returns (or writes to ``out``) logits ``[B, vocab]`` at each sequence's last position."""
+    batch, tokens, _ = embeds.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if batch > cache.max_batch:
+        raise InputError(f"batch of {batch} exceeds the runtime's max_batch {cache.max_batch}",
+                         "split the batch or raise max_batch")
+    if tokens > cache.max_seq:
+        raise InputError(f"prompt of {tokens} tokens exceeds the KV cache ({cache.max_seq} positions)",
+                         "shorten the prompt or raise max_seq")
+    if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > tokens:
+        raise InputError(f"prompt lengths {lengths.tolist()} do not fit a batch of {batch} x {tokens}")
+    positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens)))
+    x = np.ascontiguousarray(embeds, dtype=np.float32)
+    for i, layer in enumerate(weights.layers):
+        x = _prefill_block(cfg, ops, layer, cache.k[i], cache.v[i], x, positions, lengths)
+    cache.lengths = lengths.copy()
+    last = np.ascontiguousarray(x[np.arange(batch), lengths - 1])
+    return _linear(ops, ops.rms_norm(last, weights.norm, cfg.rms_norm_eps), weights.lm_head, out=out)
+
+
+def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCache, token_ids: np.ndarray,
+                buf: DecodeBuffers, out: np.ndarray | None = None) -> np.ndarray:
+    """Append one token per sequence of the current batch (each at its own position); returns (or
+    writes to ``out``, (B, vocab) float32) the next logits. Allocates nothing but the logits when
+    ``out`` is None."""
+    batch = len(cache.lengths)
+    if int(cache.lengths.max()) >= cache.max_seq:
+        raise InputError(f"generation reached the KV cache limit of {cache.max_seq} positions",
+                         "lower max_new_tokens or raise max_seq")
+    x, h, q, k, v = buf.x[:batch], buf.h[:batch], buf.q[:batch], buf.k[:batch], buf.v[:batch]
+    attn, proj, gate, up, act = buf.attn[:batch], buf.proj[:batch], buf.gate[:batch], buf.up[:batch], buf.act[:batch]
+    positions, ones = buf.positions[:batch], buf.ones[:batch]
+    positions[...] = cache.lengths
+    cache.lengths += 1
+    x[...] = weights.embed_tokens(np.asarray(token_ids, dtype=np.int64))
+    for i, layer in enumerate(weights.layers):
+        k_cache, v_cache = cache.k[i], cache.v[i]
+        ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, out=h)
+        _linear(ops, h, layer.q, out=q.reshape(batch, -1))
+        _linear(ops, h, layer.k, out=k.reshape(batch, -1))
+        _linear(ops, h, layer.v, out=v.reshape(batch, -1))
+        ops.rope(q, k, positions, cfg.rope_theta)
+        ops.kv_append(k_cache, v_cache, k[:, None], v[:, None], positions, new_lens=ones)
+        ops.attention_decode(q, k_cache, v_cache, cache.lengths, out=attn)
+        _linear(ops, attn.reshape(batch, -1), layer.o, out=proj)
+        np.add(x, proj, out=x)
+        ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, out=h)
+        _linear(ops, h, layer.gate, out=gate)
+        _linear(ops, h, layer.up, out=up)
+        ops.swiglu(gate, up, out=act)
+        _linear(ops, act, layer.down, out=proj)
+        np.add(x, proj, out=x)
+    ops.rms_norm(x, weights.norm, cfg.rms_norm_eps, out=h)
+    return _linear(ops, h, weights.lm_head, out=out)
+
+
+class LlamaDecoder:
+    """A decoder ready to run: config, op set, weights, KV cache and decode buffers together.
+
+    ``prefill`` / ``decode`` call the pure step functions above on this state. Not thread-safe on
+    its own: the runtime serialises generations that share one decoder.
+    """
+
+    def __init__(self, config: DecoderConfig, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int,
+                 backend: str = "auto", ops: Any = None) -> None:
+        from ...backends import open_decoder
+
+        self.config = config
+        self.ops = ops if ops is not None else open_decoder(backend)
+        self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights)
+        self.cache = KVCache.allocate(config, max_batch, max_seq)
+        self.buffers = DecodeBuffers.allocate(config, max_batch)
+
+    @property
+    def max_batch(self) -> int:
+        return self.cache.max_batch
+
+    @property
+    def max_seq(self) -> int:
+        return self.cache.max_seq
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.weights.layers
+
+    @property
+    def embed(self) -> np.ndarray:
+        return self.weights.embed
+
+    @property
+    def lm_head(self) -> Linear:
+        return self.weights.lm_head
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.weights.step_bytes
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return self.weights.embed_tokens(ids)
+
+    def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return prefill(self.config, self.weights, self.ops, self.cache, embeds, lengths)
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        return decode_step(self.config, self.weights, self.ops, self.cache, token_ids, self.buffers)

@@ -1,0 +1,139 @@
+"""The decode loop: sampling, EOS and stop strings, streaming, timing.
+
+``run_generation`` drives a ``LlamaDecoder`` (prefill once, then one ``decode`` per token) for a
+batch of prompt embeddings and returns a ``GenerationResult`` (tokens, texts and the timings of this
+call). It holds no state between calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import InputError
+
+StreamCallback = Callable[[int, str], None]
+
+
+@dataclass
+class GenerationStats:
+    """Timings (seconds) and token counts of one generation call."""
+
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prompt_tokens: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    decode_steps: int = 0
+
+    def add(self, other: "GenerationStats") -> None:
+        self.vision_s += other.vision_s
+        self.prefill_s += other.prefill_s
+        self.decode_s += other.decode_s
+        self.prompt_tokens += other.prompt_tokens
+        self.new_tokens += other.new_tokens
+        self.decode_steps += other.decode_steps
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new token ids per sequence (ending with EOS when it stopped there)
+    texts: list[str]  # decoded answers, cut at the first stop string
+    stats: GenerationStats
+
+
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:
+    """Refuse NaN/negative temperatures, top_p outside (0, 1] and non-positive token budgets."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0 (got {temperature!r})", "use 0 for greedy decoding")
+    if not isinstance(top_p, (int, float)) or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1] (got {top_p!r})", "e.g. --top-p 0.9")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})")
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """Greedy when ``temperature == 0``; else softmax(logits / T) restricted to the top-p nucleus."""
+    if temperature <= 0.0:
+        return np.argmax(logits, axis=-1)
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    for b in range(logits.shape[0]):
+        order = np.argsort(-probs[b], kind="stable")
+        sorted_p = probs[b, order]
+        keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1) if top_p < 1.0 else len(order)
+        keep = min(keep, len(order))
+        nucleus = sorted_p[:keep] / sorted_p[:keep].sum()
+        out[b] = order[rng.choice(keep, p=nucleus)]
+    return out
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None
+
+
+def run_generation(
+    decoder,
+    decode_text: Callable[[list[int]], str],
+    embeds: np.ndarray,
+    lengths: np.ndarray,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_ids: set[int] | frozenset[int] = frozenset(),
+    stop_strings: Sequence[str] = (),
+    stream: StreamCallback | None = None,
+    seed: int = 0,
+) -> GenerationResult:
+    """Prefill ``embeds`` (B, T, C) with ``lengths`` (B,) and decode up to ``max_new_tokens``."""
+    check_sampling(temperature, top_p, max_new_tokens)
+    batch = embeds.shape[0]
+    stats = GenerationStats(prompt_tokens=lengths.tolist())
+    rng = np.random.default_rng(seed)
+    holdback = max((len(s) for s in stop_strings), default=1) - 1
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    texts = [""] * batch
+    emitted = [0] * batch
+    done = np.zeros(batch, dtype=bool)
+
+    t1 = time.perf_counter()
+    logits = decoder.prefill(embeds, lengths)
+    stats.prefill_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    for step in range(max_new_tokens):
+        next_ids = sample_next(logits, temperature, top_p, rng)
+        for b in np.flatnonzero(~done):
+            tok = int(next_ids[b])
+            generated[b].append(tok)
+            if tok in eos_ids:
+                done[b] = True
+                texts[b] = decode_text(generated[b][:-1])
+            else:
+                texts[b] = decode_text(generated[b])
+                cut = first_stop(texts[b], stop_strings)
+                if cut is not None:
+                    texts[b] = texts[b][:cut]
+                    done[b] = True
+            if stream is not None:
+                final = done[b] or step == max_new_tokens - 1
+                upto = len(texts[b]) if final else max(emitted[b], len(texts[b].rstrip("\ufffd")) - holdback)
+                if upto > emitted[b]:
+                    stream(int(b), texts[b][emitted[b]:upto])
+                    emitted[b] = upto
+        if done.all() or step == max_new_tokens - 1:
+            break
+        # Finished sequences keep decoding a dummy token (their output is already fixed).
+        logits = decoder.decode(np.where(done, 0, next_ids))
+        stats.decode_steps += 1
+    stats.decode_s = time.perf_counter() - t2
+    stats.new_tokens = [len(g) for g in generated]
+    return GenerationResult(generated, texts, stats)
