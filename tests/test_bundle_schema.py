@@ -125,6 +125,7 @@ def _mutations():
     }
 
 
+@pytest.mark.campaign("manifest")
 @pytest.mark.parametrize("case", list(_mutations()))
 def test_bad_manifest_is_refused_naming_the_field(clip_bundle, tmp_path, case):
     mutate, needle = _mutations()[case]
@@ -162,6 +163,7 @@ def _llava_manifest() -> dict:
     }
 
 
+@pytest.mark.campaign("manifest")
 @pytest.mark.parametrize("field,value,needle", [
     ("num_heads", 0, "num_heads"), ("num_kv_heads", 0, "num_kv_heads"), ("num_kv_heads", 3, "multiple of num_kv_heads"),
     ("head_dim", 15, "head_dim"), ("vocab_size", 0, "vocab_size"), ("eos_token_id", 320, "outside the vocabulary"),
@@ -176,6 +178,7 @@ def test_bad_vlm_decoder_config_is_refused(field, value, needle):
         parse_manifest(bad, "m")
 
 
+@pytest.mark.campaign("manifest")
 def test_vlm_without_decoder_part_is_refused():
     bad = _llava_manifest()
     del bad["parts"]["decoder"]
@@ -183,6 +186,7 @@ def test_vlm_without_decoder_part_is_refused():
         parse_manifest(bad, "m")
 
 
+@pytest.mark.campaign("security")
 def test_symlink_leaving_the_bundle_is_refused_without_revealing_the_target(clip_bundle, tmp_path):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"x" * 12345)
@@ -197,6 +201,7 @@ def test_symlink_leaving_the_bundle_is_refused_without_revealing_the_target(clip
     assert r.returncode == 2 and "12345" not in r.stdout + r.stderr and "secret" not in r.stdout + r.stderr
 
 
+@pytest.mark.campaign("manifest")
 def test_graph_that_contradicts_its_manifest_is_refused(clip_bundle, tmp_path):
     """A manifest that is consistent in itself but names graph inputs the ONNX file does not have."""
     bad = _copy(clip_bundle, tmp_path / "io.rsvlm")
@@ -207,6 +212,7 @@ def test_graph_that_contradicts_its_manifest_is_refused(clip_bundle, tmp_path):
         rsvlm_edge.load(bad)
 
 
+@pytest.mark.campaign("faults")
 def test_writer_refuses_a_manifest_it_could_not_read_back(tmp_path):
     from rsvlm_edge.bundle import BundleWriter
 
