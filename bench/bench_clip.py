@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from rsvlm_edge.bench import bench_clip, write_outputs
+from rsvlm_edge.bench.clip import bench_clip
+from rsvlm_edge.bench.timing import write_outputs
 
 
 def markdown(result: dict) -> str:

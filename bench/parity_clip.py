@@ -16,9 +16,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from clip_models import (  # noqa: E402
+    LABELS,
+    TEXTS,
+    cos,
+    open_clip_image_embeds,
+    open_clip_text_embeds,
+    save_bare,
+    tiny_hf_clip,
+    tiny_open_clip,
+)
+
 import rsvlm_edge  # noqa: E402
-from clip_models import (LABELS, TEXTS, cos, open_clip_image_embeds, open_clip_text_embeds,  # noqa: E402
-                         save_bare, tiny_hf_clip, tiny_open_clip)
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images  # noqa: E402
 from rsvlm_edge.export.clip_checkpoint import hf_to_open_clip  # noqa: E402
 
