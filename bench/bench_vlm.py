@@ -18,8 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from rsvlm_edge.bench.timing import write_outputs
 from rsvlm_edge.bench.llava import bench_vlm
+from rsvlm_edge.bench.timing import write_outputs
 
 
 def _num(v, fmt: str) -> str:
