@@ -1,5 +1,14 @@
 """Build CLIP's byte-level BPE tokenizer as a ``tokenizers`` ``tokenizer.json`` from open_clip's
-vocabulary file, so the runtime tokenises without open_clip, ftfy or torch."""
+vocabulary file, so the runtime tokenises without open_clip or torch.
+
+The runtime (``rsvlm_edge.models.clip.tokenizer.ClipTokenizer``) reads only the BPE model (vocabulary,
+merges, ``</w>`` suffix) from this file and does open_clip's cleaning (ftfy, html.unescape, whitespace,
+lower-case) and word splitting itself. The normalizer / pre-tokenizer / post-processor written here are an
+approximation for tools that load the file with HF ``tokenizers`` directly. ``<|startoftext|>`` /
+``<|endoftext|>`` (ids 49406 / 49407) are in the vocabulary but are not registered as added tokens, so
+``tokenizers`` never parses them out of user text (open_clip treats them as ordinary text). Files written
+before this change registered them as added special tokens; the runtime ignores that.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +49,6 @@ def write_clip_tokenizer(dest: Path) -> None:
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])],
