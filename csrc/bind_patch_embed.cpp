@@ -1,6 +1,6 @@
-// Python bindings for the patch_embed op family (patch_embed, interpolate_pos_embed) and the
-// generic tensor_arg_info helper. Thin: validate every argument (csrc/tensor_arg.h), then call the
-// C++ API (kernels/patch_embed.h).
+// Python bindings of the patch_embed op family (C++ API: rsvlm_edge/patch_embed.h): patch_embed,
+// patch_embed_reference, interpolate_pos_embed. Thin: validate every argument (tensor_arg.h), then
+// call the launcher.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,16 +9,18 @@
 #include <string>
 #include <vector>
 
-#include "patch_embed.h"
+#include "bind_util.h"
+#include "rsvlm_edge/patch_embed.h"
 #include "rsvlm_edge/version.h"
 #include "tensor_arg.h"
 
 namespace py = pybind11;
 using rsvlm_edge::ArgChecker;
+using rsvlm_edge::DeviceType;
 using rsvlm_edge::Dim;
 using rsvlm_edge::DType;
-using rsvlm_edge::DeviceType;
 using rsvlm_edge::TensorArg;
+using rsvlm_edge::bind::Impl;
 
 namespace {
 
@@ -36,11 +38,10 @@ void rgb_triple(const ArgChecker& c, py::handle obj, const char* name, float dst
   for (int i = 0; i < 3; ++i) dst[i] = v[i];
 }
 
-py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle bias_obj,
+py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, py::handle bias_obj,
                        py::handle class_obj, py::handle pos_obj, py::handle mean_obj, py::handle std_obj,
-                       py::handle gamma_obj, py::handle beta_obj, double eps, py::handle out_obj,
-                       int64_t stream) {
-  ArgChecker c("patch_embed");
+                       py::handle gamma_obj, py::handle beta_obj, double eps, py::handle out_obj, int64_t stream) {
+  ArgChecker c(impl == Impl::kReference ? "patch_embed_reference" : "patch_embed");
   const TensorArg images = rsvlm_edge::tensor_arg(images_obj, "images", stream);
   const TensorArg weight = rsvlm_edge::tensor_arg(weight_obj, "weight", stream);
   const TensorArg class_emb = rsvlm_edge::tensor_arg(class_obj, "class_emb", stream);
@@ -57,12 +58,23 @@ py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle 
   if (has_out) out = rsvlm_edge::tensor_arg(out_obj, "out", stream);
   c.same_device({&images, &weight, has_bias ? &bias : nullptr, &class_emb, &pos_emb, has_ln ? &gamma : nullptr,
                  has_ln ? &beta : nullptr, has_out ? &out : nullptr});
+  rsvlm_edge::bind::check_reference_device(c, images, impl);
   const bool cuda = images.device.type == DeviceType::cuda;
 
-  c.check(images, {"B", "H", "W", 3}, {DType::u8});
-  if (cuda) c.check(weight, {"D", 3, "P", "P"}, {DType::f32, DType::f16, DType::bf16});
-  else c.check(weight, {"D", 3, "P", "P"}, {DType::f32});
+  c.check(images, {"B", "H", "W", 3}, {DType::u8});  // images: (B, H, W, 3) uint8
+  if (cuda)
+    c.check(weight, {"D", 3, "P", "P"}, {DType::f32, DType::f16, DType::bf16});  // weight: (D, 3, P, P)
+  else
+    c.check(weight, {"D", 3, "P", "P"}, {DType::f32});
   const int64_t B = c.dim("B"), H = c.dim("H"), W = c.dim("W"), D = c.dim("D"), P = c.dim("P");
+  // Sizes first, so that nothing below divides by zero (P) or makes empty rows (D).
+  RSVLM_CHECK(c, P >= 1 && P <= (int64_t(1) << 20),
+              "argument 'weight' must have shape (D, 3, P, P) with 1 <= P <= 2^20, got " + weight.describe());
+  RSVLM_CHECK(c, D >= 1 && D <= (int64_t(1) << 30),
+              "argument 'weight' must have shape (D, 3, P, P) with 1 <= D <= 2^30, got " + weight.describe());
+  RSVLM_CHECK(c, H >= P && W >= P,
+              "argument 'images' must have shape (B, H, W, 3) with H, W >= the patch size P=" + std::to_string(P) +
+                  ", got " + images.describe());
   if (H % P != 0 || W % P != 0)
     c.fail("images of " + std::to_string(H) + "x" + std::to_string(W) + " are not a multiple of the patch size " +
            std::to_string(P) + " (from weight (D, 3, P, P)); resize the images to the model resolution");
@@ -106,6 +118,12 @@ py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle 
   p.out = out.data;
   rgb_triple(c, mean_obj, "mean", p.mean);
   rgb_triple(c, std_obj, "std", p.std);
+  for (int i = 0; i < 3; ++i) {
+    RSVLM_CHECK(c, std::isfinite(p.mean[i]), "argument 'mean' must be 3 finite floats (R, G, B) in 0..1 units");
+    RSVLM_CHECK(c, std::isfinite(p.std[i]) && p.std[i] != 0.f,
+                "argument 'std' must be 3 finite, non-zero floats (R, G, B) in 0..1 units");
+  }
+  RSVLM_CHECK(c, eps > 0.0 && eps < 3.4e38, "argument 'eps' must be > 0 and finite, got " + std::to_string(eps));
   p.eps = static_cast<float>(eps);
   p.batch = B;
   p.height = H;
@@ -115,10 +133,13 @@ py::object patch_embed(py::handle images_obj, py::handle weight_obj, py::handle 
   p.dtype = weight.dtype;
 
   if (cuda && !rsvlm_edge::built_with_cuda())
-    throw std::runtime_error("patch_embed: got CUDA tensors but this build of rsvlm_edge has no CUDA kernels "
-                             "(built without CUDA); rebuild with nvcc available or pass CPU arrays");
-  rsvlm_edge::launch("patch_embed", images, stream, [&] { return rsvlm_edge::patch_embed_cpu(p); },
-                     [&](void* st) { return rsvlm_edge::patch_embed_cuda(p, st); });
+    throw std::runtime_error(
+        "patch_embed: got CUDA tensors but this build of rsvlm_edge has no CUDA kernels "
+        "(built without CUDA); rebuild with nvcc available or pass CPU arrays");
+  rsvlm_edge::bind::run(
+      "patch_embed", impl, images, stream, [&] { return rsvlm_edge::patch_embed_cpu(p); },
+      [&] { return rsvlm_edge::patch_embed_reference(p); },
+      [&](void* st) { return rsvlm_edge::patch_embed_cuda(p, st); });
   return result;
 }
 
@@ -126,14 +147,17 @@ py::object interpolate_pos_embed(py::handle pos_obj, int64_t new_grid, py::handl
   ArgChecker c("interpolate_pos_embed");
   const TensorArg pos = rsvlm_edge::tensor_arg(pos_obj, "pos");
   if (pos.device.type != DeviceType::cpu)
-    c.fail("argument 'pos' is on " + pos.device_str() + "; this op runs once at load time on the CPU: pass a "
+    c.fail("argument 'pos' is on " + pos.device_str() +
+           "; this op runs once at load time on the CPU: pass a "
            "CPU array (e.g. pos.cpu())");
   c.check(pos, {"T", "D"}, {DType::f32});
   const int64_t T = c.dim("T"), D = c.dim("D");
   const auto G = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(T > 0 ? T - 1 : 0))));
   if (T < 2 || G * G != T - 1)
     c.fail("argument 'pos' has " + std::to_string(T) + " rows; expected 1 + G*G (class token + a square G x G grid)");
-  if (new_grid < 1) c.fail("argument 'new_grid' must be >= 1, got " + std::to_string(new_grid));
+  RSVLM_CHECK(c, new_grid >= 1 && new_grid <= 4096,
+              "argument 'new_grid' must be >= 1 and <= 4096, got " + std::to_string(new_grid));
+  RSVLM_CHECK(c, D >= 1, "argument 'pos' must have D >= 1 columns, got " + pos.describe());
   py::object result;
   TensorArg out;
   if (!out_obj.is_none()) {
@@ -162,39 +186,42 @@ py::object interpolate_pos_embed(py::handle pos_obj, int64_t new_grid, py::handl
   return result;
 }
 
-py::dict tensor_arg_info(py::handle obj, int64_t stream) {
-  const TensorArg t = rsvlm_edge::tensor_arg(obj, "tensor", stream);
-  py::dict d;
-  d["data"] = reinterpret_cast<uintptr_t>(t.data);
-  d["dtype"] = rsvlm_edge::dtype_name(t.dtype);
-  d["shape"] = py::tuple(py::cast(t.shape));
-  d["strides"] = py::tuple(py::cast(t.strides));
-  d["device"] = t.device_str();
-  d["contiguous"] = t.contiguous();
-  d["readonly"] = t.readonly;
-  return d;
-}
-
 }  // namespace
 
 void bind_patch_embed(py::module_& m) {
-  m.def("patch_embed", &patch_embed, py::arg("images"), py::arg("weight"), py::arg("bias"), py::arg("class_emb"),
-        py::arg("pos_emb"), py::arg("mean"), py::arg("std"), py::arg("ln_gamma") = py::none(),
-        py::arg("ln_beta") = py::none(), py::arg("eps") = 1e-5, py::arg("out") = py::none(),
-        py::arg("stream") = 0,
-        R"doc(Fused patch embedding: uint8 images -> ViT input tokens (open_clip conv1 + class + pos + ln_pre).
+  m.def(
+      "patch_embed",
+      [](py::handle images, py::handle weight, py::handle bias, py::handle class_emb, py::handle pos_emb,
+         py::handle mean, py::handle std, py::handle ln_gamma, py::handle ln_beta, double eps, py::handle out,
+         int64_t stream) {
+        return patch_embed(Impl::kFast, images, weight, bias, class_emb, pos_emb, mean, std, ln_gamma, ln_beta, eps,
+                           out, stream);
+      },
+      py::arg("images"), py::arg("weight"), py::arg("bias"), py::arg("class_emb"), py::arg("pos_emb"), py::arg("mean"),
+      py::arg("std"), py::arg("ln_gamma") = py::none(), py::arg("ln_beta") = py::none(), py::arg("eps") = 1e-5,
+      py::arg("out") = py::none(), py::arg("stream") = 0,
+      R"doc(Fused patch embedding: uint8 images -> ViT input tokens (open_clip conv1 + class + pos + ln_pre).
 
-images (B, H, W, 3) uint8 RGB at model resolution; weight (D, 3, P, P); bias (D) or None;
+images (B, H, W, 3) uint8 RGB at model resolution (B = 0 is valid); weight (D, 3, P, P); bias (D) or None;
 class_emb (D); pos_emb (N+1, D) with N = (H/P)*(W/P); mean, std: 3 floats in 0..1 units;
 ln_gamma, ln_beta (D) or None (no ln_pre); out (B, N+1, D) or None.
 CPU: float32 parameters, returns a new numpy array unless `out` is given.
 CUDA (DLPack / __cuda_array_interface__ tensors): float32/float16/bfloat16 parameters, `out` required,
 `stream` is a cudaStream_t as an integer (0 = legacy default). Returns `out`.)doc");
+  m.def(
+      "patch_embed_reference",
+      [](py::handle images, py::handle weight, py::handle bias, py::handle class_emb, py::handle pos_emb,
+         py::handle mean, py::handle std, py::handle ln_gamma, py::handle ln_beta, double eps, py::handle out) {
+        return patch_embed(Impl::kReference, images, weight, bias, class_emb, pos_emb, mean, std, ln_gamma, ln_beta,
+                           eps, out, 0);
+      },
+      py::arg("images"), py::arg("weight"), py::arg("bias"), py::arg("class_emb"), py::arg("pos_emb"), py::arg("mean"),
+      py::arg("std"), py::arg("ln_gamma") = py::none(), py::arg("ln_beta") = py::none(), py::arg("eps") = 1e-5,
+      py::arg("out") = py::none(),
+      "Naive reference of patch_embed (kernels/patch_embed/patch_embed_ref.cpp: plain loops, fp64), CPU float32 "
+      "only; same arguments and checks as patch_embed.");
   m.def("interpolate_pos_embed", &interpolate_pos_embed, py::arg("pos"), py::arg("new_grid"),
         py::arg("out") = py::none(),
         R"doc(Resize a position embedding (1 + G*G, D) float32 to (1 + new_grid^2, D): bicubic,
 align_corners=True (exactly torch.nn.functional.interpolate's), class token row passed through. CPU.)doc");
-  m.def("tensor_arg_info", &tensor_arg_info, py::arg("tensor"), py::arg("stream") = 0,
-        "How the bindings see an array argument (numpy / __dlpack__ / __cuda_array_interface__): dict with "
-        "data (pointer), dtype, shape, strides (elements), device, contiguous, readonly. No copy is made.");
 }

@@ -46,12 +46,12 @@ typedef struct {
 } DLDataType;
 
 typedef struct {
-  void* data;            // base pointer; the first element is at (char*)data + byte_offset
+  void* data;  // base pointer; the first element is at (char*)data + byte_offset
   DLDevice device;
   int32_t ndim;
   DLDataType dtype;
-  int64_t* shape;        // (ndim)
-  int64_t* strides;      // (ndim) in elements, or NULL for compact row-major
+  int64_t* shape;    // (ndim)
+  int64_t* strides;  // (ndim) in elements, or NULL for compact row-major
   uint64_t byte_offset;
 } DLTensor;
 

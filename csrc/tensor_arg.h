@@ -40,23 +40,23 @@
 #include <vector>
 
 #include "dlpack.h"
+#include "rsvlm_edge/device.h"
 #include "rsvlm_edge/dtype.h"
 #include "rsvlm_edge/status.h"
-#include "rsvlm_edge/device.h"
 
 namespace rsvlm_edge {
 
 namespace py = pybind11;
 
 struct TensorArg {
-  std::string name;               // argument name, for messages
-  void* data = nullptr;           // first element (byte offsets already applied)
+  std::string name;      // argument name, for messages
+  void* data = nullptr;  // first element (byte offsets already applied)
   DType dtype = DType::f32;
-  std::vector<int64_t> shape;     // (ndim)
-  std::vector<int64_t> strides;   // (ndim), in elements
-  Device device;                  // cpu, or cuda:id
-  bool readonly = false;          // numpy arrays with writeable=False, CAI data[1] == True
-  std::shared_ptr<void> owner;    // keeps the producer's memory alive
+  std::vector<int64_t> shape;    // (ndim)
+  std::vector<int64_t> strides;  // (ndim), in elements
+  Device device;                 // cpu, or cuda:id
+  bool readonly = false;         // numpy arrays with writeable=False, CAI data[1] == True
+  std::shared_ptr<void> owner;   // keeps the producer's memory alive
 
   int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
   int64_t numel() const {
@@ -64,8 +64,9 @@ struct TensorArg {
     for (int64_t s : shape) n *= s;
     return n;
   }
-  // Row-major contiguous (dimensions of size 1 may have any stride).
+  // Row-major contiguous (dimensions of size 1 may have any stride; an empty tensor is contiguous).
   bool contiguous() const {
+    if (numel() == 0) return true;
     int64_t expect = 1;
     for (int64_t i = ndim() - 1; i >= 0; --i) {
       if (shape[i] != 1 && strides[i] != expect) return false;
@@ -74,7 +75,9 @@ struct TensorArg {
     return true;
   }
   template <class T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 
   // "(2, 224, 224)"
   std::string shape_str() const {
@@ -120,12 +123,18 @@ inline TensorArg from_numpy(const py::array& arr, const std::string& name) {
   const int64_t size = static_cast<int64_t>(dt.itemsize());
   const char order = dt.byteorder();
   if (order == '>') arg_fail(name, "is a big-endian numpy array; pass arr.astype(arr.dtype.newbyteorder('='))");
-  if (kind == 'u' && size == 1) t.dtype = DType::u8;
-  else if (kind == 'i' && size == 1) t.dtype = DType::i8;
-  else if (kind == 'i' && size == 4) t.dtype = DType::i32;
-  else if (kind == 'i' && size == 8) t.dtype = DType::i64;
-  else if (kind == 'f' && size == 2) t.dtype = DType::f16;
-  else if (kind == 'f' && size == 4) t.dtype = DType::f32;
+  if (kind == 'u' && size == 1)
+    t.dtype = DType::u8;
+  else if (kind == 'i' && size == 1)
+    t.dtype = DType::i8;
+  else if (kind == 'i' && size == 4)
+    t.dtype = DType::i32;
+  else if (kind == 'i' && size == 8)
+    t.dtype = DType::i64;
+  else if (kind == 'f' && size == 2)
+    t.dtype = DType::f16;
+  else if (kind == 'f' && size == 4)
+    t.dtype = DType::f32;
   else
     arg_fail(name, "has numpy dtype " + py::str(dt).cast<std::string>() +
                        ", which is not supported (use uint8, int8, int32, int64, float16 or float32)");
@@ -134,7 +143,8 @@ inline TensorArg from_numpy(const py::array& arr, const std::string& name) {
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
     t.shape.push_back(arr.shape(i));
     const int64_t sb = arr.strides(i);
-    if (sb % size != 0) arg_fail(name, "has strides that are not a multiple of its item size; pass np.ascontiguousarray(x)");
+    if (sb % size != 0)
+      arg_fail(name, "has strides that are not a multiple of its item size; pass np.ascontiguousarray(x)");
     t.strides.push_back(sb / size);
   }
   t.owner = std::shared_ptr<void>(new py::object(arr), [](void* p) { delete static_cast<py::object*>(p); });
@@ -188,9 +198,13 @@ inline TensorArg from_dlpack(py::handle obj, const std::string& name, int64_t cu
   t.owner = std::move(owner);
   switch (dl.device.device_type) {
     case kDLCPU:
-    case kDLCUDAHost: t.device = {DeviceType::cpu, 0}; break;
+    case kDLCUDAHost:
+      t.device = {DeviceType::cpu, 0};
+      break;
     case kDLCUDA:
-    case kDLCUDAManaged: t.device = {DeviceType::cuda, dl.device.device_id}; break;
+    case kDLCUDAManaged:
+      t.device = {DeviceType::cuda, dl.device.device_id};
+      break;
     default:
       arg_fail(name, "is on DLPack device type " + std::to_string(static_cast<int>(dl.device.device_type)) +
                          "; only CPU and CUDA tensors are supported");
@@ -198,8 +212,10 @@ inline TensorArg from_dlpack(py::handle obj, const std::string& name, int64_t cu
   t.dtype = dlpack_dtype(dl.dtype, name);
   t.data = static_cast<char*>(dl.data) + dl.byte_offset;
   t.shape.assign(dl.shape, dl.shape + dl.ndim);
-  if (dl.strides != nullptr) t.strides.assign(dl.strides, dl.strides + dl.ndim);
-  else compact_strides(t);
+  if (dl.strides != nullptr)
+    t.strides.assign(dl.strides, dl.strides + dl.ndim);
+  else
+    compact_strides(t);
   return t;
 }
 
@@ -262,20 +278,21 @@ inline TensorArg tensor_arg(py::handle obj, const std::string& name, int64_t cud
   if (obj.is_none()) detail::arg_fail(name, "is required but got None");
   if (py::isinstance<py::array>(obj)) return detail::from_numpy(py::reinterpret_borrow<py::array>(obj), name);
   if (py::hasattr(obj, "__dlpack__")) return detail::from_dlpack(obj, name, cuda_stream);
-  if (py::hasattr(obj, "__cuda_array_interface__"))
-    return detail::from_cuda_array_interface(obj, name, cuda_stream);
-  detail::arg_fail(name, "must be a numpy array or a tensor with __dlpack__ or __cuda_array_interface__ "
-                         "(torch, cupy, jax), got " + detail::py_type_name(obj));
+  if (py::hasattr(obj, "__cuda_array_interface__")) return detail::from_cuda_array_interface(obj, name, cuda_stream);
+  detail::arg_fail(name,
+                   "must be a numpy array or a tensor with __dlpack__ or __cuda_array_interface__ "
+                   "(torch, cupy, jax), got " +
+                       detail::py_type_name(obj));
 }
 
 // One dimension of an expected shape: a fixed size (3), a symbol ("B") bound by the first argument
 // that uses it, or a labelled derived size (Dim("N+1", n + 1)).
 struct Dim {
-  int64_t value = -1;  // >= 0: required size; -1: symbol
-  std::string label;   // shown in messages
-  Dim(int v) : value(v), label(std::to_string(v)) {}  // NOLINT(google-explicit-constructor)
+  int64_t value = -1;                                     // >= 0: required size; -1: symbol
+  std::string label;                                      // shown in messages
+  Dim(int v) : value(v), label(std::to_string(v)) {}      // NOLINT(google-explicit-constructor)
   Dim(int64_t v) : value(v), label(std::to_string(v)) {}  // NOLINT
-  Dim(const char* sym) : label(sym) {}  // NOLINT
+  Dim(const char* sym) : label(sym) {}                    // NOLINT
   Dim(std::string lab, int64_t v) : value(v), label(std::move(lab)) {}
 };
 
@@ -314,10 +331,13 @@ class ArgChecker {
     const TensorArg* first = nullptr;
     for (const TensorArg* a : args) {
       if (a == nullptr) continue;
-      if (first == nullptr) { first = a; continue; }
+      if (first == nullptr) {
+        first = a;
+        continue;
+      }
       if (a->device != first->device)
-        throw std::invalid_argument(op_ + ": argument '" + a->name + "' is on " + a->device_str() +
-                                    " but '" + first->name + "' is on " + first->device_str() +
+        throw std::invalid_argument(op_ + ": argument '" + a->name + "' is on " + a->device_str() + " but '" +
+                                    first->name + "' is on " + first->device_str() +
                                     "; move all arguments to one device");
     }
   }
@@ -333,6 +353,18 @@ class ArgChecker {
     if (it == bound_.end()) throw std::logic_error(op_ + ": dimension '" + sym + "' was never bound");
     return it->second;
   }
+
+  // dim(sym) for the `int` fields of the Params structs: ValueError naming the argument that bound
+  // it when it is >= 2^31 (never truncated), or smaller than `min`.
+  int dim_int(const std::string& sym, const TensorArg& from, int64_t min = 0) const {
+    const int64_t v = dim(sym);
+    if (v > 0x7fffffff)
+      fail("argument '" + from.name + "' has " + sym + "=" + std::to_string(v) +
+           ", more than the 2^31-1 this op supports");
+    if (v < min)
+      fail("argument '" + from.name + "' must have " + sym + " >= " + std::to_string(min) + ", got " + from.describe());
+    return static_cast<int>(v);
+  }
   void bind(const std::string& sym, int64_t v) { bound_[sym] = v; }
 
   // One-line failure for conditions check() cannot express ("op: <msg>").
@@ -345,8 +377,10 @@ class ArgChecker {
     for (size_t i = 0; i < d.size(); ++i) {
       s << (i ? ", " : "") << d[i].label;
       auto it = bound_.find(d[i].label);
-      if (d[i].value < 0 && it != bound_.end()) s << "=" << it->second;
-      else if (d[i].value >= 0 && d[i].label != std::to_string(d[i].value)) s << "=" << d[i].value;
+      if (d[i].value < 0 && it != bound_.end())
+        s << "=" << it->second;
+      else if (d[i].value >= 0 && d[i].label != std::to_string(d[i].value))
+        s << "=" << d[i].value;
     }
     s << (d.size() == 1 ? ",) " : ") ");
     size_t k = 0;
@@ -359,13 +393,25 @@ class ArgChecker {
   std::map<std::string, int64_t> bound_;
 };
 
-// Raise the right Python exception for a launcher's Status (no-op when ok):
-// kInvalidArgument -> ValueError, kNotCompiled / kCudaError -> RuntimeError.
+// Raise the right Python exception for a launcher's Status (no-op when ok); call with the GIL held:
+// kInvalidArgument -> ValueError, kOutOfMemory -> MemoryError, kNotCompiled / kCudaError -> RuntimeError.
 inline void throw_if_error(const Status& s) {
   if (s.ok()) return;
   if (s.code == StatusCode::kInvalidArgument) throw std::invalid_argument(s.message);
+  if (s.code == StatusCode::kOutOfMemory) {
+    PyErr_SetString(PyExc_MemoryError, s.message.c_str());
+    throw py::error_already_set();
+  }
   throw std::runtime_error(s.message);
 }
+
+// RSVLM_CHECK(checker, condition, message): ValueError "<op>: <message>" unless `condition` holds.
+// The message names the argument and what was expected, e.g.
+//   RSVLM_CHECK(c, c.dim("H") % h_kv == 0, "argument 'q' must have H a multiple of H_kv=" + ...);
+#define RSVLM_CHECK(checker, condition, message) \
+  do {                                           \
+    if (!(condition)) (checker).fail(message);   \
+  } while (0)
 
 // While alive, makes the CUDA device of the op's tensors current (restores the previous one after).
 // Throws std::invalid_argument when `device` is not a usable CUDA device.

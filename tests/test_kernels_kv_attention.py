@@ -1,7 +1,10 @@
-"""KV-cache attention op (kernels/kv_attention*): append, prefill, decode; contiguous, paged, int8.
+"""KV-cache attention (kernels/kv_attention/, csrc/bind_kv_attention.cpp): append, prefill, decode;
+contiguous, paged, int8.
 
-Reference: float64 numpy causal attention over the same K/V. Caches and outputs are poisoned with NaN
-before each call, so a kernel that reads an unwritten cache row or skips an output row fails.
+The one reference is the naive C++ `_C.kv_append_reference` / `_C.attention_*_reference` (plain loops,
+fp64 softmax), itself checked against torch's scaled_dot_product_attention. The fast CPU path and the
+CUDA kernels are compared with it on the same inputs. Caches and outputs are poisoned (NaN) before
+each call, so a kernel that reads an unwritten cache row or skips an output row fails.
 """
 
 from __future__ import annotations
@@ -30,25 +33,6 @@ PREFILL_CASES = [
 INT8_ATOL = 4e-2
 
 
-def reference_attention(q, k_seq, v_seq, past, scale=None):
-    """q (S, H, D), k_seq/v_seq (past + S, H_kv, D) -> (S, H, D), float64 causal attention."""
-    s, h, d = q.shape
-    group = h // k_seq.shape[1]
-    scale = 1.0 / np.sqrt(d) if scale is None else scale
-    out = np.zeros((s, h, d))
-    n = k_seq.shape[0]
-    mask = np.arange(n)[None, :] <= (past + np.arange(s))[:, None]  # (S, n)
-    for head in range(h):
-        kv = head // group
-        scores = (q[:, head].astype(np.float64) @ k_seq[:, kv].astype(np.float64).T) * scale
-        scores = np.where(mask, scores, -np.inf)
-        scores -= scores.max(axis=1, keepdims=True)
-        p = np.exp(scores)
-        p /= p.sum(axis=1, keepdims=True)
-        out[:, head] = p @ v_seq[:, kv].astype(np.float64)
-    return out
-
-
 def make_cache(batch, h_kv, d, capacity, paged, dtype=np.float32):
     """Empty caches poisoned with NaN (int8: scales poisoned); paged caches get a shuffled page table."""
     pages_per_seq = -(-capacity // 16)
@@ -71,8 +55,19 @@ def make_cache(batch, h_kv, d, capacity, paged, dtype=np.float32):
     return dict(k_cache=k, v_cache=v, page_table=table)
 
 
-def fill(cache, k_seqs, v_seqs, starts, ends):
-    """Append rows [starts[b], ends[b]) of every sequence through kv_append, in one batched call."""
+def copy_cache(cache):
+    return {k: None if v is None else v.copy() for k, v in cache.items()}
+
+
+def assert_caches_equal(a, b):
+    for name in a:
+        if a[name] is not None:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def fill(cache, k_seqs, v_seqs, starts, ends, append=None):
+    """Append rows [starts[b], ends[b]) of every sequence through kv_append (or `append`), in one batched call."""
+    append = append or C.kv_append
     batch = len(k_seqs)
     width = max(1, max(e - s for s, e in zip(starts, ends)))
     h_kv, d = k_seqs[0].shape[1:]
@@ -83,12 +78,14 @@ def fill(cache, k_seqs, v_seqs, starts, ends):
         kn[b, :n] = k_seqs[b][starts[b] : ends[b]]
         vn[b, :n] = v_seqs[b][starts[b] : ends[b]]
     lens = np.array([e - s for s, e in zip(starts, ends)], np.int32)
-    C.kv_append(cache["k_cache"], cache["v_cache"], kn, vn, np.array(starts, np.int32), new_lens=lens,
-                page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
+    append(cache["k_cache"], cache["v_cache"], kn, vn, np.array(starts, np.int32), new_lens=lens,
+           page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
 
 
-def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0):
-    """Build a cache holding past + new tokens, run attention_prefill; return (out, reference)."""
+def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0, want_inputs=False):
+    """Build a cache holding past + new tokens with kv_append, and the same cache with
+    kv_append_reference (they must be equal); run attention_prefill on the first and
+    attention_prefill_reference on the second; return (out, reference, cache)."""
     h, h_kv, d = heads
     rng = np.random.default_rng(seed)
     batch = len(q_lens)
@@ -100,17 +97,21 @@ def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0)
     for b in range(batch):
         q[b, : q_lens[b]] = rng.standard_normal((q_lens[b], h, d))
     cache = make_cache(batch, h_kv, d, max(kv_lens) + 5, paged, cache_dtype)
-    fill(cache, k_seqs, v_seqs, [0] * batch, list(past_lens))  # the cached prefix
-    fill(cache, k_seqs, v_seqs, list(past_lens), kv_lens)  # the new chunk
-    out = np.full_like(q, np.nan)
-    ret = C.attention_prefill(q, cache["k_cache"], cache["v_cache"], np.array(q_lens, np.int32),
-                              np.array(kv_lens, np.int32), out=out, page_table=cache["page_table"],
-                              k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
-    assert ret is out
-    ref = np.zeros(q.shape)
-    for b in range(batch):
-        ref[b, : q_lens[b]] = reference_attention(q[b, : q_lens[b]], k_seqs[b], v_seqs[b], past_lens[b])
-    return out, ref, cache
+    ref_cache = copy_cache(cache)
+    for c, append in ((cache, C.kv_append), (ref_cache, C.kv_append_reference)):
+        fill(c, k_seqs, v_seqs, [0] * batch, list(past_lens), append)  # the cached prefix
+        fill(c, k_seqs, v_seqs, list(past_lens), kv_lens, append)  # the new chunk
+    assert_caches_equal(cache, ref_cache)
+    outs = []
+    for c, attend in ((cache, C.attention_prefill), (ref_cache, C.attention_prefill_reference)):
+        out = np.full_like(q, np.nan)
+        ret = attend(q, c["k_cache"], c["v_cache"], np.array(q_lens, np.int32), np.array(kv_lens, np.int32),
+                     out=out, page_table=c["page_table"], k_scale=c.get("k_scale"), v_scale=c.get("v_scale"))
+        assert ret is out
+        outs.append(out)
+    if want_inputs:
+        return outs[0], outs[1], cache, (q, k_seqs, v_seqs)
+    return outs[0], outs[1], cache
 
 
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
@@ -124,27 +125,52 @@ def test_prefill_matches_reference(heads, lens):
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("heads", [(4, 4, 64), (8, 2, 80)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_reference_matches_torch_sdpa(heads, paged):
+    """The naive reference against torch's scaled_dot_product_attention (fp64, explicit causal mask
+    with a cached prefix, KV heads repeated for GQA)."""
+    torch = pytest.importorskip("torch")
+    q_lens, past = (7, 54, 1), (0, 13, 96)
+    _, ref, _, (q, k_seqs, v_seqs) = run_prefill(heads, q_lens, past, paged=paged, seed=7, want_inputs=True)
+    group = heads[0] // heads[1]
+    for b in range(len(q_lens)):
+        qb = torch.from_numpy(q[b, : q_lens[b]]).double().transpose(0, 1)  # (H, S, D)
+        kb = torch.from_numpy(k_seqs[b]).double().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, n, D)
+        vb = torch.from_numpy(v_seqs[b]).double().repeat_interleave(group, dim=1).transpose(0, 1)
+        n = kb.shape[1]
+        mask = torch.arange(n)[None, :] <= (past[b] + torch.arange(q_lens[b]))[:, None]
+        want = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask).transpose(0, 1)
+        np.testing.assert_allclose(ref[b, : q_lens[b]], want.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(ref[b, q_lens[b] :], 0.0)  # padding rows
+
+
 def run_decode(heads, seq_lens, paged, cache_dtype=np.float32, seed=1, num_splits=0):
-    """Cache holds seq_lens[b] - 1 tokens; append the new one with kv_append, then attention_decode."""
+    """Cache holds seq_lens[b] - 1 tokens; append the new one with kv_append, then attention_decode;
+    the same with kv_append_reference + attention_decode_reference. Returns (out, reference)."""
     h, h_kv, d = heads
     rng = np.random.default_rng(seed)
     batch = len(seq_lens)
     k_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in seq_lens]
     v_seqs = [rng.standard_normal((n, h_kv, d)).astype(np.float32) for n in seq_lens]
     cache = make_cache(batch, h_kv, d, max(seq_lens) + 2, paged, cache_dtype)
+    ref_cache = copy_cache(cache)
     past = [n - 1 for n in seq_lens]
-    fill(cache, k_seqs, v_seqs, [0] * batch, past)
     k_new = np.stack([k[-1] for k in k_seqs])  # (B, H_kv, D): the decode-step form of k_new
     v_new = np.stack([v[-1] for v in v_seqs])
-    C.kv_append(cache["k_cache"], cache["v_cache"], k_new, v_new, np.array(past, np.int32),
-                page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
     q = rng.standard_normal((batch, h, d)).astype(np.float32)
-    out = np.full_like(q, np.nan)
-    C.attention_decode(q, cache["k_cache"], cache["v_cache"], np.array(seq_lens, np.int32), out=out,
-                       page_table=cache["page_table"], k_scale=cache.get("k_scale"),
-                       v_scale=cache.get("v_scale"), num_splits=num_splits)
-    ref = np.stack([reference_attention(q[b][None], k_seqs[b], v_seqs[b], past[b])[0] for b in range(batch)])
-    return out, ref
+    outs = []
+    for c, append, attend in ((cache, C.kv_append, C.attention_decode),
+                              (ref_cache, C.kv_append_reference, C.attention_decode_reference)):
+        fill(c, k_seqs, v_seqs, [0] * batch, past, append)
+        append(c["k_cache"], c["v_cache"], k_new, v_new, np.array(past, np.int32), page_table=c["page_table"],
+               k_scale=c.get("k_scale"), v_scale=c.get("v_scale"))
+        out = np.full_like(q, np.nan)
+        attend(q, c["k_cache"], c["v_cache"], np.array(seq_lens, np.int32), out=out, page_table=c["page_table"],
+               k_scale=c.get("k_scale"), v_scale=c.get("v_scale"), num_splits=num_splits)
+        outs.append(out)
+    assert_caches_equal(cache, ref_cache)
+    return outs[0], outs[1]
 
 
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
@@ -193,10 +219,16 @@ def test_int8_append_quantises_per_head_per_token():
 
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
 def test_int8_prefill_and_decode_within_tolerance(paged):
+    """Against the reference on the same int8 cache (tight), and on an fp32 cache of the same K/V
+    (the quantisation error bound)."""
     out, ref, _ = run_prefill((8, 2, 128), (54, 7, 97), (0, 40, 11), paged=paged, cache_dtype=np.int8)
-    np.testing.assert_allclose(out, ref, atol=INT8_ATOL, rtol=0)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    _, ref32, _ = run_prefill((8, 2, 128), (54, 7, 97), (0, 40, 11), paged=paged)
+    np.testing.assert_allclose(out, ref32, atol=INT8_ATOL, rtol=0)
     out, ref = run_decode((8, 1, 80), (577, 1, 33), paged=paged, cache_dtype=np.int8)
-    np.testing.assert_allclose(out, ref, atol=INT8_ATOL, rtol=0)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    _, ref32 = run_decode((8, 1, 80), (577, 1, 33), paged=paged)
+    np.testing.assert_allclose(out, ref32, atol=INT8_ATOL, rtol=0)
 
 
 def test_custom_scale_and_allocated_output():
@@ -205,8 +237,11 @@ def test_custom_scale_and_allocated_output():
     v = rng.standard_normal((1, 1, 12, 64)).astype(np.float32)
     q = rng.standard_normal((1, 2, 64)).astype(np.float32)
     out = C.attention_decode(q, k, v, [12], scale=0.3)
-    ref = reference_attention(q[None, 0], k[0].transpose(1, 0, 2), v[0].transpose(1, 0, 2), 11, scale=0.3)
-    np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-4)
+    ref = C.attention_decode_reference(q, k, v, [12], scale=0.3)
+    assert out.shape == ref.shape == (1, 2, 64)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    # scale 0.3 differs from 1/sqrt(64): the reference really uses it
+    assert not np.allclose(ref, C.attention_decode_reference(q, k, v, [12]), atol=1e-3)
 
 
 def _valid_args():
@@ -316,7 +351,8 @@ def torch_cuda(cuda_device):
 
 def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_splits=0):
     """Run append + attention on the GPU with torch.cuda tensors (passed through DLPack) and
-    return (gpu result as float32 numpy, fp64 reference on the same fp16/bf16-rounded inputs)."""
+    return (gpu result as float32 numpy, the naive reference on the same fp16/bf16-rounded inputs and
+    a host cache of the same kind, filled by kv_append_reference)."""
     h, h_kv, d = heads
     rng = np.random.default_rng(11)
     batch = len(q_lens)
@@ -365,11 +401,17 @@ def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_s
         out = torch.full_like(q_t, float("nan"))
         C.attention_prefill(q_t, k_cache, v_cache, lens(q_lens), lens(kv_lens), out=out, page_table=table, **scales)
     torch.cuda.synchronize()
-    ref = np.zeros(q.shape)
-    for b in range(batch):
-        ref[b, : q_lens[b]] = reference_attention(q[b, : q_lens[b]], k_seqs[b], v_seqs[b], past_lens[b])
-    got = out.float().cpu().numpy()
-    return got, (ref[:, 0] if decode else ref)
+    fill(host, k_seqs, v_seqs, [0] * batch, list(past_lens), C.kv_append_reference)
+    fill(host, k_seqs, v_seqs, list(past_lens), kv_lens, C.kv_append_reference)
+    cache_kw = dict(page_table=host["page_table"], k_scale=host.get("k_scale"), v_scale=host.get("v_scale"))
+    if decode:
+        ref = np.full((batch, h, d), np.nan, np.float32)
+        C.attention_decode_reference(q[:, 0], host["k_cache"], host["v_cache"], np.array(kv_lens), out=ref, **cache_kw)
+    else:
+        ref = np.full(q.shape, np.nan, np.float32)
+        C.attention_prefill_reference(q, host["k_cache"], host["v_cache"], np.array(q_lens), np.array(kv_lens),
+                                      out=ref, **cache_kw)
+    return out.float().cpu().numpy(), ref
 
 
 CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
@@ -405,4 +447,5 @@ def test_cuda_int8_cache_within_tolerance(torch_cuda, dtype_name, decode):
     dtype = getattr(torch_cuda, dtype_name)
     q_lens, past = ((1, 1, 1), (0, 96, 2047)) if decode else ((54, 7, 97), (0, 40, 11))
     got, ref = _cuda_run(torch_cuda, dtype, (8, 2, 128), q_lens, past, paged=False, int8=True, decode=decode)
+    # The reference reads a host int8 cache quantised from the same rounded values.
     np.testing.assert_allclose(got, ref, atol=INT8_ATOL + CUDA_TOL[dtype_name], rtol=0)

@@ -1,8 +1,10 @@
-"""Fused patch embedding + position-embedding interpolation + tensor arguments (rsvlm_edge._C).
+"""Fused patch embedding (kernels/patch_embed/, csrc/bind_patch_embed.cpp) + position-embedding
+interpolation + tensor arguments (rsvlm_edge._C).
 
-Reference: torch used exactly the way open_clip's VisionTransformer does (F.conv2d on the normalised
-image, cat class token, + positional_embedding, F.layer_norm), plus one check against a real
-open_clip VisionTransformer. Outputs are NaN-poisoned before each call.
+The fast CPU path and the CUDA kernel are compared with the naive reference `_C.patch_embed_reference`
+(plain loops, fp64); the reference and the fast path with torch used exactly the way open_clip's
+VisionTransformer does (F.conv2d on the normalised image, cat class token, + positional_embedding,
+F.layer_norm), plus one check against a real open_clip VisionTransformer. Outputs are NaN-poisoned.
 """
 
 from __future__ import annotations
@@ -15,10 +17,32 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from rsvlm_edge import native  # noqa: E402
+C = pytest.importorskip("rsvlm_edge._C")
 
-MEAN = native.CLIP_MEAN
-STD = native.CLIP_STD
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class native:  # noqa: N801  (the _C calls these tests make, with CLIP's mean/std as defaults)
+    """Keyword-friendly access to the bindings, independent of the Python package's wrappers."""
+
+    @staticmethod
+    def _call(fn, images, weight, class_emb, pos_emb, bias=None, ln_gamma=None, ln_beta=None, mean=MEAN, std=STD,
+              eps=1e-5, out=None, **kw):
+        return fn(images, weight, bias, class_emb, pos_emb, mean, std, ln_gamma=ln_gamma, ln_beta=ln_beta, eps=eps,
+                  out=out, **kw)
+
+    @staticmethod
+    def patch_embed(*args, **kw):
+        return native._call(C.patch_embed, *args, **kw)
+
+    @staticmethod
+    def patch_embed_reference(*args, **kw):
+        return native._call(C.patch_embed_reference, *args, **kw)
+
+    interpolate_pos_embed = staticmethod(C.interpolate_pos_embed)
+    tensor_arg_info = staticmethod(C.tensor_arg_info)
+    built_with_cuda = staticmethod(C.built_with_cuda)
 
 # (batch, height, width, patch, dim): odd grids (7x7, 5x7), ViT-B/32@224 (7x7, K=3072), 336/14 (24x24).
 CASES = [
@@ -69,16 +93,50 @@ def poisoned(shape):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_{}x{}_p{}_d{}".format(*c))
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("ln", [False, True], ids=["noln", "ln"])
-def test_patch_embed_cpu_matches_open_clip_math(case, bias, ln):
+def test_patch_embed_cpu_and_reference_match_open_clip_math(case, bias, ln):
     b, h, w, p, d = case
     inp = make_inputs(b, h, w, p, d, bias=bias, ln=ln)
     n = (h // p) * (w // p)
     out = poisoned((b, n + 1, d))
     got = native.patch_embed(out=out, **inp)
     assert got is out
+    ref = poisoned((b, n + 1, d))
+    assert native.patch_embed_reference(out=ref, **inp) is ref
     want = reference(**inp)
-    assert np.isfinite(got).all()
+    assert np.isfinite(got).all() and np.isfinite(ref).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)  # fast path vs the naive reference
+
+
+@pytest.mark.parametrize("b, h, w, p, d", [(1, 7, 7, 7, 1), (2, 14, 21, 7, 5), (1, 54, 6, 2, 3), (2, 2, 2, 1, 97)])
+def test_patch_embed_matches_reference_odd_shapes(b, h, w, p, d):
+    inp = make_inputs(b, h, w, p, d, seed=3)
+    n = (h // p) * (w // p)
+    got = native.patch_embed(out=poisoned((b, n + 1, d)), **inp)
+    ref = native.patch_embed_reference(out=poisoned((b, n + 1, d)), **inp)
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_patch_embed_zero_batch_and_degenerate_sizes():
+    inp = make_inputs(1, 28, 28, 4, 48)
+    inp["images"] = np.zeros((0, 28, 28, 3), np.uint8)
+    for fn in (native.patch_embed, native.patch_embed_reference):
+        assert fn(**inp).shape == (0, 50, 48)
+    base = make_inputs(1, 28, 28, 4, 48)
+    for over, match in [
+        ({"weight": np.zeros((48, 3, 0, 0), np.float32)}, r"argument 'weight' must have shape \(D, 3, P, P\) with 1 <= P"),
+        ({"weight": np.zeros((0, 3, 4, 4), np.float32), "bias": None, "class_emb": np.zeros(0, np.float32),
+          "pos_emb": np.zeros((50, 0), np.float32), "ln_gamma": None, "ln_beta": None},
+         r"argument 'weight' must have shape \(D, 3, P, P\) with 1 <= D"),
+        ({"images": np.zeros((1, 0, 28, 3), np.uint8)}, r"argument 'images' must have shape \(B, H, W, 3\) with H, W >="),
+        ({"std": (0.5, 0.0, 0.5)}, r"argument 'std' must be 3 finite, non-zero floats"),
+        ({"mean": (0.5, float("nan"), 0.5)}, r"argument 'mean' must be 3 finite floats"),
+        ({"eps": 0.0}, r"argument 'eps' must be > 0"),
+    ]:
+        for fn in (native.patch_embed, native.patch_embed_reference):
+            with pytest.raises(ValueError, match=match):
+                fn(**{**base, **over})
 
 
 def test_patch_embed_allocates_output():
@@ -316,7 +374,7 @@ def test_geochat_style_504px_with_interpolated_pos_embed():
     got = native.patch_embed(out=poisoned((1, 1297, 64)), **inp)
     np.testing.assert_allclose(got, reference(**inp), rtol=1e-4, atol=1e-4)
 
-# ---- CUDA (skipped without a GPU): CUDA op vs the CPU reference ----
+# ---- CUDA (skipped without a GPU): CUDA op vs the naive reference ----
 
 TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 6e-2}
 
@@ -333,9 +391,9 @@ def test_patch_embed_cuda_matches_cpu(cuda_device, dtype, case, ln):
     tdt = getattr(torch, dtype)
     dev = {k: None if v is None else torch.from_numpy(v).to(cuda_device) for k, v in inp.items()}
     dev = {k: v if v is None or k == "images" else v.to(tdt) for k, v in dev.items()}
-    # CPU reference on the same (rounded) parameters, upcast to fp32.
+    # Naive reference on the same (rounded) parameters, upcast to fp32.
     cpu = {k: None if v is None else (v.cpu().numpy() if k == "images" else v.float().cpu().numpy()) for k, v in dev.items()}
-    want = native.patch_embed(out=poisoned((b, (h // p) * (w // p) + 1, d)), **cpu)
+    want = native.patch_embed_reference(out=poisoned((b, (h // p) * (w // p) + 1, d)), **cpu)
     out = torch.full(want.shape, float("nan"), dtype=tdt, device=cuda_device)
     got = native.patch_embed(out=out, **dev)
     torch.cuda.synchronize()
@@ -348,7 +406,7 @@ def test_patch_embed_cuda_allocates_output_and_uses_stream(cuda_device):
     if not native.built_with_cuda():
         pytest.skip("rsvlm_edge was built without CUDA kernels")
     inp = make_inputs(2, 224, 224, 32, 96)
-    want = native.patch_embed(**inp)
+    want = native.patch_embed_reference(**inp)
     dev = {k: None if v is None else torch.from_numpy(v).to(cuda_device) for k, v in inp.items()}
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the default stream

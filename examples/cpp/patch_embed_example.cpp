@@ -5,7 +5,7 @@
 // follow open_clip (normalise -> conv1 -> cat class -> + pos -> LayerNorm), and exits non-zero if any
 // value differs by more than 1e-4. Also interpolates the 5x5+1 position embedding of a square model
 // to 7x7+1 and checks that the class row passes through and grid corners are preserved (align_corners).
-#include <rsvlm_edge/kernels.h>
+#include "rsvlm_edge/kernels.h"
 
 #include <cmath>
 #include <cstdint>
@@ -151,6 +151,7 @@ int check_pos_interp() {
 }  // namespace
 
 int main() {
-  std::printf("rsvlm_edge %s (CUDA kernels: %s)\n", rsvlm_edge::version(), rsvlm_edge::built_with_cuda() ? "yes" : "no");
+  std::printf("rsvlm_edge %s (CUDA kernels: %s)\n", rsvlm_edge::version(),
+              rsvlm_edge::built_with_cuda() ? "yes" : "no");
   return check_patch_embed() | check_pos_interp();
 }

@@ -1,0 +1,67 @@
+// Python bindings of rms_norm / rms_norm_reference (C++ API: rsvlm_edge/rms_norm.h). Thin: validate
+// every argument (tensor_arg.h), then call the launcher.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bind_util.h"
+#include "rsvlm_edge/rms_norm.h"
+
+namespace py = pybind11;
+using rsvlm_edge::ArgChecker;
+using rsvlm_edge::DType;
+using rsvlm_edge::TensorArg;
+using rsvlm_edge::bind::Impl;
+
+namespace {
+
+py::object rms_norm(Impl impl, py::handle x_obj, py::handle w_obj, double eps, py::handle out_obj, int64_t stream) {
+  ArgChecker c(impl == Impl::kReference ? "rms_norm_reference" : "rms_norm");
+  const TensorArg x = rsvlm_edge::tensor_arg(x_obj, "x", stream);
+  const TensorArg w = rsvlm_edge::tensor_arg(w_obj, "weight", stream);
+  TensorArg out = out_obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(out_obj, "out", stream);
+  c.same_device({&x, &w, out_obj.is_none() ? nullptr : &out});
+  rsvlm_edge::bind::check_reference_device(c, x, impl);
+  rsvlm_edge::bind::check_activation(c, x, {"T", "D"});  // x: (T, D)
+  c.check(w, {"D"}, {x.dtype});                          // weight: (D,)
+  RSVLM_CHECK(c, eps >= 0.0, "argument 'eps' must be >= 0, got " + std::to_string(eps));
+  rsvlm_edge::RmsNormParams p;
+  p.rows = c.dim("T");
+  p.dim = c.dim_int("D", x, 1);
+  py::object result = rsvlm_edge::bind::output(c, out_obj, out, x, {"T", "D"}, x.shape);  // out: (T, D)
+  p.x = x.data;
+  p.weight = w.data;
+  p.out = out.data;
+  p.eps = static_cast<float>(eps);
+  p.dtype = x.dtype;
+  rsvlm_edge::bind::run(
+      "rms_norm", impl, x, stream, [&] { return rsvlm_edge::rms_norm_cpu(p); },
+      [&] { return rsvlm_edge::rms_norm_reference(p); }, [&](void* st) { return rsvlm_edge::rms_norm_cuda(p, st); });
+  return result;
+}
+
+const char* kDoc = R"doc(RMSNorm over the last dim: out = x * rsqrt(mean(x**2) + eps) * weight (fp32 accumulation).
+
+x: (T, D) with D >= 1 (T = 0 is valid); weight: (D,) same dtype. Returns out (T, D); out= may be x
+(in place). CPU: float32. CUDA tensors: float16/bfloat16, out= required; `stream` is a cudaStream_t
+as an integer (0 = legacy default).)doc";
+
+}  // namespace
+
+void bind_rms_norm(py::module_& m) {
+  m.def(
+      "rms_norm",
+      [](py::handle x, py::handle w, double eps, py::handle out, int64_t stream) {
+        return rms_norm(Impl::kFast, x, w, eps, out, stream);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("out") = py::none(),
+      py::arg("stream") = 0, kDoc);
+  m.def(
+      "rms_norm_reference",
+      [](py::handle x, py::handle w, double eps, py::handle out) {
+        return rms_norm(Impl::kReference, x, w, eps, out, 0);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("out") = py::none(),
+      "Naive reference of rms_norm (kernels/rms_norm/rms_norm_ref.cpp: plain loops, fp64), CPU float32 only; "
+      "same arguments and checks as rms_norm.");
+}

@@ -1,0 +1,82 @@
+// Helpers shared by the csrc/bind_<op>.cpp files (header-only; needs pybind11 and Python).
+//
+// Every op is bound twice: `<op>` (numpy / CPU tensors -> the fast CPU path, CUDA tensors -> the
+// CUDA kernel) and `<op>_reference` (CPU only -> the naive reference in kernels/<op>/<op>_ref.cpp),
+// with the same arguments and the same checks, so that tests compare the two on identical inputs.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "tensor_arg.h"
+
+namespace rsvlm_edge {
+namespace bind {
+
+namespace py = pybind11;
+
+// Which implementation a binding call runs.
+enum class Impl { kFast, kReference };
+
+inline bool on_cuda(const TensorArg& t) { return t.device.type == DeviceType::cuda; }
+
+// CPU float32 activations, CUDA float16 / bfloat16.
+inline void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<Dim> dims) {
+  if (on_cuda(t))
+    c.check(t, dims, {DType::f16, DType::bf16});
+  else
+    c.check(t, dims, {DType::f32});
+}
+
+// The reference runs on the CPU only: ValueError naming the first argument when it is not there.
+inline void check_reference_device(const ArgChecker& c, const TensorArg& first, Impl impl) {
+  if (impl == Impl::kReference && first.device.type != DeviceType::cpu)
+    c.fail("argument '" + first.name + "' is on " + first.device_str() +
+           "; the naive reference runs on the CPU: pass CPU arrays (e.g. t.float().cpu())");
+}
+
+inline std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// `out` checked against `dims` and the dtype of `like`, or a new float32 numpy array (CPU only).
+inline py::object output(ArgChecker& c, py::handle out_obj, TensorArg& out, const TensorArg& like,
+                         std::initializer_list<Dim> dims, const std::vector<int64_t>& shape) {
+  if (!out_obj.is_none()) {
+    c.check(out, dims, {like.dtype});
+    c.writable(out);
+    return py::reinterpret_borrow<py::object>(out_obj);
+  }
+  if (on_cuda(like))
+    c.fail("argument 'out' is required for CUDA inputs: pass a preallocated " + std::string(dtype_name(like.dtype)) +
+           " tensor of shape " + shape_str(shape) + " on the same device");
+  py::array_t<float> arr(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  out = tensor_arg(arr, "out");
+  return arr;
+}
+
+// Runs the fast path (CPU without the GIL, or CUDA on `stream`) or the reference (CPU, without
+// the GIL); raises on a failed Status.
+inline void run(const char* op, Impl impl, const TensorArg& first, int64_t stream, const std::function<Status()>& cpu,
+                const std::function<Status()>& reference, const std::function<Status(void*)>& gpu) {
+  if (impl == Impl::kReference) {
+    Status s;
+    {
+      py::gil_scoped_release nogil;
+      s = reference();
+    }
+    throw_if_error(s);
+    return;
+  }
+  launch(op, first, stream, cpu, gpu);
+}
+
+}  // namespace bind
+}  // namespace rsvlm_edge

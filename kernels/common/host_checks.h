@@ -1,0 +1,94 @@
+// Host-side helpers shared by the op folders: activation dtype checks, the kNotCompiled stub of a
+// CUDA launcher, checked sizes and per-thread scratch buffers for OpenMP regions.
+//
+// Rule for every CPU launcher: a C++ exception must never escape an OpenMP region (that is
+// std::terminate -> SIGABRT). So nothing inside a region allocates: per-thread scratch is sized with
+// overflow-checked arithmetic and allocated *before* the region with alloc_scratch, which turns a
+// failed allocation into a Status.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "rsvlm_edge/dtype.h"
+#include "rsvlm_edge/status.h"
+
+namespace rsvlm_edge {
+namespace host {
+
+// CPU ops take float32 activations; CUDA ops float16 or bfloat16.
+inline Status check_activation_dtype(const char* op, DType t, bool cuda) {
+  if (cuda && t != DType::f16 && t != DType::bf16)
+    return Status::Invalid(std::string(op) + ": CUDA takes float16 or bfloat16 activations, got " + dtype_name(t));
+  if (!cuda && t != DType::f32)
+    return Status::Invalid(std::string(op) + ": CPU takes float32 activations, got " + dtype_name(t));
+  return Status::Ok();
+}
+
+// What a CUDA launcher returns in a build without CUDA.
+inline Status no_cuda(const char* op) {
+  return Status::NotCompiled(std::string(op) +
+                             ": this build of rsvlm_edge has no CUDA kernels (built without CUDA); rebuild with "
+                             "nvcc available (RSVLM_CUDA=ON) or pass CPU arrays");
+}
+
+// a * b for sizes >= 0, or -1 when it would overflow int64.
+inline int64_t checked_mul(int64_t a, int64_t b) {
+  if (a < 0 || b < 0) return -1;
+  if (a != 0 && b > std::numeric_limits<int64_t>::max() / a) return -1;
+  return a * b;
+}
+
+// Threads an OpenMP region of this process will use (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Largest host scratch buffer a launcher allocates (bytes); beyond it the call is refused with a
+// Status instead of attempting an allocation the OS may grant lazily and kill us for later.
+constexpr int64_t kMaxScratchBytes = int64_t(1) << 34;  // 16 GiB
+
+// Resize `buf` to `threads` x `per_thread` elements before an OpenMP region. Returns kOutOfMemory
+// (never throws) when the size overflows, exceeds kMaxScratchBytes or the allocation fails.
+template <typename T>
+Status alloc_scratch(std::vector<T>& buf, int64_t per_thread, int64_t threads, const char* op) {
+  const int64_t n = checked_mul(per_thread, threads);
+  const int64_t bytes = checked_mul(n, static_cast<int64_t>(sizeof(T)));
+  if (n < 0 || bytes < 0 || bytes > kMaxScratchBytes)
+    return Status::OutOfMemory(std::string(op) + ": would need a scratch buffer of " + std::to_string(per_thread) +
+                               " x " + std::to_string(threads) + " elements, more than the " +
+                               std::to_string(kMaxScratchBytes >> 30) + " GiB limit; use smaller inputs");
+  try {
+    buf.assign(static_cast<size_t>(n), T{});
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory(std::string(op) + ": could not allocate a scratch buffer of " + std::to_string(bytes) +
+                               " bytes");
+  } catch (const std::length_error&) {
+    return Status::OutOfMemory(std::string(op) + ": scratch buffer of " + std::to_string(bytes) +
+                               " bytes is too large");
+  }
+  return Status::Ok();
+}
+
+}  // namespace host
+}  // namespace rsvlm_edge

@@ -1,0 +1,327 @@
+// linear fast CPU path y = x @ W^T (+ bias): fp32 activations; fp32, fp16 or int8 (per-output-channel
+// scale) weights; fp32 accumulation. Tested against linear_reference (linear_ref.cpp). Also the
+// load-time int8 weight quantisation and the CPU micro-kernel selection.
+//
+//   y[m, n] = (sum_k x[m, k] * float(W[n, k])) * scale[n] + bias[n]   (scale: int8 only)
+//
+// float(W) is exact for fp16 and int8. Two loop nests over one tile kernel:
+//   GEMV (M < kGemmMinRows: decode, bandwidth-bound): OpenMP over tiles of kNr weight rows; each
+//        weight row is streamed from memory once in its stored dtype, converted in registers, and
+//        dotted with every row of x.
+//   GEMM (M >= kGemmMinRows: prefill): OpenMP over panels of kNc weight rows; per K block of kKc
+//        inputs the panel is converted (copied, for fp32) into a contiguous fp32 buffer (kNc x kKc,
+//        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
+//        (kMr x kKc) stay in L1. fp16 and int8 weights reuse the fp32 tile kernel there.
+// Tile kernel: R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
+// per output (two for R = 1 on avx2), lanes along k (no transposition anywhere), summed
+// horizontally at the end.
+// Kernel sets, chosen at run time (the library is never built with -march=native):
+//   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
+//   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define RSVLM_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include "common/cpu_math.h"
+#include "common/host_checks.h"
+#include "rsvlm_edge/linear.h"
+
+namespace rsvlm_edge {
+namespace {
+
+constexpr int kMr = 3;               // rows of x per register tile
+constexpr int kNr = 4;               // output features (rows of W) per register tile
+constexpr int kKc = 1024;            // GEMM: inputs per K block (x tile: 3 x 1024 fp32 = 12 KiB, L1)
+constexpr int kNc = 32;              // GEMM: output features per panel (32 x 1024 fp32 = 128 KiB, L2)
+constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM, else GEMV
+
+// acc[r * kNr + c] = sum_{i < kc} x[r][i] * float(w[c][i])  for r < R (1..kMr), c < kNr; w[c]
+// points to kc weights of one dtype (float, uint16_t fp16 bits or int8_t).
+using TileFn = void (*)(const float* const* x, const void* const* w, int kc, float* acc);
+// dst[r * kc + i] = float(src[r * ld + i]) for r < rows, i < kc.
+using ConvertFn = void (*)(const void* src, int64_t ld, int rows, int kc, float* dst);
+
+enum WeightKind { kF32, kF16, kI8 };
+
+struct KernelSet {
+  TileFn tile[3][kMr + 1];  // [WeightKind][R]; R = 0 unused
+  ConvertFn convert[3];     // [WeightKind]
+};
+
+// ---- portable ----
+
+typedef float v4f __attribute__((vector_size(16)));
+
+inline v4f load4(const float* p) {
+  v4f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t h) { return cpu::half_to_float(h); }
+inline float to_float(int8_t v) { return static_cast<float>(v); }
+
+inline v4f load4(const uint16_t* p) { return v4f{to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3])}; }
+inline v4f load4(const int8_t* p) { return v4f{to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3])}; }
+
+template <int R, typename W>
+void tile_portable(const float* const* x, const void* const* wp, int kc, float* acc) {
+  const W* w[kNr];
+  for (int c = 0; c < kNr; ++c) w[c] = static_cast<const W*>(wp[c]);
+  v4f a[R][kNr] = {};
+  int i = 0;
+  for (; i + 4 <= kc; i += 4) {
+    v4f wv[kNr];
+    for (int c = 0; c < kNr; ++c) wv[c] = load4(w[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const v4f xv = load4(x[r] + i);
+      for (int c = 0; c < kNr; ++c) a[r][c] += xv * wv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kNr; ++c) {
+      float s = (a[r][c][0] + a[r][c][1]) + (a[r][c][2] + a[r][c][3]);
+      for (int j = i; j < kc; ++j) s += x[r][j] * to_float(w[c][j]);
+      acc[r * kNr + c] = s;
+    }
+}
+
+template <typename T>
+void convert_portable(const void* src, int64_t ld, int rows, int kc, float* dst) {
+  for (int r = 0; r < rows; ++r) {
+    const T* s = static_cast<const T*>(src) + r * ld;
+    float* d = dst + int64_t(r) * kc;
+    for (int i = 0; i < kc; ++i) d[i] = to_float(s[i]);
+  }
+}
+
+#define RSVLM_TILES(fn, W) {nullptr, fn<1, W>, fn<2, W>, fn<3, W>}
+const KernelSet kPortable = {
+    {RSVLM_TILES(tile_portable, float), RSVLM_TILES(tile_portable, uint16_t), RSVLM_TILES(tile_portable, int8_t)},
+    {convert_portable<float>, convert_portable<uint16_t>, convert_portable<int8_t>}};
+
+// ---- avx2 (x86-64) ----
+
+#if RSVLM_X86
+#define RSVLM_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// The lane sums of a[0..3], as one 4-vector.
+RSVLM_AVX2 inline __m128 hsum4(const __m256* a) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+RSVLM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+RSVLM_AVX2 inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+RSVLM_AVX2 inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+RSVLM_AVX2 inline float to_float_avx2(float v) { return v; }
+RSVLM_AVX2 inline float to_float_avx2(uint16_t h) { return _cvtsh_ss(h); }
+RSVLM_AVX2 inline float to_float_avx2(int8_t v) { return static_cast<float>(v); }
+
+template <int R, typename W>
+RSVLM_AVX2 void tile_avx2(const float* const* x, const void* const* wp, int kc, float* acc) {
+  const W* w[kNr];
+  for (int c = 0; c < kNr; ++c) w[c] = static_cast<const W*>(wp[c]);
+  // U interleaved accumulators per output: R = 1 (decode) would otherwise be bound by the FMA
+  // latency (4 dependent chains). R x kNr x U <= 12 accumulators + 4 weight vectors: 16 ymm.
+  constexpr int U = R == 1 ? 2 : 1;
+  __m256 a[U][R][kNr];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kNr; ++c) a[u][r][c] = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 * U <= kc; i += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 wv[kNr];
+      for (int c = 0; c < kNr; ++c) wv[c] = load8(w[c] + i + 8 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m256 xv = _mm256_loadu_ps(x[r] + i + 8 * u);
+        for (int c = 0; c < kNr; ++c) a[u][r][c] = _mm256_fmadd_ps(xv, wv[c], a[u][r][c]);
+      }
+    }
+  }
+  for (; i + 8 <= kc; i += 8) {  // U = 2: one 8-wide step left
+    __m256 wv[kNr];
+    for (int c = 0; c < kNr; ++c) wv[c] = load8(w[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x[r] + i);
+      for (int c = 0; c < kNr; ++c) a[0][r][c] = _mm256_fmadd_ps(xv, wv[c], a[0][r][c]);
+    }
+  }
+  for (int u = 1; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kNr; ++c) a[0][r][c] = _mm256_add_ps(a[0][r][c], a[u][r][c]);
+  static_assert(kNr == 4, "hsum4 reduces 4 accumulators");
+  for (int r = 0; r < R; ++r) {
+    _mm_storeu_ps(acc + r * kNr, hsum4(a[0][r]));
+    for (int j = i; j < kc; ++j)
+      for (int c = 0; c < kNr; ++c) acc[r * kNr + c] += x[r][j] * to_float_avx2(w[c][j]);
+  }
+}
+
+template <typename W>
+RSVLM_AVX2 void convert_avx2(const void* src, int64_t ld, int rows, int kc, float* dst) {
+  for (int r = 0; r < rows; ++r) {
+    const W* s = static_cast<const W*>(src) + r * ld;
+    float* d = dst + int64_t(r) * kc;
+    int i = 0;
+    for (; i + 8 <= kc; i += 8) _mm256_storeu_ps(d + i, load8(s + i));
+    for (; i < kc; ++i) d[i] = to_float_avx2(s[i]);
+  }
+}
+
+const KernelSet kAvx2 = {
+    {RSVLM_TILES(tile_avx2, float), RSVLM_TILES(tile_avx2, uint16_t), RSVLM_TILES(tile_avx2, int8_t)},
+    {convert_avx2<float>, convert_avx2<uint16_t>, convert_avx2<int8_t>}};
+
+bool cpu_has_avx2_fma_f16c() {
+  __builtin_cpu_init();
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+bool cpu_has_avx2_fma_f16c() { return false; }
+#endif
+
+std::atomic<int> g_kernels{-1};  // a CpuKernels value; -1 = not chosen yet (best supported)
+
+const KernelSet& active_kernels() {
+#if RSVLM_X86
+  if (cpu_kernels() == CpuKernels::avx2) return kAvx2;
+#endif
+  return kPortable;
+}
+
+}  // namespace
+
+bool cpu_kernels_supported(CpuKernels k) { return k == CpuKernels::portable || cpu_has_avx2_fma_f16c(); }
+
+CpuKernels cpu_kernels() {
+  int k = g_kernels.load(std::memory_order_relaxed);
+  if (k < 0) {
+    k = static_cast<int>(cpu_kernels_supported(CpuKernels::avx2) ? CpuKernels::avx2 : CpuKernels::portable);
+    g_kernels.store(k, std::memory_order_relaxed);
+  }
+  return static_cast<CpuKernels>(k);
+}
+
+Status set_cpu_kernels(CpuKernels k) {
+  if (!cpu_kernels_supported(k))
+    return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) +
+                           "' need an x86-64 CPU with AVX2, FMA and F16C; this one has 'portable' only");
+  g_kernels.store(static_cast<int>(k), std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+const char* cpu_kernels_name(CpuKernels k) { return k == CpuKernels::avx2 ? "avx2" : "portable"; }
+
+Status linear_cpu(const LinearParams& p) {
+  Status st = linear_validate(p, false);
+  if (!st.ok()) return st;
+  if (p.m == 0 || p.n == 0) return Status::Ok();
+  const KernelSet& ks = active_kernels();
+  const float* x = static_cast<const float*>(p.x);  // (M, K)
+  const float* bias = static_cast<const float*>(p.bias);
+  float* out = static_cast<float*>(p.out);  // (M, N)
+  const int64_t m = p.m;
+  const int n = p.n, k = p.k;
+  const int64_t wsize = dtype_size(p.w_dtype);
+  const WeightKind wk = p.w_dtype == DType::f16 ? kF16 : p.w_dtype == DType::i8 ? kI8 : kF32;
+  auto w_at = [&](int row, int col) {  // &W[row, col] in its storage dtype
+    return static_cast<const char*>(p.w) + (int64_t(row) * k + col) * wsize;
+  };
+  auto finish = [&](float y, int col) {  // the full sum over k -> y
+    if (wk == kI8) y *= p.w_scale[col];
+    return bias ? y + bias[col] : y;
+  };
+
+  if (m < kGemmMinRows) {
+    const int rows = static_cast<int>(m);
+    const float* xr[kMr];
+    for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
+#pragma omp parallel for schedule(static)
+    for (int n0 = 0; n0 < n; n0 += kNr) {
+      const int nt = std::min(kNr, n - n0);
+      const void* wr[kNr];
+      for (int c = 0; c < kNr; ++c) wr[c] = w_at(n0 + std::min(c, nt - 1), 0);  // clamp: duplicate, dropped
+      float acc[kMr * kNr];
+      ks.tile[wk][rows](xr, wr, k, acc);
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < nt; ++c) out[r * int64_t(n) + n0 + c] = finish(acc[r * kNr + c], n0 + c);
+    }
+    return Status::Ok();
+  }
+
+  const int panels = (n + kNc - 1) / kNc;
+  // One (kNc, kKc) fp32 panel of W per thread, allocated before the parallel region.
+  const int threads = host::max_threads();
+  std::vector<float> panel_buf;
+  st = host::alloc_scratch(panel_buf, int64_t(kNc) * kKc, threads, "linear");
+  if (!st.ok()) return st;
+#pragma omp parallel num_threads(threads)
+  {
+    float* const buf = panel_buf.data() + int64_t(host::thread_id()) * kNc * kKc;  // (kNc, kKc)
+#pragma omp for schedule(dynamic)
+    for (int pi = 0; pi < panels; ++pi) {
+      const int n0 = pi * kNc, nc = std::min(kNc, n - n0);
+      for (int k0 = 0; k0 < k; k0 += kKc) {
+        const int kc = std::min(kKc, k - k0);
+        const bool first = k0 == 0, last = k0 + kc == k;
+        ks.convert[wk](w_at(n0, k0), k, nc, kc, buf);
+        for (int64_t m0 = 0; m0 < m; m0 += kMr) {
+          const int rows = static_cast<int>(std::min<int64_t>(kMr, m - m0));
+          const float* xr[kMr];
+          for (int r = 0; r < rows; ++r) xr[r] = x + (m0 + r) * k + k0;
+          for (int j0 = 0; j0 < nc; j0 += kNr) {
+            const int nt = std::min(kNr, nc - j0);
+            const void* wr[kNr];
+            for (int c = 0; c < kNr; ++c) wr[c] = buf + int64_t(j0 + std::min(c, nt - 1)) * kc;
+            float acc[kMr * kNr];
+            ks.tile[kF32][rows](xr, wr, kc, acc);
+            for (int r = 0; r < rows; ++r)
+              for (int c = 0; c < nt; ++c) {
+                const int col = n0 + j0 + c;
+                float* o = out + (m0 + r) * n + col;
+                const float y = first ? acc[r * kNr + c] : *o + acc[r * kNr + c];
+                *o = last ? finish(y, col) : y;
+              }
+          }
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, float* scale) {
+  if (w == nullptr || q == nullptr || scale == nullptr || n <= 0 || k <= 0)
+    return Status::Invalid("quantize_weight_int8: needs a non-empty (N, K) weight");
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < n; ++r) {
+    const float* row = w + int64_t(r) * k;
+    float amax = 0.f;
+    for (int i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int i = 0; i < k; ++i)
+      q[int64_t(r) * k + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(row[i] * inv))));
+    scale[r] = amax / 127.f;
+  }
+  return Status::Ok();
+}
+
+}  // namespace rsvlm_edge

@@ -1,0 +1,42 @@
+// patch_embed: argument checks shared by every implementation, and the CUDA stub of CPU-only builds.
+#include <cmath>
+#include <string>
+
+#include "common/host_checks.h"
+#include "rsvlm_edge/patch_embed.h"
+
+namespace rsvlm_edge {
+
+Status patch_embed_validate(const PatchEmbedParams& p, bool cuda) {
+  const std::string op = "patch_embed: ";
+  if (p.batch < 0) return Status::Invalid(op + "batch must be >= 0, got " + std::to_string(p.batch));
+  if (p.patch < 1) return Status::Invalid(op + "patch size must be >= 1, got " + std::to_string(p.patch));
+  if (p.dim < 1) return Status::Invalid(op + "embedding dim must be >= 1, got " + std::to_string(p.dim));
+  if (p.patch > (int64_t(1) << 20) || p.dim > (int64_t(1) << 30))
+    return Status::Invalid(op + "patch size " + std::to_string(p.patch) + " or embedding dim " + std::to_string(p.dim) +
+                           " is too large");
+  if (p.height < p.patch || p.width < p.patch || p.height % p.patch != 0 || p.width % p.patch != 0)
+    return Status::Invalid(op + "image size " + std::to_string(p.height) + "x" + std::to_string(p.width) +
+                           " is not a positive multiple of the patch size " + std::to_string(p.patch) +
+                           "; resize the images to the model resolution first");
+  if (p.batch > 0 && (!p.images || !p.weight || !p.class_emb || !p.pos_emb || !p.out))
+    return Status::Invalid(op + "images, weight, class_emb, pos_emb and out must all be non-null");
+  if ((p.ln_gamma == nullptr) != (p.ln_beta == nullptr))
+    return Status::Invalid(op + "ln_gamma and ln_beta must be given together (or neither)");
+  for (int c = 0; c < 3; ++c)
+    if (!(p.std[c] != 0.f) || !std::isfinite(p.std[c]) || !std::isfinite(p.mean[c]))
+      return Status::Invalid(op + "mean/std must be finite and std non-zero (channel " + std::to_string(c) + ")");
+  if (!(p.eps > 0.f)) return Status::Invalid(op + "eps must be > 0");
+  const bool dtype_ok =
+      cuda ? (p.dtype == DType::f32 || p.dtype == DType::f16 || p.dtype == DType::bf16) : p.dtype == DType::f32;
+  if (!dtype_ok)
+    return Status::Invalid(op + "dtype " + dtype_name(p.dtype) + " is not supported on " +
+                           (cuda ? "CUDA (use float32, float16 or bfloat16)" : "CPU (use float32)"));
+  return Status::Ok();
+}
+
+#ifndef RSVLM_WITH_CUDA
+Status patch_embed_cuda(const PatchEmbedParams&, void*) { return host::no_cuda("patch_embed"); }
+#endif
+
+}  // namespace rsvlm_edge

@@ -1,0 +1,98 @@
+"""rms_norm (kernels/rms_norm/, csrc/bind_rms_norm.cpp): fast CPU path and CUDA kernel against the naive
+reference `_C.rms_norm_reference` (plain loops, fp64), and the reference against HF transformers'
+LlamaRMSNorm. Outputs are poisoned with NaN before each call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+C = pytest.importorskip("rsvlm_edge._C")
+
+ODD_SHAPES = [(1, 64), (7, 77), (54, 33), (97, 4096), (577, 5), (1297, 3), (3, 128)]
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (7, 77), (97, 4096), (3, 128)], ids=str)
+def test_rms_norm_and_reference_match_llama_rmsnorm(shape):
+    torch = pytest.importorskip("torch")
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    rng = np.random.default_rng(0)
+    x = randn(rng, *shape, scale=3.0)
+    w = randn(rng, shape[-1])
+    ref_mod = LlamaRMSNorm(shape[-1], eps=1e-5)
+    with torch.no_grad():
+        ref_mod.weight.copy_(torch.from_numpy(w))
+        hf = ref_mod(torch.from_numpy(x)).numpy()
+    out = np.full_like(x, np.nan)
+    assert C.rms_norm(x, w, 1e-5, out=out) is out
+    np.testing.assert_allclose(out, hf, rtol=1e-5, atol=1e-5)
+    ref = np.full_like(x, np.nan)
+    assert C.rms_norm_reference(x, w, 1e-5, out=ref) is ref
+    np.testing.assert_allclose(ref, hf, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
+def test_rms_norm_matches_reference(shape):
+    rng = np.random.default_rng(1)
+    x = randn(rng, *shape, scale=3.0)
+    w = randn(rng, shape[-1])
+    out = np.full_like(x, np.nan)
+    C.rms_norm(x, w, 1e-6, out=out)
+    ref = np.full_like(x, np.nan)
+    C.rms_norm_reference(x, w, 1e-6, out=ref)
+    assert np.isfinite(ref).all()
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
+
+
+def test_rms_norm_in_place():
+    rng = np.random.default_rng(1)
+    x = randn(rng, 5, 33)
+    w = randn(rng, 33)
+    expect = C.rms_norm(x, w)
+    ref = x.copy()
+    C.rms_norm_reference(ref, w, out=ref)
+    C.rms_norm(x, w, out=x)
+    np.testing.assert_array_equal(x, expect)
+    np.testing.assert_allclose(x, ref, rtol=2e-6, atol=2e-6)
+
+
+def test_rms_norm_zero_rows_and_bad_arguments():
+    w = np.ones(16, np.float32)
+    for fn in (C.rms_norm, C.rms_norm_reference):
+        assert fn(np.zeros((0, 16), np.float32), w).shape == (0, 16)
+        with pytest.raises(ValueError, match=r"argument 'weight' must have shape \(D=16,\) float32"):
+            fn(np.zeros((3, 16), np.float32), np.zeros(15, np.float32))
+        with pytest.raises(ValueError, match=r"argument 'x' must have D >= 1"):
+            fn(np.zeros((3, 0), np.float32), np.zeros(0, np.float32))
+        with pytest.raises(ValueError, match=r"argument 'eps' must be >= 0"):
+            fn(np.zeros((3, 16), np.float32), w, float("nan"))
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 64), (7, 77), (97, 4096), (577, 5)], ids=str)
+def test_cuda_rms_norm_matches_reference(cuda_device, dtype_name, shape):
+    if not C.built_with_cuda():
+        pytest.skip("rsvlm_edge was built without CUDA kernels")
+    import torch
+
+    dt = getattr(torch, dtype_name)
+    tol = CUDA_TOL[dtype_name]
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(randn(rng, *shape, scale=3.0)).to(dt)  # inputs rounded to the GPU dtype
+    w = torch.from_numpy(randn(rng, shape[-1])).to(dt)
+    out = torch.full(shape, float("nan"), dtype=dt, device="cuda")
+    C.rms_norm(x.cuda(), w.cuda(), 1e-5, out=out)
+    ref = C.rms_norm_reference(x.float().numpy(), w.float().numpy(), 1e-5, out=np.full(shape, np.nan, np.float32))
+    np.testing.assert_allclose(out.float().cpu().numpy(), ref, rtol=tol, atol=tol * 4)

@@ -1,0 +1,71 @@
+"""swiglu (kernels/swiglu/, csrc/bind_swiglu.cpp): fast CPU path and CUDA kernel against the naive
+reference `_C.swiglu_reference` (fp64), and the reference against torch's silu. Outputs are poisoned
+with NaN before each call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+C = pytest.importorskip("rsvlm_edge._C")
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def test_swiglu_reference_matches_torch_silu():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    g = randn(rng, 7, 97, scale=4.0)
+    u = randn(rng, 7, 97)
+    expect = (torch.nn.functional.silu(torch.from_numpy(g).double()) * torch.from_numpy(u).double()).numpy()
+    ref = np.full_like(g, np.nan)
+    assert C.swiglu_reference(g, u, out=ref) is ref
+    np.testing.assert_allclose(ref, expect, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(1, 11008), (7, 97), (15, 33), (54, 1), (577, 7), (1297, 3)], ids=str)
+def test_swiglu_matches_reference(shape):
+    rng = np.random.default_rng(4)
+    g = randn(rng, *shape, scale=4.0)
+    u = randn(rng, *shape)
+    out = np.full_like(g, np.nan)
+    C.swiglu(g, u, out=out)
+    ref = np.full_like(g, np.nan)
+    C.swiglu_reference(g, u, out=ref)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    C.swiglu(g, u, out=g)  # in place over gate
+    np.testing.assert_array_equal(g, out)
+
+
+def test_swiglu_empty_and_bad_arguments():
+    for fn in (C.swiglu, C.swiglu_reference):
+        assert fn(np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32)).shape == (0, 5)
+        with pytest.raises(ValueError, match=r"argument 'up' must have shape \(T=3, F=16\) float32"):
+            fn(np.zeros((3, 16), np.float32), np.zeros((3, 15), np.float32))
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", [(7, 11008), (1297, 3)], ids=str)
+def test_cuda_swiglu_matches_reference(cuda_device, dtype_name, shape):
+    if not C.built_with_cuda():
+        pytest.skip("rsvlm_edge was built without CUDA kernels")
+    import torch
+
+    dt = getattr(torch, dtype_name)
+    tol = CUDA_TOL[dtype_name]
+    rng = np.random.default_rng(8)
+    g = torch.from_numpy(randn(rng, *shape, scale=4.0)).to(dt)
+    u = torch.from_numpy(randn(rng, *shape)).to(dt)
+    out = torch.full(shape, float("nan"), dtype=dt, device="cuda")
+    C.swiglu(g.cuda(), u.cuda(), out=out)
+    ref = C.swiglu_reference(g.float().numpy(), u.float().numpy())
+    np.testing.assert_allclose(out.float().cpu().numpy(), ref, rtol=tol, atol=tol)
