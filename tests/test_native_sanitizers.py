@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.campaign("native")
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_kernels_linear.py", "tests/test_kernels_rms_norm.py", "tests/test_kernels_rope.py",
          "tests/test_kernels_swiglu.py", "tests/test_kernels_kv_attention.py", "tests/test_kernels_patch_embed.py",
@@ -38,8 +40,6 @@ assert C.__file__.startswith(pkg), f"imported {C.__file__}, not the sanitized bu
 assert C.built_with_sanitizers(), f"{C.__file__} was not built with RSVLM_SANITIZE=ON"
 print("sanitized _C:", C.__file__, flush=True)
 import pytest
-
-pytestmark = pytest.mark.campaign("native")
 sys.exit(pytest.main(sys.argv[1:]))
 """
 
