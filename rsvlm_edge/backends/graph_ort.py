@@ -1,16 +1,25 @@
 """onnxruntime graph backends: ``ort-cuda`` (CUDAExecutionProvider, falling back to CPU) and
 ``ort-cpu``.
 
-A session is checked against its manifest part when it opens: the graph's input and output names,
-element types and ranks, and every fixed dimension must be what the manifest says, so a graph
-that contradicts its manifest is refused before anything runs.
+Before onnxruntime opens a graph, every external-data reference in it (``TensorProto.external_data``
+``location`` of initializers, Constant/attribute tensors, sparse tensors, subgraphs and functions)
+is read with a small protobuf walk (no ``onnx`` package, no torch) and must name a file that is
+relative, has no '..', stays inside the bundle after following symlinks, and is listed in the
+manifest's ``files`` (so ``open_bundle`` has checked its size and sha256). Anything else is refused
+with a ``BundleError`` naming the location, and onnxruntime never sees the graph, so nothing outside
+the bundle is read.
+
+A session is then checked against its manifest part: the graph's input and output names, element
+types and ranks, and every fixed dimension must be what the manifest says, so a graph that
+contradicts its manifest is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -33,6 +42,198 @@ def _version() -> str:
     return f"onnxruntime {ort.__version__}"
 
 
+# ---- external-data references of an ONNX file --------------------------------------------------
+
+class ExternalRef(NamedTuple):
+    """One ``external_data`` reference of a tensor: the tensor's name and its key/value entries."""
+
+    tensor: str
+    location: str | None
+    offset: str | None
+    length: str | None
+
+
+class OnnxParseError(ValueError):
+    """The file is not a well-formed ONNX protobuf (truncated, or not ONNX at all)."""
+
+
+# Message kinds and, per kind, the length-delimited fields that hold messages that can (transitively)
+# hold a TensorProto. Field numbers from onnx/onnx.proto (stable since IR version 3).
+_MODEL, _GRAPH, _NODE, _ATTR, _TENSOR, _SPARSE, _FUNC, _TRAIN, _ENTRY = range(9)
+_CHILDREN: dict[int, dict[int, int]] = {
+    _MODEL: {7: _GRAPH, 20: _TRAIN, 25: _FUNC},          # graph, training_info, functions
+    _TRAIN: {1: _GRAPH, 2: _GRAPH},                       # initialization, algorithm
+    _FUNC: {7: _NODE},                                    # node
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},          # node, initializer, sparse_initializer
+    _NODE: {5: _ATTR},                                    # attribute
+    _ATTR: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},  # t, g, tensors, graphs, sparse
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},                    # values, indices
+    _TENSOR: {13: _ENTRY},                                # external_data (StringStringEntryProto)
+}
+_TENSOR_NAME, _ENTRY_KEY, _ENTRY_VALUE = 8, 1, 2
+_MAX_DEPTH = 100  # protobuf's own default recursion limit
+ORT_MEMORY_TAG = "_ORT_MEM_ADDR_"  # onnxruntime reads location "*/_ORT_MEM_ADDR_/*" from a raw memory address
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise OnnxParseError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def _scan(buf: Any, pos: int, end: int, kind: int, depth: int, out: list[ExternalRef]) -> tuple[bytes, bytes] | None:
+    """Walk one message of ``kind`` in ``buf[pos:end]``, appending the external-data references of
+    every tensor it (transitively) holds to ``out``. An ``_ENTRY`` returns its (key, value)."""
+    if depth > _MAX_DEPTH:
+        raise OnnxParseError(f"messages nested deeper than {_MAX_DEPTH}")
+    children = _CHILDREN.get(kind, {})
+    name = b""
+    entries: list[tuple[bytes, bytes]] = []
+    key_value = [b"", b""]
+    while pos < end:
+        tag, pos = _varint(buf, pos, end)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise OnnxParseError("field number 0")
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            if size > end - pos:
+                raise OnnxParseError("a length-delimited field runs past its message")
+            child = children.get(field)
+            if child == _ENTRY:
+                entries.append(_scan(buf, pos, pos + size, _ENTRY, depth + 1, out))  # type: ignore[arg-type]
+            elif child is not None:
+                _scan(buf, pos, pos + size, child, depth + 1, out)
+            elif kind == _TENSOR and field == _TENSOR_NAME:
+                name = bytes(buf[pos:pos + size])
+            elif kind == _ENTRY and field in (_ENTRY_KEY, _ENTRY_VALUE):
+                key_value[field - 1] = bytes(buf[pos:pos + size])
+            pos += size
+        else:  # groups (3, 4) are not used by onnx.proto; 6, 7 do not exist
+            raise OnnxParseError(f"wire type {wire}")
+        if pos > end:
+            raise OnnxParseError("a fixed-size field runs past its message")
+    if kind == _ENTRY:
+        return key_value[0], key_value[1]
+    if kind == _TENSOR and entries:
+        found: dict[str, list[str]] = {}
+        for k, v in entries:
+            found.setdefault(_text(k), []).append(_text(v))
+        locations = found.get("location") or [None]  # type: ignore[list-item]
+        for loc in locations:  # every value is checked, whichever one a reader would take
+            out.append(ExternalRef(_text(name), loc, (found.get("offset") or [None])[-1],
+                                   (found.get("length") or [None])[-1]))
+    return None
+
+
+def external_data_refs(data: Any) -> list[ExternalRef]:
+    """Every external-data reference in a serialized ``ModelProto`` (bytes or an mmap)."""
+    out: list[ExternalRef] = []
+    _scan(data, 0, len(data), _MODEL, 0, out)
+    return out
+
+
+def external_data_refs_of_file(path: Path) -> list[ExternalRef]:
+    """``external_data_refs`` of an ONNX file, memory-mapped (tensor payloads are skipped, not read)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return external_data_refs(data)
+
+
+def _bundle_root(part: Any, path: Path) -> tuple[Path, PurePosixPath]:
+    """(bundle directory, directory of the graph inside the bundle) for a graph at ``path``."""
+    rel = PurePosixPath(str(getattr(part, "file", "") or path.name))
+    if len(rel.parts) > 1 and path.as_posix().endswith("/" + rel.as_posix()):
+        return path.parents[len(rel.parts) - 1], rel.parent
+    return path.parent, PurePosixPath(".")
+
+
+def check_external_data(part: Any, path: Path, files: Mapping[str, Any] | None = None) -> list[str]:
+    """Bundle-relative names of the external-data files the graph at ``path`` reads, after checking
+    that each is a relative path without '..', listed in ``files`` (default: the bundle manifest's
+    ``files``), and inside the bundle after following symlinks; else ``BundleError``. Nothing
+    outside the bundle is opened, and nothing about a file outside it is reported."""
+    from ..bundle.schema import check_relpath
+
+    root, graph_dir = _bundle_root(part, path)
+    fix = "re-export the bundle with `rsvlm-edge export`; a graph may only read files listed in the manifest"
+    try:
+        refs = external_data_refs_of_file(path)
+    except OnnxParseError as e:
+        raise BundleError(f"'{path.name}' of bundle '{root}' is not a valid ONNX file ({e})", "re-export the bundle") from None
+    except OSError as e:
+        raise BundleError(f"cannot read '{path.name}' of bundle '{root}' ({e.strerror})",
+                          "check the bundle's file permissions") from None
+    if not refs:
+        return []
+    if files is None:
+        from ..bundle import read_manifest
+
+        files = read_manifest(root).files
+    real_root = root.resolve()
+    names: list[str] = []
+    for ref in refs:
+        what = f"'{path.name}' of bundle '{root}': tensor '{ref.tensor[:200]}' reads external data from"
+        loc = ref.location
+        if loc is None:
+            raise BundleError(f"{what} a file it does not name (external_data without 'location')", fix)
+        shown = loc[:200]
+        if ORT_MEMORY_TAG in loc:
+            raise BundleError(f"{what} '{shown}', onnxruntime's raw memory-address marker", fix)
+        try:
+            check_relpath(loc)
+        except ValueError:
+            raise BundleError(f"{what} '{shown}', which is not a relative path inside the bundle "
+                              "(absolute, '..', or empty components)", fix) from None
+        name = (graph_dir / loc).as_posix()
+        if name not in files:
+            raise BundleError(f"{what} '{shown}', which the manifest does not list (so it is not size- and "
+                              "sha256-checked)", fix)
+        try:
+            real = (root / name).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            real = root / name
+        if real.is_symlink() or real_root not in real.parents:
+            raise BundleError(f"{what} '{shown}', a link that leaves the bundle",
+                              "copy the bundle with real files (cp -rL), or re-export it")
+        if not real.is_file():
+            raise BundleError(f"{what} '{shown}', which is missing", "copy the whole bundle directory again")
+        size = real.stat().st_size
+        try:
+            offset = int(ref.offset or 0)
+            length = int(ref.length) if ref.length is not None else size - offset
+        except ValueError:
+            raise BundleError(f"{what} '{shown}' at offset {ref.offset!r:.40} length {ref.length!r:.40}, "
+                              "which are not integers", fix) from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise BundleError(f"{what} '{shown}' at bytes {offset}..{offset + length}, past its end ({size} bytes)", fix)
+        if name not in names:
+            names.append(name)
+    return names
+
+
 class OrtGraph:
     """An onnxruntime InferenceSession for one graph part.
 
@@ -42,12 +243,15 @@ class OrtGraph:
     """
 
     def __init__(self, part: Any, path: str | os.PathLike[str], providers: list[str], backend: str,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, files: Mapping[str, Any] | None = None) -> None:
+        """``files``: the bundle manifest's ``files`` (read from the bundle's manifest.json when
+        None and the graph has external data)."""
         import onnxruntime as ort
 
         self.part = part
         self.path = Path(path)
         self.backend = backend
+        self.external_files = check_external_data(part, self.path, files)  # before onnxruntime reads anything
         opts = ort.SessionOptions()
         level = ort.GraphOptimizationLevel
         opts.graph_optimization_level = level.ORT_ENABLE_EXTENDED if part.precision == "fp16" else level.ORT_ENABLE_ALL

@@ -30,7 +30,6 @@ vision = transformers ``CLIPVisionModel`` names (``embeddings.*``, ``pre_layrnor
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -86,7 +85,13 @@ class VlmCheckpoint:
 
 
 def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
-    """All tensors of a checkpoint directory (single file or shards with an index json)."""
+    """All tensors of a checkpoint directory (single file or shards with an index json).
+
+    A shard index must be a JSON object whose ``weight_map`` maps tensor names to file names inside
+    the checkpoint directory (no absolute paths, no '..', no symlinks leaving it); every tensor is
+    read from exactly one shard."""
+    from .validate import check_names, checkpoint_file
+
     candidates = [
         ("model.safetensors.index.json", None),
         ("pytorch_model.bin.index.json", None),
@@ -95,14 +100,32 @@ def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
     ]
     for index_name, single in candidates:
         if index_name and (ckpt_dir / index_name).is_file():
-            index_path = ckpt_dir / index_name
-            try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index_path} is not a valid shard index ({e})", "re-download the checkpoint") from None
+            index_path = checkpoint_file(ckpt_dir, index_name, f"checkpoint directory '{ckpt_dir}'")
+            weight_map = _read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                kind = "missing" if weight_map is None else f"a JSON {type(weight_map).__name__}"
+                raise CheckpointError(
+                    f"{index_path} is not a valid shard index ('weight_map' is {kind}, expected an object "
+                    "mapping tensor names to shard files)",
+                    "re-download the checkpoint's index json",
+                )
+            check_names(weight_map, index_path)
+            shards = {}
+            for shard in weight_map.values():
+                if shard not in shards:
+                    shards[shard] = checkpoint_file(ckpt_dir, shard, index_path)
             tensors: dict[str, Any] = {}
-            for shard in sorted(set(weight_map.values())):
-                tensors.update(_read_file(ckpt_dir / shard))
+            origin: dict[str, str] = {}
+            for shard in sorted(shards):
+                part = _read_file(shards[shard])
+                for name in part:
+                    if name in origin:
+                        raise CheckpointError(
+                            f"tensor '{name}' is in both '{origin[name]}' and '{shard}' of {index_path}",
+                            "re-download the checkpoint (shards from different versions are mixed)",
+                        )
+                    origin[name] = shard
+                tensors.update(part)
             missing = set(weight_map) - tensors.keys()
             if missing:
                 raise CheckpointError(
@@ -111,7 +134,7 @@ def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
                 )
             return tensors
         if single and (ckpt_dir / single).is_file():
-            return _read_file(ckpt_dir / single)
+            return _read_file(checkpoint_file(ckpt_dir, single, f"checkpoint directory '{ckpt_dir}'"))
     found = sorted(p.name for p in ckpt_dir.iterdir())[:10]
     raise CheckpointError(
         f"no weights in '{ckpt_dir}' (looked for model.safetensors, pytorch_model.bin and their *.index.json; found {found})",
@@ -120,8 +143,8 @@ def read_tensors(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    import torch
-
+    """One weight file: name -> tensor (``torch_io.load_tensor_file`` refuses non-tensor values,
+    integer or non-finite weights and wrong-rank tensors, naming them)."""
     from .torch_io import load_tensor_file
 
     if not path.is_file():
@@ -129,7 +152,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     obj = load_tensor_file(path)
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return dict(obj)
 
 
 def detect_layout(names: list[str]) -> str:
@@ -186,39 +209,82 @@ def split_parts(tensors: dict[str, Any], layout: str) -> tuple[dict[str, Any], d
     return out, vision, projector
 
 
+_REQUIRED = object()
+
+
+def _cfg_int(cfg: dict[str, Any], key: str, default: Any = _REQUIRED, minimum: int | None = 1,
+             where: str = "config.json") -> int:
+    """An integer setting of a config, refused with the key named when absent or not an integer."""
+    value = cfg.get(key, default)
+    if value is _REQUIRED:
+        raise CheckpointError(f"{where} has no '{key}'", "restore the checkpoint's config.json")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        want = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise CheckpointError(f"{where}: '{key}' is {value!r:.60}, expected {want}", "restore the checkpoint's config.json")
+    return value
+
+
+def _cfg_float(cfg: dict[str, Any], key: str, default: float, where: str = "config.json") -> float:
+    """A positive finite float setting of a config."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{where}: '{key}' is {value!r:.60}, expected a positive finite number",
+                              "restore the checkpoint's config.json")
+    return float(value)
+
+
 def _decoder_config(cfg: dict[str, Any], decoder: dict[str, Any]) -> DecoderConfig:
+    from .validate import block_indices
+
     model_type = cfg.get("model_type", "llama")
     if model_type not in ("llama", "mistral", "qwen2"):
         # LLaVA repos name their own model_type (llava, llava_llama, geochat); the decoder is LLaMA.
         model_type = "llama"
-    hidden = int(cfg["hidden_size"])
-    heads = int(cfg["num_attention_heads"])
+    hidden = _cfg_int(cfg, "hidden_size")
+    heads = _cfg_int(cfg, "num_attention_heads")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"config.json: rope settings are {rope!r:.60}, expected an object",
+                              "restore the checkpoint's config.json")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", None):
         raise CheckpointError(
             f"RoPE scaling type '{rope_type}' is not supported yet", "use a checkpoint with plain RoPE"
         )
-    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    theta = _cfg_float(rope, "rope_theta", _cfg_float(cfg, "rope_theta", 10000.0))
     eos = cfg.get("eos_token_id")
     if isinstance(eos, list):
-        eos = eos[0]
+        eos = eos[0] if eos else None
+    bos = cfg.get("bos_token_id")
+    for key, value in (("bos_token_id", bos), ("eos_token_id", eos)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise CheckpointError(f"config.json: '{key}' is {value!r:.60}, expected a token id",
+                                  "restore the checkpoint's config.json")
+    head_dim = cfg.get("head_dim") or None
     dc = DecoderConfig(
         model_type=model_type,
-        vocab_size=int(cfg["vocab_size"]),
+        vocab_size=_cfg_int(cfg, "vocab_size"),
         hidden_size=hidden,
-        intermediate_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
+        intermediate_size=_cfg_int(cfg, "intermediate_size"),
+        num_layers=_cfg_int(cfg, "num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or hidden // heads),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=_cfg_int(cfg, "num_key_value_heads") if cfg.get("num_key_value_heads") is not None else heads,
+        head_dim=_cfg_int(cfg, "head_dim") if head_dim is not None else hidden // heads,
+        rms_norm_eps=_cfg_float(cfg, "rms_norm_eps", 1e-6),
         rope_theta=theta,
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+        max_position_embeddings=_cfg_int(cfg, "max_position_embeddings", 2048),
         attention_bias="layers.0.q_proj.bias" in decoder,
-        bos_token_id=cfg.get("bos_token_id"),
+        bos_token_id=bos,
         eos_token_id=eos,
     )
+    if dc.num_heads % dc.num_kv_heads:
+        raise CheckpointError(f"config.json: num_attention_heads {dc.num_heads} is not a multiple of "
+                              f"num_key_value_heads {dc.num_kv_heads}", "restore the checkpoint's config.json")
+    if dc.head_dim < 1:
+        raise CheckpointError(f"config.json: hidden_size {hidden} / num_attention_heads {heads} gives head_dim 0",
+                              "restore the checkpoint's config.json")
     expect = {
         "embed_tokens.weight": (dc.vocab_size, dc.hidden_size),
         "layers.0.q_proj.weight": (dc.num_heads * dc.head_dim, dc.hidden_size),
@@ -234,7 +300,7 @@ def _decoder_config(cfg: dict[str, Any], decoder: dict[str, Any]) -> DecoderConf
                 f"decoder tensor '{name}' has shape {tuple(decoder[name].shape)}, config.json implies {shape}",
                 "the config.json does not belong to these weights",
             )
-    layers = {int(k.split(".")[1]) for k in decoder if k.startswith("layers.")}
+    layers = set(block_indices(decoder, "layers.", "decoder layer", "the checkpoint"))
     if layers != set(range(dc.num_layers)):
         raise CheckpointError(
             f"checkpoint has decoder layers {sorted(layers)[:3]}..{max(layers, default=-1)}, config.json says {dc.num_layers}",
@@ -248,6 +314,8 @@ def infer_vision_config(
 ) -> tuple[VisionConfig, int]:
     """Vision config (from ``vcfg`` when given, else from tensor shapes) and the checkpoint's
     own position-embedding grid. ``image_size`` overrides the resolution (pos-emb interpolation)."""
+    from .validate import block_indices
+
     try:
         patch_w = vision["embeddings.patch_embedding.weight"]
         pos = vision["embeddings.position_embedding.weight"]
@@ -256,27 +324,49 @@ def infer_vision_config(
             "the checkpoint has no vision tower weights (LLaVA-1.5 style checkpoints load CLIP separately)",
             "pass --vision-tower DIR with a local copy of the CLIP model named by mm_vision_tower",
         ) from None
-    width, _, patch, _ = patch_w.shape
+    width, channels, patch, patch_w2 = patch_w.shape  # 4-D: checked when the file was read
+    if channels != 3 or patch != patch_w2 or min(width, patch) < 1:
+        raise CheckpointError(f"vision tensor 'embeddings.patch_embedding.weight' has shape {tuple(patch_w.shape)}, "
+                              "expected (width, 3, patch, patch)", "the checkpoint is corrupt; restore it from its source")
+    if pos.dim() != 2 or pos.shape[0] < 2:
+        raise CheckpointError(f"vision tensor 'embeddings.position_embedding.weight' has shape {tuple(pos.shape)}, "
+                              "expected (1 + grid*grid, width)", "the checkpoint is corrupt; restore it from its source")
     grid0 = math.isqrt(pos.shape[0] - 1)
     if grid0 * grid0 != pos.shape[0] - 1:
         raise CheckpointError(f"vision position embedding has {pos.shape[0]} rows, not 1 + a square grid")
-    layers = len({int(k.split(".")[2]) for k in vision if k.startswith("encoder.layers.")})
+    layers = len(block_indices(vision, "encoder.layers.", "vision layer", "the checkpoint"))
+    if layers == 0 or "encoder.layers.0.mlp.fc1.weight" not in vision:
+        raise CheckpointError("the vision tower has no transformer layers (vision tensor "
+                              "'encoder.layers.0.mlp.fc1.weight' is missing)", "re-download the checkpoint")
+    if vcfg is not None and not isinstance(vcfg, dict):
+        raise CheckpointError(f"the vision config is a JSON {type(vcfg).__name__}, expected an object",
+                              "restore the checkpoint's config.json")
     vcfg = vcfg or {}
-    size = image_size or int(vcfg.get("image_size", grid0 * patch))
+    size = image_size or _cfg_int(vcfg, "image_size", int(grid0 * patch), where="vision config")
     if size % patch:
         raise CheckpointError(f"image size {size} is not a multiple of the patch size {patch}")
     if not -layers <= select_layer <= layers:
         raise CheckpointError(f"vision select layer {select_layer} is out of range for {layers} layers")
+    heads = _cfg_int(vcfg, "num_attention_heads", max(1, int(width) // 64), where="vision config")
+    if width % heads:
+        raise CheckpointError(f"vision config: width {width} is not a multiple of num_attention_heads {heads}",
+                              "restore the checkpoint's config.json")
+    act = vcfg.get("hidden_act", "quick_gelu")
+    from transformers.activations import ACT2FN
+
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise CheckpointError(f"vision config: hidden_act {act!r:.40} is not an activation transformers knows",
+                              "restore the checkpoint's config.json (CLIP towers use quick_gelu)")
     return (
         VisionConfig(
             hidden_size=int(width),
             intermediate_size=int(vision["encoder.layers.0.mlp.fc1.weight"].shape[0]),
             num_layers=layers,
-            num_heads=int(vcfg.get("num_attention_heads", max(1, width // 64))),
+            num_heads=heads,
             patch_size=int(patch),
             image_size=int(size),
-            layer_norm_eps=float(vcfg.get("layer_norm_eps", 1e-5)),
-            hidden_act=str(vcfg.get("hidden_act", "quick_gelu")),
+            layer_norm_eps=_cfg_float(vcfg, "layer_norm_eps", 1e-5, where="vision config"),
+            hidden_act=str(act),
             select_layer=int(select_layer),
             select_feature=select_feature,
         ),
@@ -284,18 +374,43 @@ def infer_vision_config(
     )
 
 
+_CONFIG_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "max_position_embeddings", "head_dim", "image_size", "patch_size")
+
+
+def _check_config_types(cfg: dict[str, Any], where: str) -> None:
+    """The shape settings a config gives are positive integers, eps/theta positive finite numbers and
+    RoPE settings an object: checked before transformers sees them, so the key is named."""
+    for key in _CONFIG_INTS:
+        if cfg.get(key) is not None:
+            _cfg_int(cfg, key, where=where)
+    for key in ("rms_norm_eps", "layer_norm_eps", "rope_theta"):
+        if cfg.get(key) is not None:
+            _cfg_float(cfg, key, 1.0, where=where)
+    for key in ("rope_scaling", "rope_parameters"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise CheckpointError(f"{where}: rope settings are {cfg[key]!r:.60}, expected an object",
+                                  "restore the checkpoint's config.json")
+
+
 def _complete_llava_config(ckpt_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(text_config, vision_config) with transformers' defaults filled in: configs saved as a
     diff against the defaults (e.g. llava-hf/llava-1.5-7b-hf) omit hidden_size, layers, heads..."""
     if not isinstance(cfg.get("text_config"), dict):
         raise CheckpointError(f"{ckpt_dir / 'config.json'} has no text_config", "expected a LlavaConfig config.json")
+    _check_config_types(cfg["text_config"], "config.json text_config")
+    if cfg.get("vision_config") is not None:
+        if not isinstance(cfg["vision_config"], dict):
+            raise CheckpointError(f"{ckpt_dir / 'config.json'}: vision_config is not an object",
+                                  "expected a LlavaConfig config.json")
+        _check_config_types(cfg["vision_config"], "config.json vision_config")
     from transformers import AutoConfig
 
     try:
         full = AutoConfig.from_pretrained(str(ckpt_dir))
-    except (ValueError, KeyError, OSError) as e:
+    except Exception as e:  # transformers / huggingface_hub raise many types for a bad config
         raise CheckpointError(
-            f"{ckpt_dir / 'config.json'} is not a config transformers can read ({e})",
+            f"{ckpt_dir / 'config.json'} is not a config transformers can read ({e.__class__.__name__}: {str(e)[:200]})",
             "expected a LlavaForConditionalGeneration config (model_type 'llava')",
         ) from None
     return full.text_config.to_dict(), full.vision_config.to_dict()
@@ -305,11 +420,13 @@ def _complete_llama_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """An original LLaVA config.json (LLaMA keys + mm_* keys) with LlamaConfig's defaults filled in."""
     from transformers import LlamaConfig
 
+    _check_config_types(cfg, "config.json")
     keys = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
     try:
         return LlamaConfig(**keys).to_dict()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json has invalid LLaMA settings ({e})", "restore the checkpoint's config.json") from None
+    except Exception as e:  # transformers / huggingface_hub raise many types for a bad config
+        raise CheckpointError(f"config.json has invalid LLaMA settings ({e.__class__.__name__}: {str(e)[:200]})",
+                              "restore the checkpoint's config.json") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -346,7 +463,7 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint directory '{ckpt_dir}' does not exist", "pass the directory holding config.json")
     if not (ckpt_dir / "config.json").is_file():
         raise CheckpointError(f"'{ckpt_dir}' has no config.json", "pass the checkpoint directory (with config.json)")
-    cfg = _read_json(ckpt_dir / "config.json")
+    cfg = _read_json(ckpt_dir / "config.json")  # refuses anything but a JSON object
     tensors = read_tensors(ckpt_dir)
     layout = detect_layout(list(tensors))
     decoder, vision, projector = split_parts(tensors, layout)
@@ -355,8 +472,9 @@ def load_checkpoint(
     if layout == "hf":
         text_cfg, vision_cfg = _complete_llava_config(ckpt_dir, cfg)
         select_layer = cfg.get("vision_feature_layer", -2)
-        if not isinstance(select_layer, int):
+        if isinstance(select_layer, list):
             raise CheckpointError("multi-layer vision_feature_layer is not supported", "use a single select layer")
+        select_layer = _cfg_int(cfg, "vision_feature_layer", -2, minimum=None)
         select_feature = "patch" if cfg.get("vision_feature_select_strategy", "default") == "default" else "cls_patch"
         proj_act = cfg.get("projector_hidden_act", "gelu")
         if proj_act != "gelu":
@@ -368,21 +486,24 @@ def load_checkpoint(
             dec_cfg = {**dec_cfg, "tie_word_embeddings": True}
     else:
         vision_cfg = None
-        select_layer = int(cfg.get("mm_vision_select_layer", -2))
+        select_layer = _cfg_int(cfg, "mm_vision_select_layer", -2, minimum=None)
         select_feature = cfg.get("mm_vision_select_feature", "patch")
         projector_type = cfg.get("mm_projector_type", "linear")
         aspect = cfg.get("image_aspect_ratio", "square")
         dec_cfg = _complete_llama_config(cfg)
+        archs = cfg.get("architectures") or []
         is_geochat = "geochat" in str(cfg.get("model_type", "")).lower() or any(
-            "geochat" in a.lower() for a in cfg.get("architectures", [])
+            "geochat" in str(a).lower() for a in (archs if isinstance(archs, list) else [archs])
         )
         if is_geochat and image_size is None:
             image_size = GEOCHAT_IMAGE_SIZE
             notes.append("GeoChat: vision position embeddings interpolated to 504 px (36x36), as GeoChat's clip_encoder")
     if projector_type not in ("linear", "mlp2x_gelu"):
-        raise CheckpointError(f"projector type '{projector_type}' is not supported", "supported: linear, mlp2x_gelu")
+        raise CheckpointError(f"projector type {projector_type!r:.60} is not supported", "supported: linear, mlp2x_gelu")
     if select_feature not in ("patch", "cls_patch"):
-        raise CheckpointError(f"vision select feature '{select_feature}' is not supported", "supported: patch, cls_patch")
+        raise CheckpointError(f"vision select feature {select_feature!r:.60} is not supported", "supported: patch, cls_patch")
+    if aspect not in ("square", "pad", "resize", None):
+        raise CheckpointError(f"image_aspect_ratio {aspect!r:.60} is not supported", "supported: square, pad")
 
     if "lm_head.weight" not in decoder:
         if dec_cfg.get("tie_word_embeddings") and "embed_tokens.weight" in decoder:
@@ -400,24 +521,33 @@ def load_checkpoint(
             vision["embeddings.position_embedding.weight"], vc.grid
         )
         notes.append(f"vision position embeddings interpolated {grid0}x{grid0} -> {vc.grid}x{vc.grid} (bicubic, align_corners)")
+    last = "fc2.weight" if projector_type == "mlp2x_gelu" else "fc1.weight"
+    for name in ("fc1.weight", last):
+        if name not in projector:
+            raise CheckpointError(f"projector tensor '{name}' is missing from the checkpoint "
+                                  f"(mm_projector_type {projector_type})", "re-download the checkpoint")
     if projector["fc1.weight"].shape[1] != vc.hidden_size:
         raise CheckpointError(
             f"projector input width {projector['fc1.weight'].shape[1]} != vision width {vc.hidden_size}",
             "the projector and vision tower do not belong together",
         )
-    last = "fc2.weight" if projector_type == "mlp2x_gelu" else "fc1.weight"
     if projector[last].shape[0] != dc.hidden_size:
         raise CheckpointError(
             f"projector output width {projector[last].shape[0]} != decoder width {dc.hidden_size}",
             "the projector and decoder do not belong together",
         )
+    from .validate import validate_llava_parts
+
+    validate_llava_parts(decoder, vision, projector, dc, vc, projector_type, ckpt_dir)
 
     mean, std = OPENAI_MEAN, OPENAI_STD
     pp_path = ckpt_dir / "preprocessor_config.json"
     if pp_path.is_file():
         pp = _read_json(pp_path)
-        mean = tuple(pp.get("image_mean", mean))
-        std = tuple(pp.get("image_std", std))
+        mean = _norm_stats(pp, "image_mean", mean, pp_path)
+        std = _norm_stats(pp, "image_std", std, pp_path)
+        if min(std) <= 0:
+            raise CheckpointError(f"{pp_path}: image_std {list(std)} has a value <= 0", "restore preprocessor_config.json")
     preprocess = {
         "image_size": vc.image_size,
         # transformers' CLIPImageProcessor (LLaVA's processor) crops at (margin // 2).
@@ -439,6 +569,17 @@ def load_checkpoint(
         template=template or "llava_v1",
         notes=notes,
     )
+
+
+def _norm_stats(pp: dict[str, Any], key: str, default: tuple[float, ...], where: Path) -> tuple[float, ...]:
+    """Three finite numbers (image_mean / image_std of a preprocessor config)."""
+    value = pp.get(key, default)
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok:
+        raise CheckpointError(f"{where}: '{key}' is {value!r:.80}, expected three finite numbers (R, G, B)",
+                              "restore preprocessor_config.json from the checkpoint source")
+    return tuple(float(v) for v in value)
 
 
 def interpolate_pos_embedding(pos: Any, grid: int) -> Any:
