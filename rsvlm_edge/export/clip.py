@@ -73,8 +73,11 @@ def _calibration_pixels(calib: Path | None, size: int, n_synthetic: int) -> np.n
 
 def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32", calib: str | Path | None = None,
                 max_batch: int = 64, activation: str | None = None, overwrite: bool = False,
-                calib_batch: int = 8, n_synthetic_calib: int = 64) -> Bundle:
-    """Export a CLIP checkpoint to a bundle and report per-output cosine vs the torch fp32 model."""
+                calib_batch: int = 8, n_synthetic_calib: int = 64, preset: str | None = None) -> Bundle:
+    """Export a CLIP checkpoint to a bundle and report per-output cosine vs the torch fp32 model.
+
+    ``preset`` (remoteclip | georsclip | skyclip | openai | laion) picks the activation the way the
+    released project loads its checkpoint; ``activation`` overrides it (see ``load_clip_checkpoint``)."""
     require_export_deps()
     import torch
 
@@ -84,13 +87,14 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
     with progress() as bar:
         task = bar.add_task("loading checkpoint", total=6)
-        ckpt: ClipCheckpoint = load_clip_checkpoint(checkpoint, activation=activation)
+        ckpt: ClipCheckpoint = load_clip_checkpoint(checkpoint, activation=activation, preset=preset)
         cfg = ckpt.config
         model = build_open_clip(ckpt)
         image_enc, text_enc = torch_encoders(model, cfg)
         info(f"{ckpt.source}: layout {ckpt.layout}, architecture {cfg.name} ({cfg.vision_layers}x{cfg.vision_width} "
              f"vision @ {cfg.image_size}px/{cfg.patch_size}, {cfg.text_layers}x{cfg.text_width} text, "
              f"embed {cfg.embed_dim}, {cfg.activation})")
+        info(f"activation {cfg.activation}: {ckpt.activation_reason}")
         writer = BundleWriter(out, overwrite=overwrite)
         with writer, tempfile.TemporaryDirectory() as tmp_s:
             tmp = Path(tmp_s)
@@ -131,7 +135,8 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 "architecture": "clip",
                 "name": Path(out).stem,
                 "source": {"checkpoint": str(ckpt.source), "layout": ckpt.layout},
-                "model": {**cfg.to_dict(), "logit_scale": _logit_scale(ckpt)},
+                "model": {**cfg.to_dict(), "logit_scale": _logit_scale(ckpt),
+                          "activation_reason": ckpt.activation_reason or None},
                 "parts": clip_parts(cfg, parts),
                 "preprocess": {"image_size": s, "crop_rounding": "round",
                                "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
