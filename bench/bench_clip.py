@@ -10,11 +10,10 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from benchlib import add_output_args, ratio_cell, run_sweep, with_notes
 
 from rsvlm_edge.bench.clip import bench_clip
-from rsvlm_edge.bench.timing import write_outputs
 
 
 def markdown(result: dict) -> str:
@@ -24,11 +23,10 @@ def markdown(result: dict) -> str:
              "| backend | precision | batch | p50 ms | p90 ms | p99 ms | img/s | GFLOP/s | vs open_clip | peak RSS MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        ratio = r.get("speedup_vs_open_clip")
         lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['gflop_per_s']:.1f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['peak_rss_mb']:.0f} |")
-    return "\n".join(lines + [""] + [f"Note: {n}" for n in result["notes"]])
+                     f"{ratio_cell(r.get('speedup_vs_open_clip'))} | {r['peak_rss_mb']:.0f} |")
+    return with_notes(lines, result)
 
 
 def main() -> None:
@@ -40,17 +38,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--plot", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="only render the table of an earlier run")
+    add_output_args(ap)
     a = ap.parse_args()
-    if a.from_json:
-        result = json.loads(a.from_json.read_text())
-    else:
-        result = bench_clip(a.target, [int(x) for x in a.batch.split(",")], a.precision.split(","),
-                            backend=a.backend, warmup=a.warmup, iters=a.iters, threads=a.threads)
-        write_outputs(result, a.json, a.plot)
-    print(markdown(result))
+    run_sweep(a, lambda: bench_clip(a.target, [int(x) for x in a.batch.split(",")], a.precision.split(","),
+                                    backend=a.backend, warmup=a.warmup, iters=a.iters, threads=a.threads),
+              markdown)
 
 
 if __name__ == "__main__":

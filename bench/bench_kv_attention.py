@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from rsvlm_edge.bench.timing import median, time_fn
 
 
 def parse_args(argv=None):
@@ -79,16 +79,11 @@ def bench_cpu(C, args, batch, ctx, h_kv, int8, rng):
         C.attention_decode(q, k, v, lens, out=out, page_table=table, **extra)
 
     iters = args.iters or 5
-    step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    t = time_step(step, "cpu", iters)
     peer = None
     if not args.no_peer and not int8 and not args.paged:
         peer = torch_peer(args, q, k, v, "cpu", iters)
-    return statistics.median(times), peer
+    return t, peer
 
 
 def torch_peer(args, q, k, v, device, iters):
@@ -105,28 +100,25 @@ def torch_peer(args, q, k, v, device, iters):
     def step():
         return F.scaled_dot_product_attention(tq, tk, tv, enable_gqa=tq.shape[1] != tk.shape[1])
 
-    return time_torch(step, device, iters)
+    return time_step(step, device, iters)
 
 
-def time_torch(fn, device, iters):
+def time_step(fn, device, iters):
+    """Seconds per call of ``fn`` after one warm-up call: CPU the median of ``iters`` calls, CUDA the
+    mean over ``iters`` back-to-back calls between two CUDA events."""
+    if device != "cuda":
+        return median(time_fn(fn, 1, iters))
     import torch
 
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3 / iters
-    times = []
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(iters):
-        t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
 
 
 def peak_mem_mib(device):
@@ -171,13 +163,13 @@ def bench_cuda(C, args, batch, ctx, h_kv, int8, rng):
     def step():
         C.attention_decode(q, k, v, lens, out=out, page_table=table, num_splits=args.num_splits, **extra)
 
-    t = time_torch(step, "cuda", iters)
+    t = time_step(step, "cuda", iters)
     peer = None
     if not args.no_peer and not int8 and not args.paged:
         import torch.nn.functional as F
 
         tq = q.unsqueeze(2)
-        peer = time_torch(lambda: F.scaled_dot_product_attention(tq, k, v, enable_gqa=h != h_kv), "cuda", iters)
+        peer = time_step(lambda: F.scaled_dot_product_attention(tq, k, v, enable_gqa=h != h_kv), "cuda", iters)
     return t, peer
 
 

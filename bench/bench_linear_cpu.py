@@ -15,22 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 
 from rsvlm_edge import _C
-
-
-def _time(fn, iters: int) -> float:
-    fn()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+from rsvlm_edge.bench.timing import median, time_fn
 
 
 def main() -> None:
@@ -66,7 +55,7 @@ def main() -> None:
         # cores from the next OpenMP region on a small machine.
         rows.append(("fp32", "numpy BLAS", w32.nbytes, lambda: x @ w32.T))
         for name, impl, nbytes, fn in rows:
-            t = _time(fn, a.iters)
+            t = median(time_fn(fn, 1, a.iters))  # one warm-up call
             gbs = f"{nbytes / t / 1e9:.1f}" if m <= 8 else ""
             print(f"| {m} | {name} | {impl} | {t * 1e3:.2f} | {flop / t / 1e9:.1f} | {gbs} |")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rsvlm_edge import native
+from rsvlm_edge.bench import timing
 
 ROOFLINE_TFLOPS = 768.0  # bf16 dense GEMM, H100 (design.md "Numbers to beat")
 MODELS = {  # name: (image size, patch, width)
@@ -60,23 +60,19 @@ def torch_patch_embed(images, p, mean, std):
 
 def time_fn(fn, device, warmup, iters):
     """Median milliseconds per call."""
+    if device.type != "cuda":
+        return timing.median(timing.time_fn(fn, warmup, iters)) * 1e3
     for _ in range(warmup):
         fn()
     times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
     return float(np.median(times))
 
 

@@ -15,11 +15,10 @@ reading the weights once per step allows. On a shared machine both vary from run
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from benchlib import add_output_args, ratio_cell, run_sweep, with_notes
 
 from rsvlm_edge.bench.llava import bench_vlm
-from rsvlm_edge.bench.timing import write_outputs
 
 
 def _num(v, fmt: str) -> str:
@@ -36,14 +35,13 @@ def markdown(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        ratio = r.get("decode_vs_peer")
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['prompt_tokens']} | {_num(r.get('vision_ms'), '.1f')} | "
             f"{r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | {_num(r.get('weights_gb_s'), '.2f')} | "
             f"{_num(r.get('bandwidth_floor_pct'), '.0f')} | "
-            f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['peak_rss_mb']:.0f} |"
+            f"{ratio_cell(r.get('decode_vs_peer'))} | {r['peak_rss_mb']:.0f} |"
         )
-    return "\n".join(lines + [""] + [f"Note: {n}" for n in result["notes"]])
+    return with_notes(lines, result)
 
 
 def main() -> None:
@@ -55,18 +53,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--no-peer", action="store_true", help="skip timing transformers")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--plot", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="only render the table of an earlier run")
+    add_output_args(ap)
     a = ap.parse_args()
-    if a.from_json:
-        result = json.loads(a.from_json.read_text())
-    else:
-        result = bench_vlm(a.target, [int(x) for x in a.batch.split(",")], warmup=a.warmup, iters=a.iters,
-                           max_new_tokens=a.max_new_tokens, backend=a.backend, peer=not a.no_peer,
-                           progress=lambda msg: print(f"[bench] {msg}", flush=True))
-        write_outputs(result, a.json, a.plot)
-    print(markdown(result))
+    run_sweep(a, lambda: bench_vlm(a.target, [int(x) for x in a.batch.split(",")], warmup=a.warmup, iters=a.iters,
+                                   max_new_tokens=a.max_new_tokens, backend=a.backend, peer=not a.no_peer,
+                                   progress=lambda msg: print(f"[bench] {msg}", flush=True)),
+              markdown)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -20,16 +19,17 @@ from clip_models import (  # noqa: E402
     LABELS,
     TEXTS,
     cos,
-    open_clip_image_embeds,
-    open_clip_text_embeds,
+    export_hf_and_open_clip,
+    image_parity,
     save_bare,
+    text_parity,
     tiny_hf_clip,
     tiny_open_clip,
+    top1_agreement,
 )
 
 import rsvlm_edge  # noqa: E402
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images  # noqa: E402
-from rsvlm_edge.export.clip_checkpoint import hf_to_open_clip  # noqa: E402
 
 
 def main() -> None:
@@ -40,17 +40,11 @@ def main() -> None:
         b32 = rsvlm_edge.load(export_clip(ckpt, d / "fp32.rsvlm", max_batch=8).path)
         print("| check | batch | min cosine | max abs diff |\n|---|---:|---:|---:|")
         for bs in (1, 3, 17):
-            px = synthetic_rs_images(bs, 64, seed=bs)
-            got, ref = b32.encode_images(px, normalize=False), open_clip_image_embeds(model, px)
+            got, ref = image_parity(b32, model, bs)
             print(f"| fp32 image vs open_clip | {bs} | {cos(got, ref).min():.7f} | {np.abs(got - ref).max():.2e} |")
-            texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(bs)]
-            got, ref = b32.encode_texts(texts, normalize=False), open_clip_text_embeds(model, texts)
+            got, ref = text_parity(b32, model, bs)
             print(f"| fp32 text vs open_clip | {bs} | {cos(got, ref).min():.7f} | {np.abs(got - ref).max():.2e} |")
-        hf = tiny_hf_clip()
-        hf.save_pretrained(d / "hf")
-        torch.save(hf_to_open_clip(hf.state_dict()), d / "oc.pt")
-        rh = rsvlm_edge.load(export_clip(d / "hf", d / "hf.rsvlm").path)
-        ro = rsvlm_edge.load(export_clip(d / "oc.pt", d / "oc.rsvlm", activation="quick_gelu").path)
+        rh, ro = (rsvlm_edge.load(b.path) for b in export_hf_and_open_clip(tiny_hf_clip(), d))
         px = synthetic_rs_images(3, 48, seed=2)
         a, b = rh.encode_images(px), ro.encode_images(px)
         print(f"| HF CLIPModel dir vs open_clip format, image | 3 | {cos(a, b).min():.7f} | {np.abs(a - b).max():.2e} |")
@@ -60,7 +54,7 @@ def main() -> None:
             rt = rsvlm_edge.load(export_clip(ckpt, d / f"{prec}.rsvlm", precision=prec).path)
             px = synthetic_rs_images(64, 64, seed=77)
             c = cos(rt.encode_images(px), b32.encode_images(px))
-            agree = (rt.classify(px, LABELS).probs.argmax(1) == b32.classify(px, LABELS).probs.argmax(1)).mean()
+            agree = top1_agreement(rt, b32, px)
             print(f"| {prec} image vs fp32 bundle (64 synthetic, {len(LABELS)} labels) | 64 | {c.min():.5f} "
                   f"(mean {c.mean():.5f}) | top-1 agreement {agree:.1%} |")
 

@@ -12,13 +12,7 @@
 #include "index_arg.h"
 #include "rsvlm_edge/kv_attention.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::DeviceType;
-using rsvlm_edge::Dim;
-using rsvlm_edge::DType;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
+using rsvlm_edge::bind::maybe;
 
 namespace {
 
@@ -41,8 +35,6 @@ CacheArgs load_cache(py::handle k_cache, py::handle v_cache, py::handle page_tab
   if (a.has_v_scale) a.v_scale = rsvlm_edge::tensor_arg(v_scale, "v_scale", stream);
   return a;
 }
-
-const TensorArg* maybe(const TensorArg& t, bool given) { return given ? &t : nullptr; }
 
 // Checks k/v (and the int8 scales) first: the cache fixes H_kv and D. CPU caches are float32 or
 // int8, CUDA caches float16, bfloat16 or int8. `writable`: kv_append writes the cache.
@@ -118,16 +110,17 @@ void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<D
 void kv_append(Impl impl, py::handle k_cache, py::handle v_cache, py::handle k_new_obj, py::handle v_new_obj,
                py::handle start_pos_obj, py::handle new_lens_obj, py::handle page_table, py::handle k_scale,
                py::handle v_scale, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "kv_append_reference" : "kv_append");
+  ArgChecker c(rsvlm_edge::bind::op_name("kv_append", impl));
   TensorArg k_new = rsvlm_edge::tensor_arg(k_new_obj, "k_new", stream);
   TensorArg v_new = rsvlm_edge::tensor_arg(v_new_obj, "v_new", stream);
   CacheArgs a = load_cache(k_cache, v_cache, page_table, k_scale, v_scale, stream);
   TensorArg start_pos = rsvlm_edge::index_arg(start_pos_obj, "start_pos", stream);
   const bool has_new_lens = !new_lens_obj.is_none();
   TensorArg new_lens = has_new_lens ? rsvlm_edge::index_arg(new_lens_obj, "new_lens", stream) : TensorArg{};
-  c.same_device({&k_new, &v_new, &a.k, &a.v, maybe(a.k_scale, a.has_k_scale), maybe(a.v_scale, a.has_v_scale),
-                 maybe(a.page_table, a.paged), &start_pos, maybe(new_lens, has_new_lens)});
-  rsvlm_edge::bind::check_reference_device(c, k_new, impl);
+  rsvlm_edge::bind::check_devices(
+      c, impl,
+      {&k_new, &v_new, &a.k, &a.v, maybe(a.k_scale, a.has_k_scale), maybe(a.v_scale, a.has_v_scale),
+       maybe(a.page_table, a.paged), &start_pos, maybe(new_lens, has_new_lens)});
   const bool cuda = k_new.device.type == DeviceType::cuda;
   // Decode form (B, H_kv, D) = (B, 1, H_kv, D).
   const bool decode_form = k_new.ndim() == 3;
@@ -159,17 +152,17 @@ py::object attention(Impl impl, const char* op, py::handle q_obj, py::handle k_c
                      py::handle q_lens_obj, py::handle kv_lens_obj, py::handle out_obj, py::handle page_table,
                      py::handle k_scale, py::handle v_scale, double scale, int num_splits, int64_t stream) {
   const bool decode = q_lens_obj.is_none();
-  const std::string name = impl == Impl::kReference ? std::string(op) + "_reference" : std::string(op);
-  ArgChecker c(name);
+  ArgChecker c(rsvlm_edge::bind::op_name(op, impl));
   TensorArg q = rsvlm_edge::tensor_arg(q_obj, "q", stream);
   CacheArgs a = load_cache(k_cache, v_cache, page_table, k_scale, v_scale, stream);
   TensorArg q_lens = decode ? TensorArg{} : rsvlm_edge::index_arg(q_lens_obj, "q_lens", stream);
   TensorArg kv_lens = rsvlm_edge::index_arg(kv_lens_obj, decode ? "seq_lens" : "kv_lens", stream);
   const bool has_out = !out_obj.is_none();
   TensorArg out = has_out ? rsvlm_edge::tensor_arg(out_obj, "out", stream) : TensorArg{};
-  c.same_device({&q, &a.k, &a.v, maybe(a.k_scale, a.has_k_scale), maybe(a.v_scale, a.has_v_scale),
-                 maybe(a.page_table, a.paged), decode ? nullptr : &q_lens, &kv_lens, maybe(out, has_out)});
-  rsvlm_edge::bind::check_reference_device(c, q, impl);
+  rsvlm_edge::bind::check_devices(
+      c, impl,
+      {&q, &a.k, &a.v, maybe(a.k_scale, a.has_k_scale), maybe(a.v_scale, a.has_v_scale), maybe(a.page_table, a.paged),
+       maybe(q_lens, !decode), &kv_lens, maybe(out, has_out)});
   const bool cuda = q.device.type == DeviceType::cuda;
   rsvlm_edge::AttentionParams p;
   p.cache = check_cache(c, a, cuda, /*writable=*/false);
@@ -256,44 +249,44 @@ ignored on CPU. Returns out (B, H, D); pass out= to write into an existing array
 void bind_kv_attention(py::module_& m) {
   for (Impl impl : {Impl::kFast, Impl::kReference}) {
     const bool ref = impl == Impl::kReference;
-    const std::string sfx = ref ? "_reference" : "";
     const std::string ref_doc =
         "Naive reference (kernels/kv_attention/kv_attention_ref.cpp: plain loops, fp64 "
         "softmax), CPU float32 / int8 cache only; same arguments and checks as ";
-    m.def(("kv_append" + sfx).c_str(),
-          [impl](py::handle k_cache, py::handle v_cache, py::handle k_new, py::handle v_new, py::handle start_pos,
-                 py::handle new_lens, py::handle page_table, py::handle k_scale, py::handle v_scale, int64_t stream) {
-            kv_append(impl, k_cache, v_cache, k_new, v_new, start_pos, new_lens, page_table, k_scale, v_scale, stream);
-          },
-          py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"), py::arg("start_pos"),
-          py::kw_only(), py::arg("new_lens") = py::none(), py::arg("page_table") = py::none(),
-          py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none(), py::arg("stream") = 0,
-          ref ? (ref_doc + "kv_append.").c_str() : kAppendDoc);
-    m.def(("attention_prefill" + sfx).c_str(),
-          [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle q_lens, py::handle kv_lens,
-                 py::handle out, py::handle page_table, py::handle k_scale, py::handle v_scale, double scale,
-                 int64_t stream) {
-            if (q_lens.is_none())
-              throw std::invalid_argument(std::string("attention_prefill") +
-                                          (impl == Impl::kReference ? "_reference" : "") +
-                                          ": argument 'q_lens' is required but got None");
-            return attention(impl, "attention_prefill", q, k_cache, v_cache, q_lens, kv_lens, out, page_table, k_scale,
-                             v_scale, scale, 1, stream);
-          },
-          py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("q_lens"), py::arg("kv_lens"), py::kw_only(),
-          py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
-          py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("stream") = 0,
-          ref ? (ref_doc + "attention_prefill.").c_str() : kPrefillDoc);
-    m.def(("attention_decode" + sfx).c_str(),
-          [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle seq_lens, py::handle out,
-                 py::handle page_table, py::handle k_scale, py::handle v_scale, double scale, int num_splits,
-                 int64_t stream) {
-            return attention(impl, "attention_decode", q, k_cache, v_cache, py::none(), seq_lens, out, page_table,
-                             k_scale, v_scale, scale, num_splits, stream);
-          },
-          py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("seq_lens"), py::kw_only(),
-          py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
-          py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("num_splits") = 0, py::arg("stream") = 0,
-          ref ? (ref_doc + "attention_decode.").c_str() : kDecodeDoc);
+    m.def(
+        rsvlm_edge::bind::op_name("kv_append", impl).c_str(),
+        [impl](py::handle k_cache, py::handle v_cache, py::handle k_new, py::handle v_new, py::handle start_pos,
+               py::handle new_lens, py::handle page_table, py::handle k_scale, py::handle v_scale, int64_t stream) {
+          kv_append(impl, k_cache, v_cache, k_new, v_new, start_pos, new_lens, page_table, k_scale, v_scale, stream);
+        },
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"), py::arg("start_pos"), py::kw_only(),
+        py::arg("new_lens") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
+        py::arg("v_scale") = py::none(), py::arg("stream") = 0, ref ? (ref_doc + "kv_append.").c_str() : kAppendDoc);
+    m.def(
+        rsvlm_edge::bind::op_name("attention_prefill", impl).c_str(),
+        [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle q_lens, py::handle kv_lens,
+               py::handle out, py::handle page_table, py::handle k_scale, py::handle v_scale, double scale,
+               int64_t stream) {
+          if (q_lens.is_none())
+            throw std::invalid_argument(rsvlm_edge::bind::op_name("attention_prefill", impl) +
+                                        ": argument 'q_lens' is required but got None");
+          return attention(impl, "attention_prefill", q, k_cache, v_cache, q_lens, kv_lens, out, page_table, k_scale,
+                           v_scale, scale, 1, stream);
+        },
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("q_lens"), py::arg("kv_lens"), py::kw_only(),
+        py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
+        py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("stream") = 0,
+        ref ? (ref_doc + "attention_prefill.").c_str() : kPrefillDoc);
+    m.def(
+        rsvlm_edge::bind::op_name("attention_decode", impl).c_str(),
+        [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle seq_lens, py::handle out,
+               py::handle page_table, py::handle k_scale, py::handle v_scale, double scale, int num_splits,
+               int64_t stream) {
+          return attention(impl, "attention_decode", q, k_cache, v_cache, py::none(), seq_lens, out, page_table,
+                           k_scale, v_scale, scale, num_splits, stream);
+        },
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("seq_lens"), py::kw_only(),
+        py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
+        py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("num_splits") = 0, py::arg("stream") = 0,
+        ref ? (ref_doc + "attention_decode.").c_str() : kDecodeDoc);
   }
 }

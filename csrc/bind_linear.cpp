@@ -9,27 +9,17 @@
 #include "bind_util.h"
 #include "rsvlm_edge/linear.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::DType;
-using rsvlm_edge::Status;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
 using rsvlm_edge::bind::on_cuda;
 
 namespace {
 
 py::object linear(Impl impl, py::handle x_obj, py::handle w_obj, py::handle bias_obj, py::handle scale_obj,
                   py::handle out_obj, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "linear_reference" : "linear");
-  const TensorArg x = rsvlm_edge::tensor_arg(x_obj, "x", stream);
-  const TensorArg w = rsvlm_edge::tensor_arg(w_obj, "w", stream);
+  ArgChecker c(rsvlm_edge::bind::op_name("linear", impl));
+  auto [x, w, bias, scale, out] = rsvlm_edge::bind::load_args(
+      c, impl, stream,
+      {{x_obj, "x"}, {w_obj, "w"}, {bias_obj, "bias", true}, {scale_obj, "w_scale", true}, {out_obj, "out", true}});
   const bool has_bias = !bias_obj.is_none(), has_scale = !scale_obj.is_none();
-  const TensorArg bias = has_bias ? rsvlm_edge::tensor_arg(bias_obj, "bias", stream) : TensorArg{};
-  const TensorArg scale = has_scale ? rsvlm_edge::tensor_arg(scale_obj, "w_scale", stream) : TensorArg{};
-  TensorArg out = out_obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(out_obj, "out", stream);
-  c.same_device({&x, &w, has_bias ? &bias : nullptr, has_scale ? &scale : nullptr, out_obj.is_none() ? nullptr : &out});
-  rsvlm_edge::bind::check_reference_device(c, x, impl);
   rsvlm_edge::bind::check_activation(c, x, {"M", "K"});  // x: (M, K)
   if (on_cuda(x))
     c.check(w, {"N", "K"}, {x.dtype, DType::i8});  // w: (N, K)

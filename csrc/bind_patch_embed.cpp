@@ -14,13 +14,7 @@
 #include "rsvlm_edge/version.h"
 #include "tensor_arg.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::DeviceType;
-using rsvlm_edge::Dim;
-using rsvlm_edge::DType;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
+using rsvlm_edge::bind::maybe;
 
 namespace {
 
@@ -41,7 +35,7 @@ void rgb_triple(const ArgChecker& c, py::handle obj, const char* name, float dst
 py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, py::handle bias_obj,
                        py::handle class_obj, py::handle pos_obj, py::handle mean_obj, py::handle std_obj,
                        py::handle gamma_obj, py::handle beta_obj, double eps, py::handle out_obj, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "patch_embed_reference" : "patch_embed");
+  ArgChecker c(rsvlm_edge::bind::op_name("patch_embed", impl));
   const TensorArg images = rsvlm_edge::tensor_arg(images_obj, "images", stream);
   const TensorArg weight = rsvlm_edge::tensor_arg(weight_obj, "weight", stream);
   const TensorArg class_emb = rsvlm_edge::tensor_arg(class_obj, "class_emb", stream);
@@ -56,9 +50,9 @@ py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, 
   }
   const bool has_out = !out_obj.is_none();
   if (has_out) out = rsvlm_edge::tensor_arg(out_obj, "out", stream);
-  c.same_device({&images, &weight, has_bias ? &bias : nullptr, &class_emb, &pos_emb, has_ln ? &gamma : nullptr,
-                 has_ln ? &beta : nullptr, has_out ? &out : nullptr});
-  rsvlm_edge::bind::check_reference_device(c, images, impl);
+  rsvlm_edge::bind::check_devices(c, impl,
+                                  {&images, &weight, maybe(bias, has_bias), &class_emb, &pos_emb, maybe(gamma, has_ln),
+                                   maybe(beta, has_ln), maybe(out, has_out)});
   const bool cuda = images.device.type == DeviceType::cuda;
 
   c.check(images, {"B", "H", "W", 3}, {DType::u8});  // images: (B, H, W, 3) uint8

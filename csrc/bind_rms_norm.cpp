@@ -7,21 +7,12 @@
 #include "bind_util.h"
 #include "rsvlm_edge/rms_norm.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::DType;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
-
 namespace {
 
 py::object rms_norm(Impl impl, py::handle x_obj, py::handle w_obj, double eps, py::handle out_obj, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "rms_norm_reference" : "rms_norm");
-  const TensorArg x = rsvlm_edge::tensor_arg(x_obj, "x", stream);
-  const TensorArg w = rsvlm_edge::tensor_arg(w_obj, "weight", stream);
-  TensorArg out = out_obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(out_obj, "out", stream);
-  c.same_device({&x, &w, out_obj.is_none() ? nullptr : &out});
-  rsvlm_edge::bind::check_reference_device(c, x, impl);
+  ArgChecker c(rsvlm_edge::bind::op_name("rms_norm", impl));
+  auto [x, w, out] =
+      rsvlm_edge::bind::load_args(c, impl, stream, {{x_obj, "x"}, {w_obj, "weight"}, {out_obj, "out", true}});
   rsvlm_edge::bind::check_activation(c, x, {"T", "D"});  // x: (T, D)
   c.check(w, {"D"}, {x.dtype});                          // weight: (D,)
   RSVLM_CHECK(c, eps >= 0.0, "argument 'eps' must be >= 0, got " + std::to_string(eps));

@@ -8,22 +8,15 @@
 #include "index_arg.h"
 #include "rsvlm_edge/rope.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::DType;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
-
 namespace {
 
 void rope(Impl impl, py::handle q_obj, py::handle k_obj, py::handle pos_obj, double theta, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "rope_reference" : "rope");
+  ArgChecker c(rsvlm_edge::bind::op_name("rope", impl));
   const TensorArg q = rsvlm_edge::tensor_arg(q_obj, "q", stream);
   const bool has_k = !k_obj.is_none();
   const TensorArg k = has_k ? rsvlm_edge::tensor_arg(k_obj, "k", stream) : TensorArg{};
   const TensorArg pos = rsvlm_edge::index_arg(pos_obj, "positions", stream, /*min_value=*/0);
-  c.same_device({&q, has_k ? &k : nullptr, &pos});
-  rsvlm_edge::bind::check_reference_device(c, q, impl);
+  rsvlm_edge::bind::check_devices(c, impl, {&q, rsvlm_edge::bind::maybe(k, has_k), &pos});
   rsvlm_edge::bind::check_activation(c, q, {"T", "H", "D"});  // q: (T, H, D)
   c.writable(q);
   rsvlm_edge::RopeParams p;

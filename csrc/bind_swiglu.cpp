@@ -5,20 +5,12 @@
 #include "bind_util.h"
 #include "rsvlm_edge/swiglu.h"
 
-namespace py = pybind11;
-using rsvlm_edge::ArgChecker;
-using rsvlm_edge::TensorArg;
-using rsvlm_edge::bind::Impl;
-
 namespace {
 
 py::object swiglu(Impl impl, py::handle g_obj, py::handle u_obj, py::handle out_obj, int64_t stream) {
-  ArgChecker c(impl == Impl::kReference ? "swiglu_reference" : "swiglu");
-  const TensorArg g = rsvlm_edge::tensor_arg(g_obj, "gate", stream);
-  const TensorArg u = rsvlm_edge::tensor_arg(u_obj, "up", stream);
-  TensorArg out = out_obj.is_none() ? TensorArg{} : rsvlm_edge::tensor_arg(out_obj, "out", stream);
-  c.same_device({&g, &u, out_obj.is_none() ? nullptr : &out});
-  rsvlm_edge::bind::check_reference_device(c, g, impl);
+  ArgChecker c(rsvlm_edge::bind::op_name("swiglu", impl));
+  auto [g, u, out] =
+      rsvlm_edge::bind::load_args(c, impl, stream, {{g_obj, "gate"}, {u_obj, "up"}, {out_obj, "out", true}});
   rsvlm_edge::bind::check_activation(c, g, {"T", "F"});                                   // gate: (T, F)
   c.check(u, {"T", "F"}, {g.dtype});                                                      // up: (T, F)
   py::object result = rsvlm_edge::bind::output(c, out_obj, out, g, {"T", "F"}, g.shape);  // out: (T, F)

@@ -8,6 +8,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
+#include <cstddef>
 #include <functional>
 #include <initializer_list>
 #include <string>
@@ -23,7 +25,15 @@ namespace py = pybind11;
 // Which implementation a binding call runs.
 enum class Impl { kFast, kReference };
 
+// The name the messages of a call start with: `op`, or `op`_reference for the naive reference.
+inline std::string op_name(const std::string& op, Impl impl) {
+  return impl == Impl::kReference ? op + "_reference" : op;
+}
+
 inline bool on_cuda(const TensorArg& t) { return t.device.type == DeviceType::cuda; }
+
+// `&t` for ArgChecker::same_device when the optional argument `t` was given, else nullptr.
+inline const TensorArg* maybe(const TensorArg& t, bool given) { return given ? &t : nullptr; }
 
 // CPU float32 activations, CUDA float16 / bfloat16.
 inline void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<Dim> dims) {
@@ -33,11 +43,37 @@ inline void check_activation(ArgChecker& c, const TensorArg& t, std::initializer
     c.check(t, dims, {DType::f32});
 }
 
-// The reference runs on the CPU only: ValueError naming the first argument when it is not there.
-inline void check_reference_device(const ArgChecker& c, const TensorArg& first, Impl impl) {
+// The array arguments of a call (nullptr: an optional one that was not given; the first one is
+// always given) are on one device, and for the reference on the CPU: ValueError otherwise.
+inline void check_devices(const ArgChecker& c, Impl impl, const std::vector<const TensorArg*>& args) {
+  c.same_device(args);
+  const TensorArg& first = *args.front();
   if (impl == Impl::kReference && first.device.type != DeviceType::cpu)
     c.fail("argument '" + first.name + "' is on " + first.device_str() +
            "; the naive reference runs on the CPU: pass CPU arrays (e.g. t.float().cpu())");
+}
+
+// An array argument of a binding: its Python object and name; `optional`: None is allowed (it
+// loads as an empty TensorArg).
+struct ArgSpec {
+  py::handle obj;
+  const char* name;
+  bool optional = false;
+};
+
+// Loads the array arguments of a call in order (tensor_arg: ValueError for a required one that is
+// None or not an array), then check_devices on the given ones.
+template <size_t N>
+std::array<TensorArg, N> load_args(const ArgChecker& c, Impl impl, int64_t stream, const ArgSpec (&specs)[N]) {
+  std::array<TensorArg, N> args;
+  std::vector<const TensorArg*> given;
+  for (size_t i = 0; i < N; ++i) {
+    const bool none = specs[i].optional && specs[i].obj.is_none();
+    if (!none) args[i] = tensor_arg(specs[i].obj, specs[i].name, stream);
+    given.push_back(maybe(args[i], !none));
+  }
+  check_devices(c, impl, given);
+  return args;
 }
 
 inline std::string shape_str(const std::vector<int64_t>& shape) {
@@ -80,3 +116,13 @@ inline void run(const char* op, Impl impl, const TensorArg& first, int64_t strea
 
 }  // namespace bind
 }  // namespace rsvlm_edge
+
+// The names the csrc/bind_<op>.cpp files (which alone include this header) use unqualified.
+namespace py = pybind11;
+using rsvlm_edge::ArgChecker;
+using rsvlm_edge::DeviceType;
+using rsvlm_edge::Dim;
+using rsvlm_edge::DType;
+using rsvlm_edge::Status;
+using rsvlm_edge::TensorArg;
+using rsvlm_edge::bind::Impl;

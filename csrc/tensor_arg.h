@@ -327,7 +327,7 @@ class ArgChecker {
   }
 
   // Every non-null argument must be on the same device as the first one.
-  void same_device(std::initializer_list<const TensorArg*> args) const {
+  void same_device(const std::vector<const TensorArg*>& args) const {
     const TensorArg* first = nullptr;
     for (const TensorArg* a : args) {
       if (a == nullptr) continue;

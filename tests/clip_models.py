@@ -44,14 +44,18 @@ def tiny_hf_clip(seed: int = 0):
     return CLIPModel(cfg).eval()
 
 
-def open_clip_image_embeds(model, pixels_u8: np.ndarray) -> np.ndarray:
-    """Reference: open_clip fp32 on uint8 (B, H, W, 3), normalised exactly as open_clip's transform."""
+def openai_normalized(pixels_u8: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W), normalised exactly as open_clip's transform."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     x = torch.from_numpy(pixels_u8).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+def open_clip_image_embeds(model, pixels_u8: np.ndarray) -> np.ndarray:
+    """Reference: open_clip fp32 on uint8 (B, H, W, 3), normalised exactly as open_clip's transform."""
     with torch.no_grad():
-        return model.encode_image(x).numpy()
+        return model.encode_image(openai_normalized(pixels_u8)).numpy()
 
 
 def open_clip_text_embeds(model, texts: list[str]) -> np.ndarray:
@@ -70,3 +74,42 @@ def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def save_bare(model, path: Path) -> Path:
     torch.save(model.state_dict(), path)
     return path
+
+
+# ---- the parity comparisons (asserted by test_clip_export, printed by bench/parity_clip.py) ----------
+
+def numbered_texts(n: int) -> list[str]:
+    """``n`` distinct texts cycling through TEXTS."""
+    return [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(n)]
+
+
+def image_parity(rt, model, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bundle, open_clip) unnormalised image embeddings of ``batch`` seeded 64px synthetic images."""
+    from rsvlm_edge.export.clip import synthetic_rs_images
+
+    px = synthetic_rs_images(batch, 64, seed=batch)
+    return rt.encode_images(px, normalize=False), open_clip_image_embeds(model, px)
+
+
+def text_parity(rt, model, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bundle, open_clip) unnormalised text embeddings of ``numbered_texts(batch)``."""
+    texts = numbered_texts(batch)
+    return rt.encode_texts(texts, normalize=False), open_clip_text_embeds(model, texts)
+
+
+def export_hf_and_open_clip(hf, d: Path):
+    """The same transformers CLIPModel exported as an HF directory and as an open_clip state dict:
+    (HF bundle, open_clip bundle)."""
+    from rsvlm_edge.export.clip import export_clip
+    from rsvlm_edge.export.clip_checkpoint import hf_to_open_clip
+
+    hf.save_pretrained(d / "hf")
+    b_hf = export_clip(d / "hf", d / "hf.rsvlm")
+    torch.save(hf_to_open_clip(hf.state_dict()), d / "oc.pt")
+    return b_hf, export_clip(d / "oc.pt", d / "oc.rsvlm", activation="quick_gelu")
+
+
+def top1_agreement(rt_a, rt_b, pixels_u8: np.ndarray) -> float:
+    """Fraction of images whose zero-shot top-1 label over LABELS is the same for both runtimes."""
+    top_a = rt_a.classify(pixels_u8, LABELS).probs.argmax(1)
+    return float((top_a == rt_b.classify(pixels_u8, LABELS).probs.argmax(1)).mean())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernel_testing import tiny_decoder_config, tiny_decoder_tensors
 
 import rsvlm_edge
 from rsvlm_edge.backends import registry
@@ -184,22 +185,12 @@ def test_doctor_lists_the_registry(tmp_path):
 # ---- the decode step ----
 
 def _tiny_decoder(backend: str):
-    from rsvlm_edge.models.llava.config import DecoderConfig
     from rsvlm_edge.models.llava.decoder import LlamaDecoder
 
-    cfg = DecoderConfig(model_type="llama", vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
-                        num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=10000.0,
-                        max_position_embeddings=64, attention_bias=False, bos_token_id=1, eos_token_id=2)
+    cfg = tiny_decoder_config()
     rng = np.random.default_rng(0)
-    t = {"embed_tokens.weight": rng.normal(0, 0.5, (50, 32)).astype(np.float32),
-         "norm.weight": np.ones(32, np.float32), "lm_head.weight": rng.normal(0, 0.3, (50, 32)).astype(np.float32)}
-    for i in range(2):
-        p = f"layers.{i}."
-        t[p + "input_layernorm.weight"] = np.ones(32, np.float32)
-        t[p + "post_attention_layernorm.weight"] = np.ones(32, np.float32)
-        for name, shape in (("q_proj", (32, 32)), ("k_proj", (16, 32)), ("v_proj", (16, 32)), ("o_proj", (32, 32)),
-                            ("gate_proj", (48, 32)), ("up_proj", (48, 32)), ("down_proj", (32, 48))):
-            t[p + name + ".weight"] = rng.normal(0, 0.3, shape).astype(np.float32)
+    t = tiny_decoder_tensors(lambda name, shape: rng.normal(0, 0.5 if name == "embed_tokens" else 0.3,
+                                                            shape).astype(np.float32))
     return cfg, LlamaDecoder(cfg, t, max_batch=3, max_seq=16, backend=backend)
 
 

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 from clip_models import (
-    LABELS,
     TEXTS,
     cos,
-    open_clip_image_embeds,
-    open_clip_text_embeds,
+    export_hf_and_open_clip,
+    image_parity,
+    openai_normalized,
     save_bare,
+    text_parity,
     tiny_hf_clip,
     tiny_open_clip,
+    top1_agreement,
 )
 
 import rsvlm_edge
@@ -39,20 +41,15 @@ def fp32_bundle(oc_ckpt, tmp_path_factory):
 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_fp32_image_parity_with_open_clip(oc_model, fp32_bundle, batch):
-    rt = rsvlm_edge.load(fp32_bundle)
-    px = synthetic_rs_images(batch, 64, seed=batch)
-    got = rt.encode_images(px, normalize=False)
-    ref = open_clip_image_embeds(oc_model, px)
+    got, ref = image_parity(rsvlm_edge.load(fp32_bundle), oc_model, batch)
     assert got.shape == ref.shape == (batch, 64)
     assert cos(got, ref).min() >= 0.9999
 
 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_fp32_text_parity_with_open_clip(oc_model, fp32_bundle, batch):
-    rt = rsvlm_edge.load(fp32_bundle)
-    texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(batch)]
-    got = rt.encode_texts(texts, normalize=False)
-    assert cos(got, open_clip_text_embeds(oc_model, texts)).min() >= 0.9999
+    got, ref = text_parity(rsvlm_edge.load(fp32_bundle), oc_model, batch)
+    assert cos(got, ref).min() >= 0.9999
 
 
 def test_tokenizer_matches_open_clip(fp32_bundle):
@@ -100,17 +97,10 @@ def test_open_clip_safetensors_file(oc_model, fp32_bundle, tmp_path):
 
 def test_hf_clipmodel_dir_and_open_clip_format_agree(tmp_path):
     """The same weights as a transformers CLIPModel directory and as an open_clip state dict."""
-    from rsvlm_edge.export.clip_checkpoint import hf_to_open_clip
-
     hf = tiny_hf_clip()
-    hf_dir = tmp_path / "hf"
-    hf.save_pretrained(hf_dir)
-    b_hf = export_clip(hf_dir, tmp_path / "hf.rsvlm")
+    b_hf, b_oc = export_hf_and_open_clip(hf, tmp_path)
     assert b_hf.manifest.source.layout == "hf_clip"
     assert b_hf.manifest.model.activation == "quick_gelu"
-    oc = tmp_path / "oc.pt"
-    torch.save(hf_to_open_clip(hf.state_dict()), oc)
-    b_oc = export_clip(oc, tmp_path / "oc.rsvlm", activation="quick_gelu")
 
     px = synthetic_rs_images(3, 48, seed=2)
     rt_hf, rt_oc = rsvlm_edge.load(b_hf.path), rsvlm_edge.load(b_oc.path)
@@ -118,13 +108,9 @@ def test_hf_clipmodel_dir_and_open_clip_format_agree(tmp_path):
     np.testing.assert_allclose(rt_hf.encode_texts(TEXTS), rt_oc.encode_texts(TEXTS), atol=1e-5)
 
     # and both equal transformers' own CLIPModel on the same inputs
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    x = torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     ids = torch.from_numpy(rt_hf.tokenizer(TEXTS))
     with torch.no_grad():
-        out = hf(input_ids=ids, pixel_values=x, attention_mask=(ids != 0).long())
+        out = hf(input_ids=ids, pixel_values=openai_normalized(px), attention_mask=(ids != 0).long())
     assert cos(rt_hf.encode_images(px), out.image_embeds.numpy()).min() >= 0.9999
     assert cos(rt_hf.encode_texts(TEXTS), out.text_embeds.numpy()).min() >= 0.9999
 
@@ -154,9 +140,7 @@ def test_int8_bundle_cosine_and_zero_shot_agreement(oc_ckpt, fp32_bundle, tmp_pa
     px = synthetic_rs_images(64, 64, seed=77)  # 64 held-out synthetic images
     rt8, rt32 = rsvlm_edge.load(b.path), rsvlm_edge.load(fp32_bundle)
     assert cos(rt8.encode_images(px), rt32.encode_images(px)).min() >= 0.99
-    top8 = rt8.classify(px, LABELS).probs.argmax(1)
-    top32 = rt32.classify(px, LABELS).probs.argmax(1)
-    assert (top8 == top32).mean() >= 0.95
+    assert top1_agreement(rt8, rt32, px) >= 0.95
 
 
 def test_manifest_records_architecture_and_hashes(fp32_bundle):

@@ -9,8 +9,14 @@ each call, so a kernel that reads an unwritten cache row or skips an output row 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
+from kernel_testing import CUDA_TOL, cuda_dtype_test, cuda_torch  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
@@ -342,11 +348,7 @@ def test_rejects_mixed_devices():
 @pytest.fixture
 def torch_cuda(cuda_device):
     """torch, when a GPU is present and this build has the CUDA kernels (tests/conftest.py: cuda_device)."""
-    if not C.built_with_cuda():
-        pytest.skip("rsvlm_edge was built without CUDA kernels")
-    import torch
-
-    return torch
+    return cuda_torch()
 
 
 def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_splits=0):
@@ -414,11 +416,7 @@ def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_s
     return out.float().cpu().numpy(), ref
 
 
-CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
 def test_cuda_prefill_matches_reference(torch_cuda, dtype_name, heads, paged):
@@ -428,8 +426,7 @@ def test_cuda_prefill_matches_reference(torch_cuda, dtype_name, heads, paged):
         np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
 @pytest.mark.parametrize("num_splits", [0, 1, 7])
 def test_cuda_decode_split_kv_matches_reference(torch_cuda, dtype_name, heads, num_splits):
@@ -440,8 +437,7 @@ def test_cuda_decode_split_kv_matches_reference(torch_cuda, dtype_name, heads, n
     np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 def test_cuda_int8_cache_within_tolerance(torch_cuda, dtype_name, decode):
     dtype = getattr(torch_cuda, dtype_name)

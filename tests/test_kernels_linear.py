@@ -7,14 +7,16 @@ accumulation), and the reference with numpy's float64 matmul. Outputs are poison
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
+from kernel_testing import cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+
 C = pytest.importorskip("rsvlm_edge._C")
-
-
-def randn(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def reference(x, w, bias=None, **kw):
@@ -223,19 +225,11 @@ def test_linear_empty_inputs(fn):
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
 
-CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("m, k, n", [(1, 4096, 11008), (7, 77, 129), (97, 320, 33)], ids=str)
 @pytest.mark.parametrize("int8", [False, True], ids=["dense", "int8"])
 def test_cuda_linear_matches_reference(cuda_device, dtype_name, m, k, n, int8):
-    if not C.built_with_cuda():
-        pytest.skip("rsvlm_edge was built without CUDA kernels")
-    import torch
-
-    dt = getattr(torch, dtype_name)
+    torch, dt, tol = cuda_dtype(dtype_name)
     rng = np.random.default_rng(9)
     rounded = lambda a: torch.from_numpy(a).to(dt).float().numpy()  # noqa: E731  (the GPU dtype's values)
     to_gpu = lambda a: torch.from_numpy(a).to("cuda", dt)  # noqa: E731
@@ -250,5 +244,4 @@ def test_cuda_linear_matches_reference(cuda_device, dtype_name, m, k, n, int8):
     else:
         C.linear(to_gpu(x), to_gpu(w), to_gpu(bias), out=out)
         ref = reference(x, w, bias)
-    tol = CUDA_TOL[dtype_name]
     np.testing.assert_allclose(out.float().cpu().numpy(), ref, rtol=tol, atol=tol * 2)

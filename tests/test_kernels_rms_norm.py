@@ -5,16 +5,18 @@ LlamaRMSNorm. Outputs are poisoned with NaN before each call.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
+from kernel_testing import cuda_dtype, cuda_dtype_test, randn  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
 ODD_SHAPES = [(1, 64), (7, 77), (54, 33), (97, 4096), (577, 5), (1297, 3), (3, 128)]
-
-
-def randn(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (7, 77), (97, 4096), (3, 128)], ids=str)
@@ -76,19 +78,10 @@ def test_rms_norm_zero_rows_and_bad_arguments():
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
-CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("shape", [(1, 64), (7, 77), (97, 4096), (577, 5)], ids=str)
 def test_cuda_rms_norm_matches_reference(cuda_device, dtype_name, shape):
-    if not C.built_with_cuda():
-        pytest.skip("rsvlm_edge was built without CUDA kernels")
-    import torch
-
-    dt = getattr(torch, dtype_name)
-    tol = CUDA_TOL[dtype_name]
+    torch, dt, tol = cuda_dtype(dtype_name)
     rng = np.random.default_rng(8)
     x = torch.from_numpy(randn(rng, *shape, scale=3.0)).to(dt)  # inputs rounded to the GPU dtype
     w = torch.from_numpy(randn(rng, shape[-1])).to(dt)

@@ -5,14 +5,16 @@ LlamaRotaryEmbedding + apply_rotary_pos_emb. Positions: any integer dtype on the
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
+from kernel_testing import cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+
 C = pytest.importorskip("rsvlm_edge._C")
-
-
-def randn(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def hf_rope(q, k, positions, theta):
@@ -124,19 +126,10 @@ def test_rope_zero_tokens_and_strided_positions():
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
-CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("t", [1, 54, 1297])
 def test_cuda_rope_matches_reference(cuda_device, dtype_name, t):
-    if not C.built_with_cuda():
-        pytest.skip("rsvlm_edge was built without CUDA kernels")
-    import torch
-
-    dt = getattr(torch, dtype_name)
-    tol = CUDA_TOL[dtype_name]
+    torch, dt, tol = cuda_dtype(dtype_name)
     rng = np.random.default_rng(8)
     q = torch.from_numpy(randn(rng, t, 32, 128)).to(dt)
     k = torch.from_numpy(randn(rng, t, 8, 128)).to(dt)

@@ -5,14 +5,16 @@ with NaN before each call.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
+from kernel_testing import cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+
 C = pytest.importorskip("rsvlm_edge._C")
-
-
-def randn(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def test_swiglu_reference_matches_torch_silu():
@@ -49,19 +51,10 @@ def test_swiglu_empty_and_bad_arguments():
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
-CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@cuda_dtype_test
 @pytest.mark.parametrize("shape", [(7, 11008), (1297, 3)], ids=str)
 def test_cuda_swiglu_matches_reference(cuda_device, dtype_name, shape):
-    if not C.built_with_cuda():
-        pytest.skip("rsvlm_edge was built without CUDA kernels")
-    import torch
-
-    dt = getattr(torch, dtype_name)
-    tol = CUDA_TOL[dtype_name]
+    torch, dt, tol = cuda_dtype(dtype_name)
     rng = np.random.default_rng(8)
     g = torch.from_numpy(randn(rng, *shape, scale=4.0)).to(dt)
     u = torch.from_numpy(randn(rng, *shape)).to(dt)

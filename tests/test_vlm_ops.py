@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_testing import tiny_decoder_config, tiny_decoder_tensors
 
 from rsvlm_edge.backends import decoder_numpy as ops
 from rsvlm_edge.backends import registry
@@ -128,28 +129,18 @@ def test_linear_dense_w8_and_swiglu(op):
 
 
 def _random_decoder_weights(rng):
-    weights = {"embed_tokens.weight": rng.standard_normal((50, 32), dtype=np.float32),
-               "norm.weight": np.ones(32, np.float32), "lm_head.weight": rng.standard_normal((50, 32), dtype=np.float32) * 0.2}
-    for i in range(2):
-        p = f"layers.{i}."
-        weights[p + "input_layernorm.weight"] = np.ones(32, np.float32)
-        weights[p + "post_attention_layernorm.weight"] = np.ones(32, np.float32)
-        for name, shape in (("q_proj", (32, 32)), ("k_proj", (16, 32)), ("v_proj", (16, 32)), ("o_proj", (32, 32)),
-                            ("gate_proj", (48, 32)), ("up_proj", (48, 32)), ("down_proj", (32, 48))):
-            weights[p + name + ".weight"] = rng.standard_normal(shape, dtype=np.float32) * 0.2
-        for name, n in (("q_proj", 32), ("k_proj", 16), ("v_proj", 16)):  # Qwen2-style qkv bias
-            weights[p + name + ".bias"] = rng.standard_normal(n, dtype=np.float32) * 0.1
-    return weights
+    return tiny_decoder_tensors(
+        lambda name, shape: rng.standard_normal(shape, dtype=np.float32) * (1.0 if name == "embed_tokens" else 0.2),
+        bias=lambda n: rng.standard_normal(n, dtype=np.float32) * 0.1)
 
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("native", marks=pytest.mark.skipif(NATIVE is None, reason="no kernels"))])
 def test_decoder_cache_decode_equals_full_prefill(backend):
     """Prefill(prefix) + decode steps must give the logits of a prefill over the whole sequence,
     with sequences of different lengths padded in one batch."""
-    from rsvlm_edge.models.llava.config import DecoderConfig
     from rsvlm_edge.models.llava.decoder import LlamaDecoder
 
-    cfg = DecoderConfig("llama", 50, 32, 48, 2, 4, 2, 8, 1e-6, 10000.0, 64, True, 1, 2)
+    cfg = tiny_decoder_config(attention_bias=True)
     rng = _rng(4)
     weights = _random_decoder_weights(rng)
     dec = LlamaDecoder(cfg, weights, max_batch=2, max_seq=32, backend=backend)

@@ -8,42 +8,36 @@ namespace rsvlm_edge {
 // Element type of a tensor argument. f16 = IEEE binary16, bf16 = bfloat16 (both 2 bytes).
 enum class DType : int32_t { u8, i8, i32, i64, f16, bf16, f32 };
 
-inline int64_t dtype_size(DType t) {
-  switch (t) {
-    case DType::u8:
-    case DType::i8:
-      return 1;
-    case DType::f16:
-    case DType::bf16:
-      return 2;
-    case DType::i32:
-    case DType::f32:
-      return 4;
-    case DType::i64:
-      return 8;
-  }
-  return 0;
+namespace detail {
+
+struct DTypeInfo {
+  const char* name;  // numpy-style
+  int64_t size;      // bytes per element
+};
+
+// One entry per DType, in the enum's order.
+constexpr DTypeInfo kDTypeInfo[] = {{"uint8", 1},   {"int8", 1},     {"int32", 4},  {"int64", 8},
+                                    {"float16", 2}, {"bfloat16", 2}, {"float32", 4}};
+
+// The entry of `t`, or nullptr for a value outside the enum.
+inline const DTypeInfo* dtype_info(DType t) {
+  const auto i = static_cast<uint32_t>(t);
+  return i < sizeof(kDTypeInfo) / sizeof(kDTypeInfo[0]) ? &kDTypeInfo[i] : nullptr;
 }
 
-// numpy-style name: "uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32".
+}  // namespace detail
+
+// Bytes per element (0 for a value outside the enum).
+inline int64_t dtype_size(DType t) {
+  const detail::DTypeInfo* info = detail::dtype_info(t);
+  return info ? info->size : 0;
+}
+
+// numpy-style name: "uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32" ("?" for a
+// value outside the enum).
 inline const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::u8:
-      return "uint8";
-    case DType::i8:
-      return "int8";
-    case DType::i32:
-      return "int32";
-    case DType::i64:
-      return "int64";
-    case DType::f16:
-      return "float16";
-    case DType::bf16:
-      return "bfloat16";
-    case DType::f32:
-      return "float32";
-  }
-  return "?";
+  const detail::DTypeInfo* info = detail::dtype_info(t);
+  return info ? info->name : "?";
 }
 
 enum class DeviceType : int32_t { cpu, cuda };

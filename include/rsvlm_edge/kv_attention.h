@@ -113,6 +113,11 @@ Status attention_cpu(const AttentionParams& p);
 Status kv_append_check_lengths(const KvAppendParams& p);
 Status attention_check_lengths(const AttentionParams& p);
 
+// Everything the host launchers (reference and CPU path) check before they run:
+// <op>_validate(p, /*cuda=*/false), then, when that passed, <op>_check_lengths(p).
+Status kv_append_validate_host(const KvAppendParams& p);
+Status attention_validate_host(const AttentionParams& p);
+
 // Head dims the CUDA attention kernel is compiled for.
 inline bool kv_attention_cuda_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }
 

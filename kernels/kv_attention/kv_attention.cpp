@@ -1,6 +1,6 @@
 // kv_attention: argument checks shared by every implementation (sizes, dtypes, head ratio), the
-// host-side length / position / page-table checks of the reference and CPU paths, and the CUDA stubs
-// of CPU-only builds. See rsvlm_edge/kv_attention.h.
+// host-side length / position / page-table checks of the reference and CPU paths (and both together:
+// <op>_validate_host), and the CUDA stubs of CPU-only builds. See rsvlm_edge/kv_attention.h.
 #include <string>
 
 #include "common/host_checks.h"
@@ -117,13 +117,21 @@ Status attention_check_lengths(const AttentionParams& p) {
   return Status::Ok();
 }
 
+Status kv_append_validate_host(const KvAppendParams& p) {
+  RSVLM_RETURN_IF_ERROR(kv_append_validate(p, /*cuda=*/false));
+  return kv_append_check_lengths(p);
+}
+
+Status attention_validate_host(const AttentionParams& p) {
+  RSVLM_RETURN_IF_ERROR(attention_validate(p, /*cuda=*/false));
+  return attention_check_lengths(p);
+}
+
 int64_t attention_workspace_floats(int batch, int num_heads, int head_dim, int num_splits) {
   return int64_t(batch) * num_heads * num_splits * (head_dim + 2);  // partial o (D) + (m, l) per split
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status kv_append_cuda(const KvAppendParams&, void*) { return host::no_cuda("kv_append"); }
-Status attention_cuda(const AttentionParams&, void*) { return host::no_cuda("attention"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(kv_append, KvAppendParams)
+RSVLM_NO_CUDA_LAUNCHER(attention, AttentionParams)
 
 }  // namespace rsvlm_edge

@@ -58,10 +58,7 @@ inline void axpy_row(const KvCacheView& c, float w, int64_t row, float* acc) {
 }  // namespace
 
 Status kv_append_cpu(const KvAppendParams& p) {
-  Status st = kv_append_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  st = kv_append_check_lengths(p);
-  if (!st.ok()) return st;
+  RSVLM_RETURN_IF_ERROR(kv_append_validate_host(p));
   const KvCacheView& c = p.cache;
   const int hk = c.num_kv_heads, d = c.head_dim;
   const float* kn = static_cast<const float*>(p.k_new);  // (B, S_new, H_kv, D)
@@ -87,10 +84,8 @@ Status kv_append_cpu(const KvAppendParams& p) {
 }
 
 Status attention_cpu(const AttentionParams& p) {
-  Status st = attention_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  st = attention_check_lengths(p);
-  if (!st.ok() || p.batch == 0 || p.s_q == 0) return st;
+  RSVLM_RETURN_IF_ERROR(attention_validate_host(p));
+  if (p.batch == 0 || p.s_q == 0) return Status::Ok();
   const KvCacheView& c = p.cache;
   const int h_q = p.num_heads, h_kv = c.num_kv_heads, d = c.head_dim, group = p.num_heads / c.num_kv_heads;
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(float(d));
@@ -103,9 +98,8 @@ Status attention_cpu(const AttentionParams& p) {
   const int64_t per_thread = host::checked_mul(group, max_keys + 2 * int64_t(d) + 2);
   const int threads = host::max_threads();
   std::vector<float> scratch;
-  st = host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread, threads,
-                           "attention");
-  if (!st.ok()) return st;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread,
+                                            threads, "attention"));
   // Work item (sequence b, query i, KV head hk): per head the arithmetic is the plain
   // softmax(q k^T * scale) v, in key order.
 #pragma omp parallel num_threads(threads)

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/host_checks.h"
 #include "rsvlm_edge/kv_attention.h"
 
 namespace rsvlm_edge {
@@ -34,10 +35,7 @@ double cache_at(const KvCacheView& c, int which, int64_t row, int64_t t) {
 }  // namespace
 
 Status kv_append_reference(const KvAppendParams& p) {
-  Status st = kv_append_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  st = kv_append_check_lengths(p);
-  if (!st.ok()) return st;
+  RSVLM_RETURN_IF_ERROR(kv_append_validate_host(p));
   const KvCacheView& c = p.cache;
   const int64_t hk = c.num_kv_heads, d = c.head_dim;
   for (int64_t b = 0; b < p.batch; ++b) {
@@ -71,10 +69,7 @@ Status kv_append_reference(const KvAppendParams& p) {
 }
 
 Status attention_reference(const AttentionParams& p) {
-  Status st = attention_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  st = attention_check_lengths(p);
-  if (!st.ok()) return st;
+  RSVLM_RETURN_IF_ERROR(attention_validate_host(p));
   const KvCacheView& c = p.cache;
   const int64_t h_q = p.num_heads, d = c.head_dim, group = p.num_heads / c.num_kv_heads;
   const double scale = p.scale > 0.f ? double(p.scale) : 1.0 / std::sqrt(double(d));

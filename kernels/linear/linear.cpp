@@ -24,8 +24,6 @@ Status linear_validate(const LinearParams& p, bool cuda) {
   return host::check_activation_dtype("linear", p.act_dtype, cuda);
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status linear_cuda(const LinearParams&, void*) { return host::no_cuda("linear"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(linear, LinearParams)
 
 }  // namespace rsvlm_edge

@@ -35,8 +35,6 @@ Status patch_embed_validate(const PatchEmbedParams& p, bool cuda) {
   return Status::Ok();
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status patch_embed_cuda(const PatchEmbedParams&, void*) { return host::no_cuda("patch_embed"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(patch_embed, PatchEmbedParams)
 
 }  // namespace rsvlm_edge

@@ -16,8 +16,6 @@ Status rms_norm_validate(const RmsNormParams& p, bool cuda) {
   return host::check_activation_dtype("rms_norm", p.dtype, cuda);
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status rms_norm_cuda(const RmsNormParams&, void*) { return host::no_cuda("rms_norm"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(rms_norm, RmsNormParams)
 
 }  // namespace rsvlm_edge

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/rms_norm.h"
 
@@ -61,7 +62,8 @@ Status rms_norm_cuda(const RmsNormParams& p, void* stream_ptr) {
   Status st = rms_norm_validate(p, true);
   if (!st.ok() || p.rows == 0) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  return p.dtype == DType::f16 ? launch_rms_norm<__half>(p, stream) : launch_rms_norm<__nv_bfloat16>(p, stream);
+  return cuda::with_half_type(p.dtype,
+                              [&](auto type) { return launch_rms_norm<typename decltype(type)::type>(p, stream); });
 }
 
 }  // namespace rsvlm_edge

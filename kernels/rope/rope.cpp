@@ -18,8 +18,6 @@ Status rope_validate(const RopeParams& p, bool cuda) {
   return host::check_activation_dtype("rope", p.dtype, cuda);
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status rope_cuda(const RopeParams&, void*) { return host::no_cuda("rope"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(rope, RopeParams)
 
 }  // namespace rsvlm_edge

@@ -10,29 +10,22 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {
 namespace {
 
-constexpr int kThreads = 256;
-
 using cuda::from_float;
 using cuda::to_float;
 
-unsigned grid_for(int64_t n, int threads) {
-  return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 1 << 20));
-}
-
 // One thread per rotated pair (token t, head h over q then k, i < D/2); grid-stride.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
+__global__ void __launch_bounds__(cuda::kGridStrideThreads) rope_kernel(RopeParams p) {
   const int half = p.head_dim / 2;
   const int heads = p.num_heads + (p.k ? p.num_kv_heads : 0);
-  const int64_t total = p.tokens * heads * half;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  cuda::grid_stride_loop(p.tokens * heads * half, [&](int64_t idx) {
     const int i = int(idx % half);
     const int h = int((idx / half) % heads);
     const int64_t t = idx / (int64_t(half) * heads);
@@ -44,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
     const float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
     x[i] = from_float<T>(x1 * c - x2 * s);
     x[i + half] = from_float<T>(x2 * c + x1 * s);
-  }
+  });
 }
 
 }  // namespace
@@ -54,10 +47,10 @@ Status rope_cuda(const RopeParams& p, void* stream_ptr) {
   if (!st.ok() || p.tokens == 0) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t total = p.tokens * (p.num_heads + (p.k ? p.num_kv_heads : 0)) * (p.head_dim / 2);
-  if (p.dtype == DType::f16)
-    rope_kernel<__half><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
-  else
-    rope_kernel<__nv_bfloat16><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
+  cuda::with_half_type(p.dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    rope_kernel<T><<<cuda::grid_stride_blocks(total), cuda::kGridStrideThreads, 0, stream>>>(p);
+  });
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }

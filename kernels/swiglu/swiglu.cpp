@@ -13,8 +13,6 @@ Status swiglu_validate(const SwiGluParams& p, bool cuda) {
   return host::check_activation_dtype("swiglu", p.dtype, cuda);
 }
 
-#ifndef RSVLM_WITH_CUDA
-Status swiglu_cuda(const SwiGluParams&, void*) { return host::no_cuda("swiglu"); }
-#endif
+RSVLM_NO_CUDA_LAUNCHER(swiglu, SwiGluParams)
 
 }  // namespace rsvlm_edge

@@ -10,27 +10,23 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/swiglu.h"
 
 namespace rsvlm_edge {
 namespace {
 
-constexpr int kThreads = 256;
-
 using cuda::from_float;
 using cuda::to_float;
 
-unsigned grid_for(int64_t n, int threads) {
-  return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 1 << 20));
-}
-
 template <typename T>
-__global__ void __launch_bounds__(kThreads) swiglu_kernel(const T* gate, const T* up, T* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+__global__ void __launch_bounds__(cuda::kGridStrideThreads)
+    swiglu_kernel(const T* gate, const T* up, T* out, int64_t n) {
+  cuda::grid_stride_loop(n, [&](int64_t i) {
     const float g = to_float(gate[i]);
     out[i] = from_float<T>(g / (1.f + expf(-g)) * to_float(up[i]));
-  }
+  });
 }
 
 }  // namespace
@@ -39,13 +35,11 @@ Status swiglu_cuda(const SwiGluParams& p, void* stream_ptr) {
   Status st = swiglu_validate(p, true);
   if (!st.ok() || p.n == 0) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  if (p.dtype == DType::f16)
-    swiglu_kernel<__half><<<grid_for(p.n, kThreads), kThreads, 0, stream>>>(
-        static_cast<const __half*>(p.gate), static_cast<const __half*>(p.up), static_cast<__half*>(p.out), p.n);
-  else
-    swiglu_kernel<__nv_bfloat16><<<grid_for(p.n, kThreads), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(p.gate), static_cast<const __nv_bfloat16*>(p.up),
-        static_cast<__nv_bfloat16*>(p.out), p.n);
+  cuda::with_half_type(p.dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    swiglu_kernel<T><<<cuda::grid_stride_blocks(p.n), cuda::kGridStrideThreads, 0, stream>>>(
+        static_cast<const T*>(p.gate), static_cast<const T*>(p.up), static_cast<T*>(p.out), p.n);
+  });
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }

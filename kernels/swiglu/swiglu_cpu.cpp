@@ -1,18 +1,17 @@
 // swiglu fast CPU path: OpenMP, fp32 (see rsvlm_edge/swiglu.h).
 #include <cmath>
 
+#include "common/host_arrays.h"
+#include "common/host_checks.h"
 #include "rsvlm_edge/swiglu.h"
 
 namespace rsvlm_edge {
 
 Status swiglu_cpu(const SwiGluParams& p) {
-  Status st = swiglu_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  const float* g = static_cast<const float*>(p.gate);  // (n)
-  const float* u = static_cast<const float*>(p.up);    // (n)
-  float* out = static_cast<float*>(p.out);             // (n), may alias gate or up
+  RSVLM_RETURN_IF_ERROR(swiglu_validate(p, /*cuda=*/false));
+  const host::SwiGluArrays a(p);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < p.n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  for (int64_t i = 0; i < p.n; ++i) a.out[i] = a.gate[i] / (1.f + std::exp(-a.gate[i])) * a.up[i];
   return Status::Ok();
 }
 

@@ -1,19 +1,18 @@
 // swiglu naive reference: one plain loop in fp64 (see rsvlm_edge/swiglu.h).
 #include <cmath>
 
+#include "common/host_arrays.h"
+#include "common/host_checks.h"
 #include "rsvlm_edge/swiglu.h"
 
 namespace rsvlm_edge {
 
 Status swiglu_reference(const SwiGluParams& p) {
-  Status st = swiglu_validate(p, /*cuda=*/false);
-  if (!st.ok()) return st;
-  const float* g = static_cast<const float*>(p.gate);  // (n)
-  const float* u = static_cast<const float*>(p.up);    // (n)
-  float* out = static_cast<float*>(p.out);             // (n), may alias gate or up
+  RSVLM_RETURN_IF_ERROR(swiglu_validate(p, /*cuda=*/false));
+  const host::SwiGluArrays a(p);
   for (int64_t i = 0; i < p.n; ++i) {
-    const double gi = g[i], ui = u[i];
-    out[i] = float(gi / (1.0 + std::exp(-gi)) * ui);
+    const double gi = a.gate[i], ui = a.up[i];
+    a.out[i] = float(gi / (1.0 + std::exp(-gi)) * ui);
   }
   return Status::Ok();
 }

@@ -296,24 +296,23 @@ class OrtGraph:
         return self.session.run(self.output_names, feeds)
 
 
-def _probe_cpu() -> Probe:
+def _probe_provider(provider: str, device: str, hint: str = "") -> Probe:
+    """Whether onnxruntime is installed and has execution provider ``provider``."""
     try:
         have = _providers()
     except ImportError as e:
         return Probe(False, f"onnxruntime is not installed ({e})")
-    if "CPUExecutionProvider" not in have:
-        return Probe(False, "this onnxruntime has no CPUExecutionProvider", _version())
-    return Probe(True, versions=_version(), device="cpu")
+    if provider not in have:
+        return Probe(False, f"this onnxruntime has no {provider}{hint}", _version())
+    return Probe(True, versions=_version(), device=device)
+
+
+def _probe_cpu() -> Probe:
+    return _probe_provider("CPUExecutionProvider", "cpu")
 
 
 def _probe_cuda() -> Probe:
-    try:
-        have = _providers()
-    except ImportError as e:
-        return Probe(False, f"onnxruntime is not installed ({e})")
-    if "CUDAExecutionProvider" not in have:
-        return Probe(False, "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)", _version())
-    return Probe(True, versions=_version(), device="cuda (CUDAExecutionProvider)")
+    return _probe_provider("CUDAExecutionProvider", "cuda (CUDAExecutionProvider)", " (pip install onnxruntime-gpu)")
 
 
 register(BackendSpec(

@@ -189,15 +189,22 @@ def _optional(sd: dict[str, Any], expect: dict[str, tuple[int, ...]], source: Pa
     require(sd, {k: v for k, v in expect.items() if k in sd}, source, what)
 
 
-def _open_clip_tower(sd: dict[str, Any], prefix: str, width: int, what: str, source: Path | str) -> None:
+def _tower_blocks(sd: dict[str, Any], prefix: str, unit: str, fc_in: str, what: str,
+                  source: Path | str) -> tuple[list[int], int]:
+    """The block indices of a transformer tower (at least one) and its MLP hidden width, read from
+    block 0's ``fc_in`` weight."""
     blocks = block_indices(sd, prefix, what, source)
     if not blocks:
-        raise _fail(f"'{source}': the {what} has no transformer blocks ('{prefix}0.*' is missing)",
+        raise _fail(f"'{source}': the {what} has no transformer {unit} ('{prefix}0.*' is missing)",
                     "the checkpoint is incomplete; restore it from its source")
-    hidden_key = f"{prefix}0.mlp.c_fc.weight"
+    hidden_key = f"{prefix}0.mlp.{fc_in}.weight"
     if hidden_key not in sd:
         raise _fail(f"'{source}': tensor '{hidden_key}' is missing", "re-download the checkpoint")
-    hidden = int(sd[hidden_key].shape[0])
+    return blocks, int(sd[hidden_key].shape[0])
+
+
+def _open_clip_tower(sd: dict[str, Any], prefix: str, width: int, what: str, source: Path | str) -> None:
+    blocks, hidden = _tower_blocks(sd, prefix, "blocks", "c_fc", what, source)
     for i in blocks:
         b = f"{prefix}{i}."
         require(sd, {
@@ -242,24 +249,21 @@ def validate_clip_state_dict(sd: dict[str, Any], source: Path | str) -> None:
     _open_clip_tower(sd, "transformer.resblocks.", tw, "text tower", source)
 
 
+def _hf_encoder_layer(b: str, width: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """Expected shapes of one transformers CLIP encoder layer under prefix ``b``."""
+    expect = {b + f"self_attn.{x}_proj.{k}": (width, width) if k == "weight" else (width,)
+              for x in ("q", "k", "v", "out") for k in ("weight", "bias")}
+    expect.update({b + f"layer_norm{n}.{k}": (width,) for n in (1, 2) for k in ("weight", "bias")})
+    expect.update({b + "mlp.fc1.weight": (hidden, width), b + "mlp.fc1.bias": (hidden,),
+                   b + "mlp.fc2.weight": (width, hidden), b + "mlp.fc2.bias": (width,)})
+    return expect
+
+
 def _hf_clip_tower(sd: dict[str, Any], prefix: str, width: int, what: str, source: Path | str) -> None:
     layers = f"{prefix}encoder.layers."
-    blocks = block_indices(sd, layers, what, source)
-    if not blocks:
-        raise _fail(f"'{source}': the {what} has no transformer layers ('{layers}0.*' is missing)",
-                    "the checkpoint is incomplete; restore it from its source")
-    hidden_key = f"{layers}0.mlp.fc1.weight"
-    if hidden_key not in sd:
-        raise _fail(f"'{source}': tensor '{hidden_key}' is missing", "re-download the checkpoint")
-    hidden = int(sd[hidden_key].shape[0])
+    blocks, hidden = _tower_blocks(sd, layers, "layers", "fc1", what, source)
     for i in blocks:
-        b = f"{layers}{i}."
-        expect = {b + f"self_attn.{x}_proj.{k}": (width, width) if k == "weight" else (width,)
-                  for x in ("q", "k", "v", "out") for k in ("weight", "bias")}
-        expect.update({b + f"layer_norm{n}.{k}": (width,) for n in (1, 2) for k in ("weight", "bias")})
-        expect.update({b + "mlp.fc1.weight": (hidden, width), b + "mlp.fc1.bias": (hidden,),
-                       b + "mlp.fc2.weight": (width, hidden), b + "mlp.fc2.bias": (width,)})
-        require(sd, expect, source)
+        require(sd, _hf_encoder_layer(f"{layers}{i}.", width, hidden), source)
 
 
 def validate_hf_clip_state_dict(hf: dict[str, Any], source: Path | str) -> None:
@@ -333,13 +337,7 @@ def validate_llava_parts(decoder: dict[str, Any], vision: dict[str, Any], projec
     }, source, "vision ")
     _optional(vision, {"post_layernorm.weight": (w,), "post_layernorm.bias": (w,)}, source, "vision ")
     for i in vlayers:
-        p = f"encoder.layers.{i}."
-        expect = {p + f"self_attn.{x}_proj.{k}": (w, w) if k == "weight" else (w,)
-                  for x in ("q", "k", "v", "out") for k in ("weight", "bias")}
-        expect.update({p + f"layer_norm{n}.{k}": (w,) for n in (1, 2) for k in ("weight", "bias")})
-        expect.update({p + "mlp.fc1.weight": (vinter, w), p + "mlp.fc1.bias": (vinter,),
-                       p + "mlp.fc2.weight": (w, vinter), p + "mlp.fc2.bias": (w,)})
-        require(vision, expect, source, "vision ")
+        require(vision, _hf_encoder_layer(f"encoder.layers.{i}.", w, vinter), source, "vision ")
 
     if "fc1.weight" not in projector:
         raise _fail(f"'{source}': projector tensor 'fc1.weight' is missing", "re-download the checkpoint")

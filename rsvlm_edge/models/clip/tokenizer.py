@@ -41,8 +41,9 @@ WORD_PATTERN = (OPEN_CLIP_SOT + "|" + OPEN_CLIP_EOT
 _CACHE_MAX = 65536  # words; cleared when full (labels repeat across templates and calls)
 
 
-def _bytes_to_unicode() -> list[str]:
-    """open_clip's byte -> printable character table (GPT-2 byte-level BPE), indexed by byte."""
+def bytes_to_unicode() -> dict[int, str]:
+    """open_clip's byte -> printable character table (GPT-2 byte-level BPE), in open_clip's order
+    (printable bytes first: the order of the first 256 vocabulary entries)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -51,11 +52,10 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, map(chr, cs)))
-    return [table[b] for b in range(256)]
+    return dict(zip(bs, map(chr, cs)))
 
 
-_BYTE_ENCODER = _bytes_to_unicode()
+_BYTE_ENCODER = [c for _, c in sorted(bytes_to_unicode().items())]  # indexed by byte
 
 
 def clean_text(text: str) -> str:

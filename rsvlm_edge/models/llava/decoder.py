@@ -17,6 +17,7 @@ only looked-up rows are widened; int8 / int4 weights stay quantised in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,11 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     return _linear(ops, h, weights.lm_head, out=out)
 
 
+def _read_only(path: str, doc: str) -> property:
+    """A read-only property that returns ``self.<path>`` (a dotted attribute path)."""
+    return property(attrgetter(path), doc=doc)
+
+
 class LlamaDecoder:
     """A decoder ready to run: config, op set, weights, KV cache and decode buffers together.
 
@@ -279,29 +285,12 @@ class LlamaDecoder:
         self.cache = KVCache.allocate(config, max_batch, max_seq)
         self.buffers = DecodeBuffers.allocate(config, max_batch)
 
-    @property
-    def max_batch(self) -> int:
-        return self.cache.max_batch
-
-    @property
-    def max_seq(self) -> int:
-        return self.cache.max_seq
-
-    @property
-    def layers(self) -> list[Layer]:
-        return self.weights.layers
-
-    @property
-    def embed(self) -> np.ndarray:
-        return self.weights.embed
-
-    @property
-    def lm_head(self) -> Linear:
-        return self.weights.lm_head
-
-    @property
-    def weight_bytes(self) -> int:
-        return self.weights.step_bytes
+    max_batch = _read_only("cache.max_batch", "Sequences the KV cache holds (int).")
+    max_seq = _read_only("cache.max_seq", "Positions per sequence of the KV cache (int).")
+    layers = _read_only("weights.layers", "The decoder layers (list[Layer]).")
+    embed = _read_only("weights.embed", "The token embedding table (np.ndarray).")
+    lm_head = _read_only("weights.lm_head", "The output projection (Linear).")
+    weight_bytes = _read_only("weights.step_bytes", "Bytes of weights one decode step reads (int).")
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return self.weights.embed_tokens(ids)

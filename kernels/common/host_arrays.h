@@ -1,0 +1,33 @@
+// The float32 host arrays of an op's Params, as the op's two host launchers (the fast CPU path and
+// the naive reference) read them: one view per op, shared by <op>_cpu.cpp and <op>_ref.cpp. Build it
+// after <op>_validate(p, /*cuda=*/false) has passed (which checked the dtype is float32).
+#pragma once
+
+#include "rsvlm_edge/rms_norm.h"
+#include "rsvlm_edge/swiglu.h"
+
+namespace rsvlm_edge {
+namespace host {
+
+struct RmsNormArrays {
+  const float* x;       // (T, D)
+  const float* weight;  // (D)
+  float* out;           // (T, D), may alias x
+
+  explicit RmsNormArrays(const RmsNormParams& p)
+      : x(static_cast<const float*>(p.x)),
+        weight(static_cast<const float*>(p.weight)),
+        out(static_cast<float*>(p.out)) {}
+};
+
+struct SwiGluArrays {
+  const float* gate;  // (n)
+  const float* up;    // (n)
+  float* out;         // (n), may alias gate or up
+
+  explicit SwiGluArrays(const SwiGluParams& p)
+      : gate(static_cast<const float*>(p.gate)), up(static_cast<const float*>(p.up)), out(static_cast<float*>(p.out)) {}
+};
+
+}  // namespace host
+}  // namespace rsvlm_edge
