@@ -177,7 +177,7 @@ def test_undecodable_image_cli_and_no_partial_embeddings(bundle, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     r = cli("classify", str(bundle), str(good), str(bad), "--labels", "forest,river")
     assert_clean_error(r, "could not be decoded", "broken.jpg")
-    out = tmp_path / "emb.npy"
+    out = tmp_path / "emb.npz"
     r = cli("embed", str(bundle), str(good), str(bad), "-o", str(out))
     assert_clean_error(r, "could not be decoded")
     assert not out.exists() and not list(tmp_path.glob(".emb*"))

@@ -102,11 +102,12 @@ def test_cli_classify_json_and_embed(bundle, tmp_path):
     rt = rsvlm_edge.load(bundle)
     expect = rt.classify([str(imgs / f"{i}.png") for i in range(3)], ["forest", "river", "airport"]).top(1)
     assert [x["top"][0]["label"] for x in out["results"]] == [t[0][0] for t in expect]
-    r = run("embed", str(bundle), str(imgs), "-o", str(tmp_path / "e.npy"))
+    r = run("embed", str(bundle), str(imgs), "-o", str(tmp_path / "e.npz"))
     assert r.returncode == 0, r.stderr
-    emb = np.load(tmp_path / "e.npy")
+    saved = np.load(tmp_path / "e.npz", allow_pickle=False)
+    emb = saved["embeddings"]
     assert emb.shape == (3, 64) and emb.dtype == np.float32
-    assert (tmp_path / "e.paths.txt").read_text().split() == [str(imgs / f"{i}.png") for i in range(3)]
+    assert saved["paths"].tolist() == [str(imgs / f"{i}.png") for i in range(3)]
     np.testing.assert_allclose(emb, rt.encode_images([str(imgs / f"{i}.png") for i in range(3)]), atol=1e-6)
 
 

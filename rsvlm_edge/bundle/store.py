@@ -6,11 +6,12 @@ symlink leaving it) and has the recorded size and sha256, and only then returns 
 about a file outside the bundle is read or reported.
 
 Writing (``BundleWriter``) is atomic: everything goes into a temporary sibling directory
-``.NAME.rsvlm.<pid>.<random>.tmp``, every file is hashed into the manifest, and the directory is then
-renamed into place. Without ``overwrite`` the rename fails if another writer got there first; with
-``overwrite`` the old and new directories are swapped atomically (``renameat2(RENAME_EXCHANGE)``
-on Linux), so the destination path never disappears. Temporary directories left behind by a killed
-writer (their pid is gone) are removed by the next writer of the same path.
+``.NAME.rsvlm.<pid>.<random>.tmp``, every file is hashed into the manifest and flushed to disk, and
+the directory is then renamed into place. Without ``overwrite`` the rename fails if another writer
+got there first (``renameat2(RENAME_NOREPLACE)``); with ``overwrite`` the old and new directories
+are swapped atomically (``renameat2(RENAME_EXCHANGE)`` on Linux), so the destination path never
+disappears, and only a bundle (or an empty directory) is ever replaced. Temporary directories left
+behind by a killed writer (their pid is gone) are removed by the next writer of the same path.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import write_json_atomic
+from ..atomic import _fsync_dir, fsync_file, remove_stale_temps, temp_prefix, write_json_atomic
 from ..errors import BundleError
 from .migrate import migrate
 from .schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST, Manifest, check_relpath, parse_manifest
@@ -117,6 +118,10 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     the recorded size and (when ``verify``) sha256."""
     root = Path(path)
     if not root.exists():
+        left = _interrupted_swap(root)
+        if left is not None:
+            raise BundleError(f"bundle '{root}' does not exist: an interrupted --overwrite left the previous bundle "
+                              f"at '{left}'", f"run the export again (it restores it), or: mv '{left}' '{root}'")
         raise BundleError(f"bundle '{root}' does not exist", "check the path, or create it with `rsvlm-edge export`")
     if not root.is_dir():
         raise BundleError(f"'{root}' is not a bundle directory", "bundles are directories named NAME.rsvlm")
@@ -135,43 +140,36 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
+def _interrupted_swap(root: Path) -> Path | None:
+    """The '.NAME.<pid>.old' directory a writer killed mid-swap left (see ``BundleWriter``), if any."""
+    try:
+        for p in root.parent.iterdir():
+            if p.name.startswith(temp_prefix(root)) and p.name.endswith(".old") and (p / MANIFEST).is_file():
+                return p
+    except OSError:
+        pass
+    return None
+
+
 # ---- writing ----
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_renameat2_fn: Any = None
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """Linux ``renameat2(a, b, flags)``: True on success, False where the system or the file
+    system does not support it; any other failure raises OSError (EEXIST for RENAME_NOREPLACE)."""
+    global _renameat2_fn
+    if _renameat2_fn is None:
+        try:
+            _renameat2_fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):
+            _renameat2_fn = False
+    if _renameat2_fn is False:
         return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(dest: Path) -> None:
-    """Remove ``.NAME.<pid>.*.tmp`` siblings of ``dest`` whose writer process no longer exists."""
-    prefix = f".{dest.name}."
-    if not dest.parent.is_dir():
-        return
-    for p in dest.parent.iterdir():
-        if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
-            continue
-        pid = p.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists() and not dest.exists():  # a swap was interrupted between its two renames
-        os.replace(old, dest)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    rc = _renameat2_fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags)
     if rc == 0:
         return True
     err = ctypes.get_errno()
@@ -180,39 +178,103 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-class BundleWriter:
-    """Builds a bundle in a temp directory; ``commit`` hashes the files and renames it into place.
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (RENAME_EXCHANGE); False where unsupported."""
+    return _renameat2(a, b, RENAME_EXCHANGE)
 
-    Use as a context manager: on an exception (Ctrl-C included) the temp directory is removed and
-    the destination is untouched.
+
+def _is_replaceable(dest: Path) -> bool:
+    """``--overwrite`` replaces only a bundle (a directory with a manifest) or an empty directory,
+    never another file or directory that happens to have the name."""
+    if not dest.is_dir():
+        return False
+    if (dest / MANIFEST).is_file():
+        return True
+    try:
+        return not any(dest.iterdir())
+    except OSError:
+        return False
+
+
+def _exists_error(dest: Path, meanwhile: bool = False) -> BundleError:
+    why = " (written by another export meanwhile)" if meanwhile else ""
+    return BundleError(f"'{dest}' already exists{why}", "pass --overwrite or choose another output path")
+
+
+def _write_error(dest: Path, err: OSError) -> BundleError:
+    from ..atomic import output_error
+
+    e = output_error(dest, err, "bundle")
+    return BundleError(e.message, e.fix)
+
+
+class BundleWriter:
+    """Builds a bundle in a temp directory; ``commit`` hashes the files and moves it into place.
+
+    Use as a context manager: on an exception (Ctrl-C and SIGTERM included) the temp directory is
+    removed and the destination is untouched. Guarantees:
+
+    * without ``overwrite`` an existing destination is refused, here and again at the final rename
+      (``RENAME_NOREPLACE``), so of two writers racing for one path exactly one succeeds and the
+      other gets "already exists";
+    * with ``overwrite`` the old and new bundles are exchanged atomically (``RENAME_EXCHANGE``): a
+      reader sees the old or the new bundle, never a missing or half-written one, even if the
+      writer is killed. Only a bundle or an empty directory is ever replaced. Where the file system
+      cannot exchange, two renames are used and a writer killed between them leaves the old bundle at
+      ``.NAME.<pid>.old``, which the next writer of the path renames back;
+    * temp directories of killed writers (their pid is gone) are removed by the next writer of the
+      same path;
+    * a write failure (full disk, read-only or unwritable directory) is a ``BundleError`` naming the
+      destination.
     """
 
     def __init__(self, dest: str | os.PathLike[str], overwrite: bool = False) -> None:
         self.dest = Path(dest)
         self.overwrite = overwrite
+        self.tmp: Path | None = None
         if self.dest.suffix != ".rsvlm":
             raise BundleError(f"bundle path '{self.dest}' must end in .rsvlm", f"use e.g. '{self.dest.name}.rsvlm'")
+        if overwrite and self.dest.is_symlink():
+            self.dest = Path(os.path.realpath(self.dest))  # replace the link's target, keep the link
         remove_stale_temps(self.dest)
-        if self.dest.exists() and not overwrite:
-            raise BundleError(f"'{self.dest}' already exists", "pass --overwrite or choose another output path")
+        self._check_destination()
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.{os.getpid()}.", suffix=".tmp",
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(self.dest)}{os.getpid()}.", suffix=".tmp",
                                              dir=self.dest.parent))
         except OSError as e:
             raise BundleError(f"cannot write into '{self.dest.parent}' ({e.strerror})",
                               "choose a writable output directory") from None
 
+    def _check_destination(self) -> None:
+        if not os.path.lexists(self.dest):
+            return
+        if not self.overwrite:
+            raise _exists_error(self.dest)
+        if not _is_replaceable(self.dest):
+            raise BundleError(f"'{self.dest}' exists and is not an rsvlm bundle; --overwrite only replaces bundles",
+                              "remove it yourself, or choose another output path")
+
     def path(self, name: str) -> Path:
         """Where to write file ``name`` inside the bundle being built."""
+        assert self.tmp is not None
         return self.tmp / check_relpath(name)
 
     def commit(self, manifest: dict[str, Any]) -> Bundle:
         """Hash every file, validate and write the manifest, and move the bundle into place."""
+        assert self.tmp is not None
+        try:
+            return self._commit(manifest)
+        except OSError as e:
+            raise _write_error(self.dest, e) from None
+
+    def _commit(self, manifest: dict[str, Any]) -> Bundle:
+        assert self.tmp is not None
         files: dict[str, dict[str, Any]] = {}
         for p in sorted(self.tmp.rglob("*")):
             if p.is_file():
                 rel = p.relative_to(self.tmp).as_posix()
+                fsync_file(p)
                 files[rel] = {"size": p.stat().st_size, "sha256": sha256_of(p)}
         full = {
             "format": FORMAT_NAME,
@@ -224,35 +286,70 @@ class BundleWriter:
         }
         parsed = parse_manifest(full, f"manifest of {self.dest}")  # never write a bundle we would refuse
         write_json_atomic(self.tmp / MANIFEST, full)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700
-        if not self.dest.exists():
-            try:
-                os.rename(self.tmp, self.dest)  # fails if another writer created it meanwhile
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-                    raise BundleError(f"'{self.dest}' already exists (written by another export meanwhile)",
-                                      "pass --overwrite or choose another output path") from None
-                raise
-        elif not self.overwrite:
-            raise BundleError(f"'{self.dest}' already exists", "pass --overwrite or choose another output path")
-        elif _exchange(self.tmp, self.dest):
-            shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old bundle
-        else:  # no atomic exchange: two renames; remove_stale_temps repairs an interrupted swap
-            old = self.dest.with_name(f".{self.dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.dest, old)
-            os.replace(self.tmp, self.dest)
-            shutil.rmtree(old, ignore_errors=True)
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _fsync_dir(self.tmp)
+        self._place()
+        _fsync_dir(self.dest.parent)
         return Bundle(self.dest, parsed)
 
+    def _place(self) -> None:
+        """Move the finished temp directory to ``dest`` (see the class docstring)."""
+        assert self.tmp is not None
+        if self._rename_noreplace():
+            return
+        if not self.overwrite:
+            raise _exists_error(self.dest, meanwhile=True)
+        if not _is_replaceable(self.dest):
+            raise BundleError(f"'{self.dest}' exists and is not an rsvlm bundle; --overwrite only replaces bundles",
+                              "remove it yourself, or choose another output path")
+        if _exchange(self.tmp, self.dest):
+            shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old bundle
+            return
+        # No atomic exchange here: two renames. A writer killed between them leaves the old bundle at
+        # '.NAME.<pid>.old' and no NAME; remove_stale_temps (the next writer) renames it back.
+        old = self.dest.with_name(f"{temp_prefix(self.dest)}{os.getpid()}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.dest, old)
+        try:
+            os.rename(self.tmp, self.dest)
+        except OSError:
+            os.rename(old, self.dest)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _rename_noreplace(self) -> bool:
+        """Rename tmp -> dest unless dest exists (atomically where RENAME_NOREPLACE works)."""
+        assert self.tmp is not None
+        try:
+            if _renameat2(self.tmp, self.dest, RENAME_NOREPLACE):
+                return True
+        except FileExistsError:
+            return False
+        if os.path.lexists(self.dest):  # no RENAME_NOREPLACE: check, then rename (a small race window)
+            return False
+        try:
+            os.rename(self.tmp, self.dest)  # also fails if another writer created it meanwhile
+            return True
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                return False
+            raise
+
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "BundleWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self.tmp.exists():
+        if self.tmp is not None and (exc_type is not None or self.tmp.exists()):
             self.abort()
+        if exc is not None and isinstance(exc, OSError):
+            raise _write_error(self.dest, exc) from None
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -44,7 +44,7 @@ def _clip_runtime(bundle: Path, backend: str, batch_size: int | None = None):
     (images prepared at once) the memory that needs is checked first, before anything is loaded."""
     from ..bundle import open_bundle
     from ..models.clip.runtime import ClipRuntime, clip_batch_bytes
-    from .common import check_memory, largest_fitting
+    from .common import check_memory, largest_fitting, smaller_batch_fix
 
     b = open_bundle(bundle)
     if b.architecture != "clip":
@@ -53,7 +53,7 @@ def _clip_runtime(bundle: Path, backend: str, batch_size: int | None = None):
     if batch_size is not None:
         fits = largest_fitting(lambda n: clip_batch_bytes(b, n))
         check_memory(clip_batch_bytes(b, batch_size), f"--batch-size {batch_size}",
-                     f"use --batch-size {min(fits, batch_size - 1)} or less")
+                     smaller_batch_fix("--batch-size", fits, batch_size))
     return ClipRuntime(b, backend=backend)
 
 

@@ -1,8 +1,22 @@
-"""What every command shares: option parsing helpers and the error contract (one ``error:`` line,
-one ``fix:`` line, exit 2; Ctrl-C 130; SIGTERM 143; never a traceback)."""
+"""What every command shares: option parsing helpers and the error contract.
+
+The contract (``run_app``), for every command and every way of failing:
+
+* a user error (bad option or argument, unknown command or option, missing file, bad bundle, bad
+  image, unwritable output, not enough memory) prints one ``error:`` line and one ``fix:`` line on
+  stderr and exits with code 2, never with a traceback;
+* Ctrl-C (SIGINT) exits 130 and SIGTERM 143: the stack unwinds, so temp files are removed and no
+  partial output is left (outputs are written atomically, see ``rsvlm_edge.atomic``); further
+  signals while cleaning up are ignored (a third one exits at once);
+* an unexpected internal error prints ``error: internal error ...`` and a ``fix:`` line and exits 1
+  (set ``RSVLM_EDGE_DEBUG=1`` to see the traceback).
+"""
 
 from __future__ import annotations
 
+import enum
+import math
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,8 +26,22 @@ from typing import Any
 from ..errors import InputError, RsvlmError
 
 EXIT_ERROR = 2
+EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+MEMORY_ENV = "RSVLM_EDGE_MAX_MEMORY"
+DEBUG_ENV = "RSVLM_EDGE_DEBUG"
+
+
+class OnError(str, enum.Enum):
+    """What ``classify`` / ``embed`` do with an image that cannot be read."""
+
+    strict = "strict"
+    skip = "skip"
+
+
+ON_ERROR_HELP = ("strict: stop at the first unreadable image (nothing is written); skip: leave it out, "
+                 "list it with the reason in the output, and warn with a count")
 
 
 def csv(s: str) -> list[str]:
@@ -30,19 +58,35 @@ def ints(s: str, what: str = "--batch") -> list[int]:
     return out
 
 
+def positive(value: int | None, option: str, example: str = "1") -> None:
+    """Refuse ``value < 1`` for an integer option (None means 'default')."""
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be >= 1 (got {value})", f"e.g. {option} {example}")
+
+
 def read_labels(labels: str) -> list[str]:
-    """``a,b,c`` or ``@file`` (UTF-8, one label per line)."""
+    """``a,b,c`` or ``@file`` (UTF-8, one label per line; blank lines of a file are ignored)."""
     if labels.startswith("@"):
         p = Path(labels[1:])
-        if not p.is_file():
+        if not p.exists():
             raise InputError(f"label file '{p}' does not exist", "check the path after '@'")
+        if not p.is_file():
+            raise InputError(f"label file '{p}' is not a file", "pass @FILE with one label per line")
         try:
-            text = p.read_bytes().decode("utf-8-sig")
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"label file '{p}' cannot be read ({e.strerror})", "check its permissions") from None
+        try:
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise InputError(f"label file '{p}' is not UTF-8 text (byte {e.start})",
                              "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        if "\x00" in text:
+            raise InputError(f"label file '{p}' contains NUL bytes (binary, or UTF-16)",
+                             "save it as UTF-8 text, one label per line")
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return csv(labels) if labels.strip() else []
+    # Inline: keep empty entries, so that 'a,,b' or 'a, ,b' is reported instead of silently dropped.
+    return [x.strip() for x in labels.split(",")] if labels.strip() else []
 
 
 def fmt(v: Any) -> str:
@@ -51,26 +95,194 @@ def fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def shown(path: Any) -> str:
+    """A path as text that always prints (undecodable bytes of a file name as \\x escapes)."""
+    s = str(path)
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if _has_surrogates(s) else s
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in s)
+
+
+# ---- memory ----
+
+def parse_bytes(s: str) -> int:
+    """'512M', '2G', '1.5GiB', '1000000' -> bytes."""
+    t = s.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        v = float(t)
+    except ValueError:
+        raise InputError(f"{MEMORY_ENV}='{s}' is not a size", f"e.g. {MEMORY_ENV}=4G") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{MEMORY_ENV}='{s}' must be a positive size", f"e.g. {MEMORY_ENV}=4G")
+    return int(v * mult)
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: MemAvailable, the cgroup limit, and ``RSVLM_EDGE_MAX_MEMORY``
+    (for a device that shares its memory with other work), whichever is smallest."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if raw.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip() or 0)
+            limits.append(max(int(raw) - used, 0))
+    except (OSError, ValueError):
+        pass
+    if not limits:
+        try:
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            limits.append(1 << 62)
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        limits.append(parse_bytes(env))
+    return min(limits)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_memory(need: int, what: str, fix: str) -> None:
+    """Refuse work whose estimated memory exceeds 90 % of what is available (``available_memory``)."""
+    avail = available_memory()
+    if need > 0.9 * avail:
+        raise InputError(f"{what} needs about {human_bytes(need)} of memory; {human_bytes(avail)} is available",
+                         fix + (f" (or raise {MEMORY_ENV})" if os.environ.get(MEMORY_ENV) else ""))
+
+
+def smaller_batch_fix(option: str, fits: int, asked: int) -> str:
+    """The fix for a batch size that does not fit in memory."""
+    if asked <= 1 or fits >= asked:
+        return "free some memory, or use a smaller model"
+    return f"use {option} {max(1, fits)} or less"
+
+
+def largest_fitting(bytes_for: Callable[[int], int], upper: int = 1 << 40) -> int:
+    """The largest n (>= 1) with ``bytes_for(n)`` (non-decreasing in n) within what ``check_memory``
+    allows."""
+    budget = 0.9 * available_memory()
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if bytes_for(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# ---- sampling options (ask, caption) ----
+
+def check_generation_options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                             seed: int = 0) -> None:
+    """Refuse bad sampling options before any model is loaded (same rules as the runtime)."""
+    from ..models.llava.generation import check_sampling, check_seed
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})", "e.g. --max-new-tokens 128")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"--temperature must be a finite number >= 0 (got {temperature})",
+                         "use 0 for greedy decoding, or e.g. --temperature 0.7")
+    if not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1] (got {top_p})", "e.g. --top-p 0.9 (1 keeps every token)")
+    check_seed(seed, "--seed")
+    check_sampling(temperature, top_p, max_new_tokens)
+
+
+# ---- the error contract ----
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that cleanup (temp files) runs as for Ctrl-C."""
 
 
-def _on_sigterm(_signum: int, _frame: Any) -> None:
-    raise Terminated()
+class _Signals:
+    """SIGINT/SIGTERM handlers: the first signal raises (KeyboardInterrupt / Terminated) so that the
+    stack unwinds and every temp file is removed; the next ones are ignored while that cleanup runs,
+    except that a third exits at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.count = 0
+        self.old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(sig)
+            if sig == signal.SIGINT and prev == signal.SIG_IGN:
+                continue  # started with SIGINT ignored (nohup, background job): keep it so
+            self.old[sig] = prev
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, prev in self.old.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self.old.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        if self.received is None:
+            self.received = signum
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+        if self.count >= 3:
+            os._exit(EXIT_INTERRUPTED if self.received == signal.SIGINT else EXIT_TERMINATED)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.received in (None, signal.SIGINT) else EXIT_TERMINATED
+
+
+def install_early_signal_handlers() -> None:
+    """For the CLI process only, before the heavy imports: until ``run_app`` takes over, Ctrl-C exits
+    130 and SIGTERM 143 at once and quietly (nothing has been written yet, so nothing needs cleaning
+    up), instead of a KeyboardInterrupt traceback or a death by signal (rc -15)."""
+
+    def early(signum: int, _frame: Any) -> None:
+        what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        try:
+            os.write(2, f"error: {what} while starting; nothing was written\n".encode())
+        finally:
+            os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED)
+
+    if _main_thread():
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            signal.signal(signal.SIGINT, early)
+        signal.signal(signal.SIGTERM, early)
 
 
 def print_error(message: str, fix: str | None) -> None:
+    from rich.markup import escape
+
     from ..progress import console
 
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/bold red] {escape(shown(message))}", highlight=False, markup=True)
     if fix:
-        console.print(f"  [bold]fix:[/bold] {fix}", highlight=False)
+        console.print(f"  [bold]fix:[/bold] {escape(shown(fix))}", highlight=False)
 
 
-def _click_exceptions() -> tuple[dict[str, tuple[type, ...]], Any]:
+def _click_exceptions() -> dict[str, tuple[type, ...]]:
     """Exception classes of click and of the click that typer vendors (typer >= 0.29)."""
     mods = []
-    for name in ("click.exceptions", "typer._click.exceptions"):
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
         try:
             mods.append(__import__(name, fromlist=["x"]))
         except ImportError:
@@ -78,32 +290,58 @@ def _click_exceptions() -> tuple[dict[str, tuple[type, ...]], Any]:
     import typer
 
     def grab(attr: str) -> tuple[type, ...]:
-        return tuple(getattr(m, attr) for m in mods if hasattr(m, attr))
+        return tuple(dict.fromkeys(getattr(m, attr) for m in mods if hasattr(m, attr)))
 
     return {
         "exit": grab("Exit") + (typer.Exit,),
         "abort": grab("Abort") + (typer.Abort,),
         "no_args": grab("NoArgsIsHelpError"),
         "usage": grab("UsageError"),
-        "click": grab("ClickException"),
-    }, typer
+        "click": grab("ClickException") + grab("TyperException"),
+    }
+
+
+def _safe_streams() -> None:
+    """Never fail on printing a file name that is not valid text (undecodable bytes in a path)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> int:
-    """Run the typer ``app`` under the error contract; returns the exit code."""
-    exc, _ = _click_exceptions()
-    old = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    """Run the typer ``app`` under the error contract (module docstring); returns the exit code."""
+    exc = _click_exceptions()
+    _safe_streams()
+    signals = _Signals()
+    if _main_thread():
+        signals.install()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, standalone_mode=False, prog_name="rsvlm-edge")
-        return 0
+        rv = app(args=args, standalone_mode=False, prog_name="rsvlm-edge")
+        if signals.received is not None:  # typer turns KeyboardInterrupt into Exit(130) and returns it
+            raise KeyboardInterrupt()
+        return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     except RsvlmError as e:
         print_error(e.message, e.fix)
         return EXIT_ERROR
+    except (KeyboardInterrupt, Terminated, *exc["abort"]):
+        if signals.exit_code == EXIT_TERMINATED:
+            print_error("terminated (SIGTERM); unfinished outputs were discarded", None)
+        else:
+            print_error("interrupted (Ctrl-C); unfinished outputs were discarded", None)
+        return signals.exit_code
     except exc["exit"] as e:  # type: ignore[misc]
         return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
     except exc["no_args"] as e:  # type: ignore[misc]
-        print(e.format_message() if hasattr(e, "format_message") else str(e))
-        return 0
+        ctx = getattr(e, "ctx", None)
+        if ctx is None or ctx.parent is None:  # bare `rsvlm-edge`: the help is the answer
+            print(e.format_message())
+            return 0
+        print(e.format_message(), file=sys.stderr)
+        print_error(f"{ctx.command_path}: missing command", f"see `{ctx.command_path} --help`")
+        return EXIT_ERROR
     except exc["usage"] as e:  # type: ignore[misc]
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "rsvlm-edge"
@@ -112,22 +350,26 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> int:
     except exc["click"] as e:  # type: ignore[misc]
         print_error(e.format_message(), "see `rsvlm-edge --help`")
         return EXIT_ERROR
-    except (KeyboardInterrupt, *exc["abort"]):
-        print_error("interrupted (Ctrl-C); nothing was written", None)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print_error("terminated (SIGTERM); nothing was written", None)
-        return EXIT_TERMINATED
-    except OSError as e:  # full disk, read-only directory, output path is a directory, ...
-        where = f" '{e.filename}'" if e.filename else ""
-        print_error(f"cannot read or write{where}: {e.strerror or e}", "check the path, its permissions and free space")
-        return EXIT_ERROR
     except MemoryError:
         print_error("out of memory", "lower --batch-size (or the batch sizes), or use a smaller model")
         return EXIT_ERROR
+    except OSError as e:  # an OSError no module turned into an RsvlmError: name the file
+        where = f" '{shown(e.filename)}'" if e.filename else ""
+        print_error(f"cannot read or write{where}: {e.strerror or e}", "check the path, its permissions and free space")
+        return EXIT_ERROR
+    except RecursionError:
+        print_error("input nested too deeply", "check the input files")
+        return EXIT_ERROR
+    except Exception as e:  # a bug: still no traceback unless asked for
+        if os.environ.get(DEBUG_ENV):
+            import traceback
+
+            traceback.print_exc()
+        print_error(f"internal error ({type(e).__name__}: {str(e)[:300]})",
+                    f"this is a bug in rsvlm-edge; please report it with the command line ({DEBUG_ENV}=1 shows the traceback)")
+        return EXIT_INTERNAL
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        signals.restore()
 
 
 def _main_thread() -> bool:

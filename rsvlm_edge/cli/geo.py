@@ -5,6 +5,7 @@ Registered on the main app by ``register(app)``; rasterio is imported only when 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +25,10 @@ def _parse_bands(s: Optional[str]) -> Optional[tuple[int, ...]]:
                          "e.g. --bands 4,3,2 (1-based) or --bands 1 for one band repeated") from None
     if not out:
         raise InputError("--bands is empty", "e.g. --bands 4,3,2")
+    if min(out) < 1:
+        raise InputError(f"--bands {s}: band numbers start at 1", "e.g. --bands 4,3,2 (1-based, as in rasterio)")
+    if len(out) not in (1, 3):
+        raise InputError(f"--bands {s}: give three bands (R,G,B) or one band to repeat", "e.g. --bands 4,3,2 or --bands 1")
     return out
 
 
@@ -35,6 +40,9 @@ def _parse_stretch(s: str) -> Optional[tuple[float, float]]:
     except ValueError:
         raise InputError(f"--stretch '{s}' is not LOW,HIGH percentiles or 'none'",
                          "e.g. --stretch 2,98, or --stretch none for data already in 0-255") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= 100):
+        raise InputError(f"--stretch {s}: percentiles must satisfy 0 <= LOW < HIGH <= 100",
+                         "e.g. --stretch 2,98, or --stretch none for data already in 0-255")
     return lo, hi
 
 
@@ -55,13 +63,26 @@ def classify_scene_cmd(
     """Zero-shot classification of a large raster scene, tile by tile, with a per-class summary."""
     from rich.table import Table
 
+    from ..atomic import check_output_path
     from ..geo import SKIPPED, classify_scene, require_rasterio
-    from ..models.clip.prompts import check_labels
+    from ..models.clip.prompts import check_labels, resolve_templates
     from ..progress import info, progress, table_console, warn
     from .clip import _clip_runtime
 
     require_rasterio()
+    for name, value in (("--tile", tile), ("--stride", stride)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be >= 1 pixel (got {value})", f"e.g. {name} 224, or leave it out")
+    if tile is not None and stride is not None and stride > tile:
+        raise InputError(f"--stride {stride} is larger than --tile {tile}", "a larger stride would leave gaps between tiles")
+    if not (math.isfinite(max_nodata) and 0 <= max_nodata <= 1):
+        raise InputError(f"--max-nodata must be a fraction in 0..1 (got {max_nodata})", "e.g. --max-nodata 0.5")
     label_list = check_labels(read_labels(labels))
+    if templates is not None:
+        resolve_templates(templates)
+    for opt, out in (("--geojson", geojson), ("--label-raster", label_raster)):
+        if out is not None:
+            check_output_path(out, f"{opt} output")
     if label_raster and len(label_list) >= SKIPPED:
         raise InputError(f"{len(label_list)} labels do not fit a uint8 label raster ({SKIPPED} marks skipped tiles)",
                          f"use at most {SKIPPED - 1} labels with --label-raster")

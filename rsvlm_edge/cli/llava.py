@@ -16,10 +16,16 @@ from ..errors import InputError
 EXPORT_STEPS = 6  # progress steps reported by export_vlm (see rsvlm_edge/export/llava.py)
 
 
-def _load_vlm(bundle: Path, backend: str, **kwargs):
-    """A ``VlmRuntime`` for ``bundle``; a CLIP bundle gets a clear error instead of a traceback."""
+PROMPT_ALLOWANCE = 64  # text tokens of a typical prompt, for the memory estimate
+
+
+def _load_vlm(bundle: Path, backend: str, batch: int | None = None, max_new_tokens: int | None = None, **kwargs):
+    """A ``VlmRuntime`` for ``bundle``; a CLIP bundle gets a clear error instead of a traceback.
+    With ``batch``, the memory a batch of that size needs is checked first (before allocating)."""
     from ..bundle import open_bundle
-    from ..models.llava.runtime import VlmRuntime
+    from ..models.llava.config import VlmConfig
+    from ..models.llava.runtime import VlmRuntime, generation_bytes
+    from .common import check_memory, largest_fitting, smaller_batch_fix
 
     b = open_bundle(bundle)
     if b.architecture != "llava":
@@ -27,13 +33,22 @@ def _load_vlm(bundle: Path, backend: str, **kwargs):
             f"'{bundle}' is a {b.architecture} bundle; ask and caption need a VLM bundle",
             "use `rsvlm-edge classify` / `embed` for CLIP bundles, or export a VLM with `rsvlm-edge export vlm`",
         )
+    if batch is not None:
+        cfg = VlmConfig.from_dict(b.manifest.model.model_dump())
+        positions = min(cfg.decoder.max_position_embeddings,
+                        cfg.vision.num_tokens + PROMPT_ALLOWANCE + (max_new_tokens or 0))
+        fits = largest_fitting(lambda n: generation_bytes(cfg, n, positions))
+        check_memory(generation_bytes(cfg, batch, positions), f"--batch-size {batch}",
+                     smaller_batch_fix("--batch-size", fits, batch))
     return VlmRuntime(b, backend=backend, **kwargs)
 
 
-def _write_json(dest: Path, obj) -> None:
-    from ..atomic import write_json_atomic
+def _write_json(tmp: str, obj) -> None:
+    import json
 
-    write_json_atomic(dest, obj)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def export_vlm_cmd(
@@ -80,28 +95,38 @@ def ask(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the answer as JSON here")] = None,
 ) -> None:
     """Ask one question about one image."""
+    from contextlib import ExitStack
+
+    from ..atomic import atomic_path
     from ..images import load_image
-    from ..models.llava.prompts import geochat_question, parse_geochat_boxes
+    from ..models.llava.prompts import TEMPLATES, build_prompt, geochat_question, parse_geochat_boxes
+    from .common import check_generation_options
 
-    width, height = load_image(image).size  # fails early, with one message, on a bad image
-    rt = _load_vlm(bundle, backend)
+    check_generation_options(max_new_tokens, temperature, top_p, seed)
+    if not question.strip():
+        raise InputError("the question is empty", 'e.g. rsvlm-edge ask BUNDLE IMAGE "What is in this image?"')
     q = geochat_question(task, question)
+    build_prompt(template or next(iter(TEMPLATES)), q)  # unknown template, '<image>' in the text: fail before loading
+    width, height = load_image(image).size  # fails early, with one message, on a bad image
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(json_out, what="--json output")) if json_out else None
+        rt = _load_vlm(bundle, backend)
 
-    def on_piece(_i: int, piece: str) -> None:
-        typer.echo(piece, nl=False)
+        def on_piece(_i: int, piece: str) -> None:
+            typer.echo(piece, nl=False)
 
-    answer = rt.generate([str(image)], [q], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         template=template, seed=seed, stream=on_piece if stream else None)[0]
-    typer.echo("" if stream else answer)
-    found = parse_geochat_boxes(answer, width, height, padded=rt.preprocess.pad_to_square)
-    if boxes:
-        for b in found:
-            typer.echo(f"box: x1={b.x1:.1f} y1={b.y1:.1f} x2={b.x2:.1f} y2={b.y2:.1f} angle={b.angle:g}")
-    if json_out:
-        _write_json(json_out, {
-            "bundle": str(bundle), "image": str(image), "question": q, "answer": answer,
-            "boxes": [b.__dict__ for b in found],
-        })
+        answer = rt.generate([str(image)], [q], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             template=template, seed=seed, stream=on_piece if stream else None)[0]
+        typer.echo("" if stream else answer)
+        found = parse_geochat_boxes(answer, width, height, padded=rt.preprocess.pad_to_square)
+        if boxes:
+            for b in found:
+                typer.echo(f"box: x1={b.x1:.1f} y1={b.y1:.1f} x2={b.x2:.1f} y2={b.y2:.1f} angle={b.angle:g}")
+        if tmp is not None:
+            _write_json(tmp, {
+                "bundle": str(bundle), "image": str(image), "question": q, "answer": answer,
+                "boxes": [b.__dict__ for b in found],
+            })
 
 
 def caption(
@@ -114,25 +139,36 @@ def caption(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write [{image, caption}] JSON here")] = None,
 ) -> None:
     """Caption images in batches; prints one `path<TAB>caption` line per image."""
-    from ..images import list_images
-    from ..progress import progress
+    from contextlib import ExitStack
 
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1 (got {batch_size})")
+    from ..atomic import atomic_path
+    from ..images import list_images
+    from ..models.llava.prompts import TEMPLATES, build_prompt
+    from ..progress import progress
+    from .common import check_generation_options, positive, shown
+
+    positive(batch_size, "--batch-size", "8")
+    check_generation_options(max_new_tokens)
+    if not prompt.strip():
+        raise InputError("--prompt is empty", "e.g. --prompt 'Describe the image in detail.'")
+    build_prompt(next(iter(TEMPLATES)), prompt)  # e.g. a prompt holding '<image>' fails before loading
     files = list_images(images)
-    rt = _load_vlm(bundle, backend, max_batch=batch_size)
-    results: list[dict[str, str]] = []
-    with progress() as bar:
-        task = bar.add_task("captioning", total=len(files))
-        for start in range(0, len(files), batch_size):
-            part = [str(f) for f in files[start : start + batch_size]]
-            texts = rt.generate(part, [prompt] * len(part), max_new_tokens=max_new_tokens)
-            for f, text in zip(part, texts):
-                results.append({"image": f, "caption": text})
-                typer.echo(f"{f}\t{' '.join(text.split())}")
-            bar.advance(task, len(part))
-    if json_out:
-        _write_json(json_out, {"bundle": str(bundle), "prompt": prompt, "captions": results})
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(json_out, what="--json output")) if json_out else None
+        rt = _load_vlm(bundle, backend, batch=batch_size, max_new_tokens=max_new_tokens,
+                       max_batch=min(batch_size, len(files)))
+        results: list[dict[str, str]] = []
+        with progress() as bar:
+            task = bar.add_task("captioning", total=len(files))
+            for start in range(0, len(files), batch_size):
+                part = [str(f) for f in files[start : start + batch_size]]
+                texts = rt.generate(part, [prompt] * len(part), max_new_tokens=max_new_tokens)
+                for f, text in zip(part, texts):
+                    results.append({"image": f, "caption": text})
+                    typer.echo(f"{shown(f)}\t{' '.join(text.split())}")
+                bar.advance(task, len(part))
+        if tmp is not None:
+            _write_json(tmp, {"bundle": str(bundle), "prompt": prompt, "captions": results})
 
 
 def register(app: typer.Typer, export_app: typer.Typer) -> None:

@@ -1,14 +1,19 @@
 """``ClipRuntime``: batched image/text embedding, zero-shot classification and retrieval over a
 CLIP bundle. Imports numpy, onnxruntime and tokenizers only (never torch).
 
-The ``image`` and ``text`` graph parts run on graph backends chosen by the backend registry. A
-runtime may be shared by several threads: the graph sessions are thread-safe and the class-embedding
-cache is guarded by a lock.
+The ``image`` and ``text`` graph parts run on graph backends chosen by the backend registry.
+
+Thread safety: one runtime may be shared by any number of threads, and every method then returns
+exactly (bit for bit) what the same call returns when made alone. The graph sessions are run
+concurrently (onnxruntime's ``InferenceSession.run`` is thread-safe), the tokenizer is only read,
+and the one piece of shared mutable state, the class-embedding cache, is guarded by a lock and
+hands out read-only arrays, so no caller can change what another one gets.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +24,7 @@ from ...backends import open_graph
 from ...bundle import Bundle
 from ...errors import InputError
 from ...images import IMAGE_SUFFIXES, ImageInput, clip_pixels
-from .prompts import check_labels, resolve_templates
+from .prompts import check_labels, fill_template, resolve_templates
 from .tokenizer import ClipTokenizer
 
 
@@ -41,17 +46,56 @@ class Classification:
         return [[(self.labels[j], float(self.probs[i, j])) for j in row] for i, row in enumerate(order)]
 
 
-class ClipRuntime:
-    """A loaded CLIP bundle. Inputs of any batch size are split into the bundle's ``max_batch``."""
+CLASS_CACHE_SIZE = 64  # label sets whose class embeddings are kept
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None) -> None:
+
+def clip_batch_bytes(bundle: Bundle, batch: int, max_batch: int | None = None) -> int:
+    """Estimated memory (bytes) of preparing and encoding ``batch`` images at once: their uint8
+    pixels, plus the graph's float input and activations for at most ``max_batch`` of them (the
+    runtime never sends more to the graph at once). For refusing a batch size before allocating."""
+    m = bundle.model
+    s = bundle.manifest.preprocess.image_size
+    tokens = (s // m.patch_size) ** 2 + 1
+    heads = max(m.vision_width // m.vision_head_width, 1)
+    in_graph = 4 * (3 * s * s + 12 * tokens * m.vision_width + heads * tokens * tokens)
+    cap = bundle.manifest.max_batch if max_batch is None else max_batch
+    return int(batch) * 3 * s * s + min(int(batch), cap) * in_graph
+
+
+@dataclass
+class LoadedPixels:
+    """Result of ``ClipRuntime.load_pixels``: uint8 (K, S, S, 3) pixels of the images that could be
+    read, their indices in the input, and (index, reason) for each image that could not."""
+
+    pixels: np.ndarray
+    kept: list[int]
+    skipped: list[tuple[int, str]]
+
+
+class ClipRuntime:
+    """A loaded CLIP bundle. Inputs of any batch size are split into batches of ``max_batch``
+    (default: the bundle's; a smaller positive value may be given, not a larger one).
+
+    Safe to share across threads (see the module docstring): concurrent calls return exactly what
+    they return alone.
+    """
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None,
+                 max_batch: int | None = None) -> None:
         if bundle.architecture != "clip":
             raise InputError(f"'{bundle.path}' is a {bundle.architecture} bundle, not a CLIP bundle",
                              "use `rsvlm-edge ask` / `caption` for VLM bundles")
-        self.bundle = bundle
         m = bundle.manifest
+        for name, value in (("threads", threads), ("max_batch", max_batch)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise InputError(f"{name} must be a positive integer (got {value!r})",
+                                 f"pass e.g. {name}=2, or leave it out")
+        if max_batch is not None and max_batch > m.max_batch:
+            raise InputError(f"max_batch {max_batch} is larger than the {m.max_batch} the bundle was exported for",
+                             f"pass max_batch <= {m.max_batch}, or re-export with a larger --max-batch")
+        self.bundle = bundle
         self.image_size: int = m.preprocess.image_size
-        self.max_batch: int = m.max_batch
+        self.max_batch: int = int(max_batch) if max_batch is not None else m.max_batch
         self.logit_scale: float = m.model.logit_scale
         self._image = open_graph(m.parts["image"], bundle.part_file("image"), backend, "image", threads=threads)
         self._text = open_graph(m.parts["text"], bundle.part_file("text"), backend, "text", threads=threads)
@@ -59,12 +103,36 @@ class ClipRuntime:
         self.backend = self._image.backend
         self.tokenizer = ClipTokenizer(bundle.file(m.tokenizer.file), m.tokenizer.context_length)
         self.default_templates: str = m.prompts.get("default", "satellite")
-        self._class_cache: dict[tuple, np.ndarray] = {}
+        self._class_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     @property
     def embed_dim(self) -> int:
         return int(self.bundle.model.embed_dim)
+
+    def batch_bytes(self, batch: int) -> int:
+        """Estimated memory (bytes) of preparing and encoding ``batch`` images at once (see
+        ``clip_batch_bytes``)."""
+        return clip_batch_bytes(self.bundle, batch, self.max_batch)
+
+    def load_pixels(self, images: Sequence[ImageInput], skip_errors: bool = False) -> LoadedPixels:
+        """Decode and prepare ``images`` one by one. An image that cannot be read raises its
+        ``InputError`` (naming the file), or with ``skip_errors`` is left out and reported."""
+        s = self.image_size
+        kept: list[int] = []
+        skipped: list[tuple[int, str]] = []
+        out: list[np.ndarray] = []
+        for i, img in enumerate(images):
+            try:
+                out.append(clip_pixels([img], s)[0])
+            except InputError as e:
+                if not skip_errors:
+                    raise
+                skipped.append((i, e.message))
+                continue
+            kept.append(i)
+        px = np.stack(out) if out else np.zeros((0, s, s, 3), np.uint8)
+        return LoadedPixels(px, kept, skipped)
 
     def pixels(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Decode + resize + crop to uint8 (N, S, S, 3); a ready uint8 (N, S, S, 3) array passes through."""
@@ -103,11 +171,16 @@ class ClipRuntime:
         key = (tuple(labels), tmpl)
         with self._cache_lock:
             hit = self._class_cache.get(key)
+            if hit is not None:
+                self._class_cache.move_to_end(key)
         if hit is None:
-            emb = self.encode_texts([t.format(c) for c in labels for t in tmpl])
+            emb = self.encode_texts([fill_template(t, c) for c in labels for t in tmpl])
             hit = l2_normalize(emb.reshape(len(labels), len(tmpl), -1).mean(axis=1))
+            hit.flags.writeable = False  # shared by every caller: nobody may change it in place
             with self._cache_lock:
                 self._class_cache[key] = hit
+                while len(self._class_cache) > CLASS_CACHE_SIZE:
+                    self._class_cache.popitem(last=False)
         return hit
 
     def classify(self, images: Sequence[ImageInput] | np.ndarray, labels: Sequence[str],

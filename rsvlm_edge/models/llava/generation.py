@@ -48,24 +48,38 @@ class GenerationResult:
 
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:
     """Refuse NaN/negative temperatures, top_p outside (0, 1] and non-positive token budgets."""
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    real = (int, float, np.floating, np.integer)
+    if not isinstance(temperature, real) or isinstance(temperature, bool) or not math.isfinite(temperature) \
+            or temperature < 0:
         raise InputError(f"temperature must be a finite number >= 0 (got {temperature!r})", "use 0 for greedy decoding")
-    if not isinstance(top_p, (int, float)) or not math.isfinite(top_p) or not 0 < top_p <= 1:
+    if not isinstance(top_p, real) or isinstance(top_p, bool) or not math.isfinite(top_p) or not 0 < top_p <= 1:
         raise InputError(f"top_p must be in (0, 1] (got {top_p!r})", "e.g. --top-p 0.9")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})")
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})", "e.g. max_new_tokens=128")
+
+
+def check_seed(seed: int, what: str = "seed") -> None:
+    """Seeds are integers in 0 .. 2**63 - 1 (numpy's ``default_rng`` refuses negative ones)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= int(seed) < 2**63:
+        raise InputError(f"{what} must be an integer in 0..2**63-1 (got {seed!r})", f"e.g. {what} 0")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """Greedy when ``temperature == 0``; else softmax(logits / T) restricted to the top-p nucleus."""
+    """Greedy when ``temperature == 0``; else softmax(logits / T) restricted to the top-p nucleus.
+
+    A temperature so small that ``logits / T`` overflows is the greedy limit and is decoded greedily."""
     if temperature <= 0.0:
         return np.argmax(logits, axis=-1)
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = logits.astype(np.float64) / temperature
+        z -= z.max(axis=-1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=-1, keepdims=True)
     out = np.empty(logits.shape[0], dtype=np.int64)
     for b in range(logits.shape[0]):
+        if not np.isfinite(probs[b]).all():
+            out[b] = int(np.argmax(logits[b]))
+            continue
         order = np.argsort(-probs[b], kind="stable")
         sorted_p = probs[b, order]
         keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1) if top_p < 1.0 else len(order)
@@ -96,6 +110,7 @@ def run_generation(
 ) -> GenerationResult:
     """Prefill ``embeds`` (B, T, C) with ``lengths`` (B,) and decode up to ``max_new_tokens``."""
     check_sampling(temperature, top_p, max_new_tokens)
+    check_seed(seed)
     batch = embeds.shape[0]
     stats = GenerationStats(prompt_tokens=lengths.tolist())
     rng = np.random.default_rng(seed)

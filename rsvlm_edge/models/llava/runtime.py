@@ -6,9 +6,13 @@ built from the bundle's chat template, split at ``<image>`` and tokenised chunk 
 ``tokenizer_image_token``; the image's feature rows are spliced in at the split (``splice.py``); the
 decode loop lives in ``generation.py``, the step functions in ``decoder.py``.
 
-Thread safety: one runtime may be shared by several threads. Image encoding runs concurrently;
-generations are serialised on the runtime's one KV cache (a lock), so every caller gets exactly the
-answer it would get alone.
+Thread safety: one runtime may be shared by any number of threads. Every method returns exactly
+(bit for bit) what the same call returns when made alone: image encoding (``encode_images``) runs
+concurrently (onnxruntime sessions are thread-safe); generations (``generate*``,
+``first_step_logits``) are serialised on the runtime's one KV cache with a lock, and sampling uses a
+generator seeded per call, so concurrent callers neither see nor disturb each other's state. A
+``stream`` callback must not call back into the same runtime's generation (that would deadlock); it
+is refused with an error. For parallel decoding, give each thread its own runtime.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -25,7 +30,7 @@ from ...bundle import Bundle, open_bundle
 from ...errors import BundleError, InputError
 from .config import VlmConfig
 from .decoder import LlamaDecoder, load_weights
-from .generation import GenerationResult, GenerationStats, StreamCallback, check_sampling, run_generation
+from .generation import GenerationResult, GenerationStats, StreamCallback, check_sampling, check_seed, run_generation
 from .preprocess import ImageInput, preprocess_images
 from .prompts import build_prompt, tokenize_with_image
 from .splice import prompt_embeddings
@@ -33,8 +38,31 @@ from .splice import prompt_embeddings
 DEFAULT_EXTRA_POSITIONS = 1024
 
 
+def _check_count(name: str, value: object, fix: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) < 1:
+        raise InputError(f"{name} must be a positive integer (got {value!r})", fix)
+
+
+def generation_bytes(config: VlmConfig, batch: int, positions: int) -> int:
+    """Estimated memory (bytes) that generating ``batch`` sequences of ``positions`` positions
+    touches beyond the weights: the used part of the float32 KV cache, prefill activations and
+    logits, image features and pixels (for a memory check before allocating anything)."""
+    dc, vc = config.decoder, config.vision
+    kv = 2 * 4 * dc.num_layers * dc.num_kv_heads * dc.head_dim * positions
+    prefill = 4 * positions * (6 * dc.hidden_size + 3 * dc.intermediate_size + dc.num_heads * positions)
+    logits = 4 * 2 * dc.vocab_size
+    vision = 4 * vc.num_tokens * (dc.hidden_size + 4 * vc.hidden_size) + 4 * 3 * vc.image_size ** 2
+    return int(batch) * int(kv + prefill + logits + vision)
+
+
 class VlmRuntime:
-    """Runs a LLaVA-class bundle: ``generate(images, prompts, ...)``."""
+    """Runs a LLaVA-class bundle: ``generate(images, prompts, ...)``.
+
+    ``max_batch`` (default: the bundle's) and ``max_seq`` (default: image tokens + 1024, at most the
+    model's context) size the KV cache; both must be positive integers and ``max_seq`` may not
+    exceed the model's context (``max_position_embeddings``). Safe to share across threads (see
+    the module docstring): concurrent calls return exactly what they return alone.
+    """
 
     def __init__(
         self,
@@ -49,9 +77,21 @@ class VlmRuntime:
         if bundle.architecture != "llava":
             raise BundleError(f"bundle '{bundle.path}' is a {bundle.architecture} bundle, not a VLM",
                               "use rsvlm_edge.load(), or `rsvlm-edge classify` / `embed` for CLIP bundles")
+        if max_batch is not None:
+            _check_count("max_batch", max_batch, "pass e.g. max_batch=8 (or leave it out for the bundle's)")
+            max_batch = int(max_batch)
+        if max_seq is not None:
+            _check_count("max_seq", max_seq, "pass e.g. max_seq=2048 (or leave it out)")
+            max_seq = int(max_seq)
+        if threads is not None:
+            _check_count("threads", threads, "pass e.g. threads=2 (or leave it out for all cores)")
         m = bundle.manifest
         self.bundle = bundle
         self.config = VlmConfig.from_dict(m.model.model_dump())
+        context = self.config.decoder.max_position_embeddings
+        if max_seq is not None and max_seq > context:
+            raise InputError(f"max_seq {max_seq} exceeds the model's context of {context} positions",
+                             f"pass max_seq <= {context}")
         self.preprocess = m.preprocess
         self.template: str = m.prompts.get("template", "llava_v1")
         self.stop_strings: list[str] = list(m.prompts.get("stop", []))
@@ -64,15 +104,11 @@ class VlmRuntime:
             max_batch = m.max_batch
         if max_seq is None:
             max_seq = min(dc.max_position_embeddings, self.config.vision.num_tokens + DEFAULT_EXTRA_POSITIONS)
-        elif isinstance(max_seq, int) and max_seq > dc.max_position_embeddings:
-            raise InputError(
-                f"max_seq {max_seq} exceeds the model's context of {dc.max_position_embeddings} positions",
-                f"pass max_seq <= {dc.max_position_embeddings}",
-            )
         self.decoder = LlamaDecoder(dc, load_weights(bundle.part_file("decoder")), max_batch, max_seq, backend=backend)
         self.eos_ids = frozenset({dc.eos_token_id} if dc.eos_token_id is not None else ())
         self.backends = {"vision": f"{self.vision.backend}:{self.vision.provider}", "decoder": self.decoder.ops.name}
         self._generate_lock = threading.Lock()
+        self._generating_thread: int | None = None
 
     # ---- pieces ----
 
@@ -136,6 +172,7 @@ class VlmRuntime:
     ) -> tuple[list[str], GenerationStats]:
         """``generate`` plus the timings and token counts of this call."""
         check_sampling(temperature, top_p, max_new_tokens)
+        check_seed(seed)
         questions = [prompts] if isinstance(prompts, str) else list(prompts)
         if not questions:
             raise InputError("no prompts given", "pass at least one question")
@@ -158,7 +195,7 @@ class VlmRuntime:
             res = self.generate_result(
                 sub_images, chunks[start:start + step], max_new_tokens=max_new_tokens, temperature=temperature,
                 top_p=top_p, stop=stop, stream=None if stream is None else (lambda i, piece, o=start: stream(o + i, piece)),
-                seed=seed + start)
+                seed=(int(seed) + start) % 2**63)
             results += res.texts
             total.add(res.stats)
         return results, total
@@ -184,10 +221,11 @@ class VlmRuntime:
         end with the EOS token when the model stopped on it. ``ignore_eos`` (for timing runs) always
         generates ``max_new_tokens``."""
         check_sampling(temperature, top_p, max_new_tokens)
+        check_seed(seed)
         t0 = time.perf_counter()
         features = self._features(images)
         vision_s = time.perf_counter() - t0
-        with self._generate_lock:
+        with self._exclusive():
             embeds, lengths = self._prompt_embeddings(chunks, features)
             if int(lengths.max()) + max_new_tokens > self.decoder.max_seq:
                 raise InputError(
@@ -207,9 +245,25 @@ class VlmRuntime:
                           chunks: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
         """Logits ``(B, vocab)`` after the prompt (prefill only), for checks against a reference."""
         features = self._features(images)
-        with self._generate_lock:
+        with self._exclusive():
             embeds, lengths = self._prompt_embeddings(chunks, features)
             return self.decoder.prefill(embeds, lengths)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the decoder (KV cache) for one generation; refuse re-entry from the same thread
+        (a stream callback generating on the same runtime), which would otherwise deadlock."""
+        me = threading.get_ident()
+        if self._generating_thread == me:
+            raise InputError("generate was called on a runtime from inside one of its own stream callbacks",
+                             "collect the text in the callback and generate after the call returns, or use a "
+                             "second runtime")
+        with self._generate_lock:
+            self._generating_thread = me
+            try:
+                yield
+            finally:
+                self._generating_thread = None
 
     def _prompt_embeddings(self, chunks, features) -> tuple[np.ndarray, np.ndarray]:
         dc = self.config.decoder
