@@ -38,7 +38,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own bomb limit (2 x Image.MAX_IMAGE_PIXELS)
 HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32L", "I;32B", "F")
 CropRounding = str  # "round" | "floor"
-_LIMIT_FIX = "tile it (rsvlm-edge classify-scene) or raise the limit with --max-image-pixels"
+_LIMIT_FIX = "tile it (rsvlm-edge classify-scene) or raise the limit: rsvlm-edge --max-image-pixels N ..."
 
 _max_pixels = DEFAULT_MAX_PIXELS
 
@@ -85,7 +85,7 @@ def _check_image(img: Image.Image, what: str, size: int | None = None, pad: bool
         side = max(w, h)
         raise InputError(f"{what} ({w}x{h}) would be padded to a {side}x{side} square = {side * side:,} pixels, "
                          f"above the limit of {_max_pixels:,} (aspect ratio too extreme)",
-                         "crop or tile it first (rsvlm-edge classify-scene), or raise the limit with --max-image-pixels")
+                         "crop or tile it first (rsvlm-edge classify-scene), or raise the limit: rsvlm-edge --max-image-pixels N ...")
     if size is not None:
         sw, sh = (max(w, h),) * 2 if pad else (w, h)
         nw, nh = resized_shortest_size(sw, sh, size)

@@ -8,6 +8,7 @@ traceback and without leaving a partial output behind; Ctrl-C exits 130, SIGTERM
 from __future__ import annotations
 
 import sys
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,6 +19,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run remote-sensing vision-language models (CLIP, LLaVA-class) from compiled bundles.")
 export_app = typer.Typer(no_args_is_help=True, help="Export a checkpoint to a NAME.rsvlm bundle.")
 app.add_typer(export_app, name="export")
+
+
+@app.callback()
+def _global_options(
+    max_image_pixels: Annotated[Optional[int], typer.Option(
+        help="largest image (pixels) any command decodes; default 178956970 (PIL's bomb limit)")] = None,
+) -> None:
+    """Run remote-sensing vision-language models (CLIP, LLaVA-class) from compiled bundles."""
+    if max_image_pixels is not None:
+        from ..images import set_max_pixels
+
+        set_max_pixels(max_image_pixels)
+
+
 for _group in (clip, llava, geo, bench, info):
     _group.register(app, export_app)
 

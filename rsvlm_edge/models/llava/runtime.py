@@ -137,26 +137,17 @@ class VlmRuntime:
 
     # ---- generation ----
 
-    def generate(
-        self,
-        images: ImageInput | Sequence[ImageInput] | None,
-        prompts: str | Sequence[str],
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        stream: StreamCallback | None = None,
-        template: str | None = None,
-        seed: int = 0,
-    ) -> list[str]:
+    def generate(self, images: ImageInput | Sequence[ImageInput] | None, prompts: str | Sequence[str],
+                 **options) -> list[str]:
         """Answer each question about its image (pairs are batched together); returns the texts.
 
         ``images`` may be one image for all prompts, a list (one per prompt) or None (text only).
-        ``stop``: extra stop strings (the model's EOS always stops). ``stream(i, piece)`` is called
-        with each new piece of text of sequence ``i`` as it is generated.
+        ``options`` are those of ``generate_with_stats``: ``max_new_tokens`` (128), ``temperature`` (0 =
+        greedy), ``top_p`` (1.0), ``stop`` (extra stop strings; the model's EOS always stops),
+        ``stream`` (``stream(i, piece)`` is called with each new piece of text of sequence ``i``),
+        ``template`` (chat template override), ``seed`` (0).
         """
-        return self.generate_with_stats(images, prompts, max_new_tokens, temperature, top_p, stop, stream,
-                                        template, seed)[0]
+        return self.generate_with_stats(images, prompts, **options)[0]
 
     def generate_with_stats(
         self,
