@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -120,12 +121,12 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 pixels = _calibration_pixels(Path(calib) if calib else None, s, n_synthetic_calib)
                 feeds = [{IMAGE_IO[0]: pixels[i:i + calib_batch]} for i in range(0, len(pixels), calib_batch)]
                 quantize_int8_qdq(img32, img_out, feeds, tmp)
-                txt32.replace(txt_out)
+                shutil.move(txt32, txt_out)  # the temp dir may be on another file system
                 parts = {"image": "int8-qdq", "text": "fp32"}
             else:
                 bar.update(task, advance=1)
-                img32.replace(img_out)
-                txt32.replace(txt_out)
+                shutil.move(img32, img_out)
+                shutil.move(txt32, txt_out)  # the temp dir may be on another file system
             bar.update(task, advance=1, description="validating against torch")
             write_clip_tokenizer(writer.path("tokenizer.json"))
             validation = _validate(image_enc, text_enc, img_out, txt_out, writer.path("tokenizer.json"), s,
