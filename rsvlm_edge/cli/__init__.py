@@ -7,13 +7,19 @@ traceback and without leaving a partial output behind; Ctrl-C exits 130, SIGTERM
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
-import typer
+from .common import install_early_signal_handlers
 
-from . import bench, clip, geo, info, llava
-from .common import run_app
+if sys.argv[0] == "-m" or os.path.basename(sys.argv[0]) == "rsvlm-edge":
+    install_early_signal_handlers()  # the CLI process only: Ctrl-C/SIGTERM during the imports below exit cleanly
+
+import typer  # noqa: E402
+
+from . import bench, clip, geo, info, llava  # noqa: E402
+from .common import run_app  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run remote-sensing vision-language models (CLIP, LLaVA-class) from compiled bundles.")
