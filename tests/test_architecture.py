@@ -184,14 +184,17 @@ def test_doctor_lists_the_registry(tmp_path):
 
 # ---- the decode step ----
 
+def _tiny_tensors() -> dict:
+    rng = np.random.default_rng(0)
+    return tiny_decoder_tensors(lambda name, shape: rng.normal(0, 0.5 if name == "embed_tokens" else 0.3,
+                                                               shape).astype(np.float32))
+
+
 def _tiny_decoder(backend: str):
     from rsvlm_edge.models.llava.decoder import LlamaDecoder
 
     cfg = tiny_decoder_config()
-    rng = np.random.default_rng(0)
-    t = tiny_decoder_tensors(lambda name, shape: rng.normal(0, 0.5 if name == "embed_tokens" else 0.3,
-                                                            shape).astype(np.float32))
-    return cfg, LlamaDecoder(cfg, t, max_batch=3, max_seq=16, backend=backend)
+    return cfg, LlamaDecoder(cfg, _tiny_tensors(), max_batch=3, max_seq=16, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "native"])
@@ -228,3 +231,18 @@ def test_kv_cache_refuses_absurd_sizes():
         KVCache.allocate(cfg, 1_000_000, 4096)
     with pytest.raises(InputError, match="positive integer"):
         KVCache.allocate(cfg, 0, 16)
+
+
+def test_optional_linear_biases_are_applied_when_present():
+    """LLaMA variants with attention_bias / mlp_bias carry o_proj / MLP biases: they must not be dropped."""
+    from rsvlm_edge.models.llava.decoder import LlamaDecoder
+
+    cfg, dec = _tiny_decoder("numpy")
+    tensors = _tiny_tensors()
+    rng = np.random.default_rng(3)
+    with_bias = dict(tensors, **{f"layers.{i}.{n}.bias": rng.normal(0, 0.5, size).astype(np.float32)
+                                 for i in range(2) for n, size in (("o_proj", 32), ("down_proj", 32))})
+    biased = LlamaDecoder(cfg, with_bias, max_batch=1, max_seq=16, backend="numpy")
+    assert biased.layers[0].o.bias is not None and biased.layers[1].down.bias is not None
+    embeds = dec.embed_tokens(np.array([[1, 5, 7]]))
+    assert not np.allclose(biased.prefill(embeds, np.array([3])), dec.prefill(embeds, np.array([3])))

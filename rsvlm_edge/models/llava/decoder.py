@@ -118,7 +118,7 @@ class DecoderWeights:
                 w = get(f"{name}.weight", (out_f, in_f), floats)
                 keep = w.dtype == np.float16 and half_weights
                 lin = Linear(np.ascontiguousarray(w, dtype=None if keep else np.float32))
-            if bias:
+            if bias or f"{name}.bias" in tensors:  # required where the config says so; applied wherever present
                 lin.bias = np.ascontiguousarray(get(f"{name}.bias", (out_f,), floats), dtype=np.float32)
             return lin
 
