@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import _fsync_dir, fsync_file, remove_stale_temps, temp_prefix, write_json_atomic
+from ..atomic import _fsync_dir, _umask, fsync_file, remove_stale_temps, temp_prefix, write_json_atomic
 from ..errors import BundleError
 from .migrate import migrate
 from .schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST, Manifest, check_relpath, parse_manifest
@@ -348,8 +348,3 @@ class BundleWriter:
         if exc is not None and isinstance(exc, OSError):
             raise _write_error(self.dest, exc) from None
 
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

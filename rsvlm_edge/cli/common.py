@@ -193,20 +193,16 @@ def largest_fitting(bytes_for: Callable[[int], int], upper: int = 1 << 40) -> in
 
 # ---- sampling options (ask, caption) ----
 
+CLI_SAMPLING_NAMES = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
+
+
 def check_generation_options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                              seed: int = 0) -> None:
-    """Refuse bad sampling options before any model is loaded (same rules as the runtime)."""
+    """Refuse bad sampling options before any model is loaded (the runtime's rules, CLI spellings)."""
     from ..models.llava.generation import check_sampling, check_seed
 
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})", "e.g. --max-new-tokens 128")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InputError(f"--temperature must be a finite number >= 0 (got {temperature})",
-                         "use 0 for greedy decoding, or e.g. --temperature 0.7")
-    if not math.isfinite(top_p) or not 0 < top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1] (got {top_p})", "e.g. --top-p 0.9 (1 keeps every token)")
+    check_sampling(temperature, top_p, max_new_tokens, CLI_SAMPLING_NAMES)
     check_seed(seed, "--seed")
-    check_sampling(temperature, top_p, max_new_tokens)
 
 
 # ---- the error contract ----
@@ -377,6 +373,3 @@ def _main_thread() -> bool:
 
     return threading.current_thread() is threading.main_thread()
 
-
-def exit_with(code: int) -> None:
-    sys.exit(code)

@@ -46,16 +46,23 @@ class GenerationResult:
     stats: GenerationStats
 
 
-def check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:
-    """Refuse NaN/negative temperatures, top_p outside (0, 1] and non-positive token budgets."""
+API_NAMES = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens"}
+
+
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int,
+                   names: dict[str, str] = API_NAMES) -> None:
+    """Refuse NaN/negative temperatures, top_p outside (0, 1] and non-positive token budgets.
+    ``names``: how the caller spells each option in messages (the CLI passes ``--top-p`` etc.)."""
     real = (int, float, np.floating, np.integer)
+    t, p, m = names["temperature"], names["top_p"], names["max_new_tokens"]
     if not isinstance(temperature, real) or isinstance(temperature, bool) or not math.isfinite(temperature) \
             or temperature < 0:
-        raise InputError(f"temperature must be a finite number >= 0 (got {temperature!r})", "use 0 for greedy decoding")
+        raise InputError(f"{t} must be a finite number >= 0 (got {temperature!r})",
+                         f"use 0 for greedy decoding, or e.g. {t} 0.7")
     if not isinstance(top_p, real) or isinstance(top_p, bool) or not math.isfinite(top_p) or not 0 < top_p <= 1:
-        raise InputError(f"top_p must be in (0, 1] (got {top_p!r})", "e.g. --top-p 0.9")
+        raise InputError(f"{p} must be in (0, 1] (got {top_p!r})", f"e.g. {p} 0.9 (1 keeps every token)")
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})", "e.g. max_new_tokens=128")
+        raise InputError(f"{m} must be an integer >= 1 (got {max_new_tokens!r})", f"e.g. {m} 128")
 
 
 def check_seed(seed: int, what: str = "seed") -> None:
