@@ -11,6 +11,7 @@ namespace py = pybind11;
 void bind_patch_embed(py::module_& m);   // csrc/bind_patch_embed.cpp
 void bind_kv_attention(py::module_& m);  // csrc/bind_kv_attention.cpp
 void bind_linear(py::module_& m);        // csrc/bind_linear.cpp
+void bind_qlinear(py::module_& m);       // csrc/bind_qlinear.cpp
 void bind_rms_norm(py::module_& m);      // csrc/bind_rms_norm.cpp
 void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
@@ -52,6 +53,7 @@ PYBIND11_MODULE(_C, m) {
   bind_patch_embed(m);
   bind_kv_attention(m);
   bind_linear(m);
+  bind_qlinear(m);
   bind_rms_norm(m);
   bind_rope(m);
   bind_swiglu(m);

@@ -12,6 +12,22 @@ import pytest
 CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
 
 
+def cpu_kernel_sets() -> list[str]:
+    """The CPU micro-kernel sets this machine can run (avx512vnni / avx2 on x86-64 CPUs that have
+    them, portable everywhere); leaves the default ('auto') active."""
+    import rsvlm_edge._C as C
+
+    names = []
+    for name in ("avx512vnni", "avx2", "portable"):
+        try:
+            C.set_cpu_kernels(name)
+            names.append(name)
+        except ValueError:
+            pass
+    C.set_cpu_kernels("auto")
+    return names
+
+
 def randn(rng, *shape, scale=1.0):
     """float32 normal samples of `shape` times `scale`."""
     return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
-from kernel_testing import cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+from kernel_testing import cpu_kernel_sets, cuda_dtype, cuda_dtype_test, randn  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
@@ -44,25 +44,12 @@ def test_linear_reference_matches_numpy_float64(wdtype, m, k, n):
     np.testing.assert_allclose(reference(x, w, bias, **kw), expect, rtol=1e-6, atol=1e-6)
 
 
-def _cpu_kernel_sets() -> list[str]:
-    """The CPU micro-kernel sets this machine can run ('avx2' on x86-64 with AVX2+FMA+F16C)."""
-    names = []
-    for name in ("avx2", "portable"):
-        try:
-            C.set_cpu_kernels(name)
-            names.append(name)
-        except ValueError:
-            pass
-    C.set_cpu_kernels("auto")
-    return names
-
-
-CPU_KERNELS = _cpu_kernel_sets()
+CPU_KERNELS = cpu_kernel_sets()
 
 
 @pytest.fixture(params=CPU_KERNELS)
 def cpu_kernels(request):
-    """Runs the test with each CPU kernel set (linear: avx2 and portable), then restores the default."""
+    """Runs the test with each CPU kernel set this machine has, then restores the default."""
     assert C.set_cpu_kernels(request.param) == request.param
     yield request.param
     C.set_cpu_kernels("auto")
@@ -201,7 +188,7 @@ def test_linear_rejects_bad_arguments():
         C.linear(x, np.zeros((5, 32), np.float16)[:, ::2])
     with pytest.raises(ValueError, match=r"argument 'w_scale' is only used with int8 w; w is float16"):
         C.linear(x, np.zeros((5, 16), np.float16), w_scale=np.zeros(5, np.float32))
-    with pytest.raises(ValueError, match=r"set_cpu_kernels: argument 'name' must be 'auto', 'avx2' or 'portable', got 'sse'"):
+    with pytest.raises(ValueError, match=r"set_cpu_kernels: argument 'name' must be 'auto', 'avx512vnni', 'avx2' or 'portable', got 'sse'"):
         C.set_cpu_kernels("sse")
     with pytest.raises(ValueError, match=r"argument 'x' must have shape \(M, K\) float32 C-contiguous, got \(3, 16\) float16"):
         C.linear(x.astype(np.float16), np.zeros((5, 16), np.float32))

@@ -165,25 +165,40 @@ def test_w8_bundle_stores_int8_with_per_channel_scales(tiny):
     assert tensors["lm_head.weight"].dtype == np.float16
 
 
-def test_w4_runtime_computes_with_exactly_the_stored_int4_weights(tiny):
-    """int4's accuracy is a property of the format; what the runtime must get right is computing
-    with the dequantised stored weights: same logits as an fp32 decoder built from them."""
+@pytest.mark.skipif(native_ops() is None, reason="_C has no decoder kernels")
+@pytest.mark.parametrize("weights", ["w4", "w8"])
+def test_quantised_runtime_computes_with_exactly_the_stored_weights(tiny, weights):
+    """int4/int8 accuracy is a property of the format; what the runtime must get right is computing
+    with the stored weights as qlinear defines it (int8 activations per block of 128, exact integer
+    dots): the native kernels give the numpy twin's logits, and both stay within activation
+    quantisation error of an fp32 decoder built from the dequantised stored weights."""
     from safetensors.numpy import load_file
 
     from rsvlm_edge.models.llava.decoder import LlamaDecoder
     from rsvlm_edge.models.llava.quant import dequantize_w4
 
     rt, images = tiny["runtime"], tiny["images"]
-    bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / "tiny-w4.rsvlm", weights="w4", verify=False)
-    w4 = VlmRuntime(bundle, max_batch=4)
-    stored = load_file(str(bundle.file("decoder.safetensors")))
-    widened = {k: dequantize_w4(v, stored[k + "_scale"]) if v.dtype == np.uint8 else v.astype(np.float32)
-               for k, v in stored.items() if not k.endswith("_scale")}
-    reference = VlmRuntime(bundle, max_batch=4)
-    reference.decoder = LlamaDecoder(w4.config.decoder, widened, max_batch=4, max_seq=256, backend="numpy")
+    bundle = export_vlm(tiny["root"] / "hf", tiny["root"] / f"tiny-{weights}q.rsvlm", weights=weights, verify=False)
+    native = VlmRuntime(bundle, backend="native", max_batch=4)
+    twin = VlmRuntime(bundle, backend="numpy", max_batch=4)
     chunks = [rt.tokenize(rt.build_prompt(q)) for q in QUESTIONS]
-    got = w4.first_step_logits(list(images), chunks)
-    np.testing.assert_allclose(got, reference.first_step_logits(list(images), chunks), rtol=1e-4, atol=1e-4)
+    got = native.first_step_logits(list(images), chunks)
+    same = twin.first_step_logits(list(images), chunks)
+    # Rounding to int8 is discontinuous: the last-bit differences of native and numpy float ops
+    # upstream can flip one activation's rounding (measured: cosine 0.99996, w8 bit-identical here).
+    assert min(_cosine(got[b], same[b]) for b in range(3)) > 0.9995
+
+    stored = load_file(str(bundle.file("decoder.safetensors")))
+
+    def widen(v, scale):
+        return dequantize_w4(v, scale) if v.dtype == np.uint8 else v.astype(np.float32) * scale[:, None]
+
+    widened = {k: widen(v, stored[k + "_scale"]) if k + "_scale" in stored else v.astype(np.float32)
+               for k, v in stored.items() if not k.endswith("_scale")}
+    dense = VlmRuntime(bundle, max_batch=4)
+    dense.decoder = LlamaDecoder(native.config.decoder, widened, max_batch=4, max_seq=256, backend="numpy")
+    ref = dense.first_step_logits(list(images), chunks)
+    assert min(_cosine(got[b], ref[b]) for b in range(3)) > 0.998  # int8 activations: measured >= 0.999
     fp32 = rt.first_step_logits(list(images), chunks)
     assert min(_cosine(got[b], fp32[b]) for b in range(3)) > 0.5  # a real approximation, not noise
     assert not np.allclose(got, fp32, atol=1e-3)

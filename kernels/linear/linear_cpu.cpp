@@ -5,9 +5,10 @@
 //   y[m, n] = (sum_k x[m, k] * float(W[n, k])) * scale[n] + bias[n]   (scale: int8 only)
 //
 // float(W) is exact for fp16 and int8. Two loop nests over one tile kernel:
-//   GEMV (M < kGemmMinRows: decode, bandwidth-bound): OpenMP over tiles of kNr weight rows; each
-//        weight row is streamed from memory once in its stored dtype, converted in registers, and
-//        dotted with every row of x.
+//   GEMV (M < kGemmMinRows: decode, bandwidth-bound): OpenMP over weight rows; each thread streams its
+//        contiguous range of rows front to back, one row at a time (one sequential stream reaches the
+//        memory bandwidth, 4 interleaved short rows about half), in its stored dtype, converted in
+//        registers and dotted with every row of x (row kernel: 4 accumulators per row of x).
 //   GEMM (M >= kGemmMinRows: prefill): OpenMP over panels of kNc weight rows; per K block of kKc
 //        inputs the panel is converted (copied, for fp32) into a contiguous fp32 buffer (kNc x kKc,
 //        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
@@ -52,9 +53,14 @@ using ConvertFn = void (*)(const void* src, int64_t ld, int rows, int kc, float*
 
 enum WeightKind { kF32, kF16, kI8 };
 
+// acc[r] = sum_{i < k} x[r][i] * float(w[i]) for r < R: one weight row, read front to back (GEMV: one
+// sequential stream per thread reaches the memory bandwidth; 4 interleaved short rows reach about half).
+using RowFn = void (*)(const float* const* x, const void* w, int k, float* acc);
+
 struct KernelSet {
-  TileFn tile[3][kMr + 1];  // [WeightKind][R]; R = 0 unused
+  TileFn tile[3][kMr + 1];  // [WeightKind][R]; R = 0 unused: GEMM
   ConvertFn convert[3];     // [WeightKind]
+  RowFn row[3][kMr + 1];    // [WeightKind][R]: GEMV
 };
 
 // ---- portable ----
@@ -105,10 +111,31 @@ void convert_portable(const void* src, int64_t ld, int rows, int kc, float* dst)
   }
 }
 
+template <int R, typename W>
+void row_portable(const float* const* x, const void* wp, int k, float* acc) {
+  const W* w = static_cast<const W*>(wp);
+  v4f a[R][2] = {};
+  int i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const v4f w0 = load4(w + i), w1 = load4(w + i + 4);
+    for (int r = 0; r < R; ++r) {
+      a[r][0] += load4(x[r] + i) * w0;
+      a[r][1] += load4(x[r] + i + 4) * w1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const v4f t = a[r][0] + a[r][1];
+    float s = (t[0] + t[1]) + (t[2] + t[3]);
+    for (int j = i; j < k; ++j) s += x[r][j] * to_float(w[j]);
+    acc[r] = s;
+  }
+}
+
 #define RSVLM_TILES(fn, W) {nullptr, fn<1, W>, fn<2, W>, fn<3, W>}
 const KernelSet kPortable = {
     {RSVLM_TILES(tile_portable, float), RSVLM_TILES(tile_portable, uint16_t), RSVLM_TILES(tile_portable, int8_t)},
-    {convert_portable<float>, convert_portable<uint16_t>, convert_portable<int8_t>}};
+    {convert_portable<float>, convert_portable<uint16_t>, convert_portable<int8_t>},
+    {RSVLM_TILES(row_portable, float), RSVLM_TILES(row_portable, uint16_t), RSVLM_TILES(row_portable, int8_t)}};
 
 // ---- avx2 (x86-64) ----
 
@@ -184,9 +211,41 @@ RSVLM_AVX2 void convert_avx2(const void* src, int64_t ld, int rows, int kc, floa
   }
 }
 
+// Four independent accumulators per row of x (32 inputs per step) hide the FMA latency.
+template <int R, typename W>
+RSVLM_AVX2 void row_avx2(const float* const* x, const void* wp, int k, float* acc) {
+  const W* w = static_cast<const W*>(wp);
+  __m256 a[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < 4; ++u) a[r][u] = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m256 w0 = load8(w + i), w1 = load8(w + i + 8), w2 = load8(w + i + 16), w3 = load8(w + i + 24);
+    for (int r = 0; r < R; ++r) {
+      a[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i), w0, a[r][0]);
+      a[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i + 8), w1, a[r][1]);
+      a[r][2] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i + 16), w2, a[r][2]);
+      a[r][3] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i + 24), w3, a[r][3]);
+    }
+  }
+  for (; i + 8 <= k; i += 8) {
+    const __m256 w0 = load8(w + i);
+    for (int r = 0; r < R; ++r) a[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i), w0, a[r][0]);
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 v = _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3]));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_hadd_ps(h, h);
+    float s = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+    for (int j = i; j < k; ++j) s += x[r][j] * to_float_avx2(w[j]);
+    acc[r] = s;
+  }
+}
+
 const KernelSet kAvx2 = {
     {RSVLM_TILES(tile_avx2, float), RSVLM_TILES(tile_avx2, uint16_t), RSVLM_TILES(tile_avx2, int8_t)},
-    {convert_avx2<float>, convert_avx2<uint16_t>, convert_avx2<int8_t>}};
+    {convert_avx2<float>, convert_avx2<uint16_t>, convert_avx2<int8_t>},
+    {RSVLM_TILES(row_avx2, float), RSVLM_TILES(row_avx2, uint16_t), RSVLM_TILES(row_avx2, int8_t)}};
 
 bool cpu_has_avx2_fma_f16c() {
   __builtin_cpu_init();
@@ -194,27 +253,45 @@ bool cpu_has_avx2_fma_f16c() {
   const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
   return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+bool cpu_has_avx512vnni() {
+  __builtin_cpu_init();
+  return cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+}
 #else
 bool cpu_has_avx2_fma_f16c() { return false; }
+bool cpu_has_avx512vnni() { return false; }
 #endif
 
 std::atomic<int> g_kernels{-1};  // a CpuKernels value; -1 = not chosen yet (best supported)
 
 const KernelSet& active_kernels() {
 #if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::avx2) return kAvx2;
+  if (cpu_kernels() != CpuKernels::portable) return kAvx2;  // avx512vnni: the same float kernels
 #endif
   return kPortable;
 }
 
 }  // namespace
 
-bool cpu_kernels_supported(CpuKernels k) { return k == CpuKernels::portable || cpu_has_avx2_fma_f16c(); }
+bool cpu_kernels_supported(CpuKernels k) {
+  switch (k) {
+    case CpuKernels::portable:
+      return true;
+    case CpuKernels::avx2:
+      return cpu_has_avx2_fma_f16c();
+    case CpuKernels::avx512vnni:
+      return cpu_has_avx512vnni();
+  }
+  return false;
+}
 
 CpuKernels cpu_kernels() {
   int k = g_kernels.load(std::memory_order_relaxed);
   if (k < 0) {
-    k = static_cast<int>(cpu_kernels_supported(CpuKernels::avx2) ? CpuKernels::avx2 : CpuKernels::portable);
+    k = static_cast<int>(cpu_kernels_supported(CpuKernels::avx512vnni) ? CpuKernels::avx512vnni
+                         : cpu_kernels_supported(CpuKernels::avx2)     ? CpuKernels::avx2
+                                                                       : CpuKernels::portable);
     g_kernels.store(k, std::memory_order_relaxed);
   }
   return static_cast<CpuKernels>(k);
@@ -222,13 +299,23 @@ CpuKernels cpu_kernels() {
 
 Status set_cpu_kernels(CpuKernels k) {
   if (!cpu_kernels_supported(k))
-    return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) +
-                           "' need an x86-64 CPU with AVX2, FMA and F16C; this one has 'portable' only");
+    return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) + "' need an x86-64 CPU with " +
+                           (k == CpuKernels::avx512vnni ? "AVX2, FMA, F16C and AVX512-VNNI/VL/BW" : "AVX2, FMA and F16C") +
+                           "; this one does not have them");
   g_kernels.store(static_cast<int>(k), std::memory_order_relaxed);
   return Status::Ok();
 }
 
-const char* cpu_kernels_name(CpuKernels k) { return k == CpuKernels::avx2 ? "avx2" : "portable"; }
+const char* cpu_kernels_name(CpuKernels k) {
+  switch (k) {
+    case CpuKernels::avx2:
+      return "avx2";
+    case CpuKernels::avx512vnni:
+      return "avx512vnni";
+    default:
+      return "portable";
+  }
+}
 
 Status linear_cpu(const LinearParams& p) {
   Status st = linear_validate(p, false);
@@ -254,15 +341,12 @@ Status linear_cpu(const LinearParams& p) {
     const int rows = static_cast<int>(m);
     const float* xr[kMr];
     for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
+    const RowFn row_fn = ks.row[wk][rows];
 #pragma omp parallel for schedule(static)
-    for (int n0 = 0; n0 < n; n0 += kNr) {
-      const int nt = std::min(kNr, n - n0);
-      const void* wr[kNr];
-      for (int c = 0; c < kNr; ++c) wr[c] = w_at(n0 + std::min(c, nt - 1), 0);  // clamp: duplicate, dropped
-      float acc[kMr * kNr];
-      ks.tile[wk][rows](xr, wr, k, acc);
-      for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < nt; ++c) out[r * int64_t(n) + n0 + c] = finish(acc[r * kNr + c], n0 + c);
+    for (int j = 0; j < n; ++j) {  // each thread streams a contiguous range of weight rows, a row at a time
+      float acc[kMr];
+      row_fn(xr, w_at(j, 0), k, acc);
+      for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = finish(acc[r], j);
     }
     return Status::Ok();
   }

@@ -52,6 +52,11 @@ def native_ops() -> SimpleNamespace:
                       out=_flat(out, w.shape[0]))
         return out if out is not None else y.reshape(*x.shape[:-1], w.shape[0])
 
+    def qlinear(x, w, w_scale, bias=None, out=None):
+        y = _C.qlinear(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), w, w_scale, bias,
+                       out=_flat(out, w.shape[0]))
+        return out if out is not None else y.reshape(*x.shape[:-1], w.shape[0])
+
     def kv_append(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None):
         _C.kv_append(k_cache, v_cache, np.ascontiguousarray(k_new), np.ascontiguousarray(v_new),
                      np.ascontiguousarray(start_pos, dtype=np.int64),
@@ -66,7 +71,7 @@ def native_ops() -> SimpleNamespace:
         return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache,
                                    np.ascontiguousarray(seq_lens, dtype=np.int64), out=out)
 
-    ops = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, linear=linear, kv_append=kv_append,
+    ops = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, linear=linear, qlinear=qlinear, kv_append=kv_append,
                attention_prefill=attention_prefill, attention_decode=attention_decode)
     assert set(ops) == set(OP_NAMES)
     return SimpleNamespace(name="native", half_weights=True, **ops)

@@ -15,6 +15,10 @@ CUDA graph by a GPU backend).
 * ``linear(x[..., I], w[O, I], bias[O] | None, w_scale=None | [O]) -> y``: ``w`` dense, or int8
   with per-output-channel ``w_scale`` (weight-only INT8). Dense ``w`` is float32, or float16 when
   the op set's ``half_weights`` is True (native: converted to fp32 inside the kernel)
+* ``qlinear(x[..., I], w, w_scale[O, G], bias[O] | None) -> y``: quantised weights (int8 ``w[O, I]``
+  or packed int4 ``w[O, I/2]`` uint8, the formats of ``models/llava/quant.py``) times int8
+  activations quantised per block of 128 inputs on the fly, exact integer block dots (W8A8 / W4A8;
+  the definition is ``include/rsvlm_edge/qlinear.h``, this module's ``qlinear`` its numpy twin)
 * ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B])``: caches are
   ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b]
 * ``attention_prefill(q[B, T, H, D], k_cache, v_cache, q_lens[B], kv_lens[B]) -> [B, T, H, D]``:
@@ -31,7 +35,8 @@ import numpy as np
 
 from .registry import BackendSpec, Probe, register
 
-OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "kv_append", "attention_prefill", "attention_decode")
+OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "qlinear", "kv_append", "attention_prefill", "attention_decode")
+QACT_BLOCK = 128  # inputs per activation quantisation block (kQActBlock)
 
 
 def _store(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -80,6 +85,55 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, w_scale
     else:  # weight-only INT8: the int8 matrix is widened per call, the scale applied per output
         y = (x @ w.T.astype(np.float32)) * w_scale
     return _store(y if bias is None else y + bias, out)
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of x (M, K) float32 -> (xq (M, K) int8, sx (M, blocks) float32): per block of 128 inputs
+    sx = max|x| / 127 and xq = round-half-even(x * (127 / max|x|)) in [-127, 127], all in float32 as
+    the C++ definition (``quantize_activations`` in kernels/qlinear/qlinear.cpp) computes them; an
+    all-zero block gives sx = 0, a block with a non-finite value sx = NaN and xq = 0."""
+    m, k = x.shape
+    blocks = -(-k // QACT_BLOCK)
+    xb = np.zeros((m, blocks * QACT_BLOCK), np.float32)
+    xb[:, :k] = x
+    xb = xb.reshape(m, blocks, QACT_BLOCK)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        amax = np.abs(xb).max(axis=2)
+        finite = np.isfinite(xb).all(axis=2)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
+        q = np.clip(np.rint(xb * inv[:, :, None]), -127, 127)
+        q = np.where(finite[:, :, None], q, 0).astype(np.int8)
+        sx = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    return q.reshape(m, -1)[:, :k], sx
+
+
+def _weight_q(w: np.ndarray, k: int) -> np.ndarray:
+    """The integer weights (O, I) of an int8 or packed int4 tensor."""
+    if w.dtype == np.int8:
+        return w
+    q = np.empty((w.shape[0], k), np.int8)
+    q[:, 0::2] = (w & 0x0F).astype(np.int8) - 8
+    q[:, 1::2] = (w >> 4).astype(np.int8) - 8
+    return q
+
+
+def qlinear(x: np.ndarray, w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
+    lead, k = x.shape[:-1], x.shape[-1]
+    xq, sx = quantize_activations(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, k))
+    m, blocks = sx.shape
+    o, groups = w_scale.shape
+    pad = blocks * QACT_BLOCK - k
+    xb = np.pad(xq, ((0, 0), (0, pad))).astype(np.float64).reshape(m, blocks, QACT_BLOCK).transpose(1, 0, 2)
+    wb = np.pad(_weight_q(w, k), ((0, 0), (0, pad))).astype(np.float64).reshape(o, blocks, QACT_BLOCK).transpose(1, 2, 0)
+    dots = xb @ wb  # (blocks, M, O): exact integer sums
+    group = k // groups
+    sw = w_scale[:, (np.arange(blocks) * QACT_BLOCK) // group].T.astype(np.float64)  # (blocks, O)
+    with np.errstate(invalid="ignore"):
+        y = (dots * sx.T.astype(np.float64)[:, :, None] * sw[:, None, :]).sum(axis=0)
+    if bias is not None:
+        y = y + bias
+    return _store(y.astype(np.float32).reshape(*lead, o), out)
 
 
 def kv_append(

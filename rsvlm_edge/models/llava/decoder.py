@@ -11,7 +11,9 @@ fp32 / fp16 tensors, or for ``w8`` / ``w4`` quantised ``<name>.weight`` plus fp3
 ``<name>.weight_scale`` for every linear layer except the embeddings and lm_head (formats in
 ``quant.py``). Compute is fp32. fp16 linear weights stay fp16 in memory when the op set takes them
 (``half_weights``) and are widened once at load otherwise; an fp16 embedding table stays fp16 and
-only looked-up rows are widened; int8 / int4 weights stay quantised in memory.
+only looked-up rows are widened; int8 / int4 weights stay quantised in memory and run as ``qlinear``
+(activations quantised to int8 per block of 128 inputs on the fly, exact integer dot products: what
+llama.cpp does for Q8_0 / Q4_0).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import numpy as np
 from ...errors import BundleError, InputError
 from .config import DecoderConfig
 from .kv_cache import KVCache
-from .quant import dequantize_w4, w4_group_size
+from .quant import w4_group_size
 
 
 @dataclass
 class Linear:
     """A linear layer's weight ``w`` (out, in): fp32 or fp16; int8 with a per-output-channel
-    ``scale`` (w8); or packed int4 (out, in/2) with per-group ``scale`` (w4, see ``quant.py``)."""
+    ``scale`` (out, 1) (w8); or packed int4 (out, in/2) with per-group ``scale`` (out, in/group) (w4,
+    see ``quant.py``). Quantised layers run as ``qlinear`` (int8 activations, integer dots)."""
 
     w: np.ndarray
     scale: np.ndarray | None = None
@@ -107,7 +110,10 @@ class DecoderWeights:
             if w is not None and w.dtype == np.int8:  # w8
                 q = get(f"{name}.weight", (out_f, in_f), (np.int8,))
                 s = get(f"{name}.weight_scale", (out_f,), (np.float32,))
-                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s))
+                if q.size and int(q.min()) < -127:  # the symmetric format never stores -128 (qlinear.h)
+                    raise BundleError(f"decoder tensor '{name}.weight' holds -128, outside the w8 range [-127, 127]",
+                                      "re-export the bundle with rsvlm-edge export llava --weights w8")
+                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s).reshape(out_f, 1))
             elif w is not None and w.dtype == np.uint8:  # w4
                 q = get(f"{name}.weight", (out_f, in_f // 2), (np.uint8,))
                 s = get(f"{name}.weight_scale", (out_f, in_f // w4_group_size(in_f)), (np.float32,))
@@ -183,9 +189,9 @@ class DecodeBuffers:
 
 
 def _linear(ops: Any, x: np.ndarray, lin: Linear, out: np.ndarray | None = None) -> np.ndarray:
-    if lin.is_w4:  # no int4 kernel yet: widen the packed weights per call
-        return ops.linear(x, dequantize_w4(lin.w, lin.scale), lin.bias, out=out)
-    return ops.linear(x, lin.w, lin.bias, w_scale=lin.scale, out=out)
+    if lin.scale is not None:  # w8 / w4: int8 activations, integer dots, weights never widened
+        return ops.qlinear(x, lin.w, lin.scale, lin.bias, out=out)
+    return ops.linear(x, lin.w, lin.bias, out=out)
 
 
 def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarray, v_cache: np.ndarray,

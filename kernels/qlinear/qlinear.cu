@@ -1,0 +1,155 @@
+// qlinear CUDA path (fp16/bf16 activations; int8 or int4 weights; int8 activations quantised per block
+// of 128 inputs exactly as quantize_activations does; __dp4a integer dots; fp32 outer sum). Tested
+// against qlinear_reference (see rsvlm_edge/qlinear.h) by tests/test_kernels_qlinear.py on a GPU.
+//
+// grid (ceil(N / 8), ceil(M / 2)), block 256 = 8 warps. Each block first quantises its (up to) 2 rows
+// of x into shared memory (xq: 2 x K int8, sx: 2 x blocks fp32; one warp per 128-input block), then
+// warp w computes out[m0 .. m0 + 1, n0 + w]: each lane takes 4 consecutive inputs of every block
+// (one __dp4a per row), scales its integer partial by sx * sw in fp32, and the warp sums the lanes
+// once at the end. Decode-shaped (small M); x is re-quantised per block of outputs (K reads from L2
+// against 8 K weight bytes from memory).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "common/cuda_check.cuh"
+#include "common/cuda_math.cuh"
+#include "rsvlm_edge/qlinear.h"
+
+namespace rsvlm_edge {
+namespace {
+
+constexpr int kWarps = 8;          // output features per block
+constexpr int kRows = 2;           // rows of x per block
+constexpr int kMaxSharedBytes = 48 * 1024;
+
+using cuda::from_float;
+using cuda::to_float;
+using cuda::warp_sum;
+
+// Four signed int8 values in one int, lowest input in the lowest byte (the operand of __dp4a).
+__device__ __forceinline__ int pack4(int a, int b, int c, int d) {
+  return (a & 0xFF) | ((b & 0xFF) << 8) | ((c & 0xFF) << 16) | ((d & 0xFF) << 24);
+}
+
+// q[n, k .. k + 3] of a weight row as 4 packed int8 (k % 4 == 0; the caller guarantees k + 3 < K).
+template <QWeight F>
+__device__ __forceinline__ int load_w4(const uint8_t* row, int k) {
+  if constexpr (F == QWeight::i8) {
+    const int8_t* w = reinterpret_cast<const int8_t*>(row);
+    return pack4(w[k], w[k + 1], w[k + 2], w[k + 3]);
+  } else {
+    const uint8_t b0 = row[k / 2], b1 = row[k / 2 + 1];
+    return pack4(int(b0 & 0x0F) - 8, int(b0 >> 4) - 8, int(b1 & 0x0F) - 8, int(b1 >> 4) - 8);
+  }
+}
+
+template <QWeight F>
+__device__ __forceinline__ int weight_q(const uint8_t* row, int k) {
+  if constexpr (F == QWeight::i8) return reinterpret_cast<const int8_t*>(row)[k];
+  const uint8_t b = row[k / 2];
+  return int(k % 2 == 0 ? b & 0x0F : b >> 4) - 8;
+}
+
+template <typename TA, QWeight F>
+__global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
+  extern __shared__ float smem[];
+  const int blocks = (p.k + kQActBlock - 1) / kQActBlock;
+  float* sx = smem;                                                      // (kRows, blocks)
+  int8_t* xq = reinterpret_cast<int8_t*>(smem + kRows * blocks);         // (kRows, K)
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t m0 = int64_t(blockIdx.y) * kRows;
+  const int rows = int(min(int64_t(kRows), p.m - m0));
+  const TA* x = static_cast<const TA*>(p.x);
+
+  // 1. quantise rows m0 .. m0 + rows - 1 (one warp per (row, block); lane i holds inputs 4i .. 4i + 3)
+  for (int task = warp; task < rows * blocks; task += kWarps) {
+    const int r = task / blocks, b = task % blocks, k0 = b * kQActBlock;
+    const int len = min(kQActBlock, p.k - k0);
+    float v[4];
+    float amax = 0.f;
+    bool finite = true;
+    for (int j = 0; j < 4; ++j) {
+      const int i = lane * 4 + j;
+      v[j] = i < len ? to_float(x[(m0 + r) * p.k + k0 + i]) : 0.f;
+      finite = finite && isfinite(v[j]);
+      amax = fmaxf(amax, fabsf(v[j]));
+    }
+    amax = cuda::warp_max(amax);
+    finite = __all_sync(0xffffffffu, finite);
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int j = 0; j < 4; ++j) {
+      const int i = lane * 4 + j;
+      if (i < len) xq[r * p.k + k0 + i] = finite ? int8_t(fminf(127.f, fmaxf(-127.f, rintf(v[j] * inv)))) : int8_t(0);
+    }
+    if (lane == 0) sx[r * blocks + b] = finite ? amax / 127.f : __int_as_float(0x7fc00000);
+  }
+  __syncthreads();
+
+  // 2. one warp per output feature
+  const int n = blockIdx.x * kWarps + warp;
+  if (n >= p.n) return;
+  const int64_t row_bytes = F == QWeight::i8 ? p.k : p.k / 2;
+  const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + int64_t(n) * row_bytes;
+  const int group = p.k / p.groups;
+  float acc[kRows] = {0.f, 0.f};
+  for (int b = 0; b < blocks; ++b) {
+    const int k0 = b * kQActBlock, len = min(kQActBlock, p.k - k0);
+    const float sw = p.w_scale[int64_t(n) * p.groups + k0 / group];
+    const int k = k0 + lane * 4;
+    int dot[kRows] = {0, 0};
+    if (lane * 4 + 3 < len) {
+      const int wq = load_w4<F>(wrow, k);
+      for (int r = 0; r < rows; ++r) {
+        const int8_t* xr = xq + r * p.k + k;
+        dot[r] = __dp4a(pack4(xr[0], xr[1], xr[2], xr[3]), wq, 0);
+      }
+    } else {
+      for (int i = k; i < k0 + len; ++i)
+        for (int r = 0; r < rows; ++r) dot[r] += int(xq[r * p.k + i]) * weight_q<F>(wrow, i);
+    }
+    for (int r = 0; r < rows; ++r) acc[r] += float(dot[r]) * (sx[r * blocks + b] * sw);
+  }
+  const float bias = p.bias ? to_float(static_cast<const TA*>(p.bias)[n]) : 0.f;
+  for (int r = 0; r < kRows; ++r) {
+    const float y = warp_sum(acc[r]);
+    if (lane == 0 && r < rows) static_cast<TA*>(p.out)[(m0 + r) * p.n + n] = from_float<TA>(y + bias);
+  }
+}
+
+template <typename TA, QWeight F>
+Status launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
+  const int blocks = qact_blocks(p.k);
+  const int64_t shared = int64_t(kRows) * blocks * sizeof(float) + int64_t(kRows) * p.k;
+  if (shared > kMaxSharedBytes)
+    return Status::Invalid("qlinear: K=" + std::to_string(p.k) + " needs " + std::to_string(shared) +
+                           " bytes of shared memory, more than the " + std::to_string(kMaxSharedBytes) +
+                           " the CUDA kernel uses");
+  const int64_t row_blocks = (p.m + kRows - 1) / kRows;
+  if (row_blocks > 65535) return Status::Invalid("qlinear: M too large for one launch (max 131070 rows)");
+  const dim3 grid((p.n + kWarps - 1) / kWarps, static_cast<unsigned>(row_blocks));
+  qlinear_kernel<TA, F><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  return Status::Ok();
+}
+
+template <typename TA>
+Status launch_format(const QLinearParams& p, cudaStream_t stream) {
+  return p.format == QWeight::i8 ? launch_qlinear<TA, QWeight::i8>(p, stream)
+                                 : launch_qlinear<TA, QWeight::i4>(p, stream);
+}
+
+}  // namespace
+
+Status qlinear_cuda(const QLinearParams& p, void* stream_ptr) {
+  Status st = qlinear_validate(p, true);
+  if (!st.ok() || p.m == 0 || p.n == 0) return st;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  return p.act_dtype == DType::f16 ? launch_format<__half>(p, stream) : launch_format<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace rsvlm_edge

@@ -1,0 +1,421 @@
+// qlinear fast CPU path: int8 / int4 weights x int8 activations quantised per block of 128 inputs,
+// exact int32 block dots, fp32 outer sum (see rsvlm_edge/qlinear.h). Tested against
+// qlinear_reference (qlinear_ref.cpp).
+//
+// 1. Quantise every row of x once (quantize_activations), into scratch allocated before any OpenMP
+//    region: xq (M, K) int8 in the micro-kernel's layout, |xq| (i8 weights: the unsigned operand of
+//    the dot instructions), sx (M, blocks) and, for i4, the per-block sums of xq (the -8 offset of
+//    the stored nibbles is applied once per block: sum (v - 8) x = sum v x - 8 sum x).
+//    i4 layout: in every full 64-input chunk, the 32 even inputs first, then the 32 odd ones, so that
+//    the low / high nibbles of 32 weight bytes meet their inputs without any shuffle.
+// 2. Two loop nests:
+//    GEMV (M < 4: decode, bandwidth-bound): OpenMP over weight rows, one row kernel per row (R <= 3 rows
+//         of x); each thread reads its contiguous range of rows front to back as one stream, each
+//         weight byte once for every row of x.
+//    GEMM (M >= 4: prefill, batched decode): OpenMP over panels of 32 weight rows (32 x K bytes stay in
+//         L2) and, inside, tiles of 3 rows of x times 4 weight rows.
+// Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
+//    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
+//    avx512vnni  vpdpbusd on 256-bit registers (u8 x s8 -> s32 in one instruction)
+//    portable    plain C++ integer loops (the compiler vectorises them; aarch64 and older x86-64)
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define RSVLM_X86 1
+#include <immintrin.h>
+#endif
+
+#include "common/host_checks.h"
+#include "rsvlm_edge/linear.h"
+#include "rsvlm_edge/qlinear.h"
+
+namespace rsvlm_edge {
+namespace {
+
+constexpr int kQR = 3;               // rows of x per tile
+constexpr int kQC = 4;               // weight rows per tile
+constexpr int kChunk4 = 64;          // i4: inputs per permuted chunk (32 weight bytes)
+constexpr int kPanel = 32;           // GEMM: weight rows per OpenMP task
+constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM loop nest, else GEMV
+
+// Up to kQR rows of quantised activations, in the kernel layout.
+struct QRows {
+  const int8_t* q[kQR];     // (K) xq
+  const uint8_t* a[kQR];    // (K) |xq| (i8 weights only)
+  const float* s[kQR];      // (blocks) sx
+  const int32_t* sum[kQR];  // (blocks) sum of xq per block (i4 only)
+};
+
+// kQC weight rows.
+struct QCols {
+  const void* w[kQC];     // i8: (K) int8; i4: (K / 2) packed bytes
+  const float* sw[kQC];   // (G) scales
+};
+
+// acc[r * kQC + c] = sum_b sx[r][b] * sw[c][g(b)] * dot_b(xq[r], q[c])  for r < R, c < kQC.
+using QTileFn = void (*)(const QRows& x, const QCols& w, int k, int group, float* acc);
+
+// acc[r] = sum_b sx[r][b] * sw[g(b)] * dot_b(xq[r], q)  for r < R: one weight row w (K or K/2 bytes),
+// read once front to back (decode: a single sequential stream per thread is what reaches the memory
+// bandwidth; tiles of 4 interleaved short rows reach about half of it).
+using QRowFn = void (*)(const QRows& x, const void* w, const float* sw, int k, int group, float* acc);
+
+struct QKernelSet {
+  QTileFn tile[2][kQR + 1];  // [QWeight][R]; R = 0 unused: GEMM
+  QRowFn row[2][kQR + 1];    // [QWeight][R]: GEMV
+};
+
+// The unsigned stored value v = q + 8 of input kk (natural order) of an i4 row.
+inline int nibble(const void* w, int kk) {
+  const uint8_t byte = static_cast<const uint8_t*>(w)[kk / 2];
+  return kk % 2 == 0 ? byte & 0x0F : byte >> 4;
+}
+
+// Position of input kk inside an i4 row's activation layout (natural outside full 64-chunks).
+inline int i4_slot(int kk, int k) {
+  const int c0 = kk - kk % kChunk4;
+  if (c0 + kChunk4 > k) return kk;
+  const int j = kk - c0;
+  return c0 + (j % 2 == 0 ? j / 2 : kChunk4 / 2 + j / 2);
+}
+
+// Integer dot over [k0, k1) of one row of x and one weight row, with the i4 nibbles unsigned (v).
+template <QWeight F>
+inline int32_t dot_scalar(const int8_t* xq, const void* w, int k0, int k1, int k) {
+  int32_t s = 0;
+  for (int kk = k0; kk < k1; ++kk) {
+    if (F == QWeight::i8)
+      s += int32_t(xq[kk]) * static_cast<const int8_t*>(w)[kk];
+    else
+      s += int32_t(xq[i4_slot(kk, k)]) * nibble(w, kk);
+  }
+  return s;
+}
+
+// ---- portable ----
+
+template <int R, QWeight F, int C>
+void qtile_portable_c(const QRows& x, const QCols& w, int k, int group, float* acc) {
+  float f[R][C] = {};
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    const int k1 = std::min(k, k0 + kQActBlock);
+    for (int c = 0; c < C; ++c) {
+      const float sw = w.sw[c][k0 / group];
+      for (int r = 0; r < R; ++r) {
+        int32_t d = 0;
+        if (F == QWeight::i8) {
+          const int8_t* wr = static_cast<const int8_t*>(w.w[c]);
+          for (int kk = k0; kk < k1; ++kk) d += int32_t(x.q[r][kk]) * int32_t(wr[kk]);
+        } else {
+          const uint8_t* wr = static_cast<const uint8_t*>(w.w[c]);
+          int kk = k0;
+          for (; kk + kChunk4 <= k1; kk += kChunk4)  // permuted chunk: byte j <-> slots j and 32 + j
+            for (int j = 0; j < kChunk4 / 2; ++j) {
+              const int byte = wr[kk / 2 + j];
+              d += int32_t(x.q[r][kk + j]) * (byte & 0x0F) + int32_t(x.q[r][kk + kChunk4 / 2 + j]) * (byte >> 4);
+            }
+          d += dot_scalar<F>(x.q[r], w.w[c], kk, k1, k);
+          d -= 8 * x.sum[r][b];
+        }
+        f[r][c] += float(d) * (x.s[r][b] * sw);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r * C + c] = f[r][c];
+}
+
+template <int R, QWeight F>
+void qtile_portable(const QRows& x, const QCols& w, int k, int group, float* acc) {
+  qtile_portable_c<R, F, kQC>(x, w, k, group, acc);
+}
+
+template <int R, QWeight F>
+void qrow_portable(const QRows& x, const void* w, const float* sw, int k, int group, float* acc) {
+  QCols one{};
+  one.w[0] = w;
+  one.sw[0] = sw;
+  qtile_portable_c<R, F, 1>(x, one, k, group, acc);
+}
+
+#define RSVLM_QTILES(fn, F) {nullptr, fn<1, F>, fn<2, F>, fn<3, F>}
+const QKernelSet kQPortable = {
+    {RSVLM_QTILES(qtile_portable, QWeight::i8), RSVLM_QTILES(qtile_portable, QWeight::i4)},
+    {RSVLM_QTILES(qrow_portable, QWeight::i8), RSVLM_QTILES(qrow_portable, QWeight::i4)}};
+
+// ---- x86-64: avx2 and avx512vnni ----
+
+#if RSVLM_X86
+#define RSVLM_QAVX2 __attribute__((target("avx2,fma")))
+#define RSVLM_QVNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+// acc + the int32 dot of 32 unsigned (u) and 32 signed (s) bytes, in 8 int32 lanes.
+RSVLM_QAVX2 inline __m256i dot_u8s8_avx2(__m256i acc, __m256i u, __m256i s) {
+  const __m256i pairs = _mm256_maddubs_epi16(u, s);  // 16 x (u0 s0 + u1 s1) in int16: callers keep it in range
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+RSVLM_QVNNI inline __m256i dot_u8s8_vnni(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+// The lane sums of a[0..3] as one vector of 4 int32.
+RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
+  const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+  return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+// One tile; DOT is dot_u8s8_avx2 or dot_u8s8_vnni. Per block: int32 lane accumulators per (r, c),
+// reduced to 4 sums per row of x, scaled by sx[r][b] * sw[c][g] and added to 4 fp32 sums per row.
+// Operand ranges (maddubs never saturates): i8: |xq| <= 127 times sign-adjusted w in [-128, 127];
+// i4: nibbles 0..15 times xq in [-127, 127], two products per pair, 2 pairs added in int16 (<= 7620).
+#define RSVLM_DEFINE_QTILE_X86(NAME, TARGET, DOT)                                                          \
+  template <int R, QWeight F>                                                                              \
+  TARGET void NAME(const QRows& x, const QCols& w, int k, int group, float* acc) {                         \
+    __m128 f[R];                                                                                           \
+    for (int r = 0; r < R; ++r) f[r] = _mm_setzero_ps();                                                   \
+    const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
+    for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
+      const int k1 = std::min(k, k0 + kQActBlock);                                                         \
+      __m256i ai[R][kQC];                                                                                  \
+      for (int r = 0; r < R; ++r)                                                                          \
+        for (int c = 0; c < kQC; ++c) ai[r][c] = _mm256_setzero_si256();                                   \
+      int kk = k0;                                                                                         \
+      if (F == QWeight::i8) {                                                                              \
+        for (; kk + 32 <= k1; kk += 32)                                                                    \
+          for (int c = 0; c < kQC; ++c) {                                                                  \
+            const int8_t* wp = static_cast<const int8_t*>(w.w[c]) + kk;                                    \
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                   \
+            for (int r = 0; r < R; ++r) {                                                                  \
+              const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk));       \
+              const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk));       \
+              ai[r][c] = DOT(ai[r][c], xa, _mm256_sign_epi8(wv, xv));                                      \
+            }                                                                                              \
+          }                                                                                                \
+      } else {                                                                                             \
+        for (; kk + kChunk4 <= k1; kk += kChunk4)                                                          \
+          for (int c = 0; c < kQC; ++c) {                                                                  \
+            const uint8_t* wp = static_cast<const uint8_t*>(w.w[c]) + kk / 2;                              \
+            const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                   \
+            const __m256i lo = _mm256_and_si256(wb, low4);                                                 \
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                           \
+            for (int r = 0; r < R; ++r) {                                                                  \
+              const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk));       \
+              const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 32));  \
+              ai[r][c] = DOT(DOT(ai[r][c], lo, xe), hi, xo);                                               \
+            }                                                                                              \
+          }                                                                                                \
+      }                                                                                                    \
+      const __m128 sw = _mm_setr_ps(w.sw[0][k0 / group], w.sw[1][k0 / group], w.sw[2][k0 / group],       \
+                                    w.sw[3][k0 / group]);                                                  \
+      for (int r = 0; r < R; ++r) {                                                                        \
+        alignas(16) int32_t tail[kQC];                                                                     \
+        for (int c = 0; c < kQC; ++c)                                                                      \
+          tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k) - (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);  \
+        const __m128i s = _mm_add_epi32(hsum4_epi32(ai[r]), _mm_load_si128(reinterpret_cast<__m128i*>(tail))); \
+        f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);           \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int r = 0; r < R; ++r) _mm_storeu_ps(acc + r * kQC, f[r]);                                        \
+  }
+
+RSVLM_DEFINE_QTILE_X86(qtile_avx2, RSVLM_QAVX2, dot_u8s8_avx2)
+RSVLM_DEFINE_QTILE_X86(qtile_vnni, RSVLM_QVNNI, dot_u8s8_vnni)
+
+// The sum of 8 int32 lanes.
+RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_hadd_epi32(s, s);
+  return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+}
+
+// One weight row against R rows of x (GEMV). Four independent accumulators per row of x (the four
+// 32-byte chunks of a full block) hide the latency of the dot instructions.
+// i8: a[r][u] += dot(xq[r][kc .. kc + 31], w[kc .. kc + 31]);  i4: a[r][u], a[r][u + 1] += the even / odd
+// inputs of the permuted 64-chunk at kc (32 weight bytes at kc / 2).
+#define RSVLM_DEFINE_QROW_X86(NAME, TARGET, DOT)                                                           \
+  template <int R>                                                                                         \
+  TARGET __attribute__((always_inline)) inline void NAME##_step_i8(const QRows& x, const int8_t* w, int kc,  \
+                                                                    __m256i (*a)[4], int u) {              \
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kc));                      \
+    for (int r = 0; r < R; ++r)                                                                            \
+      a[r][u] = DOT(a[r][u], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kc)),            \
+                    _mm256_sign_epi8(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc)))); \
+  }                                                                                                        \
+  template <int R>                                                                                         \
+  TARGET __attribute__((always_inline)) inline void NAME##_step_i4(const QRows& x, const uint8_t* w, int kc, \
+                                                                    __m256i (*a)[4], int u) {              \
+    const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
+    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kc / 2));                  \
+    const __m256i lo = _mm256_and_si256(wb, low4);                                                         \
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                                   \
+    for (int r = 0; r < R; ++r) {                                                                          \
+      a[r][u] = DOT(a[r][u], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc)));       \
+      a[r][u + 1] = DOT(a[r][u + 1], hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc + 32))); \
+    }                                                                                                      \
+  }                                                                                                        \
+  template <int R, QWeight F>                                                                              \
+  TARGET void NAME(const QRows& x, const void* wrow, const float* sw, int k, int group, float* acc) {     \
+    float f[R] = {};                                                                                       \
+    for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
+      const int k1 = std::min(k, k0 + kQActBlock);                                                         \
+      __m256i a[R][4];                                                                                     \
+      for (int r = 0; r < R; ++r)                                                                          \
+        for (int u = 0; u < 4; ++u) a[r][u] = _mm256_setzero_si256();                                      \
+      int kk = k0;                                                                                         \
+      if (F == QWeight::i8) {                                                                              \
+        const int8_t* w = static_cast<const int8_t*>(wrow);                                                \
+        if (kk + 128 <= k1) { /* a full block: four independent accumulators */                            \
+          NAME##_step_i8<R>(x, w, kk, a, 0);                                                               \
+          NAME##_step_i8<R>(x, w, kk + 32, a, 1);                                                          \
+          NAME##_step_i8<R>(x, w, kk + 64, a, 2);                                                          \
+          NAME##_step_i8<R>(x, w, kk + 96, a, 3);                                                          \
+          kk += 128;                                                                                       \
+        }                                                                                                  \
+        for (; kk + 32 <= k1; kk += 32) NAME##_step_i8<R>(x, w, kk, a, 0);                                 \
+      } else {                                                                                             \
+        const uint8_t* w = static_cast<const uint8_t*>(wrow);                                              \
+        if (kk + 128 <= k1) {                                                                              \
+          NAME##_step_i4<R>(x, w, kk, a, 0);                                                               \
+          NAME##_step_i4<R>(x, w, kk + kChunk4, a, 2);                                                     \
+          kk += 128;                                                                                       \
+        }                                                                                                  \
+        for (; kk + kChunk4 <= k1; kk += kChunk4) NAME##_step_i4<R>(x, w, kk, a, 0);                       \
+      }                                                                                                    \
+      const float s_w = sw[k0 / group];                                                                    \
+      for (int r = 0; r < R; ++r) {                                                                        \
+        const __m256i v = _mm256_add_epi32(_mm256_add_epi32(a[r][0], a[r][1]), _mm256_add_epi32(a[r][2], a[r][3])); \
+        const int32_t d = hsum8_epi32(v) + dot_scalar<F>(x.q[r], wrow, kk, k1, k) -                        \
+                          (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);                                        \
+        f[r] += float(d) * (x.s[r][b] * s_w);                                                              \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int r = 0; r < R; ++r) acc[r] = f[r];                                                             \
+  }
+
+RSVLM_DEFINE_QROW_X86(qrow_avx2, RSVLM_QAVX2, dot_u8s8_avx2)
+RSVLM_DEFINE_QROW_X86(qrow_vnni, RSVLM_QVNNI, dot_u8s8_vnni)
+
+const QKernelSet kQAvx2 = {{RSVLM_QTILES(qtile_avx2, QWeight::i8), RSVLM_QTILES(qtile_avx2, QWeight::i4)},
+                           {RSVLM_QTILES(qrow_avx2, QWeight::i8), RSVLM_QTILES(qrow_avx2, QWeight::i4)}};
+const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni, QWeight::i8), RSVLM_QTILES(qtile_vnni, QWeight::i4)},
+                           {RSVLM_QTILES(qrow_vnni, QWeight::i8), RSVLM_QTILES(qrow_vnni, QWeight::i4)}};
+#endif
+
+const QKernelSet& active_qkernels() {
+#if RSVLM_X86
+  switch (cpu_kernels()) {
+    case CpuKernels::avx512vnni:
+      return kQVnni;
+    case CpuKernels::avx2:
+      return kQAvx2;
+    default:
+      break;
+  }
+#endif
+  return kQPortable;
+}
+
+// Row m of x quantised into the kernel layout (see the file comment); no allocation (OpenMP-safe).
+void quantize_row(const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx, int32_t* xsum) {
+  quantize_activations(x, k, xq, sx);
+  if (format == QWeight::i8) {
+    for (int i = 0; i < k; ++i) xa[i] = static_cast<uint8_t>(xq[i] < 0 ? -xq[i] : xq[i]);
+    return;
+  }
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    int32_t s = 0;
+    for (int i = k0; i < std::min(k, k0 + kQActBlock); ++i) s += xq[i];
+    xsum[b] = s;
+  }
+  int8_t chunk[kChunk4];
+  for (int c0 = 0; c0 + kChunk4 <= k; c0 += kChunk4) {
+    std::memcpy(chunk, xq + c0, kChunk4);
+    for (int j = 0; j < kChunk4; ++j) xq[c0 + (j % 2 == 0 ? j / 2 : kChunk4 / 2 + j / 2)] = chunk[j];
+  }
+}
+
+}  // namespace
+
+Status qlinear_cpu(const QLinearParams& p) {
+  RSVLM_RETURN_IF_ERROR(qlinear_validate(p, false));
+  if (p.m == 0 || p.n == 0) return Status::Ok();
+  const QKernelSet& ks = active_qkernels();
+  const int64_t m = p.m;
+  const int n = p.n, k = p.k, blocks = qact_blocks(k), group = k / p.groups;
+  const bool i8 = p.format == QWeight::i8;
+  const int fmt = i8 ? 0 : 1;
+
+  // Quantised activations, allocated before any OpenMP region.
+  std::vector<int8_t> xq;
+  std::vector<uint8_t> xa;
+  std::vector<float> sx;
+  std::vector<int32_t> xsum;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xq, k, m, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xa, i8 ? k : 0, m, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sx, blocks, m, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xsum, i8 ? 0 : blocks, m, "qlinear"));
+  const float* x = static_cast<const float*>(p.x);  // (M, K)
+#pragma omp parallel for schedule(static) if (m >= 8)
+  for (int64_t r = 0; r < m; ++r)
+    quantize_row(x + r * k, k, p.format, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
+                 sx.data() + r * blocks, i8 ? nullptr : xsum.data() + r * blocks);
+
+  const float* bias = static_cast<const float*>(p.bias);  // (N) or nullptr
+  float* out = static_cast<float*>(p.out);                // (M, N)
+  const int64_t w_row_bytes = i8 ? k : k / 2;
+  auto rows_at = [&](int64_t m0, int rows) {
+    QRows xr{};
+    for (int r = 0; r < rows; ++r) {
+      xr.q[r] = xq.data() + (m0 + r) * k;
+      xr.a[r] = i8 ? xa.data() + (m0 + r) * k : nullptr;
+      xr.s[r] = sx.data() + (m0 + r) * blocks;
+      xr.sum[r] = i8 ? nullptr : xsum.data() + (m0 + r) * blocks;
+    }
+    return xr;
+  };
+  // Tile of weight rows n0 .. n0 + nt - 1 (nt <= 4; missing rows repeat the last, their sums dropped)
+  // against rows m0 .. m0 + rows - 1 of x, written to out.
+  auto run_tile = [&](const QRows& xr, int64_t m0, int rows, int n0) {
+    const int nt = std::min(kQC, n - n0);
+    QCols wc{};
+    for (int c = 0; c < kQC; ++c) {
+      const int row = n0 + std::min(c, nt - 1);
+      wc.w[c] = static_cast<const uint8_t*>(p.w) + int64_t(row) * w_row_bytes;
+      wc.sw[c] = p.w_scale + int64_t(row) * p.groups;
+    }
+    float acc[kQR * kQC];
+    ks.tile[fmt][rows](xr, wc, k, group, acc);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < nt; ++c)
+        out[(m0 + r) * int64_t(n) + n0 + c] = acc[r * kQC + c] + (bias ? bias[n0 + c] : 0.f);
+  };
+
+  if (m < kGemmMinRows) {  // each thread streams a contiguous range of weight rows, one row at a time
+    const int rows = static_cast<int>(m);
+    const QRows xr = rows_at(0, rows);
+    const QRowFn row_fn = ks.row[fmt][rows];
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < n; ++j) {
+      float acc[kQR];
+      row_fn(xr, static_cast<const uint8_t*>(p.w) + int64_t(j) * w_row_bytes, p.w_scale + int64_t(j) * p.groups, k,
+             group, acc);
+      for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = acc[r] + (bias ? bias[j] : 0.f);
+    }
+    return Status::Ok();
+  }
+  const int panels = (n + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(dynamic)
+  for (int pi = 0; pi < panels; ++pi) {
+    const int n_end = std::min(n, (pi + 1) * kPanel);
+    for (int64_t m0 = 0; m0 < m; m0 += kQR) {
+      const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
+      const QRows xr = rows_at(m0, rows);
+      for (int n0 = pi * kPanel; n0 < n_end; n0 += kQC) run_tile(xr, m0, rows, n0);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace rsvlm_edge
