@@ -6,7 +6,17 @@ The runtime needs numpy, onnxruntime, tokenizers and our native extension; it ne
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# Our kernels' OpenMP threads wait passively (sleep) between regions unless the user chose a wait
+# policy: libgomp's default spins ~300,000 iterations at every barrier, and on cores shared with other
+# work those spinning threads take the time slices the computing thread needs (measured: decode 3-10x
+# slower at load 6.5 on 2 cores; bench/RESULTS.md). Set before libgomp is loaded with rsvlm_edge._C;
+# OMP_WAIT_POLICY=ACTIVE restores spinning on a dedicated machine.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from .errors import BackendError, BundleError, CheckpointError, InputError, RsvlmError  # noqa: E402
 

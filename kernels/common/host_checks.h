@@ -57,6 +57,14 @@ inline int max_threads() {
 #endif
 }
 
+// Smallest amount of work (elements touched) worth an OpenMP region. Below it a region costs more
+// than it saves (fork/join), and on a loaded machine a thread that is not scheduled stalls the whole
+// region at its barrier for a time slice: decode-sized norms, activations and RoPE run on one thread.
+constexpr int64_t kMinParallelWork = int64_t(1) << 15;
+
+// Threads for an OpenMP region over `work` elements: 1 below kMinParallelWork, else max_threads().
+inline int threads_for(int64_t work) { return work < kMinParallelWork ? 1 : max_threads(); }
+
 inline int thread_id() {
 #ifdef _OPENMP
   return omp_get_thread_num();

@@ -63,7 +63,8 @@ Status kv_append_cpu(const KvAppendParams& p) {
   const int hk = c.num_kv_heads, d = c.head_dim;
   const float* kn = static_cast<const float*>(p.k_new);  // (B, S_new, H_kv, D)
   const float* vn = static_cast<const float*>(p.v_new);  // (B, S_new, H_kv, D)
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) \
+    num_threads(host::threads_for(int64_t(p.batch) * p.s_new * hk * d))
   for (int b = 0; b < p.batch; ++b) {
     for (int s = 0; s < p.s_new; ++s) {
       for (int h = 0; h < hk; ++h) {
@@ -96,7 +97,8 @@ Status attention_cpu(const AttentionParams& p) {
   for (int b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.kv_lens[b]);
   // Per thread: scores (G, max_keys), qs (G, D), acc (G, D), m (G), sum (G); allocated before the region.
   const int64_t per_thread = host::checked_mul(group, max_keys + 2 * int64_t(d) + 2);
-  const int threads = host::max_threads();
+  const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow
+  const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
   std::vector<float> scratch;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread,
                                             threads, "attention"));

@@ -44,6 +44,7 @@ constexpr int kNr = 4;               // output features (rows of W) per register
 constexpr int kKc = 1024;            // GEMM: inputs per K block (x tile: 3 x 1024 fp32 = 12 KiB, L1)
 constexpr int kNc = 32;              // GEMM: output features per panel (32 x 1024 fp32 = 128 KiB, L2)
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM, else GEMV
+constexpr int kGemvRows = 16;        // GEMV: weight rows per dynamically scheduled chunk
 
 // acc[r * kNr + c] = sum_{i < kc} x[r][i] * float(w[c][i])  for r < R (1..kMr), c < kNr; w[c]
 // points to kc weights of one dtype (float, uint16_t fp16 bits or int8_t).
@@ -342,7 +343,9 @@ Status linear_cpu(const LinearParams& p) {
     const float* xr[kMr];
     for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
     const RowFn row_fn = ks.row[wk][rows];
-#pragma omp parallel for schedule(static)
+    // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
+    // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
+#pragma omp parallel for schedule(dynamic, kGemvRows) num_threads(host::threads_for(int64_t(n) * k))
     for (int j = 0; j < n; ++j) {  // each thread streams a contiguous range of weight rows, a row at a time
       float acc[kMr];
       row_fn(xr, w_at(j, 0), k, acc);

@@ -41,6 +41,7 @@ constexpr int kQC = 4;               // weight rows per tile
 constexpr int kChunk4 = 64;          // i4: inputs per permuted chunk (32 weight bytes)
 constexpr int kPanel = 32;           // GEMM: weight rows per OpenMP task
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM loop nest, else GEMV
+constexpr int kGemvRows = 16;        // GEMV: weight rows per dynamically scheduled chunk
 
 // Up to kQR rows of quantised activations, in the kernel layout.
 struct QRows {
@@ -396,7 +397,9 @@ Status qlinear_cpu(const QLinearParams& p) {
     const int rows = static_cast<int>(m);
     const QRows xr = rows_at(0, rows);
     const QRowFn row_fn = ks.row[fmt][rows];
-#pragma omp parallel for schedule(static)
+    // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
+    // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
+#pragma omp parallel for schedule(dynamic, kGemvRows) num_threads(host::threads_for(int64_t(n) * k))
     for (int j = 0; j < n; ++j) {
       float acc[kQR];
       row_fn(xr, static_cast<const uint8_t*>(p.w) + int64_t(j) * w_row_bytes, p.w_scale + int64_t(j) * p.groups, k,

@@ -12,7 +12,7 @@ Status rms_norm_cpu(const RmsNormParams& p) {
   RSVLM_RETURN_IF_ERROR(rms_norm_validate(p, /*cuda=*/false));
   const host::RmsNormArrays a(p);
   const int d = p.dim;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(host::threads_for(p.rows * int64_t(d)))
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* xr = a.x + r * d;
     const float inv = 1.f / std::sqrt(cpu::dot(xr, xr, d) / float(d) + p.eps);

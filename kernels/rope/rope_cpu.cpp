@@ -12,7 +12,7 @@ Status rope_cpu(const RopeParams& p) {
   Status st = rope_validate(p, /*cuda=*/false);
   if (!st.ok() || p.tokens == 0) return st;
   const int d = p.head_dim, half = d / 2;
-  const int threads = host::max_threads();
+  const int threads = host::threads_for(p.tokens * int64_t(p.num_heads + p.num_kv_heads) * d);
   // inv_freq (D/2), then per thread cos (D/2) and sin (D/2): allocated before the parallel region.
   std::vector<float> buf;
   st = host::alloc_scratch(buf, int64_t(half) * (1 + 2 * int64_t(threads)), 1, "rope");
