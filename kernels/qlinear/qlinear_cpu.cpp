@@ -16,7 +16,9 @@
 //         L2) and, inside, tiles of 3 rows of x times 4 weight rows.
 // Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
 //    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
-//    avx512vnni  vpdpbusd on 256-bit registers (u8 x s8 -> s32 in one instruction)
+//    avx512vnni  vpdpbusd on 256-bit registers (u8 x s8 -> s32 in one instruction); i8 weights meet
+//                xq + 128 (unsigned) and the 128 * sum(w) this adds is taken off per block
+//                (vpdpbusd against ones), instead of the sign trick's extra instruction per product
 //    portable    plain C++ integer loops (the compiler vectorises them; aarch64 and older x86-64)
 #include <algorithm>
 #include <cstdint>
@@ -46,7 +48,7 @@ constexpr int kGemvRows = 16;        // GEMV: weight rows per dynamically schedu
 // Up to kQR rows of quantised activations, in the kernel layout.
 struct QRows {
   const int8_t* q[kQR];     // (K) xq
-  const uint8_t* a[kQR];    // (K) |xq| (i8 weights only)
+  const uint8_t* a[kQR];    // (K) i8 weights only: |xq|, or xq + 128 for kernels with offset_a
   const float* s[kQR];      // (blocks) sx
   const int32_t* sum[kQR];  // (blocks) sum of xq per block (i4 only)
 };
@@ -68,6 +70,7 @@ using QRowFn = void (*)(const QRows& x, const void* w, const float* sw, int k, i
 struct QKernelSet {
   QTileFn tile[2][kQR + 1];  // [QWeight][R]; R = 0 unused: GEMM
   QRowFn row[2][kQR + 1];    // [QWeight][R]: GEMV
+  bool offset_a;             // i8: QRows::a holds xq + 128 (true) or |xq| (false)
 };
 
 // The unsigned stored value v = q + 8 of input kk (natural order) of an i4 row.
@@ -146,7 +149,8 @@ void qrow_portable(const QRows& x, const void* w, const float* sw, int k, int gr
 #define RSVLM_QTILES(fn, F) {nullptr, fn<1, F>, fn<2, F>, fn<3, F>}
 const QKernelSet kQPortable = {
     {RSVLM_QTILES(qtile_portable, QWeight::i8), RSVLM_QTILES(qtile_portable, QWeight::i4)},
-    {RSVLM_QTILES(qrow_portable, QWeight::i8), RSVLM_QTILES(qrow_portable, QWeight::i4)}};
+    {RSVLM_QTILES(qrow_portable, QWeight::i8), RSVLM_QTILES(qrow_portable, QWeight::i4)},
+    false};
 
 // ---- x86-64: avx2 and avx512vnni ----
 
@@ -171,7 +175,7 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
 // reduced to 4 sums per row of x, scaled by sx[r][b] * sw[c][g] and added to 4 fp32 sums per row.
 // Operand ranges (maddubs never saturates): i8: |xq| <= 127 times sign-adjusted w in [-128, 127];
 // i4: nibbles 0..15 times xq in [-127, 127], two products per pair, 2 pairs added in int16 (<= 7620).
-#define RSVLM_DEFINE_QTILE_X86(NAME, TARGET, DOT)                                                          \
+#define RSVLM_DEFINE_QTILE_X86(NAME, TARGET, DOT, OFFSET)                                                  \
   template <int R, QWeight F>                                                                              \
   TARGET void NAME(const QRows& x, const QCols& w, int k, int group, float* acc) {                         \
     __m128 f[R];                                                                                           \
@@ -179,11 +183,25 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
     for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
       const int k1 = std::min(k, k0 + kQActBlock);                                                         \
-      __m256i ai[R][kQC];                                                                                  \
-      for (int r = 0; r < R; ++r)                                                                          \
-        for (int c = 0; c < kQC; ++c) ai[r][c] = _mm256_setzero_si256();                                   \
+      __m256i ai[R][kQC], ws[kQC];                                                                         \
+      for (int c = 0; c < kQC; ++c) {                                                                      \
+        ws[c] = _mm256_setzero_si256();                                                                    \
+        for (int r = 0; r < R; ++r) ai[r][c] = _mm256_setzero_si256();                                     \
+      }                                                                                                    \
       int kk = k0;                                                                                         \
-      if (F == QWeight::i8) {                                                                              \
+      if (F == QWeight::i8 && OFFSET) { /* x.a = xq + 128: dot(xq, w) = dot(x.a, w) - 128 sum(w) */        \
+        const __m256i ones8 = _mm256_set1_epi8(1);                                                         \
+        for (; kk + 32 <= k1; kk += 32) {                                                                  \
+          __m256i xu[R];                                                                                   \
+          for (int r = 0; r < R; ++r) xu[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk)); \
+          for (int c = 0; c < kQC; ++c) {                                                                  \
+            const __m256i wv =                                                                             \
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(w.w[c]) + kk)); \
+            ws[c] = DOT(ws[c], ones8, wv);                                                                 \
+            for (int r = 0; r < R; ++r) ai[r][c] = DOT(ai[r][c], xu[r], wv);                               \
+          }                                                                                                \
+        }                                                                                                  \
+      } else if (F == QWeight::i8) {                                                                       \
         for (; kk + 32 <= k1; kk += 32)                                                                    \
           for (int c = 0; c < kQC; ++c) {                                                                  \
             const int8_t* wp = static_cast<const int8_t*>(w.w[c]) + kk;                                    \
@@ -210,19 +228,21 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
       }                                                                                                    \
       const __m128 sw = _mm_setr_ps(w.sw[0][k0 / group], w.sw[1][k0 / group], w.sw[2][k0 / group],       \
                                     w.sw[3][k0 / group]);                                                  \
+      const __m128i offset = F == QWeight::i8 && OFFSET ? _mm_slli_epi32(hsum4_epi32(ws), 7) : _mm_setzero_si128(); \
       for (int r = 0; r < R; ++r) {                                                                        \
         alignas(16) int32_t tail[kQC];                                                                     \
         for (int c = 0; c < kQC; ++c)                                                                      \
           tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k) - (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);  \
-        const __m128i s = _mm_add_epi32(hsum4_epi32(ai[r]), _mm_load_si128(reinterpret_cast<__m128i*>(tail))); \
+        const __m128i s = _mm_sub_epi32(                                                                   \
+            _mm_add_epi32(hsum4_epi32(ai[r]), _mm_load_si128(reinterpret_cast<__m128i*>(tail))), offset);  \
         f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);           \
       }                                                                                                    \
     }                                                                                                      \
     for (int r = 0; r < R; ++r) _mm_storeu_ps(acc + r * kQC, f[r]);                                        \
   }
 
-RSVLM_DEFINE_QTILE_X86(qtile_avx2, RSVLM_QAVX2, dot_u8s8_avx2)
-RSVLM_DEFINE_QTILE_X86(qtile_vnni, RSVLM_QVNNI, dot_u8s8_vnni)
+RSVLM_DEFINE_QTILE_X86(qtile_avx2, RSVLM_QAVX2, dot_u8s8_avx2, false)
+RSVLM_DEFINE_QTILE_X86(qtile_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
 
 // The sum of 8 int32 lanes.
 RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
@@ -235,14 +255,17 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
 // 32-byte chunks of a full block) hide the latency of the dot instructions.
 // i8: a[r][u] += dot(xq[r][kc .. kc + 31], w[kc .. kc + 31]);  i4: a[r][u], a[r][u + 1] += the even / odd
 // inputs of the permuted 64-chunk at kc (32 weight bytes at kc / 2).
-#define RSVLM_DEFINE_QROW_X86(NAME, TARGET, DOT)                                                           \
+#define RSVLM_DEFINE_QROW_X86(NAME, TARGET, DOT, OFFSET)                                                   \
   template <int R>                                                                                         \
   TARGET __attribute__((always_inline)) inline void NAME##_step_i8(const QRows& x, const int8_t* w, int kc,  \
-                                                                    __m256i (*a)[4], int u) {              \
+                                                                    __m256i (*a)[4], __m256i* ws, int u) { \
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kc));                      \
-    for (int r = 0; r < R; ++r)                                                                            \
-      a[r][u] = DOT(a[r][u], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kc)),            \
-                    _mm256_sign_epi8(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc)))); \
+    if (OFFSET) ws[u] = DOT(ws[u], _mm256_set1_epi8(1), wv);                                               \
+    for (int r = 0; r < R; ++r) {                                                                          \
+      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kc));                \
+      a[r][u] = OFFSET ? DOT(a[r][u], xa, wv)                                                              \
+                       : DOT(a[r][u], xa, _mm256_sign_epi8(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc)))); \
+    }                                                                                                      \
   }                                                                                                        \
   template <int R>                                                                                         \
   TARGET __attribute__((always_inline)) inline void NAME##_step_i4(const QRows& x, const uint8_t* w, int kc, \
@@ -261,20 +284,22 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
     float f[R] = {};                                                                                       \
     for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
       const int k1 = std::min(k, k0 + kQActBlock);                                                         \
-      __m256i a[R][4];                                                                                     \
-      for (int r = 0; r < R; ++r)                                                                          \
-        for (int u = 0; u < 4; ++u) a[r][u] = _mm256_setzero_si256();                                      \
+      __m256i a[R][4], ws[4];                                                                              \
+      for (int u = 0; u < 4; ++u) {                                                                        \
+        ws[u] = _mm256_setzero_si256();                                                                    \
+        for (int r = 0; r < R; ++r) a[r][u] = _mm256_setzero_si256();                                      \
+      }                                                                                                    \
       int kk = k0;                                                                                         \
       if (F == QWeight::i8) {                                                                              \
         const int8_t* w = static_cast<const int8_t*>(wrow);                                                \
         if (kk + 128 <= k1) { /* a full block: four independent accumulators */                            \
-          NAME##_step_i8<R>(x, w, kk, a, 0);                                                               \
-          NAME##_step_i8<R>(x, w, kk + 32, a, 1);                                                          \
-          NAME##_step_i8<R>(x, w, kk + 64, a, 2);                                                          \
-          NAME##_step_i8<R>(x, w, kk + 96, a, 3);                                                          \
+          NAME##_step_i8<R>(x, w, kk, a, ws, 0);                                                               \
+          NAME##_step_i8<R>(x, w, kk + 32, a, ws, 1);                                                          \
+          NAME##_step_i8<R>(x, w, kk + 64, a, ws, 2);                                                          \
+          NAME##_step_i8<R>(x, w, kk + 96, a, ws, 3);                                                          \
           kk += 128;                                                                                       \
         }                                                                                                  \
-        for (; kk + 32 <= k1; kk += 32) NAME##_step_i8<R>(x, w, kk, a, 0);                                 \
+        for (; kk + 32 <= k1; kk += 32) NAME##_step_i8<R>(x, w, kk, a, ws, 0);                                 \
       } else {                                                                                             \
         const uint8_t* w = static_cast<const uint8_t*>(wrow);                                              \
         if (kk + 128 <= k1) {                                                                              \
@@ -285,9 +310,11 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
         for (; kk + kChunk4 <= k1; kk += kChunk4) NAME##_step_i4<R>(x, w, kk, a, 0);                       \
       }                                                                                                    \
       const float s_w = sw[k0 / group];                                                                    \
+      const int32_t offset = F == QWeight::i8 && OFFSET                                                    \
+          ? 128 * hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(ws[0], ws[1]), _mm256_add_epi32(ws[2], ws[3]))) : 0; \
       for (int r = 0; r < R; ++r) {                                                                        \
         const __m256i v = _mm256_add_epi32(_mm256_add_epi32(a[r][0], a[r][1]), _mm256_add_epi32(a[r][2], a[r][3])); \
-        const int32_t d = hsum8_epi32(v) + dot_scalar<F>(x.q[r], wrow, kk, k1, k) -                        \
+        const int32_t d = hsum8_epi32(v) + dot_scalar<F>(x.q[r], wrow, kk, k1, k) - offset -               \
                           (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);                                        \
         f[r] += float(d) * (x.s[r][b] * s_w);                                                              \
       }                                                                                                    \
@@ -295,13 +322,15 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
     for (int r = 0; r < R; ++r) acc[r] = f[r];                                                             \
   }
 
-RSVLM_DEFINE_QROW_X86(qrow_avx2, RSVLM_QAVX2, dot_u8s8_avx2)
-RSVLM_DEFINE_QROW_X86(qrow_vnni, RSVLM_QVNNI, dot_u8s8_vnni)
+RSVLM_DEFINE_QROW_X86(qrow_avx2, RSVLM_QAVX2, dot_u8s8_avx2, false)
+RSVLM_DEFINE_QROW_X86(qrow_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
 
 const QKernelSet kQAvx2 = {{RSVLM_QTILES(qtile_avx2, QWeight::i8), RSVLM_QTILES(qtile_avx2, QWeight::i4)},
-                           {RSVLM_QTILES(qrow_avx2, QWeight::i8), RSVLM_QTILES(qrow_avx2, QWeight::i4)}};
+                           {RSVLM_QTILES(qrow_avx2, QWeight::i8), RSVLM_QTILES(qrow_avx2, QWeight::i4)},
+                           false};
 const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni, QWeight::i8), RSVLM_QTILES(qtile_vnni, QWeight::i4)},
-                           {RSVLM_QTILES(qrow_vnni, QWeight::i8), RSVLM_QTILES(qrow_vnni, QWeight::i4)}};
+                           {RSVLM_QTILES(qrow_vnni, QWeight::i8), RSVLM_QTILES(qrow_vnni, QWeight::i4)},
+                           true};
 #endif
 
 const QKernelSet& active_qkernels() {
@@ -319,10 +348,12 @@ const QKernelSet& active_qkernels() {
 }
 
 // Row m of x quantised into the kernel layout (see the file comment); no allocation (OpenMP-safe).
-void quantize_row(const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx, int32_t* xsum) {
+void quantize_row(const float* x, int k, QWeight format, bool offset_a, int8_t* xq, uint8_t* xa, float* sx,
+                  int32_t* xsum) {
   quantize_activations(x, k, xq, sx);
   if (format == QWeight::i8) {
-    for (int i = 0; i < k; ++i) xa[i] = static_cast<uint8_t>(xq[i] < 0 ? -xq[i] : xq[i]);
+    for (int i = 0; i < k; ++i)
+      xa[i] = static_cast<uint8_t>(offset_a ? xq[i] + 128 : (xq[i] < 0 ? -xq[i] : xq[i]));
     return;
   }
   for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
@@ -360,7 +391,7 @@ Status qlinear_cpu(const QLinearParams& p) {
   const float* x = static_cast<const float*>(p.x);  // (M, K)
 #pragma omp parallel for schedule(static) if (m >= 8)
   for (int64_t r = 0; r < m; ++r)
-    quantize_row(x + r * k, k, p.format, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
+    quantize_row(x + r * k, k, p.format, ks.offset_a, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
                  sx.data() + r * blocks, i8 ? nullptr : xsum.data() + r * blocks);
 
   const float* bias = static_cast<const float*>(p.bias);  // (N) or nullptr
