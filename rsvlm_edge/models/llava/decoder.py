@@ -68,13 +68,11 @@ class Layer:
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """The tensors of ``decoder.safetensors`` as read-only views of one memory map (no copy: peak
+    RSS is the weights once, shared with the page cache; see ``bundle/safetensors_mmap.py``)."""
+    from ...bundle.safetensors_mmap import map_tensors
 
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BundleError(f"cannot read decoder weights '{path}' ({e})", "re-export the bundle") from None
+    return map_tensors(path)
 
 
 @dataclass
