@@ -30,6 +30,7 @@
 
 // LLaMA decoder ops.
 #include "rsvlm_edge/linear.h"
+#include "rsvlm_edge/qlinear.h"
 #include "rsvlm_edge/rms_norm.h"
 #include "rsvlm_edge/rope.h"
 #include "rsvlm_edge/swiglu.h"

@@ -1,0 +1,103 @@
+"""w4 / w8 against fp32 on a decoder with realistic weight statistics: heavy-tailed weights (Student-t
+with 5 degrees of freedom, std 0.02), RMSNorm gains around 1, and optionally a few input channels with 8x
+larger weights in every layer (the outlier channels of LLaMA checkpoints). Teacher-forced on the fp32
+model's greedy tokens for 32 decode steps, the minimum per-step logits cosine is measured.
+
+Measured (2026-11-25; int8 activations change none of these by more than 1e-4):
+    heavy-tailed:                  w8 0.9992, w4 0.913
+    heavy-tailed + outlier inputs: w8 0.9972, w4 0.742
+The w4 goal of issue 12 (>= 0.98) is NOT met by round-to-nearest int4 in groups of 128: an
+activation-aware scale search (AWQ) or error-compensating (GPTQ) export is the open item. These tests
+guard w8 at the goal (>= 0.995) and w4 at today's level so that it cannot silently get worse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsvlm_edge.backends import decoder_numpy
+from rsvlm_edge.models.llava.config import DecoderConfig
+from rsvlm_edge.models.llava.decoder import LlamaDecoder
+from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
+
+CFG = DecoderConfig(model_type="llama", vocab_size=1000, hidden_size=256, intermediate_size=768, num_layers=4,
+                    num_heads=4, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                    max_position_embeddings=256, attention_bias=False, bos_token_id=1, eos_token_id=2)
+
+
+def realistic_tensors(seed: int, outlier_inputs: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    c, i, kv = CFG.hidden_size, CFG.intermediate_size, CFG.num_kv_heads * CFG.head_dim
+    outliers = rng.choice(c, size=4, replace=False)  # input channels with large weights in every layer
+
+    def weight(out_f: int, in_f: int) -> np.ndarray:
+        w = rng.standard_t(df=5, size=(out_f, in_f)) * (0.02 / np.sqrt(5 / 3))  # std 0.02
+        if outlier_inputs and in_f == c:
+            w[:, outliers] *= 8.0
+        return w.astype(np.float32)
+
+    t = {"embed_tokens.weight": (rng.standard_normal((CFG.vocab_size, c)) * 0.02).astype(np.float32),
+         "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
+         "lm_head.weight": weight(CFG.vocab_size, c)}
+    for layer in range(CFG.num_layers):
+        p = f"layers.{layer}."
+        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        for name, (o, n) in {"q_proj": (c, c), "k_proj": (kv, c), "v_proj": (kv, c), "o_proj": (c, c),
+                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
+            t[p + name + ".weight"] = weight(o, n)
+    return t
+
+
+def quantised(tensors: dict[str, np.ndarray], fmt: str) -> dict[str, np.ndarray]:
+    """As the exporter writes them: every *_proj weight quantised, the rest fp16."""
+    out = {}
+    for name, w in tensors.items():
+        if name.endswith("_proj.weight"):
+            q, s = (quantize_w4 if fmt == "w4" else quantize_w8)(w)
+            out[name], out[name + "_scale"] = q, s
+        else:
+            out[name] = w.astype(np.float16)
+    return out
+
+
+def _ops(backend: str):
+    if backend == "numpy":
+        return decoder_numpy.NUMPY
+    from rsvlm_edge.backends.decoder_native import native_ops
+
+    try:
+        return native_ops()
+    except ImportError as e:
+        pytest.skip(f"native kernels not built: {e}")
+
+
+def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: int = 0, prompt: int = 16,
+                           steps: int = 32) -> np.ndarray:
+    """Per-step logits cosine of the `fmt` decoder against the fp32 one (both with the exporter's fp16
+    embeddings and lm_head, so that only the linear layers' format differs)."""
+    tensors = realistic_tensors(seed, outlier_inputs)
+    reference = {k: v if k.endswith("_proj.weight") else v.astype(np.float16) for k, v in tensors.items()}
+    ref = LlamaDecoder(CFG, reference, max_batch=1, max_seq=prompt + steps + 1, ops=decoder_numpy.NUMPY)
+    low = LlamaDecoder(CFG, quantised(tensors, fmt), max_batch=1, max_seq=prompt + steps + 1, ops=_ops(backend))
+    ids = np.random.default_rng(seed + 1).integers(3, CFG.vocab_size, size=(1, prompt))
+    a = ref.prefill(ref.embed_tokens(ids), np.array([prompt]))
+    b = low.prefill(low.embed_tokens(ids), np.array([prompt]))
+    cos = []
+    for _ in range(steps):
+        cos.append(float((a[0] @ b[0]) / (np.linalg.norm(a[0]) * np.linalg.norm(b[0]))))
+        nxt = a.argmax(-1)  # the fp32 model's greedy token, fed to both
+        a, b = ref.decode(nxt), low.decode(nxt)
+    return np.array(cos)
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_w4_logits_over_32_steps_hold_todays_level(backend):
+    cos = teacher_forced_cosines("w4", backend, outlier_inputs=False)
+    assert cos.min() >= 0.90, cos.round(4).tolist()  # measured 0.913; the goal 0.98 needs AWQ/GPTQ
+
+
+@pytest.mark.parametrize("outlier_inputs", [False, True], ids=["heavy-tailed", "outlier-inputs"])
+def test_w8_logits_stay_close_to_fp32_over_32_steps(outlier_inputs):
+    cos = teacher_forced_cosines("w8", "native", outlier_inputs)
+    assert cos.min() >= 0.995, cos.round(4).tolist()
