@@ -181,11 +181,15 @@ def run_ours(a: argparse.Namespace) -> dict:
                  "kv_cache_bytes": int(sum(k.nbytes + v.nbytes for k, v in zip(decoder.cache.k, decoder.cache.v))),
                  "load_s": load_s}
 
-    def generate(batch: int, prompt: int) -> tuple[float, float]:
+    def generate(batch: int, prompt: int, profile: bool) -> tuple[float, float]:
         ids = rng.integers(3, cfg.vocab_size, size=(batch, prompt))
         t = time.perf_counter()
         logits = decoder.prefill(decoder.embed_tokens(ids), np.full(batch, prompt))
         prefill_s = time.perf_counter() - t
+        if profile:
+            row["prefill_profile"] = {k: {"ms": 1e3 * v, "share": v / prefill_s}
+                                      for k, v in sorted(ops.seconds.items(), key=lambda kv: -kv[1])}
+            ops.seconds, ops.calls = {}, {}
         nxt = logits.argmax(-1)
         t = time.perf_counter()
         for _ in range(a.new):
@@ -197,7 +201,7 @@ def run_ours(a: argparse.Namespace) -> dict:
         runs = []
         for rep in range(a.repeats):
             ops.active = batch == 1 and rep == a.repeats - 1
-            runs.append(generate(batch, prompt))
+            runs.append(generate(batch, prompt, ops.active))
             ops.active = False
         prefill_s = min(r[0] for r in runs)
         decode_s = min(r[1] for r in runs)
@@ -208,7 +212,9 @@ def run_ours(a: argparse.Namespace) -> dict:
     total = sum(ops.seconds.values())
     row["decode_profile"] = {k: {"ms_per_token": 1e3 * v / a.new, "share": v / total, "calls_per_token": ops.calls[k] / a.new}
                              for k, v in sorted(ops.seconds.items(), key=lambda kv: -kv[1])}
-    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process's own high-water mark (ru_maxrss survives exec: it would report the parent's)
+    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    row["peak_rss_bytes"] = int(hwm.group(1)) * 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return row
 
 
@@ -302,10 +308,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| {p} / {GGUF_TYPES[p]} | {cell('prefill_tok_s')} | {cell('decode_bs1_tok_s')} | "
                      f"{cell('decode_bs8_tok_s')} | {gbs:.1f} ({100 * gbs / bw:.0f}%) | {mem} "
                      f"({(ours['weight_bytes_per_token'] + ours['kv_cache_bytes']) / 2**20:.0f}) |")
-    lines += ["", "Decode step profile, batch 1 (ours, ms per token):", ""]
+    lines += ["", "Where our time goes (batch 1; prefill: ms for the whole prompt, decode: ms per token):", ""]
     for p, ours in result["ours"].items():
-        prof = ", ".join(f"{k} {v['ms_per_token']:.1f}" for k, v in ours["decode_profile"].items())
-        lines.append(f"- {p}: {prof}")
+        pre = ", ".join(f"{k} {v['ms']:.0f}" for k, v in ours.get("prefill_profile", {}).items())
+        dec = ", ".join(f"{k} {v['ms_per_token']:.1f}" for k, v in ours["decode_profile"].items())
+        lines.append(f"- {p}: prefill {pre}; decode {dec}")
     return "\n".join(lines)
 
 
