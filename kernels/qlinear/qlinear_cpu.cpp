@@ -21,6 +21,7 @@
 //                (vpdpbusd against ones), instead of the sign trick's extra instruction per product
 //    portable    plain C++ integer loops (the compiler vectorises them; aarch64 and older x86-64)
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -67,10 +68,14 @@ using QTileFn = void (*)(const QRows& x, const QCols& w, int k, int group, float
 // bandwidth; tiles of 4 interleaved short rows reach about half of it).
 using QRowFn = void (*)(const QRows& x, const void* w, const float* sw, int k, int group, float* acc);
 
+// quantize_activations for one row, bit for bit (see qlinear.h).
+using QuantizeFn = void (*)(const float* x, int k, int8_t* xq, float* sx);
+
 struct QKernelSet {
   QTileFn tile[2][kQR + 1];  // [QWeight][R]; R = 0 unused: GEMM
   QRowFn row[2][kQR + 1];    // [QWeight][R]: GEMV
   bool offset_a;             // i8: QRows::a holds xq + 128 (true) or |xq| (false)
+  QuantizeFn quantize;       // quantize_activations or a vectorised equivalent
 };
 
 // The unsigned stored value v = q + 8 of input kk (natural order) of an i4 row.
@@ -150,7 +155,7 @@ void qrow_portable(const QRows& x, const void* w, const float* sw, int k, int gr
 const QKernelSet kQPortable = {
     {RSVLM_QTILES(qtile_portable, QWeight::i8), RSVLM_QTILES(qtile_portable, QWeight::i4)},
     {RSVLM_QTILES(qrow_portable, QWeight::i8), RSVLM_QTILES(qrow_portable, QWeight::i4)},
-    false};
+    false, quantize_activations};
 
 // ---- x86-64: avx2 and avx512vnni ----
 
@@ -226,15 +231,17 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
             }                                                                                              \
           }                                                                                                \
       }                                                                                                    \
-      const __m128 sw = _mm_setr_ps(w.sw[0][k0 / group], w.sw[1][k0 / group], w.sw[2][k0 / group],       \
-                                    w.sw[3][k0 / group]);                                                  \
+      const int g = group == k ? 0 : k0 / group; /* one division per block */                              \
+      const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);                       \
       const __m128i offset = F == QWeight::i8 && OFFSET ? _mm_slli_epi32(hsum4_epi32(ws), 7) : _mm_setzero_si128(); \
       for (int r = 0; r < R; ++r) {                                                                        \
-        alignas(16) int32_t tail[kQC];                                                                     \
-        for (int c = 0; c < kQC; ++c)                                                                      \
-          tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k) - (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);  \
-        const __m128i s = _mm_sub_epi32(                                                                   \
-            _mm_add_epi32(hsum4_epi32(ai[r]), _mm_load_si128(reinterpret_cast<__m128i*>(tail))), offset);  \
+        __m128i s = _mm_sub_epi32(hsum4_epi32(ai[r]), offset);                                             \
+        if (F == QWeight::i4) s = _mm_sub_epi32(s, _mm_set1_epi32(8 * x.sum[r][b]));                       \
+        if (kk < k1) { /* a short last block: the inputs the vector steps did not cover */                 \
+          alignas(16) int32_t tail[kQC];                                                                   \
+          for (int c = 0; c < kQC; ++c) tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k);                \
+          s = _mm_add_epi32(s, _mm_load_si128(reinterpret_cast<__m128i*>(tail)));                          \
+        }                                                                                                  \
         f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);           \
       }                                                                                                    \
     }                                                                                                      \
@@ -243,6 +250,49 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
 
 RSVLM_DEFINE_QTILE_X86(qtile_avx2, RSVLM_QAVX2, dot_u8s8_avx2, false)
 RSVLM_DEFINE_QTILE_X86(qtile_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
+
+// quantize_activations, vectorised: the same float operations (|x| max, x * (127 / amax), round half to
+// even, clamp) on 8 lanes, so the result is identical bit for bit. Full blocks of 128 finite inputs take
+// the vector path; a row with a non-finite value and a short last block go through the definition.
+RSVLM_QAVX2 void quantize_activations_avx2(const float* x, int k, int8_t* xq, float* sx) {
+  const __m256 sign = _mm256_set1_ps(-0.f), inf = _mm256_set1_ps(INFINITY);
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    if (k - k0 < kQActBlock) {
+      quantize_activations(x + k0, k - k0, xq + k0, sx + b);
+      break;
+    }
+    __m256 amax = _mm256_setzero_ps();
+    __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int i = 0; i < kQActBlock; i += 8) {
+      const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k0 + i));
+      finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // false for NaN and inf
+      amax = _mm256_max_ps(amax, a);
+    }
+    if (_mm256_movemask_ps(finite) != 0xFF) {
+      quantize_activations(x + k0, kQActBlock, xq + k0, sx + b);
+      continue;
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float am = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+    const __m256 inv = _mm256_set1_ps(am > 0.f ? 127.f / am : 0.f);
+    const __m256 hi = _mm256_set1_ps(127.f), lo = _mm256_set1_ps(-127.f);
+    for (int i = 0; i < kQActBlock; i += 32) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k0 + i + 8 * j), inv),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[j] = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+      }
+      // packs interleave 128-bit lanes: 32-bit lanes (0..7)(8..15)(16..23)(24..31) -> restore the order
+      const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+      const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + k0 + i), ordered);
+    }
+    sx[b] = am / 127.f;
+  }
+}
 
 // The sum of 8 int32 lanes.
 RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
@@ -309,12 +359,12 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
         }                                                                                                  \
         for (; kk + kChunk4 <= k1; kk += kChunk4) NAME##_step_i4<R>(x, w, kk, a, 0);                       \
       }                                                                                                    \
-      const float s_w = sw[k0 / group];                                                                    \
+      const float s_w = sw[group == k ? 0 : k0 / group];                                                   \
       const int32_t offset = F == QWeight::i8 && OFFSET                                                    \
           ? 128 * hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(ws[0], ws[1]), _mm256_add_epi32(ws[2], ws[3]))) : 0; \
       for (int r = 0; r < R; ++r) {                                                                        \
         const __m256i v = _mm256_add_epi32(_mm256_add_epi32(a[r][0], a[r][1]), _mm256_add_epi32(a[r][2], a[r][3])); \
-        const int32_t d = hsum8_epi32(v) + dot_scalar<F>(x.q[r], wrow, kk, k1, k) - offset -               \
+        const int32_t d = hsum8_epi32(v) + (kk < k1 ? dot_scalar<F>(x.q[r], wrow, kk, k1, k) : 0) - offset - \
                           (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);                                        \
         f[r] += float(d) * (x.s[r][b] * s_w);                                                              \
       }                                                                                                    \
@@ -327,10 +377,10 @@ RSVLM_DEFINE_QROW_X86(qrow_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
 
 const QKernelSet kQAvx2 = {{RSVLM_QTILES(qtile_avx2, QWeight::i8), RSVLM_QTILES(qtile_avx2, QWeight::i4)},
                            {RSVLM_QTILES(qrow_avx2, QWeight::i8), RSVLM_QTILES(qrow_avx2, QWeight::i4)},
-                           false};
+                           false, quantize_activations_avx2};
 const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni, QWeight::i8), RSVLM_QTILES(qtile_vnni, QWeight::i4)},
                            {RSVLM_QTILES(qrow_vnni, QWeight::i8), RSVLM_QTILES(qrow_vnni, QWeight::i4)},
-                           true};
+                           true, quantize_activations_avx2};
 #endif
 
 const QKernelSet& active_qkernels() {
@@ -348,9 +398,10 @@ const QKernelSet& active_qkernels() {
 }
 
 // Row m of x quantised into the kernel layout (see the file comment); no allocation (OpenMP-safe).
-void quantize_row(const float* x, int k, QWeight format, bool offset_a, int8_t* xq, uint8_t* xa, float* sx,
+void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx,
                   int32_t* xsum) {
-  quantize_activations(x, k, xq, sx);
+  const bool offset_a = ks.offset_a;
+  ks.quantize(x, k, xq, sx);
   if (format == QWeight::i8) {
     for (int i = 0; i < k; ++i)
       xa[i] = static_cast<uint8_t>(offset_a ? xq[i] + 128 : (xq[i] < 0 ? -xq[i] : xq[i]));
@@ -391,7 +442,7 @@ Status qlinear_cpu(const QLinearParams& p) {
   const float* x = static_cast<const float*>(p.x);  // (M, K)
 #pragma omp parallel for schedule(static) if (m >= 8)
   for (int64_t r = 0; r < m; ++r)
-    quantize_row(x + r * k, k, p.format, ks.offset_a, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
+    quantize_row(ks, x + r * k, k, p.format, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
                  sx.data() + r * blocks, i8 ? nullptr : xsum.data() + r * blocks);
 
   const float* bias = static_cast<const float*>(p.bias);  // (N) or nullptr
