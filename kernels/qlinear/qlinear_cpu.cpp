@@ -56,8 +56,10 @@ struct QRows {
 
 // kQC weight rows.
 struct QCols {
-  const void* w[kQC];     // i8: (K) int8; i4: (K / 2) packed bytes
-  const float* sw[kQC];   // (G) scales
+  const void* w[kQC];         // i8: (K) int8; i4: (K / 2) packed bytes
+  const float* sw[kQC];       // (G) scales
+  const int32_t* wsum[kQC];   // (blocks) i8 with offset_a kernels: per block, the sum of w over the inputs
+                              // of the 32-wide vector steps (the block rounded down to a multiple of 32)
 };
 
 // acc[r * kQC + c] = sum_b sx[r][b] * sw[c][g(b)] * dot_b(xq[r], q[c])  for r < R, c < kQC.
@@ -188,21 +190,17 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
     for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
       const int k1 = std::min(k, k0 + kQActBlock);                                                         \
-      __m256i ai[R][kQC], ws[kQC];                                                                         \
-      for (int c = 0; c < kQC; ++c) {                                                                      \
-        ws[c] = _mm256_setzero_si256();                                                                    \
+      __m256i ai[R][kQC];                                                                                  \
+      for (int c = 0; c < kQC; ++c)                                                                        \
         for (int r = 0; r < R; ++r) ai[r][c] = _mm256_setzero_si256();                                     \
-      }                                                                                                    \
       int kk = k0;                                                                                         \
       if (F == QWeight::i8 && OFFSET) { /* x.a = xq + 128: dot(xq, w) = dot(x.a, w) - 128 sum(w) */        \
-        const __m256i ones8 = _mm256_set1_epi8(1);                                                         \
         for (; kk + 32 <= k1; kk += 32) {                                                                  \
           __m256i xu[R];                                                                                   \
           for (int r = 0; r < R; ++r) xu[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk)); \
           for (int c = 0; c < kQC; ++c) {                                                                  \
             const __m256i wv =                                                                             \
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(w.w[c]) + kk)); \
-            ws[c] = DOT(ws[c], ones8, wv);                                                                 \
             for (int r = 0; r < R; ++r) ai[r][c] = DOT(ai[r][c], xu[r], wv);                               \
           }                                                                                                \
         }                                                                                                  \
@@ -233,7 +231,10 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
       }                                                                                                    \
       const int g = group == k ? 0 : k0 / group; /* one division per block */                              \
       const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);                       \
-      const __m128i offset = F == QWeight::i8 && OFFSET ? _mm_slli_epi32(hsum4_epi32(ws), 7) : _mm_setzero_si128(); \
+      /* x.a = xq + 128 added 128 * sum(w) over the inputs of the vector steps (wsum: exactly those) */  \
+      const __m128i offset = F == QWeight::i8 && OFFSET                                                    \
+          ? _mm_slli_epi32(_mm_setr_epi32(w.wsum[0][b], w.wsum[1][b], w.wsum[2][b], w.wsum[3][b]), 7)     \
+          : _mm_setzero_si128();                                                                           \
       for (int r = 0; r < R; ++r) {                                                                        \
         __m128i s = _mm_sub_epi32(hsum4_epi32(ai[r]), offset);                                             \
         if (F == QWeight::i4) s = _mm_sub_epi32(s, _mm_set1_epi32(8 * x.sum[r][b]));                       \
@@ -397,6 +398,17 @@ const QKernelSet& active_qkernels() {
   return kQPortable;
 }
 
+// wsum[b] = sum of w[k0 .. k0 + covered) per block b, covered = the block's length rounded down to 32
+// (what QCols::wsum holds).
+void vector_wsum(const int8_t* w, int k, int32_t* wsum) {
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    const int len = std::min(kQActBlock, k - k0), covered = len - len % 32;
+    int32_t s = 0;
+    for (int i = 0; i < covered; ++i) s += w[k0 + i];
+    wsum[b] = s;
+  }
+}
+
 // Row m of x quantised into the kernel layout (see the file comment); no allocation (OpenMP-safe).
 void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx,
                   int32_t* xsum) {
@@ -460,13 +472,15 @@ Status qlinear_cpu(const QLinearParams& p) {
   };
   // Tile of weight rows n0 .. n0 + nt - 1 (nt <= 4; missing rows repeat the last, their sums dropped)
   // against rows m0 .. m0 + rows - 1 of x, written to out.
-  auto run_tile = [&](const QRows& xr, int64_t m0, int rows, int n0) {
+  // wsum: the tile's rows' per-block weight sums, (nt, blocks) row-major, or nullptr.
+  auto run_tile = [&](const QRows& xr, int64_t m0, int rows, int n0, const int32_t* wsum) {
     const int nt = std::min(kQC, n - n0);
     QCols wc{};
     for (int c = 0; c < kQC; ++c) {
       const int row = n0 + std::min(c, nt - 1);
       wc.w[c] = static_cast<const uint8_t*>(p.w) + int64_t(row) * w_row_bytes;
       wc.sw[c] = p.w_scale + int64_t(row) * p.groups;
+      wc.wsum[c] = wsum ? wsum + int64_t(std::min(c, nt - 1)) * blocks : nullptr;
     }
     float acc[kQR * kQC];
     ks.tile[fmt][rows](xr, wc, k, group, acc);
@@ -491,13 +505,26 @@ Status qlinear_cpu(const QLinearParams& p) {
     return Status::Ok();
   }
   const int panels = (n + kPanel - 1) / kPanel;
-#pragma omp parallel for schedule(dynamic)
-  for (int pi = 0; pi < panels; ++pi) {
-    const int n_end = std::min(n, (pi + 1) * kPanel);
-    for (int64_t m0 = 0; m0 < m; m0 += kQR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
-      const QRows xr = rows_at(m0, rows);
-      for (int n0 = pi * kPanel; n0 < n_end; n0 += kQC) run_tile(xr, m0, rows, n0);
+  // Per thread: the panel's per-block weight sums (offset_a kernels, i8), allocated before the region.
+  const bool need_wsum = i8 && ks.offset_a;
+  const int threads = host::max_threads();
+  std::vector<int32_t> wsum_buf;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(wsum_buf, need_wsum ? int64_t(kPanel) * blocks : 0, threads, "qlinear"));
+#pragma omp parallel num_threads(threads)
+  {
+    int32_t* const wsum = need_wsum ? wsum_buf.data() + int64_t(host::thread_id()) * kPanel * blocks : nullptr;
+#pragma omp for schedule(dynamic)
+    for (int pi = 0; pi < panels; ++pi) {
+      const int n_begin = pi * kPanel, n_end = std::min(n, n_begin + kPanel);
+      if (need_wsum)
+        for (int j = n_begin; j < n_end; ++j)
+          vector_wsum(static_cast<const int8_t*>(p.w) + int64_t(j) * k, k, wsum + int64_t(j - n_begin) * blocks);
+      for (int64_t m0 = 0; m0 < m; m0 += kQR) {
+        const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
+        const QRows xr = rows_at(m0, rows);
+        for (int n0 = n_begin; n0 < n_end; n0 += kQC)
+          run_tile(xr, m0, rows, n0, need_wsum ? wsum + int64_t(n0 - n_begin) * blocks : nullptr);
+      }
     }
   }
   return Status::Ok();
