@@ -127,13 +127,13 @@ def test_preferences_resolve_per_kind():
     assert registry.parse_preference("auto") == {"graph": "auto", "decoder": "auto"}
     assert registry.parse_preference("numpy") == {"graph": "auto", "decoder": "numpy"}
     assert registry.parse_preference("graph=ort-cpu,decoder=numpy") == {"graph": "ort-cpu", "decoder": "numpy"}
-    assert registry.choose("graph", "auto").name in ("ort-cuda", "ort-cpu")
+    assert registry.choose("graph", "auto").name in ("trt", "ort-tensorrt", "ort-cuda", "ort-cpu")
     assert registry.choose("graph", "cpu").name == "ort-cpu"
     assert registry.choose("decoder", "numpy").name == "numpy"
 
 
 @pytest.mark.parametrize("pref,needle", [
-    ("trt", "unknown backend 'trt'"), ("nope", "unknown backend"), ("graph=nope", "unknown backend 'nope'"),
+    ("tensorrt", "unknown backend 'tensorrt'"), ("nope", "unknown backend"), ("graph=nope", "unknown backend 'nope'"),
     ("gpu=ort", "unknown part kind 'gpu'"),
 ])
 def test_bad_preferences_are_named(pref, needle):

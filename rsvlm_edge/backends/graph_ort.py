@@ -1,5 +1,13 @@
-"""onnxruntime graph backends: ``ort-cuda`` (CUDAExecutionProvider, falling back to CPU) and
-``ort-cpu``.
+"""onnxruntime graph backends: ``ort-tensorrt`` (TensorrtExecutionProvider, falling back to CUDA
+then CPU), ``ort-cuda`` (CUDAExecutionProvider, falling back to CPU) and ``ort-cpu``.
+
+``ort-tensorrt`` builds its TensorRT engines through onnxruntime, cached (engines and timing cache)
+in the user cache (``engines/ort-trt/<onnxruntime version>-<precision>-<graph sha256>``, never in the
+bundle: onnxruntime loads cached engines without checking them, so a bundle must not be able to
+ship one), with an optimisation profile over the bundle's batch range (1 .. max_batch) and fp16 on;
+an int8 part runs its S8S8 QDQ variant with ``trt_int8_enable`` (its scales come from the graph).
+Which provider actually runs is ``OrtGraph.provider`` (from ``session.get_providers()``); when the
+first one asked for could not be loaded (e.g. libnvinfer missing), a warning says what runs instead.
 
 Before onnxruntime opens a graph, every external-data reference in it (``TensorProto.external_data``
 ``location`` of initializers, Constant/attribute tensors, sparse tensors, subgraphs and functions)
@@ -19,12 +27,14 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Union
 
 import numpy as np
 
 from ..errors import BackendError, BundleError, InputError
 from .registry import BackendSpec, Probe, register
+
+TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(int32)": "int32",
               "tensor(float)": "float32", "tensor(float16)": "float16"}
@@ -234,6 +244,9 @@ def check_external_data(part: Any, path: Path, files: Mapping[str, Any] | None =
     return names
 
 
+Provider = Union[str, tuple[str, dict[str, Any]]]
+
+
 class OrtGraph:
     """An onnxruntime InferenceSession for one graph part.
 
@@ -242,16 +255,18 @@ class OrtGraph:
     ``InferenceSession.run`` is thread-safe, so one ``OrtGraph`` may serve several threads.
     """
 
-    def __init__(self, part: Any, path: str | os.PathLike[str], providers: list[str], backend: str,
-                 threads: int | None = None, files: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, part: Any, path: str | os.PathLike[str], providers: list[Provider], backend: str,
+                 threads: int | None = None, files: Mapping[str, Any] | None = None, graph: Any = None) -> None:
         """``files``: the bundle manifest's ``files`` (read from the bundle's manifest.json when
-        None and the graph has external data)."""
+        None and the graph has external data). ``graph``: the manifest entry whose file ``path`` is
+        (one of the part's ``variants``; default the part itself)."""
         import onnxruntime as ort
 
         self.part = part
         self.path = Path(path)
         self.backend = backend
-        self.external_files = check_external_data(part, self.path, files)  # before onnxruntime reads anything
+        self.variant = next((k for k, v in getattr(part, "variants", {}).items() if v is graph), None)
+        self.external_files = check_external_data(graph if graph is not None else part, self.path, files)
         opts = ort.SessionOptions()
         level = ort.GraphOptimizationLevel
         opts.graph_optimization_level = level.ORT_ENABLE_EXTENDED if part.precision == "fp16" else level.ORT_ENABLE_ALL
@@ -269,9 +284,16 @@ class OrtGraph:
         self.input_names = [t.name for t in part.inputs]
         self.output_names = [t.name for t in part.outputs]
         self.providers = self.session.get_providers()
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if self.providers[0] != wanted:
+            from ..progress import warn
+
+            warn(f"{backend}: onnxruntime could not use {wanted} for '{self.path.name}' (see its messages above); "
+                 f"running on {self.providers[0]}")
 
     @property
     def provider(self) -> str:
+        """The execution provider that runs the graph (the first of ``session.get_providers()``)."""
         return self.providers[0]
 
     def _check_io(self) -> None:
@@ -296,37 +318,113 @@ class OrtGraph:
         return self.session.run(self.output_names, feeds)
 
 
-def _probe_provider(provider: str, device: str, hint: str = "") -> Probe:
+def _probe_provider(provider: str, device: str, hint: str = "", fix: str = "") -> Probe:
     """Whether onnxruntime is installed and has execution provider ``provider``."""
     try:
         have = _providers()
     except ImportError as e:
-        return Probe(False, f"onnxruntime is not installed ({e})")
+        return Probe(False, f"onnxruntime is not installed ({e})", fix="pip install onnxruntime")
     if provider not in have:
-        return Probe(False, f"this onnxruntime has no {provider}{hint}", _version())
+        return Probe(False, f"this onnxruntime has no {provider}{hint}", _version(), fix=fix)
     return Probe(True, versions=_version(), device=device)
 
 
 def _probe_cpu() -> Probe:
-    return _probe_provider("CPUExecutionProvider", "cpu")
+    return _probe_provider(CPU_EP, "cpu")
 
 
 def _probe_cuda() -> Probe:
-    return _probe_provider("CUDAExecutionProvider", "cuda (CUDAExecutionProvider)", " (pip install onnxruntime-gpu)")
+    return _probe_provider(CUDA_EP, "cuda (CUDAExecutionProvider)", " (pip install onnxruntime-gpu)",
+                           "pip install 'rsvlm-edge[gpu]' (onnxruntime-gpu replaces onnxruntime)")
 
 
+def _probe_tensorrt() -> Probe:
+    return _probe_provider(TRT_EP, "cuda (TensorrtExecutionProvider)",
+                           " (pip install onnxruntime-gpu, and TensorRT 10: pip install tensorrt, or JetPack)",
+                           "pip install 'rsvlm-edge[gpu]' tensorrt (onnxruntime-gpu replaces onnxruntime)")
+
+
+def _supports_tensorrt(part: Any) -> str | None:
+    """Why onnxruntime's TensorRT provider cannot run ``part`` (the same rule as the ``trt`` backend)."""
+    from .graph_trt import supports
+
+    return supports(part)
+
+
+def fallback_providers(first: Provider, available: list[str]) -> list[Provider]:
+    """``first`` followed by the CUDA then CPU providers, keeping only the providers onnxruntime has."""
+    chain: list[Provider] = [first, CUDA_EP, CPU_EP]
+    out: list[Provider] = []
+    for p in chain:
+        name = p if isinstance(p, str) else p[0]
+        if name in available and all(name != (q if isinstance(q, str) else q[0]) for q in out):
+            out.append(p)
+    return out
+
+
+def tensorrt_options(part: Any, max_batch: int, cache: Path, workspace_mb: int) -> dict[str, Any]:
+    """TensorrtExecutionProvider options for ``part``: engine and timing caches in ``cache``, fp16 on,
+    int8 on for an int8 (QDQ) part, one profile over batches 1 .. ``max_batch`` for every input."""
+    from .graph_trt import profile_range, profile_shapes
+
+    profile = profile_range(max_batch)
+    shapes = [profile_shapes(spec, profile) for spec in part.inputs]
+
+    def spec_string(i: int) -> str:
+        return ",".join(f"{spec.name}:{'x'.join(map(str, s[i]))}" for spec, s in zip(part.inputs, shapes))
+
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": True, "trt_int8_enable": part.precision == "int8-qdq",
+            "trt_max_workspace_size": workspace_mb << 20,
+            "trt_profile_min_shapes": spec_string(0), "trt_profile_opt_shapes": spec_string(1),
+            "trt_profile_max_shapes": spec_string(2)}
+
+
+def open_ort_tensorrt(part: Any, path: str | os.PathLike[str], threads: int | None = None,
+                      workspace_mb: int | None = None) -> OrtGraph:
+    """An ``OrtGraph`` on TensorrtExecutionProvider (then CUDA, then CPU) for ``part``: its S8S8
+    variant for an int8 part, the part's own graph otherwise."""
+    import onnxruntime as ort
+
+    from ..bundle.store import Bundle, read_manifest
+    from .graph_trt import DEFAULT_WORKSPACE_MB, graph_entry, user_cache_root
+
+    root, _ = _bundle_root(part, Path(path))
+    manifest = read_manifest(root)
+    entry = graph_entry(part)
+    graph = Bundle(root, manifest).file(entry.file)
+    sha = manifest.files[entry.file].sha256
+    precision = "int8" if part.precision == "int8-qdq" else "fp16"
+    cache = user_cache_root() / "engines" / "ort-trt" / f"{ort.__version__}-{precision}-{sha[:16]}"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BackendError(f"cannot create onnxruntime's TensorRT engine cache '{cache}' ({e.strerror})",
+                           "set RSVLM_EDGE_CACHE to a writable directory") from None
+    opts = tensorrt_options(part, manifest.max_batch, cache, workspace_mb or DEFAULT_WORKSPACE_MB)
+    return OrtGraph(part, graph, fallback_providers((TRT_EP, opts), _providers()), "ort-tensorrt", threads,
+                    manifest.files, graph=entry)
+
+
+register(BackendSpec(
+    name="ort-tensorrt", kind="graph", rank=10, device="cuda",
+    summary="onnxruntime, TensorRT execution provider (engine cache, fp16, int8 from the S8S8 graph; "
+            "CUDA then CPU fallback)",
+    probe=_probe_tensorrt, factory=open_ort_tensorrt, supports=_supports_tensorrt,
+))
 register(BackendSpec(
     name="ort-cuda", kind="graph", rank=20, device="cuda",
     summary="onnxruntime, CUDA execution provider (CPU fallback for unsupported nodes)",
     probe=_probe_cuda,
-    factory=lambda part, path, threads=None: OrtGraph(part, path, ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    factory=lambda part, path, threads=None: OrtGraph(part, path, fallback_providers(CUDA_EP, _providers()),
                                                       "ort-cuda", threads),
 ))
 register(BackendSpec(
     name="ort-cpu", kind="graph", rank=90, device="cpu",
     summary="onnxruntime, CPU execution provider",
     probe=_probe_cpu,
-    factory=lambda part, path, threads=None: OrtGraph(part, path, ["CPUExecutionProvider"], "ort-cpu", threads),
+    factory=lambda part, path, threads=None: OrtGraph(part, path, [CPU_EP], "ort-cpu", threads),
 ))
 
 

@@ -3,7 +3,9 @@
 Two kinds of backend serve the two kinds of model part (see ``rsvlm_edge.bundle.schema``):
 
 * ``graph`` backends run an ONNX graph part (CLIP image/text encoders, the VLM vision tower):
-  ``ort-cuda`` and ``ort-cpu`` (onnxruntime) today, TensorRT next.
+  ``trt`` (TensorRT engines), ``ort-tensorrt``, ``ort-cuda`` and ``ort-cpu`` (onnxruntime), preferred
+  by ``auto`` in that order; each says through ``supports(part)`` why it cannot run a part (e.g. a
+  U8S8 int8 graph without the S8S8 variant TensorRT needs).
 * ``decoder`` backends run one prefill / decode step of a LLaMA-family decoder over a KV cache:
   ``numpy`` (the reference) and ``native`` (our C++ kernels) today, ``cuda`` next.
 
@@ -32,12 +34,14 @@ KINDS: tuple[Kind, ...] = ("graph", "decoder")
 
 @dataclass(frozen=True)
 class Probe:
-    """Whether a backend can run on this machine and build, and what it found."""
+    """Whether a backend can run on this machine and build, and what it found. ``fix``: what to
+    install or change when it cannot (shown when the backend was asked for by name)."""
 
     available: bool
     why_not: str = ""
     versions: str = ""
     device: str = ""
+    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def choose(kind: Kind, preference: str | None, part: Any = None, part_name: str 
     probe = spec.check()
     if not probe.available:
         raise BackendError(f"backend '{wanted}' is not available: {probe.why_not}",
-                           "run `rsvlm-edge doctor`, or use --backend auto")
+                           (f"{probe.fix}; or use --backend auto" if probe.fix
+                            else "run `rsvlm-edge doctor`, or use --backend auto"))
     why = spec.supports(part) if part is not None else None
     if why:
         raise BackendError(f"backend '{wanted}' cannot run {what}: {why}", "use --backend auto")

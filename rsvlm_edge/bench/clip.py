@@ -1,5 +1,8 @@
 """CLIP bench: latency / throughput of image encoding per batch size and precision, with open_clip
-(torch) on the same machine in the same run as the peer."""
+(torch) on the same machine in the same run as the peer: fp32 on the CPU always, and fp16 on CUDA
+when torch sees a GPU (else a note says why it was skipped). Every row names its backend and the
+provider that actually ran (onnxruntime's execution provider, or the TensorRT version and
+precision)."""
 
 from __future__ import annotations
 
@@ -26,11 +29,21 @@ def vit_image_gflop(model: dict[str, Any]) -> float:
     return total / 1e9
 
 
-def _row(backend: str, precision: str, batch: int, secs: np.ndarray, gflop: float) -> dict[str, Any]:
+TORCH_CPU, TORCH_CUDA = "torch cpu", "torch cuda"
+
+
+def _row(backend: str, provider: str, precision: str, batch: int, secs: np.ndarray, gflop: float) -> dict[str, Any]:
     p50, p90, p99 = (float(np.percentile(secs, q)) * 1e3 for q in (50, 90, 99))
     ips = batch / float(np.mean(secs))
-    return {"backend": backend, "precision": precision, "batch": batch, "p50_ms": p50, "p90_ms": p90,
-            "p99_ms": p99, "images_per_s": ips, "gflop_per_s": ips * gflop, "peak_rss_mb": peak_rss_mb()}
+    return {"backend": backend, "provider": provider, "precision": precision, "batch": batch, "p50_ms": p50,
+            "p90_ms": p90, "p99_ms": p99, "images_per_s": ips, "gflop_per_s": ips * gflop, "peak_rss_mb": peak_rss_mb()}
+
+
+def runtime_provider(rt: Any) -> str:
+    """What runs a CLIP runtime's image graph: onnxruntime's execution provider that actually loaded
+    (``session.get_providers()[0]``), or the TensorRT version and engine precision."""
+    graph = getattr(rt, "_image", None)
+    return str(getattr(graph, "provider", None) or rt.backend)
 
 
 def bench_clip(target: str, batches: list[int], precisions: list[str], backend: str = "auto",
@@ -48,7 +61,7 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
     rows: list[dict[str, Any]] = []
     model_cfg: dict[str, Any] = {}
     with progress() as bar:
-        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (len(batches) if peer else 0))
+        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (2 * len(batches) if peer else 0))
         for _, path in bundles:
             reset_peak_rss()  # peak RSS per row = loading this bundle + running up to this batch
             rt = rsvlm_edge.load(path, backend=backend, threads=threads)
@@ -58,14 +71,20 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
             for b in batches:
                 bar.update(task, description=f"{rt.backend} {prec} batch {b}")
                 px = synthetic_rs_images(b, rt.image_size, seed=b)
-                rows.append(_row(rt.backend, prec, b, time_fn(lambda: rt.encode_images(px), warmup, iters), gflop))
+                rows.append(_row(rt.backend, runtime_provider(rt), prec, b,
+                                 time_fn(lambda: rt.encode_images(px), warmup, iters), gflop))
                 bar.advance(task)
         if peer:
             rows += _peer_open_clip(bundles[0][1], batches, warmup, iters, threads, bar, task)
-    if peer and rows and rows[-1]["backend"] == "open_clip":
-        base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == "open_clip"}
-        for r in rows:
-            r["speedup_vs_open_clip"] = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else None
+            cuda_rows, why = _peer_open_clip_cuda(bundles[0][1], batches, warmup, iters, bar, task)
+            rows += cuda_rows
+            if why:
+                notes.append(f"open_clip torch fp16 CUDA peer skipped: {why}")
+    for key, provider in (("speedup_vs_open_clip", TORCH_CPU), ("speedup_vs_open_clip_cuda", TORCH_CUDA)):
+        base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == "open_clip" and r["provider"] == provider}
+        if base:
+            for r in rows:
+                r[key] = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else None
     return {"kind": "clip", "target": target, "model": model_cfg.get("name", "?"), "device": device_line(threads),
             "rsvlm_edge": __version__, "date": time.strftime("%Y-%m-%d"), "warmup": warmup, "iters": iters,
             "gflop_per_image": vit_image_gflop(model_cfg) if model_cfg else None, "notes": notes, "rows": rows}
@@ -98,8 +117,52 @@ def _peer_open_clip(bundle_path: Path, batches: list[int], warmup: int, iters: i
         for bs in batches:
             bar.update(task, description=f"open_clip torch fp32 batch {bs}")
             px = torch.from_numpy(synthetic_rs_images(bs, b.model.image_size, seed=bs))
-            rows.append(_row("open_clip", "fp32", bs, time_fn(lambda: image_enc(px), warmup, iters), gflop))
+            rows.append(_row("open_clip", TORCH_CPU, "fp32", bs, time_fn(lambda: image_enc(px), warmup, iters), gflop))
             bar.advance(task)
     return rows
+
+
+def _peer_open_clip_cuda(bundle_path: Path, batches: list[int], warmup: int, iters: int,
+                         bar, task) -> tuple[list[dict[str, Any]], str]:
+    """open_clip fp16 on the GPU (same weights; uint8 pixels copied from the host and normalised on
+    the GPU, synchronised per call): (rows, "") or ([], why it was skipped)."""
+    try:
+        import torch
+
+        from ..bundle import open_bundle
+        from ..export.clip_checkpoint import build_open_clip, load_clip_checkpoint
+        from ..images import OPENAI_MEAN, OPENAI_STD
+    except ImportError as e:
+        bar.advance(task, len(batches))
+        return [], f"torch / open_clip are not installed ({e})"
+    if not torch.cuda.is_available():
+        bar.advance(task, len(batches))
+        return [], "no CUDA device (torch.cuda.is_available() is False)"
+    b = open_bundle(bundle_path, verify=False)
+    src = Path(b.manifest.source.checkpoint)
+    if not src.exists():
+        bar.advance(task, len(batches))
+        return [], f"the bundle's source checkpoint '{src}' is not on this machine"
+    ckpt = load_clip_checkpoint(src, activation=b.model.activation)
+    dev = torch.device("cuda")
+    model = build_open_clip(ckpt).half().to(dev).eval()
+    del ckpt
+    mean = torch.tensor(OPENAI_MEAN, device=dev, dtype=torch.float16).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=dev, dtype=torch.float16).view(1, 3, 1, 1)
+
+    def encode(px: torch.Tensor) -> None:
+        x = px.to(dev, non_blocking=False).permute(0, 3, 1, 2).half() / 255.0
+        model.encode_image((x - mean) / std)
+        torch.cuda.synchronize()
+
+    gflop = vit_image_gflop(b.model.model_dump())
+    rows = []
+    with torch.inference_mode():
+        for bs in batches:
+            bar.update(task, description=f"open_clip torch fp16 cuda batch {bs}")
+            px = torch.from_numpy(synthetic_rs_images(bs, b.model.image_size, seed=bs))
+            rows.append(_row("open_clip", TORCH_CUDA, "fp16", bs, time_fn(lambda: encode(px), warmup, iters), gflop))
+            bar.advance(task)
+    return rows, ""
 
 

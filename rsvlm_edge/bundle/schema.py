@@ -78,14 +78,37 @@ class TensorSpec(_Strict):
     shape: Annotated[list[Dim], Field(min_length=1, max_length=8)]
 
 
+S8S8 = "s8s8"  # the variant key of a symmetric int8 QDQ graph (TensorRT's INT8)
+
+
+class GraphVariant(_Strict):
+    """Another encoding of the same graph (same inputs and outputs) for backends that cannot run the
+    part's main file. ``s8s8``: int8 QDQ with symmetric int8 activations (zero point 0) and
+    per-channel symmetric int8 weights, from the same calibration as the main U8S8 graph; TensorRT
+    (``trt``, ``ort-tensorrt``) runs this one, onnxruntime's CPU kernels the main one."""
+
+    file: RelPath
+    precision: Literal["int8-qdq"]
+    activations: Literal["int8-symmetric"]
+    weights: Literal["int8-symmetric-per-channel"]
+
+
 class GraphPart(_Strict):
-    """An ONNX graph run by a graph backend (onnxruntime, TensorRT)."""
+    """An ONNX graph run by a graph backend (onnxruntime, TensorRT). ``variants`` (optional, by key,
+    e.g. ``s8s8``): other encodings of the same graph; manifests without it stay valid."""
 
     kind: Literal["graph"] = "graph"
     file: RelPath
     precision: Literal["fp32", "fp16", "int8-qdq"]
     inputs: Annotated[list[TensorSpec], Field(min_length=1)]
     outputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    variants: dict[Literal["s8s8"], GraphVariant] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _variants_need_int8(self) -> "GraphPart":
+        if self.variants and self.precision != "int8-qdq":
+            raise ValueError(f"a {self.precision} graph has no int8 variants (only int8-qdq parts carry one)")
+        return self
 
 
 class DecoderPart(_Strict):
@@ -277,6 +300,12 @@ class Manifest(BaseModel):
         for name, part in self.parts.items():
             if part.file not in self.files:
                 raise ValueError(f"part '{name}' names file '{part.file}', which 'files' does not list")
+            for key, variant in getattr(part, "variants", {}).items():
+                if variant.file not in self.files:
+                    raise ValueError(f"variant '{key}' of part '{name}' names file '{variant.file}', which 'files' "
+                                     "does not list")
+                if variant.file == part.file:
+                    raise ValueError(f"variant '{key}' of part '{name}' names the part's own file '{part.file}'")
         if self.tokenizer.file not in self.files:
             raise ValueError(f"tokenizer file '{self.tokenizer.file}' is not listed in 'files'")
         size = self.preprocess.image_size
