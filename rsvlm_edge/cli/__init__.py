@@ -18,7 +18,7 @@ if sys.argv[0] == "-m" or os.path.basename(sys.argv[0]) == "rsvlm-edge":
 
 import typer  # noqa: E402
 
-from . import bench, clip, engine, geo, info, llava  # noqa: E402
+from . import bench, clip, engine, geo, index, info, llava  # noqa: E402
 from .common import run_app  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,7 +39,7 @@ def _global_options(
         set_max_pixels(max_image_pixels)
 
 
-for _group in (clip, llava, geo, bench, info, engine):
+for _group in (clip, llava, geo, bench, info, engine, index):
     _group.register(app, export_app)
 
 
