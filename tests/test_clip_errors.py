@@ -209,5 +209,5 @@ def test_unknown_builtin_and_backend(bundle, tmp_path):
     assert_clean_error(cli("bench", "builtin:nope"), "unknown built-in model")
     img = tmp_path / "scene.png"
     Image.fromarray(synthetic_rs_images(1, 64)[0]).save(img)
-    r = cli("classify", str(bundle), str(img), "--labels", "a,b", "--backend", "trt")
-    assert_clean_error(r, "unknown backend 'trt'", "rsvlm-edge doctor")
+    r = cli("classify", str(bundle), str(img), "--labels", "a,b", "--backend", "tensorrt")
+    assert_clean_error(r, "unknown backend 'tensorrt'", "rsvlm-edge doctor")

@@ -277,8 +277,9 @@ def test_ray_address_that_does_not_answer(bundle, folder, tmp_path, address, nee
 
 @pytest.fixture(scope="module")
 def big_scene(tmp_path_factory):
-    """484 tiles (stride 16): enough work that a build is still running after its first shard."""
-    return write_scene(tmp_path_factory.mktemp("big") / "big.tif", width=400, height=400, nodata_rows=0, seed=5)
+    """Over 2,000 tiles (stride 16): enough work that a build is still embedding after its first shard
+    even on a fast machine (484 tiles finished within the polling interval once in CI)."""
+    return write_scene(tmp_path_factory.mktemp("big") / "big.tif", width=800, height=800, nodata_rows=0, seed=5)
 
 
 @pytest.fixture(scope="module")

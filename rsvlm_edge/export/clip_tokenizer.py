@@ -13,6 +13,8 @@ before this change registered them as added special tokens; the runtime ignores 
 from __future__ import annotations
 
 import gzip
+import os
+import re
 from pathlib import Path
 
 from ..models.clip.tokenizer import bytes_to_unicode
@@ -43,4 +45,11 @@ def write_clip_tokenizer(dest: Path) -> None:
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])],
     )
-    tok.save(str(dest))
+    try:
+        tok.save(str(dest))
+    except Exception as e:  # tokenizers (Rust) raises a bare Exception "... (os error N)" for I/O failures
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m is None:
+            raise
+        errno_ = int(m.group(1))
+        raise OSError(errno_, os.strerror(errno_), str(dest)) from None
