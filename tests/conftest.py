@@ -12,3 +12,25 @@ def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is False)")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def cpu_kernels(request):
+    """Runs a native-kernel test once per CPU micro-kernel set this machine has (kernel_testing.CPU_KERNELS:
+    avx512vnni / avx2 / portable), then restores the default."""
+    import rsvlm_edge._C as C
+
+    assert C.set_cpu_kernels(request.param) == request.param
+    yield request.param
+    C.set_cpu_kernels("auto")
+
+
+def pytest_generate_tests(metafunc):
+    if "cpu_kernels" in metafunc.fixturenames:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from kernel_testing import CPU_KERNELS
+
+        metafunc.parametrize("cpu_kernels", CPU_KERNELS, indirect=True)

@@ -28,6 +28,9 @@ def cpu_kernel_sets() -> list[str]:
     return names
 
 
+CPU_KERNELS = cpu_kernel_sets()
+
+
 def randn(rng, *shape, scale=1.0):
     """float32 normal samples of `shape` times `scale`."""
     return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
-from kernel_testing import cpu_kernel_sets, cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+from kernel_testing import CPU_KERNELS, cuda_dtype, cuda_dtype_test, randn  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
@@ -42,17 +42,6 @@ def test_linear_reference_matches_numpy_float64(wdtype, m, k, n):
         deq = w.astype(np.float64)
     expect = x.astype(np.float64) @ deq.T + bias
     np.testing.assert_allclose(reference(x, w, bias, **kw), expect, rtol=1e-6, atol=1e-6)
-
-
-CPU_KERNELS = cpu_kernel_sets()
-
-
-@pytest.fixture(params=CPU_KERNELS)
-def cpu_kernels(request):
-    """Runs the test with each CPU kernel set this machine has, then restores the default."""
-    assert C.set_cpu_kernels(request.param) == request.param
-    yield request.param
-    C.set_cpu_kernels("auto")
 
 
 # (M, K, N): M < 4 runs the GEMV path, M >= 4 the GEMM path (K > 1024: several K blocks, N > 32:

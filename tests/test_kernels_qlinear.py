@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
-from kernel_testing import cpu_kernel_sets, cuda_dtype, cuda_dtype_test, randn  # noqa: E402
+from kernel_testing import CPU_KERNELS, cuda_dtype, cuda_dtype_test, randn  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
 from rsvlm_edge.backends import decoder_numpy  # noqa: E402
 from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4, quantize_w8  # noqa: E402
-
-CPU_KERNELS = cpu_kernel_sets()
-
-
-@pytest.fixture(params=CPU_KERNELS)
-def cpu_kernels(request):
-    assert C.set_cpu_kernels(request.param) == request.param
-    yield request.param
-    C.set_cpu_kernels("auto")
 
 
 def quantised(rng, n, k, fmt, groups=None):
