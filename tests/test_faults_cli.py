@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from util import package_env
+from util import assert_contract, package_env
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -57,23 +57,6 @@ def campaign(category: str, when: bool = True):
 
 
 HAS_RASTERIO = importlib.util.find_spec("rasterio") is not None
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def assert_contract(r: subprocess.CompletedProcess, *needles: str) -> None:
-    """Exit 2, exactly one ``error:`` line and one ``fix:`` line, no traceback, each needle present."""
-    out = r.stdout + r.stderr
-    assert r.returncode == 2, f"rc={r.returncode}\n{out}"
-    assert "Traceback" not in out, out
-    lines = r.stderr.splitlines()
-    assert sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
-    assert sum(ln.strip().startswith("fix:") for ln in lines) == 1, r.stderr
-    text = flat(r.stderr)
-    for n in needles:
-        assert n.lower() in text.lower(), f"{n!r} not in {text!r}"
 
 
 # ---- fixtures (built once per module) ------------------------------------------------------------

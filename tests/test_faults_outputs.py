@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from util import package_env
+from util import assert_contract, child_setup, flat, package_env
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -98,24 +97,18 @@ SIGNALS = {"SIGINT": (signal.SIGINT, 130, "interrupted"), "SIGTERM": (signal.SIG
 
 # ---- helpers -------------------------------------------------------------------------------------
 
-def _child_setup(fsize: int | None = None):
-    def setup() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # even if the test runner ignores Ctrl-C
-        if fsize is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    return setup
 
 
 def cli(*args, env: dict[str, str] | None = None, fsize: int | None = None, timeout: float = 300):
     return subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *map(str, args)], capture_output=True, text=True,
                           env={**package_env(), **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL,
-                          preexec_fn=_child_setup(fsize))
+                          preexec_fn=child_setup(fsize))
 
 
 def start(*args, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rsvlm_edge.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**package_env(), **(env or {})},
-                            stdin=subprocess.DEVNULL, preexec_fn=_child_setup())
+                            stdin=subprocess.DEVNULL, preexec_fn=child_setup())
 
 
 def wait_for(cond, timeout: float = 120, what: str = "condition"):
@@ -128,19 +121,6 @@ def wait_for(cond, timeout: float = 120, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def assert_contract(r, *needles: str) -> None:
-    out = r.stdout + r.stderr
-    assert r.returncode == 2, f"rc={r.returncode}\n{out}"
-    assert "Traceback" not in out, out
-    lines = r.stderr.splitlines()
-    assert sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
-    assert sum(ln.strip().startswith("fix:") for ln in lines) == 1, r.stderr
-    for n in needles:
-        assert n.lower() in flat(r.stderr).lower(), f"{n!r} not in {flat(r.stderr)!r}"
 
 
 def temps(directory: Path, name: str) -> list[Path]:
@@ -337,7 +317,7 @@ def test_early_signal_handlers_exit_quietly(name):
     script = ("import sys, time\nfrom rsvlm_edge.cli.common import install_early_signal_handlers\n"
               "install_early_signal_handlers()\nprint('ready', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=package_env(), preexec_fn=_child_setup())
+                            env=package_env(), preexec_fn=child_setup())
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(sig)

@@ -23,14 +23,13 @@ pytest.importorskip("torch")
 pytest.importorskip("rasterio")
 
 from test_index_support import (  # noqa: E402
-    assert_contract,
     assert_same_contents,
     index_contents,
     tiny_bundle,
     write_images,
     write_scene,
 )
-from util import package_env, run_cli  # noqa: E402
+from util import assert_contract, child_setup, package_env, run_cli  # noqa: E402
 
 import rsvlm_edge.index as rx  # noqa: E402
 from rsvlm_edge.errors import InputError  # noqa: E402
@@ -290,18 +289,12 @@ def big_scene_index(bundle, big_scene, tmp_path_factory):
     return out
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C handled even when the test runner ignores SIGINT (a background job of a
-    non-interactive shell does, and Python keeps an inherited SIG_IGN)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt_after_first_shard(bundle: Path, scene: Path, out: Path, sig: int) -> subprocess.CompletedProcess:
     """Start a CLI build, freeze it once its first shard exists, deliver ``sig``, let it run."""
     args = [sys.executable, "-m", "rsvlm_edge.cli", "index", "build", str(bundle), str(scene), "-o", str(out),
             "--stride", "16", "--shard-size", "16"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=package_env(),
-                            preexec_fn=_default_sigint)
+                            preexec_fn=child_setup())
     first = out / "shards" / "part-000" / "shard-000000.npz"
     deadline = time.monotonic() + 120
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import rsvlm_edge
@@ -21,3 +24,33 @@ def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """``rsvlm-edge ARGS`` in a subprocess (python -m rsvlm_edge.cli), capturing text output."""
     return subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *args], capture_output=True, text=True,
                           env=package_env(), timeout=timeout)
+
+
+def flat(text: str) -> str:
+    """``text`` with every run of whitespace as one space."""
+    return " ".join(text.split())
+
+
+def assert_contract(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """The CLI's user-error contract: exit 2, exactly one ``error:`` line and one ``fix:`` line, no
+    traceback, each needle present (case-insensitive, whitespace flattened)."""
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, f"rc={r.returncode}\n{out}"
+    assert "Traceback" not in out, out
+    lines = r.stderr.splitlines()
+    assert sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
+    assert sum(ln.strip().startswith("fix:") for ln in lines) == 1, r.stderr
+    text = flat(r.stderr)
+    for n in needles:
+        assert n.lower() in text.lower(), f"{n!r} not in {text!r}"
+
+
+def child_setup(fsize: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` for CLI subprocesses: default Ctrl-C handling even when the test runner ignores
+    SIGINT (a background job of a non-interactive shell does, and Python keeps an inherited SIG_IGN),
+    and an optional file-size limit (RLIMIT_FSIZE, bytes)."""
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return setup
