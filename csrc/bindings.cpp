@@ -15,6 +15,7 @@ void bind_qlinear(py::module_& m);       // csrc/bind_qlinear.cpp
 void bind_rms_norm(py::module_& m);      // csrc/bind_rms_norm.cpp
 void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
+void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
 
 namespace {
 
@@ -57,4 +58,5 @@ PYBIND11_MODULE(_C, m) {
   bind_rms_norm(m);
   bind_rope(m);
   bind_swiglu(m);
+  bind_cuda_decoder(m);
 }

@@ -7,7 +7,8 @@ Two kinds of backend serve the two kinds of model part (see ``rsvlm_edge.bundle.
   by ``auto`` in that order; each says through ``supports(part)`` why it cannot run a part (e.g. a
   U8S8 int8 graph without the S8S8 variant TensorRT needs).
 * ``decoder`` backends run one prefill / decode step of a LLaMA-family decoder over a KV cache:
-  ``numpy`` (the reference) and ``native`` (our C++ kernels) today, ``cuda`` next.
+  ``numpy`` (the reference), ``native`` (our C++ kernels on the CPU) and ``cuda`` (the whole
+  decoder on a GPU, ``decoder_cuda.py``).
 
 A backend module registers a ``BackendSpec`` (name, kind, rank, a probe that says whether it can run
 here and why not, and a factory). Runtimes ask ``open_graph`` / ``open_decoder`` for a part and a

@@ -267,6 +267,19 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     return _linear(ops, h, weights.lm_head, out=out)
 
 
+def open_llama_decoder(config: DecoderConfig, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int,
+                       backend: str = "auto") -> Any:
+    """The decoder for ``backend``: a ``LlamaDecoder`` over an op-set backend (numpy, native), or the
+    whole-step decoder of a device backend (``cuda``: ``backends/decoder_cuda.py``), which has the
+    same interface."""
+    from ...backends import open_decoder
+
+    ops = open_decoder(backend, part=config)
+    if hasattr(ops, "llama_decoder"):
+        return ops.llama_decoder(config, tensors, max_batch, max_seq)
+    return LlamaDecoder(config, tensors, max_batch, max_seq, ops=ops)
+
+
 def _read_only(path: str, doc: str) -> property:
     """A read-only property that returns ``self.<path>`` (a dotted attribute path)."""
     return property(attrgetter(path), doc=doc)

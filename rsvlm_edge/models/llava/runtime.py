@@ -29,7 +29,7 @@ from ...backends import open_graph
 from ...bundle import Bundle, open_bundle
 from ...errors import BundleError, InputError
 from .config import VlmConfig
-from .decoder import LlamaDecoder, load_weights
+from .decoder import load_weights, open_llama_decoder
 from .generation import GenerationResult, GenerationStats, StreamCallback, check_sampling, check_seed, run_generation
 from .preprocess import ImageInput, preprocess_images
 from .prompts import build_prompt, tokenize_with_image
@@ -104,7 +104,7 @@ class VlmRuntime:
             max_batch = m.max_batch
         if max_seq is None:
             max_seq = min(dc.max_position_embeddings, self.config.vision.num_tokens + DEFAULT_EXTRA_POSITIONS)
-        self.decoder = LlamaDecoder(dc, load_weights(bundle.part_file("decoder")), max_batch, max_seq, backend=backend)
+        self.decoder = open_llama_decoder(dc, load_weights(bundle.part_file("decoder")), max_batch, max_seq, backend)
         self.eos_ids = frozenset({dc.eos_token_id} if dc.eos_token_id is not None else ())
         self.backends = {"vision": f"{self.vision.backend}:{self.vision.provider}", "decoder": self.decoder.ops.name}
         self._generate_lock = threading.Lock()

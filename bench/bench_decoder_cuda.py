@@ -1,0 +1,218 @@
+"""GPU decode of the TinyLlama-1.1B decoder shape: the torch peers, measured in this run.
+
+Peers (HF transformers, seeded random weights, fp16, on the GPU):
+  eager     model.generate with the default dynamic cache (what a user gets from transformers);
+  compiled  model.generate(cache_implementation="static") with forward compiled by torch.compile
+            (mode="reduce-overhead": CUDA graphs), the static-cache loop of gpt-fast / HF docs.
+Decode tok/s = batch x (new - 1) tokens / (time of generate(new) - time of generate(1)), so the
+prefill is excluded; TTFT = time of generate(1) for a `--prompt`-token prompt. The bandwidth floor
+is weight bytes / measured copy bandwidth (bench_gemv_cuda.copy_bandwidth_gbs).
+
+Ours (``--ours fp16 w8 w4``): rsvlm_edge._C.CudaDecoder with the same weights (the HF state dict under
+the canonical names; w8 / w4 quantised by rsvlm_edge.models.llava.quant exactly as export does),
+prefill of the same prompt (TTFT), then greedy decode steps with only the ids coming back, each step
+replayed from its CUDA graph; decode tok/s = batch x steps / time of the steps.
+
+    python bench/bench_decoder_cuda.py --peers eager compiled --json bench/out/decoder_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gemv_cuda import copy_bandwidth_gbs  # noqa: E402
+
+TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+
+
+def build_model(torch, layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{**TINYLLAMA, "num_hidden_layers": layers})
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.float16).eval()
+    return model
+
+
+def timed_generate(torch, model, ids, new: int, **kw) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **kw)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure(torch, model, batch: int, prompt: int, new: int, reps: int, **kw) -> dict:
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device="cuda", generator=gen)
+    timed_generate(torch, model, ids, new, **kw)  # warm-up (compiles, for the compiled peer)
+    timed_generate(torch, model, ids, 1, **kw)
+    full = min(timed_generate(torch, model, ids, new, **kw) for _ in range(reps))
+    first = min(timed_generate(torch, model, ids, 1, **kw) for _ in range(reps))
+    decode_s = max(full - first, 1e-9)
+    return dict(batch=batch, prompt=prompt, new_tokens=new, ttft_ms=first * 1e3,
+                decode_tok_s=batch * (new - 1) / decode_s, ms_per_step=decode_s / (new - 1) * 1e3)
+
+
+HF_NAMES = [(re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)$"), r"layers.\1.\3.\4"),
+            (re.compile(r"^model\.layers\.(\d+)\.(\w+layernorm)\.weight$"), r"layers.\1.\2.weight"),
+            (re.compile(r"^model\.(embed_tokens|norm)\.weight$"), r"\1.weight"),
+            (re.compile(r"^lm_head\.weight$"), "lm_head.weight")]
+
+
+def canonical_tensors(model) -> dict:
+    """The HF model's fp16 tensors as numpy under decoder.safetensors' canonical names."""
+    out = {}
+    for name, t in model.state_dict().items():
+        for pattern, repl in HF_NAMES:
+            if pattern.match(name):
+                out[pattern.sub(repl, name)] = t.detach().to("cpu").numpy()
+                break
+    return out
+
+
+def quantised(tensors: dict, fmt: str) -> dict:
+    """``tensors`` with every linear weight but lm_head quantised to ``fmt`` (w8 | w4), as export does."""
+    from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
+
+    out = {}
+    for name, t in tensors.items():
+        if fmt != "fp16" and name.endswith("_proj.weight"):
+            q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(t.astype("float32"))
+            out[name], out[name[: -len("weight")] + "weight_scale"] = q, s
+        else:
+            out[name] = t
+    return out
+
+
+def measure_ours(torch, tensors: dict, cfg: dict, fmt: str, batches: list[int], prompt: int, new: int) -> list[dict]:
+    import numpy as np
+
+    import rsvlm_edge._C as C
+
+    shape = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+                 num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
+                 num_kv_heads=cfg["num_key_value_heads"], head_dim=cfg["hidden_size"] // cfg["num_attention_heads"],
+                 rms_norm_eps=cfg["rms_norm_eps"], rope_theta=cfg["rope_theta"])
+    t0 = time.perf_counter()
+    weights = quantised(tensors, fmt)
+    quant_s = time.perf_counter() - t0
+    dec = C.CudaDecoder(shape, max(batches), prompt + new + 1)
+    for name, t in weights.items():
+        dec.set_tensor(name, t)
+    dec.check_complete()
+    embed = tensors["embed_tokens.weight"]
+    rows = []
+    for batch in batches:
+        rng = np.random.default_rng(batch)
+        ids = rng.integers(3, shape["vocab_size"], (batch, prompt))
+        embeds = embed[ids].astype(np.float32)
+        lengths = np.full(batch, prompt, np.int64)
+        dec.prefill(embeds, lengths)  # warm-up (allocates the prefill buffers)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits = dec.prefill(embeds, lengths)
+        ttft = time.perf_counter() - t0
+        nxt = logits.argmax(axis=1)
+        nxt = dec.decode(nxt, logits=False)[1]  # captures this batch size's CUDA graph
+        t0 = time.perf_counter()
+        for _ in range(new - 1):
+            nxt = dec.decode(nxt, logits=False)[1]
+        decode_s = time.perf_counter() - t0
+        rows.append(dict(peer=f"rsvlm-edge {fmt}", batch=batch, prompt=prompt, new_tokens=new, ttft_ms=ttft * 1e3,
+                         decode_tok_s=batch * (new - 1) / decode_s, ms_per_step=decode_s / (new - 1) * 1e3,
+                         step_weight_bytes=int(dec.step_weight_bytes), quantise_s=quant_s))
+        print(json.dumps(rows[-1]), flush=True)
+    del dec
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA GPU visible to torch\nfix: run on a GPU machine")
+    bw = copy_bandwidth_gbs(torch)
+    model = build_model(torch, args.layers)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    step_bytes = weight_bytes - model.model.embed_tokens.weight.numel() * 2  # one embedding row per token
+    rows = []
+    if args.ours:
+        tensors = canonical_tensors(model)
+        cfg = {**TINYLLAMA, "num_hidden_layers": args.layers}
+        for fmt in args.ours:
+            try:
+                rows += measure_ours(torch, tensors, cfg, fmt, args.batches, args.prompt, args.new_tokens)
+            except Exception as e:  # reported in the table, and the peers still run
+                rows.append(dict(peer=f"rsvlm-edge {fmt}", batch=0, error=f"{type(e).__name__}: {e}"[:300]))
+                print(json.dumps(rows[-1]), flush=True)
+        del tensors
+    for peer in args.peers:
+        if peer == "compiled":
+            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            kw = dict(cache_implementation="static")
+        else:
+            kw = {}
+        for batch in args.batches:
+            t0 = time.perf_counter()
+            try:
+                r = measure(torch, model, batch, args.prompt, args.new_tokens, args.reps, **kw)
+            except Exception as e:  # a peer that cannot run here is reported, not fatal
+                r = dict(batch=batch, error=f"{type(e).__name__}: {e}"[:300])
+            r.update(peer=peer, wall_s=time.perf_counter() - t0)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    floor = bw * 1e9 / step_bytes
+    return dict(bench="decoder_cuda", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                host=platform.node(), device=torch.cuda.get_device_name(), torch=torch.__version__,
+                layers=args.layers, copy_bandwidth_gbs=bw, step_weight_bytes=step_bytes,
+                bandwidth_floor_tok_s_batch1=floor, rows=rows)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Decode, TinyLlama-1.1B shape ({result['layers']} layers, fp16, random weights) on {result['device']}; "
+             f"copy bandwidth {result['copy_bandwidth_gbs']:.0f} GB/s; batch-1 bandwidth floor "
+             f"{result['bandwidth_floor_tok_s_batch1']:.0f} tok/s.", "",
+             "| runtime | batch | prompt | TTFT ms | decode tok/s | ms/step | % of its bandwidth floor (bs1) |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['peer']} | {r['batch']} | — | — | failed: {r['error']} | — | — |")
+            continue
+        floor = result["copy_bandwidth_gbs"] * 1e9 / r.get("step_weight_bytes", result["step_weight_bytes"])
+        pct = 100 * r["decode_tok_s"] / floor if r["batch"] == 1 else None
+        lines.append(f"| {r['peer']} | {r['batch']} | {r['prompt']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.0f} | "
+                     f"{r['ms_per_step']:.2f} | {'—' if pct is None else f'{pct:.0f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours", nargs="*", default=["fp16", "w8", "w4"], choices=["fp16", "w8", "w4"])
+    ap.add_argument("--peers", nargs="*", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--prompt", type=int, default=608, help="prompt tokens (608 = GeoChat's image + question)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--json", type=Path, default=Path("bench/out/decoder_cuda.json"))
+    args = ap.parse_args(argv)
+    result = run(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

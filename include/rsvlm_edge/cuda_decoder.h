@@ -1,0 +1,100 @@
+// Public C++ API: a LLaMA-family decoder that runs on one CUDA device, on this library's kernels.
+//
+// The GPU twin of rsvlm_edge/models/llava/decoder.py (prefill / decode_step over a KV cache), which is
+// its reference: the same canonical tensor names, the same weight formats, the same right-padded
+// prefill and per-sequence lengths. What lives on the device:
+//   weights   uploaded once in their stored precision: fp16 linear weights (fp32 ones are rounded to
+//             fp16 at upload), w8 int8 (N, K) + fp32 scales (N, 1), w4 packed uint8 (N, K/2) + fp32
+//             scales (N, K/128); the quantised ones run as qlinear (int8 activations, __dp4a), never
+//             widened in memory. Norm weights, biases and the embedding table in fp16.
+//   KV cache  contiguous fp16 (layers, max_batch, H_kv, max_seq, D) for K and V, and the int32 lengths.
+//   buffers   every activation of a step, sized for max_batch (decode) or grown to the largest prompt
+//             seen (prefill), so that a decode step allocates nothing.
+// Activations are fp16 with fp32 accumulation in every kernel (the CPU path computes in fp32).
+// decode() runs one step for the batch of the last prefill: embedding gather, the layers (RMSNorm,
+// q/k/v, RoPE, KV append, split-KV decode attention, o, residual, RMSNorm, gate/up, SwiGLU, down,
+// residual), final norm, lm_head, fp32 logits and their argmax, all on one stream; the step is
+// captured once per batch size in a CUDA graph and replayed (set_use_graphs(false) launches it
+// directly). Only the token ids go up and the logits (or only the argmax ids) come back.
+//
+// Tensor names (canonical, as in decoder.safetensors): embed_tokens.weight (V, C), norm.weight (C),
+// lm_head.weight (V, C) [+ .weight_scale], layers.{i}.input_layernorm.weight,
+// layers.{i}.post_attention_layernorm.weight, layers.{i}.{q,k,v,o,gate,up,down}_proj.weight
+// [+ .weight_scale] [+ .bias]. Shapes and dtypes are checked against the DecoderShape at set_tensor.
+//
+// Not thread-safe: one caller at a time (the Python runtime serialises generations).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rsvlm_edge/dtype.h"
+#include "rsvlm_edge/status.h"
+
+namespace rsvlm_edge {
+
+struct DecoderShape {
+  int vocab_size = 0;         // V
+  int hidden_size = 0;        // C
+  int intermediate_size = 0;  // I
+  int num_layers = 0;         // L
+  int num_heads = 0;          // H
+  int num_kv_heads = 0;       // H_kv (H % H_kv == 0)
+  int head_dim = 0;           // D: 64, 80, 96 or 128 (the CUDA attention kernel's head dims)
+  float rms_norm_eps = 1e-6f;
+  float rope_theta = 10000.f;
+};
+
+Status decoder_shape_validate(const DecoderShape& s);
+
+class CudaDecoder {
+ public:
+  // Allocates the KV cache and the decode buffers on the current CUDA device.
+  // kNotCompiled in a build without CUDA; kCudaError when there is no device or not enough memory.
+  static Status create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out);
+  // CUDA devices visible to this process (0 without CUDA in this build, or when the query fails).
+  static int device_count();
+  ~CudaDecoder();
+  CudaDecoder(const CudaDecoder&) = delete;
+  CudaDecoder& operator=(const CudaDecoder&) = delete;
+
+  // Copy one host tensor (C-contiguous, `shape`) to the device. Float tensors may be f32 or f16
+  // (converted to fp16); quantised weights i8 (w8) or u8 (w4) with their f32 `.weight_scale`.
+  Status set_tensor(const std::string& name, const void* host, DType dtype, const std::vector<int64_t>& shape);
+  // kInvalidArgument naming the first required tensor not set yet (a linear whose scale is missing too).
+  Status check_complete() const;
+
+  // Right-padded prompts: embeds (B, T, C) f32 host, lengths (B) host with 1 <= lengths[b] <= T.
+  // Starts a new batch (the cache is overwritten) and writes fp32 logits (B, V) at each sequence's
+  // last prompt position to `logits` (host).
+  Status prefill(const float* embeds, const int64_t* lengths, int batch, int tokens, float* logits);
+  // One token per sequence of the current batch: token_ids (B) host. Writes fp32 logits (B, V) to
+  // `logits` (host, may be nullptr) and the greedy next ids (B) to `argmax` (host, may be nullptr).
+  Status decode(const int64_t* token_ids, int batch, float* logits, int64_t* argmax);
+
+  void set_use_graphs(bool on) { use_graphs_ = on; }
+  bool use_graphs() const { return use_graphs_; }
+  const DecoderShape& shape() const { return shape_; }
+  int max_batch() const { return max_batch_; }
+  int max_seq() const { return max_seq_; }
+  int batch() const { return batch_; }
+  const std::vector<int64_t>& lengths() const { return lengths_; }  // tokens cached per sequence
+  int64_t weight_bytes() const { return weight_bytes_; }            // device bytes of the weights
+  int64_t step_weight_bytes() const;                                 // weight bytes one decode step reads
+  int64_t device_bytes() const { return device_bytes_; }            // everything this decoder allocated
+
+  struct Impl;  // device state (cuda_decoder.cu)
+
+ private:
+  CudaDecoder() = default;
+  DecoderShape shape_{};
+  int max_batch_ = 0, max_seq_ = 0, batch_ = 0;
+  bool use_graphs_ = true;
+  std::vector<int64_t> lengths_;
+  int64_t weight_bytes_ = 0, device_bytes_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rsvlm_edge

@@ -1,0 +1,775 @@
+// CudaDecoder (rsvlm_edge/cuda_decoder.h): a LLaMA-family decoder on one CUDA device, built from the
+// library's CUDA launchers (rms_norm, linear, qlinear, rope, kv_append, attention, swiglu) plus the
+// small step kernels below (embedding gather, residual add, positions, last-row gather, logits +
+// argmax). The reference is the CPU decoder (rsvlm_edge/models/llava/decoder.py):
+// tests/test_cuda_decoder.py compares logits and greedy tokens on a GPU.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/cuda_check.cuh"
+#include "rsvlm_edge/cuda_decoder.h"
+#include "rsvlm_edge/kv_attention.h"
+#include "rsvlm_edge/linear.h"
+#include "rsvlm_edge/qlinear.h"
+#include "rsvlm_edge/rms_norm.h"
+#include "rsvlm_edge/rope.h"
+#include "rsvlm_edge/swiglu.h"
+
+#define RSVLM_RETURN_IF_ERROR(expr)     \
+  do {                                  \
+    ::rsvlm_edge::Status st_ = (expr);  \
+    if (!st_.ok()) return st_;          \
+  } while (0)
+
+namespace rsvlm_edge {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)); }
+
+// out[r, :] = table[ids[r], :] for r < rows; ids outside [0, vocab) give a zero row (the host checks
+// ids before they are uploaded, so this only guards memory).
+// table (vocab, c) fp16, ids (rows) int32, out (rows, c) fp16.
+__global__ void gather_rows_kernel(const __half* table, const int32_t* ids, int rows, int c, int vocab, __half* out) {
+  const int64_t total = int64_t(rows) * c;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / c, col = i % c;
+    const int32_t id = ids[r];
+    out[i] = (id >= 0 && id < vocab) ? table[int64_t(id) * c + col] : __float2half(0.f);
+  }
+}
+
+// x[i] += y[i] in fp32, rounded to fp16. x, y (n) fp16.
+__global__ void add_inplace_kernel(__half* x, const __half* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = __float2half(__half2float(x[i]) + __half2float(y[i]));
+}
+
+// Decode bookkeeping: positions[b] = lengths[b] (where the new token goes), then lengths[b] += 1
+// (what attention reads). lengths, positions (batch) int32.
+__global__ void advance_kernel(int32_t* lengths, int32_t* positions, int batch) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b < batch) {
+    positions[b] = lengths[b];
+    lengths[b] += 1;
+  }
+}
+
+// Prefill positions: pos[b * t + i] = i. pos (n = batch * t) int32.
+__global__ void prefill_positions_kernel(int32_t* pos, int t, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    pos[i] = static_cast<int32_t>(i % t);
+}
+
+// fp32 -> fp16. in (n) f32, out (n) fp16.
+__global__ void to_half_kernel(const float* in, __half* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2half(in[i]);
+}
+
+// out[b, :] = x[b, lengths[b] - 1, :] (the last prompt row of each sequence).
+// x (batch, t, c) fp16, lengths (batch) int32 in [1, t] (checked on the host), out (batch, c) fp16.
+__global__ void gather_last_kernel(const __half* x, const int32_t* lengths, int batch, int t, int c, __half* out) {
+  const int64_t total = int64_t(batch) * c;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / c, col = i % c;
+    const int last = min(max(lengths[b], 1), t) - 1;
+    out[i] = x[(b * t + last) * c + col];
+  }
+}
+
+// One block per row: logits[b, :] = float(logits_h[b, :]) and argmax[b] = the first index of the
+// largest value (numpy's argmax; a NaN row gives the first NaN, as numpy does).
+// logits_h (batch, v) fp16, logits (batch, v) f32, argmax (batch) int32.
+__global__ void __launch_bounds__(kThreads) logits_argmax_kernel(const __half* logits_h, float* logits, int32_t* argmax,
+                                                                 int v) {
+  const int64_t row = blockIdx.x;
+  const __half* in = logits_h + row * v;
+  float* out = logits + row * v;
+  float best = -INFINITY;
+  int best_i = v;  // "none yet"
+  bool nan_seen = false;
+  for (int i = threadIdx.x; i < v; i += blockDim.x) {
+    const float x = __half2float(in[i]);
+    out[i] = x;
+    if (nan_seen) continue;
+    if (x != x) {  // NaN: the first one wins outright
+      nan_seen = true;
+      best_i = i;
+    } else if (x > best || best_i == v) {
+      best = x;
+      best_i = i;
+    }
+  }
+  __shared__ float s_val[kThreads];
+  __shared__ int s_idx[kThreads];
+  __shared__ int s_nan[kThreads];
+  s_val[threadIdx.x] = best;
+  s_idx[threadIdx.x] = best_i;
+  s_nan[threadIdx.x] = nan_seen ? 1 : 0;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const int o = threadIdx.x + stride;
+      const bool take = s_nan[o] != s_nan[threadIdx.x]
+                            ? s_nan[o] != 0
+                            : (s_nan[o] ? s_idx[o] < s_idx[threadIdx.x]
+                                        : (s_idx[o] != v && (s_idx[threadIdx.x] == v || s_val[o] > s_val[threadIdx.x] ||
+                                                              (s_val[o] == s_val[threadIdx.x] && s_idx[o] < s_idx[threadIdx.x]))));
+      if (take) {
+        s_val[threadIdx.x] = s_val[o];
+        s_idx[threadIdx.x] = s_idx[o];
+        s_nan[threadIdx.x] = s_nan[o];
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) argmax[row] = s_idx[0] == v ? 0 : s_idx[0];
+}
+
+enum class LinearKind { none, f16, i8, i4 };
+
+struct DevLinear {
+  void* w = nullptr;        // f16 (N, K) | i8 (N, K) | i4 packed u8 (N, K / 2)
+  float* scale = nullptr;   // (N, G) f32, quantised kinds only
+  __half* bias = nullptr;   // (N) fp16 or nullptr
+  int n = 0, k = 0;         // N, K expected from the shape
+  int groups = 0;           // G of the scale as uploaded (0 = no scale yet)
+  LinearKind kind = LinearKind::none;
+  int64_t w_bytes = 0, scale_bytes = 0, bias_bytes = 0;
+};
+
+struct DevLayer {
+  __half* input_norm = nullptr;  // (C)
+  __half* post_norm = nullptr;   // (C)
+  DevLinear q, k, v, o, gate, up, down;
+};
+
+// Activations of one step for `rows` token rows.
+struct StepBuffers {
+  int64_t rows = 0;
+  __half *x = nullptr, *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr, *proj = nullptr,
+         *gate = nullptr, *up = nullptr;
+  int32_t* positions = nullptr;  // (rows)
+};
+
+}  // namespace
+
+struct CudaDecoder::Impl {
+  DecoderShape s{};
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  std::vector<void*> owned;  // every cudaMalloc of this decoder but the weights' (freed in the destructor)
+  // weights
+  __half* embed = nullptr;  // (V, C)
+  __half* final_norm = nullptr;
+  DevLinear lm_head;
+  std::vector<DevLayer> layers;
+  std::vector<std::pair<void**, int64_t>> weight_allocs;  // (slot, bytes) of uploaded tensors
+  // KV cache: (L, max_batch, H_kv, max_seq, D) fp16 each
+  __half *k_cache = nullptr, *v_cache = nullptr;
+  int32_t* lengths = nullptr;      // (max_batch) device
+  int32_t* zeros = nullptr;        // (max_batch) device, all 0 (prefill start positions)
+  float* attn_ws = nullptr;        // split-KV workspace
+  int64_t attn_ws_floats = 0;
+  int sms = 1;
+  // decode
+  StepBuffers dec;
+  int32_t* tokens = nullptr;       // (max_batch) device
+  __half* logits_h = nullptr;      // (max_batch, V)
+  float* logits_f = nullptr;       // (max_batch, V)
+  int32_t* argmax = nullptr;       // (max_batch)
+  int32_t* host_tokens = nullptr;  // pinned (max_batch)
+  int32_t* host_argmax = nullptr;  // pinned (max_batch)
+  __half* last = nullptr;          // (max_batch, C)
+  std::vector<cudaGraphExec_t> graphs;  // per batch size, captured on first use
+  // prefill (grown to the largest prompt batch seen)
+  StepBuffers pre;
+  float* pre_embeds = nullptr;  // (rows, C) f32 staging
+  std::vector<void*> pre_owned;
+
+  ~Impl() {
+    for (cudaGraphExec_t g : graphs)
+      if (g) cudaGraphExecDestroy(g);
+    for (auto& [slot, bytes] : weight_allocs)
+      if (*slot) cudaFree(*slot);
+    for (void* p : owned) cudaFree(p);
+    for (void* p : pre_owned) cudaFree(p);
+    if (host_tokens) cudaFreeHost(host_tokens);
+    if (host_argmax) cudaFreeHost(host_argmax);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  template <typename T>
+  Status alloc(T** p, int64_t count, std::vector<void*>& list, int64_t* counter) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    RSVLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(p), bytes));
+    list.push_back(*p);
+    if (counter) *counter += static_cast<int64_t>(bytes);
+    return Status::Ok();
+  }
+
+  Status alloc_step(StepBuffers& b, int64_t rows, std::vector<void*>& list, int64_t* counter) {
+    const int64_t c = s.hidden_size, qd = int64_t(s.num_heads) * s.head_dim, kvd = int64_t(s.num_kv_heads) * s.head_dim,
+                  i = s.intermediate_size;
+    b.rows = rows;
+    RSVLM_RETURN_IF_ERROR(alloc(&b.x, rows * c, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.h, rows * c, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.q, rows * qd, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.k, rows * kvd, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.v, rows * kvd, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.attn, rows * qd, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.proj, rows * c, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.gate, rows * i, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.up, rows * i, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.positions, rows, list, counter));
+    return Status::Ok();
+  }
+
+  // The KV cache view of layer `i`.
+  KvCacheView cache_view(int i, int max_batch, int max_seq) const {
+    KvCacheView v;
+    const int64_t per_layer = int64_t(max_batch) * s.num_kv_heads * max_seq * s.head_dim;
+    v.k = k_cache + per_layer * i;
+    v.v = v_cache + per_layer * i;
+    v.dtype = DType::f16;
+    v.num_kv_heads = s.num_kv_heads;
+    v.head_dim = s.head_dim;
+    v.slots = max_batch;
+    v.s_max = max_seq;
+    return v;
+  }
+
+  Status linear(const DevLinear& l, const __half* x, int64_t m, __half* out) const {
+    if (l.kind == LinearKind::f16) {
+      LinearParams p;
+      p.x = x;
+      p.w = l.w;
+      p.bias = l.bias;
+      p.out = out;
+      p.m = m;
+      p.n = l.n;
+      p.k = l.k;
+      p.act_dtype = DType::f16;
+      p.w_dtype = DType::f16;
+      return linear_cuda(p, stream);
+    }
+    QLinearParams p;
+    p.x = x;
+    p.w = l.w;
+    p.w_scale = l.scale;
+    p.bias = l.bias;
+    p.out = out;
+    p.m = m;
+    p.n = l.n;
+    p.k = l.k;
+    p.groups = l.groups;
+    p.format = l.kind == LinearKind::i8 ? QWeight::i8 : QWeight::i4;
+    p.act_dtype = DType::f16;
+    return qlinear_cuda(p, stream);
+  }
+
+  Status rms_norm(const __half* x, const __half* w, int64_t rows, __half* out) const {
+    RmsNormParams p;
+    p.x = x;
+    p.weight = w;
+    p.out = out;
+    p.rows = rows;
+    p.dim = s.hidden_size;
+    p.eps = s.rms_norm_eps;
+    p.dtype = DType::f16;
+    return rms_norm_cuda(p, stream);
+  }
+
+  Status add(__half* x, const __half* y, int64_t n) const {
+    add_inplace_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, y, n);
+    RSVLM_CUDA_CHECK(cudaGetLastError());
+    return Status::Ok();
+  }
+
+  // One transformer layer over `b.rows`-sized buffers holding `batch` sequences of `t` rows each
+  // (decode: t = 1). positions (batch * t), start (batch): first cache row written, new_lens (batch)
+  // or nullptr (= t), kv_lens (batch): tokens cached after the append.
+  Status layer(int i, const StepBuffers& b, int batch, int t, const int32_t* start, const int32_t* new_lens,
+               const int32_t* kv_lens, int max_batch, int max_seq) const {
+    const DevLayer& L = layers[i];
+    const int64_t rows = int64_t(batch) * t;
+    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.input_norm, rows, b.h));
+    RSVLM_RETURN_IF_ERROR(linear(L.q, b.h, rows, b.q));
+    RSVLM_RETURN_IF_ERROR(linear(L.k, b.h, rows, b.k));
+    RSVLM_RETURN_IF_ERROR(linear(L.v, b.h, rows, b.v));
+    RopeParams r;
+    r.q = b.q;
+    r.k = b.k;
+    r.positions = b.positions;
+    r.tokens = rows;
+    r.num_heads = s.num_heads;
+    r.num_kv_heads = s.num_kv_heads;
+    r.head_dim = s.head_dim;
+    r.theta = s.rope_theta;
+    r.dtype = DType::f16;
+    RSVLM_RETURN_IF_ERROR(rope_cuda(r, stream));
+    const KvCacheView view = cache_view(i, max_batch, max_seq);
+    KvAppendParams a;
+    a.k_new = b.k;
+    a.v_new = b.v;
+    a.start_pos = start;
+    a.new_lens = new_lens;
+    a.act_dtype = DType::f16;
+    a.batch = batch;
+    a.s_new = t;
+    a.cache = view;
+    RSVLM_RETURN_IF_ERROR(kv_append_cuda(a, stream));
+    AttentionParams at;
+    at.q = b.q;
+    at.out = b.attn;
+    at.q_lens = t == 1 ? nullptr : new_lens;
+    at.kv_lens = kv_lens;
+    at.act_dtype = DType::f16;
+    at.batch = batch;
+    at.s_q = t;
+    at.num_heads = s.num_heads;
+    at.cache = view;
+    if (t == 1) {
+      at.num_splits = decode_splits(batch, max_seq);
+      at.workspace = attn_ws;
+      at.workspace_floats = attn_ws_floats;
+    }
+    RSVLM_RETURN_IF_ERROR(attention_cuda(at, stream));
+    RSVLM_RETURN_IF_ERROR(linear(L.o, b.attn, rows, b.proj));
+    RSVLM_RETURN_IF_ERROR(add(b.x, b.proj, rows * s.hidden_size));
+    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.post_norm, rows, b.h));
+    RSVLM_RETURN_IF_ERROR(linear(L.gate, b.h, rows, b.gate));
+    RSVLM_RETURN_IF_ERROR(linear(L.up, b.h, rows, b.up));
+    SwiGluParams g;
+    g.gate = b.gate;
+    g.up = b.up;
+    g.out = b.gate;
+    g.n = rows * s.intermediate_size;
+    g.dtype = DType::f16;
+    RSVLM_RETURN_IF_ERROR(swiglu_cuda(g, stream));
+    RSVLM_RETURN_IF_ERROR(linear(L.down, b.gate, rows, b.proj));
+    return add(b.x, b.proj, rows * s.hidden_size);
+  }
+
+  // Split-KV chunks for a decode step of `batch` sequences: about two blocks per SM, each chunk at
+  // least 256 keys of the cache's capacity, at most 32 (the workspace is sized for batch 1's count).
+  int decode_splits(int batch, int max_seq) const {
+    const int64_t blocks = std::max<int64_t>(int64_t(batch) * s.num_kv_heads, 1);
+    const int64_t want = (2 * int64_t(sms) + blocks - 1) / blocks;
+    const int64_t by_len = std::max<int64_t>(max_seq / 256, 1);
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 32})));
+  }
+
+  // The final norm, lm_head, fp32 logits and argmax for `batch` rows of `x` (batch, C).
+  Status head(const __half* x, int batch, __half* h) const {
+    RSVLM_RETURN_IF_ERROR(rms_norm(x, final_norm, batch, h));
+    RSVLM_RETURN_IF_ERROR(linear(lm_head, h, batch, logits_h));
+    logits_argmax_kernel<<<batch, kThreads, 0, stream>>>(logits_h, logits_f, argmax, s.vocab_size);
+    RSVLM_CUDA_CHECK(cudaGetLastError());
+    return Status::Ok();
+  }
+
+  // Everything of one decode step after the token ids are on the device (graph-capturable: no
+  // allocation, no host synchronisation).
+  Status decode_step(int batch, int max_batch, int max_seq) const {
+    gather_rows_kernel<<<blocks_for(int64_t(batch) * s.hidden_size), kThreads, 0, stream>>>(
+        embed, tokens, batch, s.hidden_size, s.vocab_size, dec.x);
+    RSVLM_CUDA_CHECK(cudaGetLastError());
+    advance_kernel<<<1, std::max(32, ((batch + 31) / 32) * 32), 0, stream>>>(lengths, dec.positions, batch);
+    RSVLM_CUDA_CHECK(cudaGetLastError());
+    for (int i = 0; i < s.num_layers; ++i)
+      RSVLM_RETURN_IF_ERROR(layer(i, dec, batch, 1, dec.positions, nullptr, lengths, max_batch, max_seq));
+    return head(dec.x, batch, dec.h);
+  }
+};
+
+namespace {
+
+Status linear_shape(const DecoderShape& s, const std::string& proj, int* n, int* k) {
+  const int c = s.hidden_size, qd = s.num_heads * s.head_dim, kvd = s.num_kv_heads * s.head_dim,
+            i = s.intermediate_size;
+  if (proj == "q_proj") *n = qd, *k = c;
+  else if (proj == "k_proj" || proj == "v_proj") *n = kvd, *k = c;
+  else if (proj == "o_proj") *n = c, *k = qd;
+  else if (proj == "gate_proj" || proj == "up_proj") *n = i, *k = c;
+  else if (proj == "down_proj") *n = c, *k = i;
+  else if (proj == "lm_head") *n = s.vocab_size, *k = c;
+  else return Status::Invalid("unknown decoder linear '" + proj + "'");
+  return Status::Ok();
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// Copy a float tensor (f32 or f16 host) to a new fp16 device allocation.
+Status upload_half(const void* host, DType dtype, int64_t count, cudaStream_t stream, __half** dev) {
+  std::vector<__half> tmp;
+  const void* src = host;
+  if (dtype == DType::f32) {
+    tmp.resize(static_cast<size_t>(count));
+    const float* f = static_cast<const float*>(host);
+    for (int64_t i = 0; i < count; ++i) tmp[i] = __float2half_rn(f[i]);
+    src = tmp.data();
+  }
+  RSVLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(dev), static_cast<size_t>(std::max<int64_t>(count, 1)) * 2));
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(*dev, src, static_cast<size_t>(count) * 2, cudaMemcpyHostToDevice, stream));
+  return Status::Ok();
+}
+
+Status upload_raw(const void* host, int64_t bytes, cudaStream_t stream, void** dev) {
+  RSVLM_CUDA_CHECK(cudaMalloc(dev, static_cast<size_t>(std::max<int64_t>(bytes, 1))));
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(*dev, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out) {
+  RSVLM_RETURN_IF_ERROR(decoder_shape_validate(shape));
+  if (max_batch < 1 || max_batch > 4096) return Status::Invalid("max_batch must be in [1, 4096], got " + std::to_string(max_batch));
+  if (max_seq < 1 || max_seq > (1 << 24)) return Status::Invalid("max_seq must be in [1, 16777216], got " + std::to_string(max_seq));
+  if (!kv_attention_cuda_head_dim(shape.head_dim))
+    return Status::Invalid("head_dim " + std::to_string(shape.head_dim) + " has no CUDA attention kernel (64, 80, 96, 128)");
+  int count = 0;
+  RSVLM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (count == 0) return Status::Cuda("no CUDA device is visible");
+  std::unique_ptr<CudaDecoder> d(new CudaDecoder());
+  d->shape_ = shape;
+  d->max_batch_ = max_batch;
+  d->max_seq_ = max_seq;
+  d->impl_ = std::make_unique<Impl>();
+  Impl& m = *d->impl_;
+  m.s = shape;
+  RSVLM_CUDA_CHECK(cudaGetDevice(&m.device));
+  RSVLM_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, m.device));
+  RSVLM_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.layers.resize(shape.num_layers);
+  int n = 0, k = 0;
+  for (DevLayer& L : m.layers) {
+    for (auto [lin, name] : {std::pair{&L.q, "q_proj"}, {&L.k, "k_proj"}, {&L.v, "v_proj"}, {&L.o, "o_proj"},
+                             {&L.gate, "gate_proj"}, {&L.up, "up_proj"}, {&L.down, "down_proj"}}) {
+      RSVLM_RETURN_IF_ERROR(linear_shape(shape, name, &n, &k));
+      lin->n = n;
+      lin->k = k;
+    }
+  }
+  RSVLM_RETURN_IF_ERROR(linear_shape(shape, "lm_head", &n, &k));
+  m.lm_head.n = n;
+  m.lm_head.k = k;
+  int64_t* bytes = &d->device_bytes_;
+  const int64_t cache = int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq * shape.head_dim;
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.k_cache, cache, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.v_cache, cache, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.lengths, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.zeros, max_batch, m.owned, bytes));
+  RSVLM_CUDA_CHECK(cudaMemsetAsync(m.lengths, 0, sizeof(int32_t) * max_batch, m.stream));
+  RSVLM_CUDA_CHECK(cudaMemsetAsync(m.zeros, 0, sizeof(int32_t) * max_batch, m.stream));
+  m.attn_ws_floats = attention_workspace_floats(max_batch, shape.num_heads, shape.head_dim, m.decode_splits(1, max_seq));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.attn_ws, m.attn_ws_floats, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc_step(m.dec, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.tokens, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.logits_h, int64_t(max_batch) * shape.vocab_size, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.logits_f, int64_t(max_batch) * shape.vocab_size, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.argmax, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.last, int64_t(max_batch) * shape.hidden_size, m.owned, bytes));
+  RSVLM_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.host_tokens), sizeof(int32_t) * max_batch));
+  RSVLM_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.host_argmax), sizeof(int32_t) * max_batch));
+  m.graphs.assign(static_cast<size_t>(max_batch) + 1, nullptr);
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  *out = std::move(d);
+  return Status::Ok();
+}
+
+CudaDecoder::~CudaDecoder() = default;
+
+int CudaDecoder::device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+Status CudaDecoder::set_tensor(const std::string& name, const void* host, DType dtype,
+                               const std::vector<int64_t>& shape) {
+  Impl& m = *impl_;
+  const DecoderShape& s = shape_;
+  const int64_t count = numel(shape);
+  auto is_float = [&] { return dtype == DType::f32 || dtype == DType::f16; };
+  auto bad = [&](const std::string& want) {
+    return Status::Invalid("decoder tensor '" + name + "' is " + dtype_name(dtype) + " " + shape_str(shape) +
+                           ", expected " + want);
+  };
+  auto set_half = [&](__half** slot, const std::vector<int64_t>& want, int64_t* counter) -> Status {
+    if (!is_float() || shape != want) return bad(std::string("float32/float16 ") + shape_str(want));
+    if (*slot) {
+      cudaFree(*slot);
+      *slot = nullptr;
+    }
+    RSVLM_RETURN_IF_ERROR(upload_half(host, dtype, count, m.stream, slot));
+    bool known = false;
+    for (auto& [sl, b] : m.weight_allocs) known |= sl == reinterpret_cast<void**>(slot);
+    if (!known) m.weight_allocs.push_back({reinterpret_cast<void**>(slot), count * 2});
+    *counter = count * 2;
+    return Status::Ok();
+  };
+  // Which slot does the name address?
+  DevLinear* lin = nullptr;
+  std::string part;  // weight | weight_scale | bias
+  __half** norm_slot = nullptr;
+  if (name == "embed_tokens.weight") {
+    int64_t b = 0;
+    RSVLM_RETURN_IF_ERROR(set_half(&m.embed, {s.vocab_size, s.hidden_size}, &b));
+  } else if (name == "norm.weight") {
+    int64_t b = 0;
+    RSVLM_RETURN_IF_ERROR(set_half(&m.final_norm, {s.hidden_size}, &b));
+  } else {
+    std::string rest = name;
+    DevLayer* L = nullptr;
+    if (rest.rfind("layers.", 0) == 0) {
+      const size_t dot = rest.find('.', 7);
+      const std::string idx = dot == std::string::npos ? "" : rest.substr(7, dot - 7);
+      if (idx.empty() || idx.size() > 6 || idx.find_first_not_of("0123456789") != std::string::npos)
+        return Status::Invalid("unknown decoder tensor '" + name + "'");
+      const int i = std::stoi(idx);
+      if (i >= s.num_layers)
+        return Status::Invalid("decoder tensor '" + name + "' names layer " + idx + " but the decoder has " +
+                               std::to_string(s.num_layers));
+      L = &m.layers[i];
+      rest = rest.substr(dot + 1);
+      if (rest == "input_layernorm.weight") norm_slot = &L->input_norm;
+      if (rest == "post_attention_layernorm.weight") norm_slot = &L->post_norm;
+    }
+    if (norm_slot) {
+      int64_t b = 0;
+      RSVLM_RETURN_IF_ERROR(set_half(norm_slot, {s.hidden_size}, &b));
+    } else {
+      const size_t dot = rest.find('.');
+      const std::string proj = rest.substr(0, dot);
+      part = dot == std::string::npos ? "" : rest.substr(dot + 1);
+      if (proj == "lm_head" && !L) lin = &m.lm_head;
+      else if (L && proj == "q_proj") lin = &L->q;
+      else if (L && proj == "k_proj") lin = &L->k;
+      else if (L && proj == "v_proj") lin = &L->v;
+      else if (L && proj == "o_proj") lin = &L->o;
+      else if (L && proj == "gate_proj") lin = &L->gate;
+      else if (L && proj == "up_proj") lin = &L->up;
+      else if (L && proj == "down_proj") lin = &L->down;
+      if (!lin || (part != "weight" && part != "weight_scale" && part != "bias"))
+        return Status::Invalid("unknown decoder tensor '" + name + "'");
+    }
+  }
+  if (lin) {
+    const int64_t n = lin->n, k = lin->k;
+    if (part == "weight") {
+      LinearKind kind;
+      std::vector<int64_t> want{n, k};
+      if (is_float()) kind = LinearKind::f16;
+      else if (dtype == DType::i8) kind = LinearKind::i8;
+      else if (dtype == DType::u8) kind = LinearKind::i4, want = {n, k / 2};
+      else return bad("float32/float16/int8/uint8 (" + std::to_string(n) + ", " + std::to_string(k) + ")");
+      if (shape != want || (kind == LinearKind::i4 && k % 2 != 0)) return bad(std::string(dtype_name(dtype)) + " " + shape_str(want));
+      if (lin->w) {
+        cudaFree(lin->w);
+        lin->w = nullptr;
+      }
+      if (kind == LinearKind::f16) {
+        RSVLM_RETURN_IF_ERROR(upload_half(host, dtype, count, m.stream, reinterpret_cast<__half**>(&lin->w)));
+        lin->w_bytes = count * 2;
+      } else {
+        RSVLM_RETURN_IF_ERROR(upload_raw(host, count, m.stream, &lin->w));
+        lin->w_bytes = count;
+      }
+      lin->kind = kind;
+      bool known = false;
+      for (auto& [sl, b] : m.weight_allocs) known |= sl == &lin->w;
+      if (!known) m.weight_allocs.push_back({&lin->w, 0});
+    } else if (part == "weight_scale") {
+      if (dtype != DType::f32 || shape.empty() || shape.size() > 2 || shape[0] != n)
+        return bad("float32 (" + std::to_string(n) + ", G)");
+      const int64_t g = shape.size() == 2 ? shape[1] : 1;
+      if (g < 1 || k % g != 0 || (g != 1 && (k / g) % kQActBlock != 0))
+        return bad("float32 (" + std::to_string(n) + ", G) with K / G a multiple of 128 or G = 1");
+      if (lin->scale) {
+        cudaFree(lin->scale);
+        lin->scale = nullptr;
+      }
+      RSVLM_RETURN_IF_ERROR(upload_raw(host, count * 4, m.stream, reinterpret_cast<void**>(&lin->scale)));
+      lin->groups = static_cast<int>(g);
+      lin->scale_bytes = count * 4;
+      bool known = false;
+      for (auto& [sl, b] : m.weight_allocs) known |= sl == reinterpret_cast<void**>(&lin->scale);
+      if (!known) m.weight_allocs.push_back({reinterpret_cast<void**>(&lin->scale), 0});
+    } else {
+      int64_t b = 0;
+      RSVLM_RETURN_IF_ERROR(set_half(&lin->bias, {n}, &b));
+      lin->bias_bytes = b;
+    }
+  }
+  // Recount the weight bytes; a new tensor invalidates captured graphs (they hold the old pointers).
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  for (cudaGraphExec_t& g : m.graphs)
+    if (g) {
+      cudaGraphExecDestroy(g);
+      g = nullptr;
+    }
+  int64_t total = (m.embed ? int64_t(s.vocab_size) * s.hidden_size * 2 : 0) + (m.final_norm ? s.hidden_size * 2 : 0);
+  auto lin_bytes = [](const DevLinear& l) { return l.w_bytes + l.scale_bytes + l.bias_bytes; };
+  total += lin_bytes(m.lm_head);
+  for (const DevLayer& L : m.layers) {
+    total += (L.input_norm ? s.hidden_size * 2 : 0) + (L.post_norm ? s.hidden_size * 2 : 0);
+    for (const DevLinear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) total += lin_bytes(*l);
+  }
+  weight_bytes_ = total;
+  return Status::Ok();
+}
+
+int64_t CudaDecoder::step_weight_bytes() const {
+  return weight_bytes_ - (impl_->embed ? int64_t(shape_.vocab_size - 1) * shape_.hidden_size * 2 : 0);
+}
+
+Status CudaDecoder::check_complete() const {
+  const Impl& m = *impl_;
+  auto missing = [](const std::string& n) {
+    return Status::Invalid("decoder weights lack '" + n + "'");
+  };
+  auto check_lin = [&](const DevLinear& l, const std::string& n) -> Status {
+    if (!l.w) return missing(n + ".weight");
+    if (l.kind == LinearKind::f16 && l.scale)
+      return Status::Invalid("decoder tensor '" + n + ".weight_scale' goes with a float weight");
+    if (l.kind != LinearKind::f16 && !l.scale) return missing(n + ".weight_scale");
+    if (l.kind == LinearKind::i8 && l.groups != 1)
+      return Status::Invalid("decoder tensor '" + n + ".weight_scale' of an int8 weight must be one scale per row");
+    return Status::Ok();
+  };
+  if (!m.embed) return missing("embed_tokens.weight");
+  if (!m.final_norm) return missing("norm.weight");
+  RSVLM_RETURN_IF_ERROR(check_lin(m.lm_head, "lm_head"));
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const DevLayer& L = m.layers[i];
+    const std::string p = "layers." + std::to_string(i) + ".";
+    if (!L.input_norm) return missing(p + "input_layernorm.weight");
+    if (!L.post_norm) return missing(p + "post_attention_layernorm.weight");
+    for (auto [l, n] : {std::pair{&L.q, "q_proj"}, {&L.k, "k_proj"}, {&L.v, "v_proj"}, {&L.o, "o_proj"},
+                        {&L.gate, "gate_proj"}, {&L.up, "up_proj"}, {&L.down, "down_proj"}})
+      RSVLM_RETURN_IF_ERROR(check_lin(*l, p + n));
+  }
+  return Status::Ok();
+}
+
+Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int batch, int tokens, float* logits) {
+  RSVLM_RETURN_IF_ERROR(check_complete());
+  Impl& m = *impl_;
+  const DecoderShape& s = shape_;
+  if (batch < 1 || batch > max_batch_)
+    return Status::Invalid("batch of " + std::to_string(batch) + " is outside [1, max_batch " + std::to_string(max_batch_) + "]");
+  if (tokens < 1 || tokens > max_seq_)
+    return Status::Invalid("prompt of " + std::to_string(tokens) + " tokens exceeds the KV cache (" +
+                           std::to_string(max_seq_) + " positions)");
+  std::vector<int32_t> lens(batch);
+  for (int b = 0; b < batch; ++b) {
+    if (lengths[b] < 1 || lengths[b] > tokens)
+      return Status::Invalid("prompt length " + std::to_string(lengths[b]) + " of sequence " + std::to_string(b) +
+                             " is outside [1, " + std::to_string(tokens) + "]");
+    lens[b] = static_cast<int32_t>(lengths[b]);
+  }
+  const int64_t rows = int64_t(batch) * tokens;
+  if (rows > m.pre.rows) {  // grow the prefill buffers
+    RSVLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    for (void* p : m.pre_owned) cudaFree(p);
+    m.pre_owned.clear();
+    m.pre = StepBuffers{};
+    m.pre_embeds = nullptr;
+    int64_t scratch = 0;
+    RSVLM_RETURN_IF_ERROR(m.alloc_step(m.pre, rows, m.pre_owned, &scratch));
+    RSVLM_RETURN_IF_ERROR(m.alloc(&m.pre_embeds, rows * s.hidden_size, m.pre_owned, &scratch));
+  }
+  cudaStream_t st = m.stream;
+  const int64_t elems = rows * s.hidden_size;
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.pre_embeds, embeds, sizeof(float) * elems, cudaMemcpyHostToDevice, st));
+  to_half_kernel<<<blocks_for(elems), kThreads, 0, st>>>(m.pre_embeds, m.pre.x, elems);
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.lengths, lens.data(), sizeof(int32_t) * batch, cudaMemcpyHostToDevice, st));
+  prefill_positions_kernel<<<blocks_for(rows), kThreads, 0, st>>>(m.pre.positions, tokens, rows);
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  for (int i = 0; i < s.num_layers; ++i)
+    RSVLM_RETURN_IF_ERROR(m.layer(i, m.pre, batch, tokens, m.zeros, m.lengths, m.lengths, max_batch_, max_seq_));
+  gather_last_kernel<<<blocks_for(int64_t(batch) * s.hidden_size), kThreads, 0, st>>>(m.pre.x, m.lengths, batch, tokens,
+                                                                                     s.hidden_size, m.last);
+  RSVLM_CUDA_CHECK(cudaGetLastError());
+  RSVLM_RETURN_IF_ERROR(m.head(m.last, batch, m.dec.h));
+  if (logits)
+    RSVLM_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits_f, sizeof(float) * batch * s.vocab_size, cudaMemcpyDeviceToHost, st));
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));
+  batch_ = batch;
+  lengths_.assign(lengths, lengths + batch);
+  return Status::Ok();
+}
+
+Status CudaDecoder::decode(const int64_t* token_ids, int batch, float* logits, int64_t* argmax) {
+  Impl& m = *impl_;
+  const DecoderShape& s = shape_;
+  if (batch_ == 0) return Status::Invalid("decode before prefill: run a prompt first");
+  if (batch != batch_)
+    return Status::Invalid("decode got " + std::to_string(batch) + " token ids for a batch of " + std::to_string(batch_));
+  for (int b = 0; b < batch; ++b) {
+    if (token_ids[b] < 0 || token_ids[b] >= s.vocab_size)
+      return Status::Invalid("token id " + std::to_string(token_ids[b]) + " of sequence " + std::to_string(b) +
+                             " is outside the vocabulary [0, " + std::to_string(s.vocab_size) + ")");
+    if (lengths_[b] >= max_seq_)
+      return Status::Invalid("generation reached the KV cache limit of " + std::to_string(max_seq_) + " positions");
+    m.host_tokens[b] = static_cast<int32_t>(token_ids[b]);
+  }
+  cudaStream_t st = m.stream;
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.tokens, m.host_tokens, sizeof(int32_t) * batch, cudaMemcpyHostToDevice, st));
+  if (use_graphs_) {
+    cudaGraphExec_t& exec = m.graphs[batch];
+    if (!exec) {
+      cudaGraph_t graph = nullptr;
+      RSVLM_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      Status captured = m.decode_step(batch, max_batch_, max_seq_);
+      const cudaError_t end = cudaStreamEndCapture(st, &graph);
+      if (!captured.ok()) {
+        if (graph) cudaGraphDestroy(graph);
+        return captured;
+      }
+      RSVLM_CUDA_CHECK(end);
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      RSVLM_CUDA_CHECK(inst);
+    }
+    RSVLM_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  } else {
+    RSVLM_RETURN_IF_ERROR(m.decode_step(batch, max_batch_, max_seq_));
+  }
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.host_argmax, m.argmax, sizeof(int32_t) * batch, cudaMemcpyDeviceToHost, st));
+  if (logits)
+    RSVLM_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits_f, sizeof(float) * batch * s.vocab_size, cudaMemcpyDeviceToHost, st));
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (int b = 0; b < batch; ++b) {
+    lengths_[b] += 1;
+    if (argmax) argmax[b] = m.host_argmax[b];
+  }
+  return Status::Ok();
+}
+
+}  // namespace rsvlm_edge

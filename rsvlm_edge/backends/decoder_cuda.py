@@ -1,0 +1,159 @@
+"""The ``cuda`` decoder backend: the whole LLaMA decoder on one NVIDIA GPU (``rsvlm_edge._C.CudaDecoder``,
+C++ in ``kernels/decoder/cuda_decoder.cu``).
+
+Unlike the op-set backends (``numpy``, ``native``), which run ``decoder.py``'s step functions one op
+at a time from Python, this backend runs whole prefill and decode steps on the device: weights are
+uploaded once in their stored precision (fp16; w8 / w4 stay int8 / packed int4 and run as qlinear),
+the KV cache lives on the GPU, each decode step is replayed from a CUDA graph, and only token ids go
+up and logits (or greedy ids) come back. ``CudaLlamaDecoder`` has ``LlamaDecoder``'s interface, so the
+generation loop and the runtime do not know which one they drive.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, InputError
+from .decoder_numpy import OP_NAMES
+from .registry import BackendSpec, Probe, register
+
+CUDA_HEAD_DIMS = (64, 80, 96, 128)  # head dims the CUDA attention kernel is compiled for
+
+
+def _ext() -> Any:
+    from .. import _C
+
+    return _C
+
+
+def canonical_names(config: Any, tensors: dict[str, np.ndarray]) -> list[str]:
+    """The decoder.safetensors names the decoder of ``config`` reads, in upload order (scales and
+    biases only where ``tensors`` has them)."""
+    names = ["embed_tokens.weight", "norm.weight"]
+    linears = ["lm_head"]
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        linears += [p + n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    for lin in linears:
+        names += [f"{lin}.{part}" for part in ("weight", "weight_scale", "bias") if part == "weight" or f"{lin}.{part}" in tensors]
+    return names
+
+
+class CudaLlamaDecoder:
+    """``LlamaDecoder``'s interface (prefill / decode / embed_tokens, max_batch, max_seq,
+    weight_bytes, ops) over ``rsvlm_edge._C.CudaDecoder``."""
+
+    def __init__(self, config: Any, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int, ops: Any) -> None:
+        from ..models.llava.decoder import DecoderWeights
+
+        if config.head_dim not in CUDA_HEAD_DIMS:
+            raise BackendError(f"the cuda decoder backend runs head_dim {'/'.join(map(str, CUDA_HEAD_DIMS))}, "
+                               f"this decoder has {config.head_dim}", "use --backend native")
+        # The CPU path's checks first (presence, dtypes, shapes, the w8 range), with its error messages;
+        # its host arrays stay memory-mapped views: the embedding table serves embed_tokens.
+        self.weights = DecoderWeights.from_tensors(config, tensors, half_weights=True)
+        self.config = config
+        self.ops = ops
+        shape = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                     intermediate_size=config.intermediate_size, num_layers=config.num_layers,
+                     num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
+                     rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta)
+        try:
+            self.device = _ext().CudaDecoder(shape, int(max_batch), int(max_seq))
+            for name in canonical_names(config, tensors):
+                self.device.set_tensor(name, tensors[name])
+            self.device.check_complete()
+        except RuntimeError as e:
+            raise BackendError(f"the cuda decoder could not be set up: {e}",
+                               "check `nvidia-smi` and free GPU memory, or use --backend native") from None
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.device.max_batch)
+
+    @property
+    def max_seq(self) -> int:
+        return int(self.device.max_seq)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads on the device."""
+        return int(self.device.step_weight_bytes)
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return self.weights.embed_tokens(ids)
+
+    def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        batch, tokens = embeds.shape[:2]
+        if batch > self.max_batch:
+            raise InputError(f"batch of {batch} exceeds the runtime's max_batch {self.max_batch}",
+                             "split the batch or raise max_batch")
+        if tokens > self.max_seq:
+            raise InputError(f"prompt of {tokens} tokens exceeds the KV cache ({self.max_seq} positions)",
+                             "shorten the prompt or raise max_seq")
+        if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > tokens:
+            raise InputError(f"prompt lengths {lengths.tolist()} do not fit a batch of {batch} x {tokens}")
+        return self.device.prefill(np.ascontiguousarray(embeds, dtype=np.float32), lengths)
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        if max(self.device.lengths) >= self.max_seq:
+            raise InputError(f"generation reached the KV cache limit of {self.max_seq} positions",
+                             "lower max_new_tokens or raise max_seq")
+        logits, _ = self.device.decode(np.asarray(token_ids, dtype=np.int64))
+        return logits
+
+    def decode_greedy(self, token_ids: np.ndarray) -> np.ndarray:
+        """One step returning only the greedy next ids (B,) int64: the logits stay on the device."""
+        if max(self.device.lengths) >= self.max_seq:
+            raise InputError(f"generation reached the KV cache limit of {self.max_seq} positions",
+                             "lower max_new_tokens or raise max_seq")
+        return self.device.decode(np.asarray(token_ids, dtype=np.int64), logits=False)[1]
+
+
+def cuda_ops() -> SimpleNamespace:
+    """The backend object: no op set (``decoder.py``'s step functions do not run here) but
+    ``llama_decoder``, which ``open_llama_decoder`` calls to get a whole-step decoder."""
+
+    def unavailable(*_a: Any, **_k: Any) -> None:
+        raise BackendError("the cuda decoder backend runs whole decoder steps, not single ops",
+                           "use rsvlm_edge.models.llava.decoder.open_llama_decoder")
+
+    ops = SimpleNamespace(name="cuda", half_weights=True, **{n: unavailable for n in OP_NAMES})
+    ops.llama_decoder = lambda config, tensors, max_batch, max_seq: CudaLlamaDecoder(
+        config, tensors, max_batch, max_seq, ops)
+    return ops
+
+
+def _probe() -> Probe:
+    try:
+        _C = _ext()
+    except ImportError as e:
+        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
+                     fix="build it: scripts/dev-build.sh (RSVLM_CUDA=ON with nvcc)")
+    if not hasattr(_C, "CudaDecoder") or not _C.built_with_cuda():
+        return Probe(False, "rsvlm_edge._C was built without CUDA kernels",
+                     fix="rebuild on a machine with nvcc: RSVLM_CUDA=ON scripts/dev-build.sh")
+    if _C.cuda_device_count() < 1:
+        return Probe(False, "no CUDA device is visible", fix="check nvidia-smi / CUDA_VISIBLE_DEVICES")
+    return Probe(True, versions=f"rsvlm_edge._C {_C.version()}", device="cuda")
+
+
+def _supports(config: Any) -> str | None:
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is not None and head_dim not in CUDA_HEAD_DIMS:
+        return f"head_dim {head_dim} (the CUDA attention kernel runs {'/'.join(map(str, CUDA_HEAD_DIMS))})"
+    return None
+
+
+register(BackendSpec(
+    name="cuda", kind="decoder", rank=10, device="cuda",
+    summary="the whole decoder on an NVIDIA GPU (our CUDA kernels, device KV cache, CUDA-graph decode steps)",
+    probe=_probe,
+    factory=cuda_ops,
+    supports=_supports,
+))

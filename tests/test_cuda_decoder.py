@@ -1,0 +1,223 @@
+"""The ``cuda`` decoder backend (rsvlm_edge._C.CudaDecoder, backends/decoder_cuda.py) against the CPU
+decoder (decoder.py over the native kernels), its reference.
+
+The GPU tests (marker ``cuda``) run wherever rsvlm_edge._C has CUDA and a device is visible
+(scripts/gpu-check.sh); elsewhere they skip with the reason and the backend's refusal is tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rsvlm_edge.backends import registry
+from rsvlm_edge.backends.decoder_cuda import CUDA_HEAD_DIMS, _supports, canonical_names
+from rsvlm_edge.errors import BackendError
+from rsvlm_edge.models.llava.config import DecoderConfig
+from rsvlm_edge.models.llava.decoder import LlamaDecoder, open_llama_decoder
+from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
+
+C = pytest.importorskip("rsvlm_edge._C")
+
+
+def small_config(attention_bias: bool = False, layers: int = 2) -> DecoderConfig:
+    """A LLaMA decoder small enough for a test but with a head_dim the CUDA kernels run (64)."""
+    return DecoderConfig(model_type="llama", vocab_size=320, hidden_size=256, intermediate_size=384, num_layers=layers,
+                         num_heads=4, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                         max_position_embeddings=256, attention_bias=attention_bias, bos_token_id=1, eos_token_id=2)
+
+
+def small_tensors(cfg: DecoderConfig, fmt: str = "fp16", seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded weights in decoder.safetensors' layout: fp16 (fp32 norms), or w8 / w4 quantised linears."""
+    rng = np.random.default_rng(seed)
+    c, i, qd, kvd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+
+    def w(n, k, scale=None):
+        return (rng.standard_normal((n, k)) * (scale or k ** -0.5)).astype(np.float16)
+
+    t = {"embed_tokens.weight": w(cfg.vocab_size, c, 1.0), "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
+         "lm_head.weight": w(cfg.vocab_size, c, 2.0 * c ** -0.5)}
+    for layer in range(cfg.num_layers):
+        p = f"layers.{layer}."
+        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        for name, (n, k) in {"q_proj": (qd, c), "k_proj": (kvd, c), "v_proj": (kvd, c), "o_proj": (c, qd),
+                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
+            t[p + name + ".weight"] = w(n, k)
+            if cfg.attention_bias and name in ("q_proj", "k_proj", "v_proj"):
+                t[p + name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    if fmt != "fp16":
+        for name in [n for n in t if n.endswith("_proj.weight")]:
+            q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(t[name].astype(np.float32))
+            t[name], t[name[: -len("weight")] + "weight_scale"] = q, s
+    return t
+
+
+def prompts(cfg: DecoderConfig, lengths: list[int], seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, cfg.vocab_size, (len(lengths), max(lengths)))
+    for b, n in enumerate(lengths):
+        ids[b, n:] = 0
+    return ids, np.asarray(lengths, np.int64), np.zeros(0)
+
+
+# ---- everywhere: names, selection and refusal ----------------------------------------------------
+
+def test_canonical_names_cover_every_tensor_of_each_format():
+    cfg = small_config(attention_bias=True)
+    for fmt in ("fp16", "w8", "w4"):
+        t = small_tensors(cfg, fmt)
+        assert sorted(canonical_names(cfg, t)) == sorted(t)
+
+
+def test_cuda_backend_refuses_head_dims_without_a_kernel():
+    assert _supports(small_config()) is None
+    cfg = dataclasses.replace(small_config(), head_dim=8, hidden_size=32)
+    assert "head_dim 8" in _supports(cfg)
+    assert 64 in CUDA_HEAD_DIMS
+
+
+def test_auto_never_picks_cuda_for_an_unsupported_head_dim():
+    cfg = dataclasses.replace(small_config(), head_dim=8, hidden_size=32)
+    assert registry.choose("decoder", "auto", cfg).name != "cuda"
+
+
+@pytest.mark.skipif(C.cuda_device_count() > 0 and C.built_with_cuda(), reason="a GPU is present: tested below")
+def test_explicit_cuda_backend_without_a_gpu_is_an_error_with_a_fix():
+    cfg = small_config()
+    with pytest.raises(BackendError) as e:
+        open_llama_decoder(cfg, small_tensors(cfg), 2, 64, "cuda")
+    assert "backend 'cuda' is not available" in str(e.value)
+    assert e.value.fix
+    with pytest.raises(RuntimeError):  # the class itself, in a build or on a machine without CUDA
+        C.CudaDecoder(dict(vocab_size=8, hidden_size=64, intermediate_size=8, num_layers=1, num_heads=1,
+                           num_kv_heads=1, head_dim=64), 1, 8)
+
+
+# ---- on a GPU: the CPU decoder is the reference ---------------------------------------------------
+
+def cuda_available() -> bool:
+    return C.built_with_cuda() and C.cuda_device_count() > 0
+
+
+needs_gpu = pytest.mark.skipif(not cuda_available(), reason="needs rsvlm_edge._C built with CUDA and a visible GPU")
+
+
+def pair(cfg, tensors, max_batch, max_seq=96):
+    cpu = LlamaDecoder(cfg, tensors, max_batch, max_seq, backend="native")
+    gpu = open_llama_decoder(cfg, tensors, max_batch, max_seq, "cuda")
+    return cpu, gpu
+
+
+def cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def greedy(decoder, embeds, lengths, steps):
+    logits = decoder.prefill(embeds, lengths)
+    out = [logits.argmax(axis=1)]
+    for _ in range(steps - 1):
+        logits = decoder.decode(out[-1])
+        out.append(logits.argmax(axis=1))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("lengths", [[37], [5, 40, 17]], ids=["batch1", "batch3"])
+@pytest.mark.parametrize("bias", [False, True], ids=["llama", "qwen2-bias"])
+def test_greedy_tokens_match_the_cpu_decoder(lengths, bias):
+    cfg = small_config(attention_bias=bias)
+    tensors = small_tensors(cfg)
+    cpu, gpu = pair(cfg, tensors, max_batch=4)
+    assert gpu.ops.name == "cuda"
+    ids, lens, _ = prompts(cfg, lengths)
+    embeds = cpu.embed_tokens(ids)
+    first_cpu, first_gpu = cpu.prefill(embeds, lens), gpu.prefill(embeds, lens)
+    assert first_gpu.shape == first_cpu.shape and first_gpu.dtype == np.float32
+    assert cosine(first_gpu, first_cpu) >= 0.999
+    np.testing.assert_allclose(first_gpu, first_cpu, atol=0.05 * float(np.abs(first_cpu).max()))
+    cpu2, gpu2 = pair(cfg, tensors, max_batch=4)
+    np.testing.assert_array_equal(greedy(gpu2, embeds, lens, 32), greedy(cpu2, embeds, lens, 32))
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["w8", "w4"])
+def test_quantised_weights_match_the_cpu_qlinear_path(fmt):
+    cfg = small_config()
+    tensors = small_tensors(cfg, fmt)
+    cpu, gpu = pair(cfg, tensors, max_batch=2)
+    ids, lens, _ = prompts(cfg, [23, 9])
+    embeds = cpu.embed_tokens(ids)
+    assert cosine(gpu.prefill(embeds, lens), cpu.prefill(embeds, lens)) >= 0.995
+    step = np.array([5, 7])
+    assert cosine(gpu.decode(step), cpu.decode(step)) >= 0.995
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_graph_replay_equals_direct_launches_and_greedy_ids_equal_argmax():
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    ids, lens, _ = prompts(cfg, [11, 30, 4])
+    runs = []
+    for graphs in (True, False):
+        gpu = open_llama_decoder(cfg, tensors, 3, 64, "cuda")
+        gpu.device.use_graphs = graphs
+        logits = gpu.prefill(gpu.embed_tokens(ids), lens)
+        seq = []
+        for _ in range(6):
+            nxt = logits.argmax(axis=1)
+            logits, greedy_ids = gpu.device.decode(nxt)
+            np.testing.assert_array_equal(greedy_ids, logits.argmax(axis=1))
+            seq.append(logits)
+        runs.append(np.stack(seq))
+        assert list(gpu.device.lengths) == [17, 36, 10]
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_a_new_prefill_restarts_the_batch_and_smaller_batches_reuse_the_buffers():
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    cpu, gpu = pair(cfg, tensors, max_batch=3)
+    for lengths in ([40, 3, 12], [7], [2, 50]):
+        ids, lens, _ = prompts(cfg, lengths, seed=len(lengths))
+        embeds = cpu.embed_tokens(ids)
+        np.testing.assert_array_equal(greedy(gpu, embeds, lens, 5), greedy(cpu, embeds, lens, 5))
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_bad_calls_raise_value_errors_naming_the_problem():
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    gpu = open_llama_decoder(cfg, tensors, 2, 16, "cuda")
+    dev = gpu.device
+    with pytest.raises(ValueError, match="run prefill first"):
+        dev.decode(np.array([1]))
+    ids, lens, _ = prompts(cfg, [4])
+    gpu.prefill(gpu.embed_tokens(ids), lens)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        dev.decode(np.array([cfg.vocab_size]))
+    with pytest.raises(ValueError, match="for a batch of 1"):
+        dev.decode(np.array([1, 2]))
+    with pytest.raises(ValueError, match="exceeds the KV cache"):
+        dev.prefill(np.zeros((1, 17, cfg.hidden_size), np.float32), np.array([17]))
+    with pytest.raises(ValueError, match="unknown decoder tensor"):
+        dev.set_tensor("layers.9.q_proj.weight", tensors["layers.0.q_proj.weight"])
+    with pytest.raises(ValueError, match="expected"):
+        dev.set_tensor("norm.weight", np.ones(3, np.float32))
+    for _ in range(16 - 4):
+        gpu.decode(np.array([1]))
+    with pytest.raises(Exception, match="KV cache limit"):
+        gpu.decode(np.array([1]))
+    fresh = C.CudaDecoder(dict(vocab_size=cfg.vocab_size, hidden_size=256, intermediate_size=384, num_layers=2,
+                               num_heads=4, num_kv_heads=2, head_dim=64), 1, 8)
+    with pytest.raises(ValueError, match="lack 'embed_tokens.weight'"):
+        fresh.check_complete()
