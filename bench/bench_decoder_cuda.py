@@ -140,6 +140,8 @@ def measure_ours(torch, tensors: dict, cfg: dict, fmt: str, batches: list[int], 
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Measure every row; the JSON file is rewritten after each row, so that a run stopped by a time
+    limit (torch.compile can take minutes) keeps what it measured."""
     import torch
 
     if not torch.cuda.is_available():
@@ -148,13 +150,23 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(torch, args.layers)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step_bytes = weight_bytes - model.model.embed_tokens.weight.numel() * 2  # one embedding row per token
-    rows = []
+    rows: list[dict] = []
+    meta = dict(bench="decoder_cuda", host=platform.node(), device=torch.cuda.get_device_name(),
+                torch=torch.__version__, layers=args.layers, copy_bandwidth_gbs=bw, step_weight_bytes=step_bytes,
+                bandwidth_floor_tok_s_batch1=bw * 1e9 / step_bytes, rows=rows)
+
+    def save() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**meta, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                        indent=2))
+
     if args.ours:
         tensors = canonical_tensors(model)
         cfg = {**TINYLLAMA, "num_hidden_layers": args.layers}
         for fmt in args.ours:
             try:
                 rows += measure_ours(torch, tensors, cfg, fmt, args.batches, args.prompt, args.new_tokens)
+                save()
             except Exception as e:  # reported in the table, and the peers still run
                 rows.append(dict(peer=f"rsvlm-edge {fmt}", batch=0, error=f"{type(e).__name__}: {e}"[:300]))
                 print(json.dumps(rows[-1]), flush=True)
@@ -173,12 +185,10 @@ def run(args: argparse.Namespace) -> dict:
                 r = dict(batch=batch, error=f"{type(e).__name__}: {e}"[:300])
             r.update(peer=peer, wall_s=time.perf_counter() - t0)
             rows.append(r)
+            save()
             print(json.dumps(r), flush=True)
-    floor = bw * 1e9 / step_bytes
-    return dict(bench="decoder_cuda", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                host=platform.node(), device=torch.cuda.get_device_name(), torch=torch.__version__,
-                layers=args.layers, copy_bandwidth_gbs=bw, step_weight_bytes=step_bytes,
-                bandwidth_floor_tok_s_batch1=floor, rows=rows)
+    save()
+    return {**meta, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def markdown(result: dict) -> str:

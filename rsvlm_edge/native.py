@@ -66,7 +66,8 @@ def patch_embed(
     """
     if out is None and hasattr(images, "__dlpack_device__") and not _is_numpy(images):
         device_type, _ = images.__dlpack_device__()
-        if device_type == 2 and hasattr(weight, "new_empty"):  # kDLCUDA: allocate like weight (torch)
+        # kDLCUDA = 2 (torch returns an enum member, not always an int subclass)
+        if int(getattr(device_type, "value", device_type)) == 2 and hasattr(weight, "new_empty"):
             b, h, w = images.shape[0], images.shape[1], images.shape[2]
             p = weight.shape[-1]
             out = weight.new_empty((b, (h // p) * (w // p) + 1, weight.shape[0]))

@@ -125,23 +125,41 @@ def greedy(decoder, embeds, lengths, steps):
     return np.stack(out, axis=1)
 
 
+def teacher_forced(decoder, embeds, lengths, tokens):
+    """Logits (B, S, V) of prefill then S - 1 decode steps fed tokens[:, s] (the same path for both)."""
+    logits = [decoder.prefill(embeds, lengths)]
+    for s in range(tokens.shape[1] - 1):
+        logits.append(decoder.decode(tokens[:, s]))
+    return np.stack(logits, axis=1)
+
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("lengths", [[37], [5, 40, 17]], ids=["batch1", "batch3"])
 @pytest.mark.parametrize("bias", [False, True], ids=["llama", "qwen2-bias"])
-def test_greedy_tokens_match_the_cpu_decoder(lengths, bias):
+def test_32_steps_track_the_cpu_decoder(lengths, bias):
+    """fp16 activations (fp32 accumulation) against the fp32 CPU path, 32 steps teacher-forced with
+    the CPU's greedy tokens: every step's logits within 2 % of their range (cosine >= 0.999), the
+    argmax the same at >= 95 % of the steps (a flip needs a near-tie), and at batch 1 the free-running
+    greedy tokens identical."""
     cfg = small_config(attention_bias=bias)
     tensors = small_tensors(cfg)
     cpu, gpu = pair(cfg, tensors, max_batch=4)
     assert gpu.ops.name == "cuda"
     ids, lens, _ = prompts(cfg, lengths)
     embeds = cpu.embed_tokens(ids)
-    first_cpu, first_gpu = cpu.prefill(embeds, lens), gpu.prefill(embeds, lens)
-    assert first_gpu.shape == first_cpu.shape and first_gpu.dtype == np.float32
-    assert cosine(first_gpu, first_cpu) >= 0.999
-    np.testing.assert_allclose(first_gpu, first_cpu, atol=0.05 * float(np.abs(first_cpu).max()))
-    cpu2, gpu2 = pair(cfg, tensors, max_batch=4)
-    np.testing.assert_array_equal(greedy(gpu2, embeds, lens, 32), greedy(cpu2, embeds, lens, 32))
+    tokens = greedy(cpu, embeds, lens, 32)
+    cpu2, _ = pair(cfg, tensors, max_batch=4)
+    want, got = teacher_forced(cpu2, embeds, lens, tokens), teacher_forced(gpu, embeds, lens, tokens)
+    assert got.dtype == np.float32 and got.shape == want.shape == (len(lengths), 32, cfg.vocab_size)
+    for b in range(len(lengths)):
+        for s in range(32):
+            assert cosine(got[b, s], want[b, s]) >= 0.999, (b, s)
+            np.testing.assert_allclose(got[b, s], want[b, s], atol=0.02 * float(np.ptp(want[b, s])), err_msg=f"{b}, {s}")
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
+    if len(lengths) == 1:
+        _, gpu2 = pair(cfg, tensors, max_batch=4)
+        np.testing.assert_array_equal(greedy(gpu2, embeds, lens, 32), tokens)
 
 
 @pytest.mark.cuda
@@ -209,8 +227,10 @@ def test_bad_calls_raise_value_errors_naming_the_problem():
         dev.decode(np.array([1, 2]))
     with pytest.raises(ValueError, match="exceeds the KV cache"):
         dev.prefill(np.zeros((1, 17, cfg.hidden_size), np.float32), np.array([17]))
-    with pytest.raises(ValueError, match="unknown decoder tensor"):
+    with pytest.raises(ValueError, match="names layer 9 but the decoder has 2"):
         dev.set_tensor("layers.9.q_proj.weight", tensors["layers.0.q_proj.weight"])
+    with pytest.raises(ValueError, match="unknown decoder tensor 'layers.0.qkv_proj.weight'"):
+        dev.set_tensor("layers.0.qkv_proj.weight", tensors["layers.0.q_proj.weight"])
     with pytest.raises(ValueError, match="expected"):
         dev.set_tensor("norm.weight", np.ones(3, np.float32))
     for _ in range(16 - 4):

@@ -135,6 +135,27 @@ __global__ void __launch_bounds__(kThreads) logits_argmax_kernel(const __half* l
   if (threadIdx.x == 0) argmax[row] = s_idx[0] == v ? 0 : s_idx[0];
 }
 
+// Widen a quantised weight for the prefill GEMM: out[r, c] = q[r, c] * scale[r, c / (k / groups)].
+// w: i8 (n, k) int8 or i4 (n, k / 2) packed nibbles (low nibble = even input, stored q + 8);
+// scale (n, groups) f32; out (n, k) fp16.
+template <bool kI4>
+__global__ void dequantize_kernel(const void* w, const float* scale, int n, int k, int groups, __half* out) {
+  const int64_t total = int64_t(n) * k;
+  const int group = k / groups;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / k;
+    const int c = static_cast<int>(i % k);
+    int q;
+    if constexpr (kI4) {
+      const uint8_t b = static_cast<const uint8_t*>(w)[r * (k / 2) + c / 2];
+      q = int(c % 2 == 0 ? b & 0x0F : b >> 4) - 8;
+    } else {
+      q = static_cast<const int8_t*>(w)[i];
+    }
+    out[i] = __float2half(float(q) * scale[r * groups + c / group]);
+  }
+}
+
 enum class LinearKind { none, f16, i8, i4 };
 
 struct DevLinear {
@@ -194,6 +215,7 @@ struct CudaDecoder::Impl {
   // prefill (grown to the largest prompt batch seen)
   StepBuffers pre;
   float* pre_embeds = nullptr;  // (rows, C) f32 staging
+  __half* widened = nullptr;    // (N, K) fp16 scratch for the largest quantised layer linear (prefill GEMM)
   std::vector<void*> pre_owned;
 
   ~Impl() {
@@ -249,10 +271,21 @@ struct CudaDecoder::Impl {
   }
 
   Status linear(const DevLinear& l, const __half* x, int64_t m, __half* out) const {
-    if (l.kind == LinearKind::f16) {
+    // Prefill-sized M with quantised weights: widen them into the scratch once per call and run the
+    // tensor-core GEMM (decode keeps qlinear: the weights are then read once, never widened).
+    const bool widen = l.kind != LinearKind::f16 && m > 8 && widened != nullptr;
+    if (widen) {
+      const int64_t total = int64_t(l.n) * l.k;
+      if (l.kind == LinearKind::i4)
+        dequantize_kernel<true><<<blocks_for(total), kThreads, 0, stream>>>(l.w, l.scale, l.n, l.k, l.groups, widened);
+      else
+        dequantize_kernel<false><<<blocks_for(total), kThreads, 0, stream>>>(l.w, l.scale, l.n, l.k, l.groups, widened);
+      RSVLM_CUDA_CHECK(cudaGetLastError());
+    }
+    if (l.kind == LinearKind::f16 || widen) {
       LinearParams p;
       p.x = x;
-      p.w = l.w;
+      p.w = widen ? widened : l.w;
       p.bias = l.bias;
       p.out = out;
       p.m = m;
@@ -702,6 +735,11 @@ Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int bat
     int64_t scratch = 0;
     RSVLM_RETURN_IF_ERROR(m.alloc_step(m.pre, rows, m.pre_owned, &scratch));
     RSVLM_RETURN_IF_ERROR(m.alloc(&m.pre_embeds, rows * s.hidden_size, m.pre_owned, &scratch));
+    m.widened = nullptr;
+    if (m.layers[0].q.kind != LinearKind::f16) {  // quantised layers: one scratch for the largest
+      const int64_t qd = int64_t(s.num_heads) * s.head_dim, c = s.hidden_size, i = s.intermediate_size;
+      RSVLM_RETURN_IF_ERROR(m.alloc(&m.widened, std::max({qd * c, c * qd, i * c}), m.pre_owned, &scratch));
+    }
   }
   cudaStream_t st = m.stream;
   const int64_t elems = rows * s.hidden_size;

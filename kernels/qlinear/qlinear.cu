@@ -48,6 +48,18 @@ __device__ __forceinline__ int load_w4(const uint8_t* row, int k) {
   }
 }
 
+// The same from one aligned 4-byte (i8) or 2-byte (i4) load: row must be 4-byte aligned (i8: K % 4 == 0;
+// i4: K % 4 == 0 so that k / 2 is even) and k % 4 == 0.
+template <QWeight F>
+__device__ __forceinline__ int load_w4_aligned(const uint8_t* row, int k) {
+  if constexpr (F == QWeight::i8) {
+    return __ldg(reinterpret_cast<const int*>(row + k));
+  } else {
+    const unsigned b = __ldg(reinterpret_cast<const unsigned short*>(row + k / 2));
+    return pack4(int(b & 0xFu) - 8, int((b >> 4) & 0xFu) - 8, int((b >> 8) & 0xFu) - 8, int(b >> 12) - 8);
+  }
+}
+
 template <QWeight F>
 __device__ __forceinline__ int weight_q(const uint8_t* row, int k) {
   if constexpr (F == QWeight::i8) return reinterpret_cast<const int8_t*>(row)[k];
@@ -55,7 +67,8 @@ __device__ __forceinline__ int weight_q(const uint8_t* row, int k) {
   return int(k % 2 == 0 ? b & 0x0F : b >> 4) - 8;
 }
 
-template <typename TA, QWeight F>
+// kAligned: K % 4 == 0 and w 4-byte aligned, so weights and quantised inputs load 4 at a time.
+template <typename TA, QWeight F, bool kAligned>
 __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   extern __shared__ float smem[];
   const int blocks = (p.k + kQActBlock - 1) / kQActBlock;
@@ -97,16 +110,20 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + int64_t(n) * row_bytes;
   const int group = p.k / p.groups;
   float acc[kRows] = {0.f, 0.f};
+  // Unrolled so that several independent weight loads are in flight per lane (decode is bound by
+  // memory latency x loads in flight, not by the dot products).
+#pragma unroll 4
   for (int b = 0; b < blocks; ++b) {
     const int k0 = b * kQActBlock, len = min(kQActBlock, p.k - k0);
     const float sw = p.w_scale[int64_t(n) * p.groups + k0 / group];
     const int k = k0 + lane * 4;
     int dot[kRows] = {0, 0};
     if (lane * 4 + 3 < len) {
-      const int wq = load_w4<F>(wrow, k);
+      const int wq = kAligned ? load_w4_aligned<F>(wrow, k) : load_w4<F>(wrow, k);
       for (int r = 0; r < rows; ++r) {
         const int8_t* xr = xq + r * p.k + k;
-        dot[r] = __dp4a(pack4(xr[0], xr[1], xr[2], xr[3]), wq, 0);
+        const int xv = kAligned ? *reinterpret_cast<const int*>(xr) : pack4(xr[0], xr[1], xr[2], xr[3]);
+        dot[r] = __dp4a(xv, wq, 0);
       }
     } else {
       for (int i = k; i < k0 + len; ++i)
@@ -132,7 +149,11 @@ Status launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
   const int64_t row_blocks = (p.m + kRows - 1) / kRows;
   if (row_blocks > 65535) return Status::Invalid("qlinear: M too large for one launch (max 131070 rows)");
   const dim3 grid((p.n + kWarps - 1) / kWarps, static_cast<unsigned>(row_blocks));
-  qlinear_kernel<TA, F><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+  const bool aligned = p.k % 4 == 0 && reinterpret_cast<uintptr_t>(p.w) % 4 == 0;
+  if (aligned)
+    qlinear_kernel<TA, F, true><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+  else
+    qlinear_kernel<TA, F, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }
