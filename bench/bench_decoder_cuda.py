@@ -2,10 +2,14 @@
 
 Peers (HF transformers, seeded random weights, fp16, on the GPU):
   eager     model.generate with the default dynamic cache (what a user gets from transformers);
-  compiled  model.generate(cache_implementation="static") with forward compiled by torch.compile
-            (mode="reduce-overhead": CUDA graphs), the static-cache loop of gpt-fast / HF docs.
-Decode tok/s = batch x (new - 1) tokens / (time of generate(new) - time of generate(1)), so the
-prefill is excluded; TTFT = time of generate(1) for a `--prompt`-token prompt. The bandwidth floor
+  compiled  the static-cache decode loop of gpt-fast: transformers' StaticCache, the one-token forward
+            compiled by torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs), greedy
+            argmax on the device, torch.compiler.cudagraph_mark_step_begin() per step. (HF's own
+            generate(cache_implementation="static") with a compiled forward failed on the H200 run:
+            "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run".)
+Eager: decode tok/s = batch x (new - 1) tokens / (time of generate(new) - time of generate(1)), so the
+prefill is excluded; TTFT = time of generate(1) for a `--prompt`-token prompt. Compiled: the prefill
+(eager) and the decode steps are timed separately. The bandwidth floor
 is weight bytes / measured copy bandwidth (bench_gemv_cuda.copy_bandwidth_gbs).
 
 Ours (``--ours fp16 w8 w4``): rsvlm_edge._C.CudaDecoder with the same weights (the HF state dict under
@@ -139,6 +143,47 @@ def measure_ours(torch, tensors: dict, cfg: dict, fmt: str, batches: list[int], 
     return rows
 
 
+def measure_static_loop(torch, model, batch: int, prompt: int, new: int, reps: int, compile_step: bool = True) -> dict:
+    """The compiled peer (see the module docstring); compile_step=False runs the same loop eagerly."""
+    from transformers import StaticCache
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(batch)
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device, generator=gen)
+    cache = StaticCache(config=model.config, max_cache_len=prompt + new + 1)
+
+    def one_token(tok, pos):  # tok (B, 1), pos (1,): next-token logits (B, V)
+        return model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits[:, -1]
+
+    step = torch.compile(one_token, mode="reduce-overhead", fullgraph=True) if compile_step else one_token
+
+    def generate() -> tuple[float, float, torch.Tensor]:
+        cache.reset()
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(prompt, device=device),
+                           use_cache=True).logits[:, -1]
+            nxt = logits.argmax(-1, keepdim=True)
+            sync()
+            t1 = time.perf_counter()
+            out = [nxt]
+            for i in range(new - 1):
+                if compile_step:
+                    torch.compiler.cudagraph_mark_step_begin()
+                nxt = step(nxt, torch.tensor([prompt + i], device=device)).argmax(-1, keepdim=True)
+                out.append(nxt)
+            sync()
+        return t1 - t0, time.perf_counter() - t1, torch.cat(out, dim=1)
+
+    generate()  # compiles
+    runs = [generate() for _ in range(reps)]
+    ttft, decode_s = min(r[0] for r in runs), min(r[1] for r in runs)
+    return dict(batch=batch, prompt=prompt, new_tokens=new, ttft_ms=ttft * 1e3,
+                decode_tok_s=batch * (new - 1) / decode_s, ms_per_step=decode_s / (new - 1) * 1e3)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Measure every row; the JSON file is rewritten after each row, so that a run stopped by a time
     limit (torch.compile can take minutes) keeps what it measured."""
@@ -172,15 +217,13 @@ def run(args: argparse.Namespace) -> dict:
                 print(json.dumps(rows[-1]), flush=True)
         del tensors
     for peer in args.peers:
-        if peer == "compiled":
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-            kw = dict(cache_implementation="static")
-        else:
-            kw = {}
         for batch in args.batches:
             t0 = time.perf_counter()
             try:
-                r = measure(torch, model, batch, args.prompt, args.new_tokens, args.reps, **kw)
+                if peer == "compiled":
+                    r = measure_static_loop(torch, model, batch, args.prompt, args.new_tokens, args.reps)
+                else:
+                    r = measure(torch, model, batch, args.prompt, args.new_tokens, args.reps)
             except Exception as e:  # a peer that cannot run here is reported, not fatal
                 r = dict(batch=batch, error=f"{type(e).__name__}: {e}"[:300])
             r.update(peer=peer, wall_s=time.perf_counter() - t0)

@@ -52,7 +52,7 @@ step() {
 }
 
 {
-  echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "date: $(date -u +%FT%TZ)  commit: $(git describe --always --dirty 2>/dev/null || echo "?")"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
   nvcc --version | tail -n 2
   "$py" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'

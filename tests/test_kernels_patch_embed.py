@@ -410,8 +410,10 @@ def test_patch_embed_cuda_allocates_output_and_uses_stream(cuda_device):
     dev = {k: None if v is None else torch.from_numpy(v).to(cuda_device) for k, v in inp.items()}
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the default stream
+    import rsvlm_edge.native as package  # the package wrapper allocates `out` for CUDA tensors (the binding does not)
+
     with torch.cuda.stream(stream):
-        got = native.patch_embed(stream=stream.cuda_stream, **dev)
+        got = package.patch_embed(stream=stream.cuda_stream, **dev)
     stream.synchronize()
     assert got.device.type == "cuda" and got.dtype == torch.float32
     np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-4, atol=1e-4)
