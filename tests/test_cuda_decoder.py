@@ -233,6 +233,8 @@ def test_bad_calls_raise_value_errors_naming_the_problem():
         dev.set_tensor("layers.0.qkv_proj.weight", tensors["layers.0.q_proj.weight"])
     with pytest.raises(ValueError, match="expected"):
         dev.set_tensor("norm.weight", np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="cannot be replaced after the first prefill"):  # q/k/v packed together
+        dev.set_tensor("layers.1.k_proj.weight", tensors["layers.1.k_proj.weight"])
     for _ in range(16 - 4):
         gpu.decode(np.array([1]))
     with pytest.raises(Exception, match="KV cache limit"):
@@ -241,3 +243,49 @@ def test_bad_calls_raise_value_errors_naming_the_problem():
                                num_heads=4, num_kv_heads=2, head_dim=64), 1, 8)
     with pytest.raises(ValueError, match="lack 'embed_tokens.weight'"):
         fresh.check_complete()
+
+
+# ---- the VLM runtime on the cuda decoder: transformers' own generate is the reference ----------------
+
+@pytest.fixture(scope="module")
+def vlm64(tmp_path_factory):
+    """A tiny LLaVA checkpoint whose decoder has head_dim 64 (the CUDA attention kernel's), exported fp16."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from llava_fixtures import TinySpec, make_tiny_llava
+
+    from rsvlm_edge.export.llava import export_vlm
+
+    root = tmp_path_factory.mktemp("vlm64")
+    spec = TinySpec(hidden_size=256, intermediate_size=384, num_heads=4, num_kv_heads=2)
+    model = make_tiny_llava(root / "hf", layout="hf", spec=spec)
+    bundle = export_vlm(root / "hf", root / "tiny64.rsvlm", weights="fp16", verify=False)
+    return model, bundle
+
+
+def test_vlm_runtime_with_the_cuda_backend_and_no_gpu_says_what_is_missing(vlm64):
+    from rsvlm_edge.models.llava.runtime import VlmRuntime
+
+    if cuda_available():
+        pytest.skip("a GPU is present: the cuda backend runs (tested below)")
+    with pytest.raises(BackendError) as e:
+        VlmRuntime(vlm64[1], backend="decoder=cuda")
+    assert "cuda" in str(e.value) and e.value.fix
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_vlm_runtime_on_the_gpu_matches_transformers_generate(vlm64):
+    """Greedy tokens of ask/caption's path (VlmRuntime.generate_tokens) with the decoder on the GPU
+    against LlavaForConditionalGeneration.generate, batch 1 and a padded batch of 3."""
+    from test_vlm_parity import QUESTIONS, _hf_generate, _our_tokens
+
+    from rsvlm_edge.models.llava.runtime import VlmRuntime
+
+    model, bundle = vlm64
+    rt = VlmRuntime(bundle, backend="decoder=cuda", max_batch=4)
+    assert rt.backends["decoder"] == "cuda"
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for n in (1, 3):
+        want = _hf_generate(model, rt, images[:n], QUESTIONS[:n], max_new_tokens=16)
+        assert _our_tokens(rt, images[:n], QUESTIONS[:n], max_new_tokens=16) == want

@@ -15,7 +15,10 @@
 // q/k/v, RoPE, KV append, split-KV decode attention, o, residual, RMSNorm, gate/up, SwiGLU, down,
 // residual), final norm, lm_head, fp32 logits and their argmax, all on one stream; the step is
 // captured once per batch size in a CUDA graph and replayed (set_use_graphs(false) launches it
-// directly). Only the token ids go up and the logits (or only the argmax ids) come back.
+// directly). Only the token ids go up and the logits (or only the argmax ids) come back. The first
+// prefill packs each layer's q/k/v weights into one allocation and gate/up into another (the members
+// then point at their rows), so that a batch-1 decode step runs each group as one GEMV; a packed tensor
+// cannot be replaced afterwards (set_tensor says so).
 //
 // Tensor names (canonical, as in decoder.safetensors): embed_tokens.weight (V, C), norm.weight (C),
 // lm_head.weight (V, C) [+ .weight_scale], layers.{i}.input_layernorm.weight,

@@ -152,10 +152,19 @@ struct DevLinear {
   int64_t w_bytes = 0, scale_bytes = 0, bias_bytes = 0;
 };
 
+// Linears that read the same input, stored back to back in one allocation once the layer is complete
+// (fuse_layer): q/k/v (N = H*D + 2*H_kv*D) and gate/up (N = 2*I). The members then point at their rows
+// of it, so that a batch-1 decode step runs each group as one GEMV writing one contiguous output.
+struct FusedGroup {
+  DevLinear all;  // w / scale / bias own the group's memory; n = the members' N summed
+  bool ready = false;
+};
+
 struct DevLayer {
   __half* input_norm = nullptr;  // (C)
   __half* post_norm = nullptr;   // (C)
   DevLinear q, k, v, o, gate, up, down;
+  FusedGroup qkv, gate_up;
 };
 
 // Activations of one step for `rows` token rows.
@@ -230,13 +239,14 @@ struct CudaDecoder::Impl {
     b.rows = rows;
     RSVLM_RETURN_IF_ERROR(alloc(&b.x, rows * c, list, counter));
     RSVLM_RETURN_IF_ERROR(alloc(&b.h, rows * c, list, counter));
-    RSVLM_RETURN_IF_ERROR(alloc(&b.q, rows * qd, list, counter));
-    RSVLM_RETURN_IF_ERROR(alloc(&b.k, rows * kvd, list, counter));
-    RSVLM_RETURN_IF_ERROR(alloc(&b.v, rows * kvd, list, counter));
+    // q, k, v back to back (and gate, up): at rows = 1 a fused GEMV's output row is [q | k | v].
+    RSVLM_RETURN_IF_ERROR(alloc(&b.q, rows * (qd + 2 * kvd), list, counter));
+    b.k = b.q + rows * qd;
+    b.v = b.k + rows * kvd;
     RSVLM_RETURN_IF_ERROR(alloc(&b.attn, rows * qd, list, counter));
     RSVLM_RETURN_IF_ERROR(alloc(&b.proj, rows * c, list, counter));
-    RSVLM_RETURN_IF_ERROR(alloc(&b.gate, rows * i, list, counter));
-    RSVLM_RETURN_IF_ERROR(alloc(&b.up, rows * i, list, counter));
+    RSVLM_RETURN_IF_ERROR(alloc(&b.gate, rows * 2 * i, list, counter));
+    b.up = b.gate + rows * i;
     RSVLM_RETURN_IF_ERROR(alloc(&b.positions, rows, list, counter));
     return Status::Ok();
   }
@@ -321,9 +331,13 @@ struct CudaDecoder::Impl {
     const DevLayer& L = layers[i];
     const int64_t rows = int64_t(batch) * t;
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.input_norm, rows, b.h));
-    RSVLM_RETURN_IF_ERROR(linear(L.q, b.h, rows, b.q));
-    RSVLM_RETURN_IF_ERROR(linear(L.k, b.h, rows, b.k));
-    RSVLM_RETURN_IF_ERROR(linear(L.v, b.h, rows, b.v));
+    if (rows == 1 && L.qkv.ready) {
+      RSVLM_RETURN_IF_ERROR(linear(L.qkv.all, b.h, 1, b.q));  // writes q | k | v
+    } else {
+      RSVLM_RETURN_IF_ERROR(linear(L.q, b.h, rows, b.q));
+      RSVLM_RETURN_IF_ERROR(linear(L.k, b.h, rows, b.k));
+      RSVLM_RETURN_IF_ERROR(linear(L.v, b.h, rows, b.v));
+    }
     RopeParams r;
     r.q = b.q;
     r.k = b.k;
@@ -365,8 +379,12 @@ struct CudaDecoder::Impl {
     RSVLM_RETURN_IF_ERROR(linear(L.o, b.attn, rows, b.proj));
     RSVLM_RETURN_IF_ERROR(add(b.x, b.proj, rows * s.hidden_size));
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.post_norm, rows, b.h));
-    RSVLM_RETURN_IF_ERROR(linear(L.gate, b.h, rows, b.gate));
-    RSVLM_RETURN_IF_ERROR(linear(L.up, b.h, rows, b.up));
+    if (rows == 1 && L.gate_up.ready) {
+      RSVLM_RETURN_IF_ERROR(linear(L.gate_up.all, b.h, 1, b.gate));  // writes gate | up
+    } else {
+      RSVLM_RETURN_IF_ERROR(linear(L.gate, b.h, rows, b.gate));
+      RSVLM_RETURN_IF_ERROR(linear(L.up, b.h, rows, b.up));
+    }
     SwiGluParams g;
     g.gate = b.gate;
     g.up = b.up;
@@ -376,6 +394,85 @@ struct CudaDecoder::Impl {
     RSVLM_RETURN_IF_ERROR(swiglu_cuda(g, stream));
     RSVLM_RETURN_IF_ERROR(linear(L.down, b.gate, rows, b.proj));
     return add(b.x, b.proj, rows * s.hidden_size);
+  }
+
+  // Forget the weight_allocs entry of `slot` (its memory moved into a fused group).
+  void forget(void** slot) {
+    weight_allocs.erase(std::remove_if(weight_allocs.begin(), weight_allocs.end(),
+                                       [slot](const std::pair<void**, int64_t>& e) { return e.first == slot; }),
+                        weight_allocs.end());
+  }
+
+  // Move the members' weights (and scales, biases) into one allocation each, rows in member order, and
+  // point the members at their rows. Only when every member is set with one format and group count;
+  // otherwise the group stays unfused (separate GEMVs, still correct).
+  Status fuse(FusedGroup& g, std::initializer_list<DevLinear*> members) {
+    if (g.ready) return Status::Ok();
+    const DevLinear& first = **members.begin();
+    int n_total = 0;
+    bool any_bias = false;
+    for (const DevLinear* l : members) {
+      if (!l->w || l->kind != first.kind || l->k != first.k || l->groups != first.groups) return Status::Ok();
+      if (l->kind != LinearKind::f16 && !l->scale) return Status::Ok();
+      n_total += l->n;
+      any_bias |= l->bias != nullptr;
+    }
+    const int64_t row_bytes = first.kind == LinearKind::f16 ? int64_t(first.k) * 2
+                              : first.kind == LinearKind::i8 ? int64_t(first.k)
+                                                             : int64_t(first.k) / 2;
+    DevLinear all = first;
+    all.n = n_total;
+    all.w = nullptr;
+    all.scale = nullptr;
+    all.bias = nullptr;
+    RSVLM_CUDA_CHECK(cudaMalloc(&all.w, static_cast<size_t>(row_bytes * n_total)));
+    if (first.kind != LinearKind::f16)
+      RSVLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&all.scale), sizeof(float) * size_t(n_total) * first.groups));
+    if (any_bias) {
+      RSVLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&all.bias), sizeof(__half) * size_t(n_total)));
+      RSVLM_CUDA_CHECK(cudaMemsetAsync(all.bias, 0, sizeof(__half) * size_t(n_total), stream));
+    }
+    int64_t row = 0;
+    for (DevLinear* l : members) {
+      uint8_t* w_dst = static_cast<uint8_t*>(all.w) + row * row_bytes;
+      RSVLM_CUDA_CHECK(cudaMemcpyAsync(w_dst, l->w, size_t(row_bytes * l->n), cudaMemcpyDeviceToDevice, stream));
+      float* s_dst = all.scale ? all.scale + row * first.groups : nullptr;
+      if (s_dst)
+        RSVLM_CUDA_CHECK(cudaMemcpyAsync(s_dst, l->scale, sizeof(float) * size_t(l->n) * first.groups,
+                                         cudaMemcpyDeviceToDevice, stream));
+      __half* b_dst = all.bias ? all.bias + row : nullptr;
+      if (l->bias)
+        RSVLM_CUDA_CHECK(cudaMemcpyAsync(b_dst, l->bias, sizeof(__half) * size_t(l->n), cudaMemcpyDeviceToDevice, stream));
+      RSVLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the members' memory is freed
+      cudaFree(l->w);
+      forget(&l->w);
+      l->w = w_dst;
+      if (l->scale) {
+        cudaFree(l->scale);
+        forget(reinterpret_cast<void**>(&l->scale));
+        l->scale = s_dst;
+      }
+      if (l->bias) {
+        cudaFree(l->bias);
+        forget(reinterpret_cast<void**>(&l->bias));
+        l->bias = b_dst;
+      }
+      row += l->n;
+    }
+    g.all = all;
+    g.ready = true;
+    weight_allocs.push_back({&g.all.w, 0});
+    if (g.all.scale) weight_allocs.push_back({reinterpret_cast<void**>(&g.all.scale), 0});
+    if (g.all.bias) weight_allocs.push_back({reinterpret_cast<void**>(&g.all.bias), 0});
+    return Status::Ok();
+  }
+
+  Status fuse_layers() {
+    for (DevLayer& L : layers) {
+      RSVLM_RETURN_IF_ERROR(fuse(L.qkv, {&L.q, &L.k, &L.v}));
+      RSVLM_RETURN_IF_ERROR(fuse(L.gate_up, {&L.gate, &L.up}));
+    }
+    return Status::Ok();
   }
 
   // Split-KV chunks for a decode step of `batch` sequences: about two blocks per SM, each chunk at
@@ -604,6 +701,12 @@ Status CudaDecoder::set_tensor(const std::string& name, const void* host, DType 
     }
   }
   if (lin) {
+    for (const DevLayer& L : m.layers)
+      for (auto [g, members] : {std::pair{&L.qkv, std::vector<const DevLinear*>{&L.q, &L.k, &L.v}},
+                                std::pair{&L.gate_up, std::vector<const DevLinear*>{&L.gate, &L.up}}})
+        if (g->ready && std::find(members.begin(), members.end(), lin) != members.end())
+          return Status::Invalid("decoder tensor '" + name + "' cannot be replaced after the first prefill "
+                                 "(its layer's linears were packed together): create a new decoder");
     const int64_t n = lin->n, k = lin->k;
     if (part == "weight") {
       LinearKind kind;
@@ -704,6 +807,7 @@ Status CudaDecoder::check_complete() const {
 Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int batch, int tokens, float* logits) {
   RSVLM_RETURN_IF_ERROR(check_complete());
   Impl& m = *impl_;
+  RSVLM_RETURN_IF_ERROR(m.fuse_layers());
   const DecoderShape& s = shape_;
   if (batch < 1 || batch > max_batch_)
     return Status::Invalid("batch of " + std::to_string(batch) + " is outside [1, max_batch " + std::to_string(max_batch_) + "]");

@@ -4,9 +4,9 @@
 //
 // grid (ceil(N / 8), ceil(M / 2)), block 256 = 8 warps. Each block first quantises its (up to) 2 rows
 // of x into shared memory (xq: 2 x K int8, sx: 2 x blocks fp32; one warp per 128-input block), then
-// warp w computes out[m0 .. m0 + 1, n0 + w]: each lane takes 4 consecutive inputs of every block
-// (one __dp4a per row), scales its integer partial by sx * sw in fp32, and the warp sums the lanes
-// once at the end. Decode-shaped (small M); x is re-quantised per block of outputs (K reads from L2
+// warp w computes out[m0 .. m0 + 1, n0 + w]: each lane takes 16 consecutive inputs per step when
+// K % 16 == 0 (else 4 of every block), one __dp4a per 4, scales its integer partial by sx * sw in fp32,
+// and the warp sums the lanes once at the end. Decode-shaped (small M); x is re-quantised per block of outputs (K reads from L2
 // against 8 K weight bytes from memory).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -67,13 +67,36 @@ __device__ __forceinline__ int weight_q(const uint8_t* row, int k) {
   return int(k % 2 == 0 ? b & 0x0F : b >> 4) - 8;
 }
 
+// The dot of 16 quantised inputs (four words, input order) with 16 weights of a row: i8 one 16-byte load,
+// i4 one 8-byte load whose nibbles are split into the even and odd inputs (byte j of a word holds input
+// 2j in its low nibble) and met by the matching bytes of x (__byte_perm).
+template <QWeight F>
+__device__ __forceinline__ int dot16(const uint8_t* row, int k, int4 x) {
+  if constexpr (F == QWeight::i8) {
+    const int4 w = __ldg(reinterpret_cast<const int4*>(row + k));
+    return __dp4a(x.w, w.w, __dp4a(x.z, w.z, __dp4a(x.y, w.y, __dp4a(x.x, w.x, 0))));
+  } else {
+    const uint2 b = __ldg(reinterpret_cast<const uint2*>(row + k / 2));
+    const unsigned bias = 0x08080808u;
+    const int lo0 = int(__vsub4(b.x & 0x0F0F0F0Fu, bias)), hi0 = int(__vsub4((b.x >> 4) & 0x0F0F0F0Fu, bias));
+    const int lo1 = int(__vsub4(b.y & 0x0F0F0F0Fu, bias)), hi1 = int(__vsub4((b.y >> 4) & 0x0F0F0F0Fu, bias));
+    int d = __dp4a(int(__byte_perm(x.x, x.y, 0x6420)), lo0, 0);
+    d = __dp4a(int(__byte_perm(x.x, x.y, 0x7531)), hi0, d);
+    d = __dp4a(int(__byte_perm(x.z, x.w, 0x6420)), lo1, d);
+    return __dp4a(int(__byte_perm(x.z, x.w, 0x7531)), hi1, d);
+  }
+}
+
 // kAligned: K % 4 == 0 and w 4-byte aligned, so weights and quantised inputs load 4 at a time.
-template <typename TA, QWeight F, bool kAligned>
+// kVec16: K % 16 == 0 and w 16-byte aligned: each lane takes 16 inputs of one block per step (one 16- or
+// 8-byte weight load, four __dp4a), 512 inputs per warp step, several steps in flight.
+template <typename TA, QWeight F, bool kAligned, bool kVec16>
 __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   extern __shared__ float smem[];
   const int blocks = (p.k + kQActBlock - 1) / kQActBlock;
-  float* sx = smem;                                                      // (kRows, blocks)
-  int8_t* xq = reinterpret_cast<int8_t*>(smem + kRows * blocks);         // (kRows, K)
+  // xq first: 16-byte aligned rows when K % 16 == 0 (kVec16 loads 16 of them at a time)
+  int8_t* xq = reinterpret_cast<int8_t*>(smem);                                   // (kRows, K)
+  float* sx = reinterpret_cast<float*>(xq + ((int64_t(kRows) * p.k + 15) / 16) * 16);  // (kRows, blocks)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t m0 = int64_t(blockIdx.y) * kRows;
   const int rows = int(min(int64_t(kRows), p.m - m0));
@@ -110,6 +133,17 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + int64_t(n) * row_bytes;
   const int group = p.k / p.groups;
   float acc[kRows] = {0.f, 0.f};
+  if constexpr (kVec16) {
+#pragma unroll 4
+    for (int k = lane * 16; k < p.k; k += 32 * 16) {
+      const int b = k / kQActBlock;
+      const float sw = p.w_scale[int64_t(n) * p.groups + k / group];
+      for (int r = 0; r < rows; ++r) {
+        const int4 xv = *reinterpret_cast<const int4*>(xq + r * p.k + k);
+        acc[r] += float(dot16<F>(wrow, k, xv)) * (sx[r * blocks + b] * sw);
+      }
+    }
+  } else {
   // Unrolled so that several independent weight loads are in flight per lane (decode is bound by
   // memory latency x loads in flight, not by the dot products).
 #pragma unroll 4
@@ -131,6 +165,7 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
     }
     for (int r = 0; r < rows; ++r) acc[r] += float(dot[r]) * (sx[r * blocks + b] * sw);
   }
+  }
   const float bias = p.bias ? to_float(static_cast<const TA*>(p.bias)[n]) : 0.f;
   for (int r = 0; r < kRows; ++r) {
     const float y = warp_sum(acc[r]);
@@ -141,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
 template <typename TA, QWeight F>
 Status launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
   const int blocks = qact_blocks(p.k);
-  const int64_t shared = int64_t(kRows) * blocks * sizeof(float) + int64_t(kRows) * p.k;
+  const int64_t shared = int64_t(kRows) * blocks * sizeof(float) + (int64_t(kRows) * p.k + 15) / 16 * 16;
   if (shared > kMaxSharedBytes)
     return Status::Invalid("qlinear: K=" + std::to_string(p.k) + " needs " + std::to_string(shared) +
                            " bytes of shared memory, more than the " + std::to_string(kMaxSharedBytes) +
@@ -150,10 +185,13 @@ Status launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
   if (row_blocks > 65535) return Status::Invalid("qlinear: M too large for one launch (max 131070 rows)");
   const dim3 grid((p.n + kWarps - 1) / kWarps, static_cast<unsigned>(row_blocks));
   const bool aligned = p.k % 4 == 0 && reinterpret_cast<uintptr_t>(p.w) % 4 == 0;
-  if (aligned)
-    qlinear_kernel<TA, F, true><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+  const bool vec16 = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+  if (vec16)
+    qlinear_kernel<TA, F, true, true><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+  else if (aligned)
+    qlinear_kernel<TA, F, true, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
   else
-    qlinear_kernel<TA, F, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
+    qlinear_kernel<TA, F, false, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }

@@ -302,6 +302,13 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
   return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
 }
 
+// The sum of 8 fp32 lanes.
+RSVLM_QAVX2 inline float hsum8_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
 // One weight row against R rows of x (GEMV). Four independent accumulators per row of x (the four
 // 32-byte chunks of a full block) hide the latency of the dot instructions.
 // i8: a[r][u] += dot(xq[r][kc .. kc + 31], w[kc .. kc + 31]);  i4: a[r][u], a[r][u + 1] += the even / odd
@@ -332,7 +339,12 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
   }                                                                                                        \
   template <int R, QWeight F>                                                                              \
   TARGET void NAME(const QRows& x, const void* wrow, const float* sw, int k, int group, float* acc) {     \
+    /* Per block: the int32 lanes (exact) are converted and multiplied by sx * sw into 8 fp32 lanes per   \
+       row of x; the lanes are summed once per row at the end (a horizontal sum per block cost as much as \
+       the block's dot products). Scalar parts: the tail of a short block and the i4 offset 8 * sum(xq). */ \
+    __m256 fl[R];                                                                                          \
     float f[R] = {};                                                                                       \
+    for (int r = 0; r < R; ++r) fl[r] = _mm256_setzero_ps();                                               \
     for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
       const int k1 = std::min(k, k0 + kQActBlock);                                                         \
       __m256i a[R][4], ws[4];                                                                              \
@@ -361,16 +373,21 @@ RSVLM_QAVX2 inline int32_t hsum8_epi32(__m256i v) {
         for (; kk + kChunk4 <= k1; kk += kChunk4) NAME##_step_i4<R>(x, w, kk, a, 0);                       \
       }                                                                                                    \
       const float s_w = sw[group == k ? 0 : k0 / group];                                                   \
-      const int32_t offset = F == QWeight::i8 && OFFSET                                                    \
-          ? 128 * hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(ws[0], ws[1]), _mm256_add_epi32(ws[2], ws[3]))) : 0; \
+      /* i8 with the +128 offset: 128 * sum(w) per lane, taken off lane by lane (exact int32) */           \
+      const __m256i off = F == QWeight::i8 && OFFSET                                                       \
+          ? _mm256_slli_epi32(_mm256_add_epi32(_mm256_add_epi32(ws[0], ws[1]), _mm256_add_epi32(ws[2], ws[3])), 7) \
+          : _mm256_setzero_si256();                                                                        \
       for (int r = 0; r < R; ++r) {                                                                        \
-        const __m256i v = _mm256_add_epi32(_mm256_add_epi32(a[r][0], a[r][1]), _mm256_add_epi32(a[r][2], a[r][3])); \
-        const int32_t d = hsum8_epi32(v) + (kk < k1 ? dot_scalar<F>(x.q[r], wrow, kk, k1, k) : 0) - offset - \
-                          (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);                                        \
-        f[r] += float(d) * (x.s[r][b] * s_w);                                                              \
+        const float scale = x.s[r][b] * s_w;                                                               \
+        const __m256i v = _mm256_sub_epi32(                                                                \
+            _mm256_add_epi32(_mm256_add_epi32(a[r][0], a[r][1]), _mm256_add_epi32(a[r][2], a[r][3])), off); \
+        fl[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(scale), fl[r]);                      \
+        const int32_t scalar = (kk < k1 ? dot_scalar<F>(x.q[r], wrow, kk, k1, k) : 0) -                    \
+                               (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);                                   \
+        if (scalar != 0) f[r] += float(scalar) * scale;                                                    \
       }                                                                                                    \
     }                                                                                                      \
-    for (int r = 0; r < R; ++r) acc[r] = f[r];                                                             \
+    for (int r = 0; r < R; ++r) acc[r] = hsum8_ps(fl[r]) + f[r];                                           \
   }
 
 RSVLM_DEFINE_QROW_X86(qrow_avx2, RSVLM_QAVX2, dot_u8s8_avx2, false)
