@@ -7,9 +7,15 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#define RSVLM_X86 1
+#include <immintrin.h>
+#endif
+
 #include "common/cpu_math.h"
 #include "common/host_checks.h"
 #include "rsvlm_edge/kv_attention.h"
+#include "rsvlm_edge/linear.h"
 
 namespace rsvlm_edge {
 namespace {
@@ -53,6 +59,149 @@ inline void axpy_row(const KvCacheView& c, float w, int64_t row, float* acc) {
   }
   const float* v = static_cast<const float*>(c.v) + row * d;
   for (int i = 0; i < d; ++i) acc[i] += w * v[i];
+}
+
+// One work item's softmax(q k^T) v for the G query heads of a KV head over keys [0, n_keys), in three
+// passes: scores and their row maxima, then the weights exp(s - m) and their sums, then the weighted
+// sum of V rows. qs (G, D) are the scaled queries; scores (G, stride >= n_keys), acc (G, D), m (G), sum (G)
+// are scratch; out (G, D).
+struct Item {
+  const KvCacheView* c;
+  int b, hk, group, d;
+  int64_t n_keys, stride;
+  const float* qs;
+  float *scores, *acc, *m, *sum, *out;
+};
+
+void attend_portable(const Item& it) {
+  const KvCacheView& c = *it.c;
+  const int group = it.group, d = it.d;
+  std::fill(it.m, it.m + group, -std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < it.n_keys; ++j) {
+    const int64_t row = row_index(c, it.b, it.hk, j);
+    for (int g = 0; g < group; ++g) {
+      const float sc = dot_row(c, it.qs + int64_t(g) * d, row);
+      it.scores[g * it.stride + j] = sc;
+      it.m[g] = std::max(it.m[g], sc);
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    float* sg = it.scores + g * it.stride;
+    float total = 0.f;
+    for (int64_t j = 0; j < it.n_keys; ++j) total += (sg[j] = std::exp(sg[j] - it.m[g]));
+    it.sum[g] = total;
+  }
+  std::fill(it.acc, it.acc + int64_t(group) * d, 0.f);
+  for (int64_t j = 0; j < it.n_keys; ++j) {
+    const int64_t row = row_index(c, it.b, it.hk, j);
+    for (int g = 0; g < group; ++g) axpy_row(c, it.scores[g * it.stride + j], row, it.acc + int64_t(g) * d);
+  }
+  for (int g = 0; g < group; ++g) {
+    const float inv = 1.f / it.sum[g];
+    for (int t = 0; t < d; ++t) it.out[int64_t(g) * d + t] = it.acc[int64_t(g) * d + t] * inv;
+  }
+}
+
+#if RSVLM_X86
+#define RSVLM_ATT_AVX2 __attribute__((target("avx2,fma")))
+
+// exp(x) on 8 lanes for x <= 0 (softmax weights): Cephes' expf (range reduction by ln 2 split in two
+// constants, degree-5 polynomial, 2^n from the exponent bits), within 2 ulp of std::exp; x below -87.3
+// (where expf underflows to 0 or a subnormal) returns 0.
+RSVLM_ATT_AVX2 inline __m256 exp_ps(__m256 x) {
+  const __m256 tiny = _mm256_set1_ps(-87.3f);
+  const __m256 under = _mm256_cmp_ps(x, tiny, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, tiny);
+  const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
+}
+
+RSVLM_ATT_AVX2 inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+// attend_portable for an fp32 cache and D % 8 == 0: 8-lane FMA dots and axpys, 8-lane exp.
+RSVLM_ATT_AVX2 void attend_avx2(const Item& it) {
+  const KvCacheView& c = *it.c;
+  const int group = it.group, d = it.d;
+  const float* kc = static_cast<const float*>(c.k);
+  const float* vc = static_cast<const float*>(c.v);
+  std::fill(it.m, it.m + group, -std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < it.n_keys; ++j) {
+    const float* krow = kc + row_index(c, it.b, it.hk, j) * d;
+    for (int g = 0; g < group; ++g) {
+      const float* q = it.qs + int64_t(g) * d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int t = 0;
+      for (; t + 16 <= d; t += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + t), _mm256_loadu_ps(krow + t), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + t + 8), _mm256_loadu_ps(krow + t + 8), a1);
+      }
+      if (t < d) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + t), _mm256_loadu_ps(krow + t), a0);
+      const float sc = hsum_ps(_mm256_add_ps(a0, a1));
+      it.scores[g * it.stride + j] = sc;
+      it.m[g] = std::max(it.m[g], sc);
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    float* sg = it.scores + g * it.stride;
+    const __m256 mg = _mm256_set1_ps(it.m[g]);
+    __m256 tot = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= it.n_keys; j += 8) {
+      const __m256 w = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(sg + j), mg));
+      _mm256_storeu_ps(sg + j, w);
+      tot = _mm256_add_ps(tot, w);
+    }
+    float total = hsum_ps(tot);
+    if (j < it.n_keys) {  // the last < 8 keys through the same exp, on a padded copy
+      alignas(32) float tail[8];
+      const int64_t left = it.n_keys - j;
+      for (int i = 0; i < 8; ++i) tail[i] = i < left ? sg[j + i] - it.m[g] : -1000.f;
+      _mm256_store_ps(tail, exp_ps(_mm256_load_ps(tail)));
+      for (int64_t i = 0; i < left; ++i) total += (sg[j + i] = tail[i]);
+    }
+    it.sum[g] = total;
+  }
+  std::fill(it.acc, it.acc + int64_t(group) * d, 0.f);
+  for (int64_t j = 0; j < it.n_keys; ++j) {
+    const float* vrow = vc + row_index(c, it.b, it.hk, j) * d;
+    for (int g = 0; g < group; ++g) {
+      const __m256 w = _mm256_set1_ps(it.scores[g * it.stride + j]);
+      float* a = it.acc + int64_t(g) * d;
+      for (int t = 0; t < d; t += 8)
+        _mm256_storeu_ps(a + t, _mm256_fmadd_ps(w, _mm256_loadu_ps(vrow + t), _mm256_loadu_ps(a + t)));
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    const __m256 inv = _mm256_set1_ps(1.f / it.sum[g]);
+    for (int t = 0; t < d; t += 8)
+      _mm256_storeu_ps(it.out + int64_t(g) * d + t, _mm256_mul_ps(_mm256_loadu_ps(it.acc + int64_t(g) * d + t), inv));
+  }
+}
+#endif
+
+// The attention body for this cache and CPU: the AVX2 one for an fp32 cache with D % 8 == 0 when the
+// active CPU kernel set is avx2 or better (set_cpu_kernels), else the portable one.
+using AttendFn = void (*)(const Item&);
+AttendFn choose_attend(const KvCacheView& c) {
+#if RSVLM_X86
+  if (c.dtype == DType::f32 && c.head_dim % 8 == 0 && cpu_kernels() != CpuKernels::portable) return attend_avx2;
+#endif
+  return attend_portable;
 }
 
 }  // namespace
@@ -104,6 +253,7 @@ Status attention_cpu(const AttentionParams& p) {
                                             threads, "attention"));
   // Work item (sequence b, query i, KV head hk): per head the arithmetic is the plain
   // softmax(q k^T * scale) v, in key order.
+  const AttendFn attend = choose_attend(c);
 #pragma omp parallel num_threads(threads)
   {
     float* const scores = scratch.data() + int64_t(host::thread_id()) * per_thread;  // (G, max_keys)
@@ -123,29 +273,7 @@ Status attention_cpu(const AttentionParams& p) {
           }
           const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
           for (int64_t t = 0; t < int64_t(group) * d; ++t) qs[t] = q[off + t] * scale;
-          std::fill(m, m + group, -std::numeric_limits<float>::infinity());
-          for (int64_t j = 0; j < n_keys; ++j) {
-            const int64_t row = row_index(c, b, hk, j);
-            for (int g = 0; g < group; ++g) {
-              const float sc = dot_row(c, qs + int64_t(g) * d, row);
-              scores[g * max_keys + j] = sc;
-              m[g] = std::max(m[g], sc);
-            }
-          }
-          std::fill(acc, acc + int64_t(group) * d, 0.f);
-          std::fill(sum, sum + group, 0.f);
-          for (int64_t j = 0; j < n_keys; ++j) {
-            const int64_t row = row_index(c, b, hk, j);
-            for (int g = 0; g < group; ++g) {
-              const float w = std::exp(scores[g * max_keys + j] - m[g]);
-              sum[g] += w;
-              axpy_row(c, w, row, acc + int64_t(g) * d);
-            }
-          }
-          for (int g = 0; g < group; ++g) {
-            const float inv = 1.f / sum[g];
-            for (int t = 0; t < d; ++t) out[off + int64_t(g) * d + t] = acc[int64_t(g) * d + t] * inv;
-          }
+          attend(Item{&c, b, hk, group, d, n_keys, max_keys, qs, scores, acc, m, sum, out + off});
         }
       }
     }
