@@ -305,6 +305,16 @@ struct CudaDecoder::Impl {
     return qlinear_cuda(p, stream);
   }
 
+  // The linears of a group on the same input x (rows, K), each into its own output. One row and a
+  // packed group: one GEMV over the packed weights, whose output row is the members' outputs back to back
+  // (the step buffers place them so). Otherwise one launch per member.
+  Status grouped(const FusedGroup& g, std::initializer_list<std::pair<const DevLinear*, __half*>> parts,
+                 const __half* x, int64_t rows) const {
+    if (rows == 1 && g.ready) return linear(g.all, x, 1, parts.begin()->second);
+    for (const auto& [lin, out] : parts) RSVLM_RETURN_IF_ERROR(linear(*lin, x, rows, out));
+    return Status::Ok();
+  }
+
   Status rms_norm(const __half* x, const __half* w, int64_t rows, __half* out) const {
     RmsNormParams p;
     p.x = x;
@@ -331,13 +341,7 @@ struct CudaDecoder::Impl {
     const DevLayer& L = layers[i];
     const int64_t rows = int64_t(batch) * t;
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.input_norm, rows, b.h));
-    if (rows == 1 && L.qkv.ready) {
-      RSVLM_RETURN_IF_ERROR(linear(L.qkv.all, b.h, 1, b.q));  // writes q | k | v
-    } else {
-      RSVLM_RETURN_IF_ERROR(linear(L.q, b.h, rows, b.q));
-      RSVLM_RETURN_IF_ERROR(linear(L.k, b.h, rows, b.k));
-      RSVLM_RETURN_IF_ERROR(linear(L.v, b.h, rows, b.v));
-    }
+    RSVLM_RETURN_IF_ERROR(grouped(L.qkv, {{&L.q, b.q}, {&L.k, b.k}, {&L.v, b.v}}, b.h, rows));
     RopeParams r;
     r.q = b.q;
     r.k = b.k;
@@ -379,12 +383,7 @@ struct CudaDecoder::Impl {
     RSVLM_RETURN_IF_ERROR(linear(L.o, b.attn, rows, b.proj));
     RSVLM_RETURN_IF_ERROR(add(b.x, b.proj, rows * s.hidden_size));
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.post_norm, rows, b.h));
-    if (rows == 1 && L.gate_up.ready) {
-      RSVLM_RETURN_IF_ERROR(linear(L.gate_up.all, b.h, 1, b.gate));  // writes gate | up
-    } else {
-      RSVLM_RETURN_IF_ERROR(linear(L.gate, b.h, rows, b.gate));
-      RSVLM_RETURN_IF_ERROR(linear(L.up, b.h, rows, b.up));
-    }
+    RSVLM_RETURN_IF_ERROR(grouped(L.gate_up, {{&L.gate, b.gate}, {&L.up, b.up}}, b.h, rows));
     SwiGluParams g;
     g.gate = b.gate;
     g.up = b.up;

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, InputError
+from ..errors import BackendError
+from ..models.llava.decoder import check_prompts, check_room
 from .decoder_numpy import OP_NAMES
 from .registry import BackendSpec, Probe, register
 
@@ -88,30 +89,17 @@ class CudaLlamaDecoder:
         return self.weights.embed_tokens(ids)
 
     def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        lengths = np.asarray(lengths, dtype=np.int64)
-        batch, tokens = embeds.shape[:2]
-        if batch > self.max_batch:
-            raise InputError(f"batch of {batch} exceeds the runtime's max_batch {self.max_batch}",
-                             "split the batch or raise max_batch")
-        if tokens > self.max_seq:
-            raise InputError(f"prompt of {tokens} tokens exceeds the KV cache ({self.max_seq} positions)",
-                             "shorten the prompt or raise max_seq")
-        if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > tokens:
-            raise InputError(f"prompt lengths {lengths.tolist()} do not fit a batch of {batch} x {tokens}")
+        lengths = check_prompts(embeds, lengths, self.max_batch, self.max_seq)
         return self.device.prefill(np.ascontiguousarray(embeds, dtype=np.float32), lengths)
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
-        if max(self.device.lengths) >= self.max_seq:
-            raise InputError(f"generation reached the KV cache limit of {self.max_seq} positions",
-                             "lower max_new_tokens or raise max_seq")
+        check_room(self.device.lengths, self.max_seq)
         logits, _ = self.device.decode(np.asarray(token_ids, dtype=np.int64))
         return logits
 
     def decode_greedy(self, token_ids: np.ndarray) -> np.ndarray:
         """One step returning only the greedy next ids (B,) int64: the logits stay on the device."""
-        if max(self.device.lengths) >= self.max_seq:
-            raise InputError(f"generation reached the KV cache limit of {self.max_seq} positions",
-                             "lower max_new_tokens or raise max_seq")
+        check_room(self.device.lengths, self.max_seq)
         return self.device.decode(np.asarray(token_ids, dtype=np.int64), logits=False)[1]
 
 

@@ -208,20 +208,36 @@ def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarr
     return x + _linear(ops, ops.swiglu(_linear(ops, h, layer.gate), _linear(ops, h, layer.up)), layer.down)
 
 
+def check_prompts(embeds: np.ndarray, lengths: np.ndarray, max_batch: int, max_seq: int) -> np.ndarray:
+    """``lengths`` as int64 after checking right-padded prompts ``embeds[B, T, C]`` against the
+    decoder's batch and cache sizes (InputError naming what does not fit). Every decoder backend's
+    prefill starts with it."""
+    batch, tokens = embeds.shape[:2]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if batch > max_batch:
+        raise InputError(f"batch of {batch} exceeds the runtime's max_batch {max_batch}",
+                         "split the batch or raise max_batch")
+    if tokens > max_seq:
+        raise InputError(f"prompt of {tokens} tokens exceeds the KV cache ({max_seq} positions)",
+                         "shorten the prompt or raise max_seq")
+    if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > tokens:
+        raise InputError(f"prompt lengths {lengths.tolist()} do not fit a batch of {batch} x {tokens}")
+    return lengths
+
+
+def check_room(lengths: Any, max_seq: int) -> None:
+    """InputError when a sequence of the batch has filled its KV cache (no room for one more token)."""
+    if int(max(lengths)) >= max_seq:
+        raise InputError(f"generation reached the KV cache limit of {max_seq} positions",
+                         "lower max_new_tokens or raise max_seq")
+
+
 def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCache, embeds: np.ndarray,
             lengths: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Run right-padded prompts ``embeds[B, T, C]`` (valid rows ``< lengths[b]``) into a fresh
     cache; returns (or writes to ``out``) logits ``[B, vocab]`` at each sequence's last position."""
     batch, tokens, _ = embeds.shape
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if batch > cache.max_batch:
-        raise InputError(f"batch of {batch} exceeds the runtime's max_batch {cache.max_batch}",
-                         "split the batch or raise max_batch")
-    if tokens > cache.max_seq:
-        raise InputError(f"prompt of {tokens} tokens exceeds the KV cache ({cache.max_seq} positions)",
-                         "shorten the prompt or raise max_seq")
-    if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > tokens:
-        raise InputError(f"prompt lengths {lengths.tolist()} do not fit a batch of {batch} x {tokens}")
+    lengths = check_prompts(embeds, lengths, cache.max_batch, cache.max_seq)
     positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens)))
     x = np.ascontiguousarray(embeds, dtype=np.float32)
     for i, layer in enumerate(weights.layers):
@@ -237,9 +253,7 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     writes to ``out``, (B, vocab) float32) the next logits. Allocates nothing but the logits when
     ``out`` is None."""
     batch = len(cache.lengths)
-    if int(cache.lengths.max()) >= cache.max_seq:
-        raise InputError(f"generation reached the KV cache limit of {cache.max_seq} positions",
-                         "lower max_new_tokens or raise max_seq")
+    check_room(cache.lengths, cache.max_seq)
     x, h, q, k, v = buf.x[:batch], buf.h[:batch], buf.q[:batch], buf.k[:batch], buf.v[:batch]
     attn, proj, gate, up, act = buf.attn[:batch], buf.proj[:batch], buf.gate[:batch], buf.up[:batch], buf.act[:batch]
     positions, ones = buf.positions[:batch], buf.ones[:batch]
