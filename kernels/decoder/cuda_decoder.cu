@@ -888,6 +888,7 @@ Status CudaDecoder::decode(const int64_t* token_ids, int batch, float* logits, i
       RSVLM_CUDA_CHECK(end);
       const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
       cudaGraphDestroy(graph);
+      if (inst != cudaSuccess) exec = nullptr;  // captured again next time, not replayed half-made
       RSVLM_CUDA_CHECK(inst);
     }
     RSVLM_CUDA_CHECK(cudaGraphLaunch(exec, st));
