@@ -33,4 +33,6 @@ def pytest_generate_tests(metafunc):
         sys.path.insert(0, str(Path(__file__).parent))
         from kernel_testing import CPU_KERNELS
 
-        metafunc.parametrize("cpu_kernels", CPU_KERNELS, indirect=True)
+        marker = metafunc.definition.get_closest_marker("cpu_kernel_sets")  # a test that needs fewer
+        names = [k for k in CPU_KERNELS if marker is None or k in marker.args]
+        metafunc.parametrize("cpu_kernels", names, indirect=True)

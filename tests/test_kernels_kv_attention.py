@@ -122,6 +122,7 @@ def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0,
 
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
 @pytest.mark.parametrize("lens", PREFILL_CASES, ids=lambda t: "q" + "_".join(map(str, t[0])))
+@pytest.mark.cpu_kernel_sets("avx2", "portable")  # avx512vnni runs the same attention body as avx2
 def test_prefill_matches_reference(heads, lens, cpu_kernels):
     q_lens, past_lens = lens
     if max(q_lens) > 500 and heads[0] > 8:
@@ -181,6 +182,7 @@ def run_decode(heads, seq_lens, paged, cache_dtype=np.float32, seed=1, num_split
 
 @pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
 @pytest.mark.parametrize("seq_lens", [(1,), (1297,), (1, 54, 577), (97, 7, 608)], ids=str)
+@pytest.mark.cpu_kernel_sets("avx2", "portable")  # avx512vnni runs the same attention body as avx2
 def test_decode_matches_reference(heads, seq_lens, cpu_kernels):
     out, ref = run_decode(heads, seq_lens, paged=False)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
