@@ -52,7 +52,9 @@ step() {
 }
 
 {
-  echo "date: $(date -u +%FT%TZ)  commit: $(git describe --always --dirty 2>/dev/null || echo "?")"
+  # The device's checkout may carry a stale .git: the digest of the sources identifies what ran
+  # (scripts/source_digest.py prints the same digest for a local checkout).
+  echo "date: $(date -u +%FT%TZ)  commit: $(git describe --always --dirty 2>/dev/null || echo "?")  sources: $("$py" scripts/source_digest.py)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
   nvcc --version | tail -n 2
   "$py" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
