@@ -18,27 +18,11 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
+from rsvlm_edge.bench.timing import cuda_event_ms
 
 # (name, N out, K in) of one TinyLlama-1.1B layer and its lm_head.
 SHAPES = [("q/o_proj", 2048, 2048), ("k/v_proj", 256, 2048), ("gate/up_proj", 5632, 2048),
           ("down_proj", 2048, 5632), ("lm_head", 32000, 2048)]
-
-
-def cuda_time_ms(torch, fn, iters: int, warmup: int = 5) -> float:
-    """Median of `iters` CUDA-event-timed calls of fn (ms)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
 
 
 def graph_time_ms(torch, fn, calls: int = 20, iters: int = 20) -> float | None:
@@ -56,7 +40,7 @@ def graph_time_ms(torch, fn, calls: int = 20, iters: int = 20) -> float | None:
             stream = torch.cuda.current_stream().cuda_stream
             for _ in range(calls):
                 fn(stream)
-        return cuda_time_ms(torch, graph.replay, iters) / calls
+        return cuda_event_ms(graph.replay, 5, iters) / calls
     except Exception as e:  # reported as host-bound timings only
         print(f"graph capture failed ({type(e).__name__}: {e}); timings are per Python call", flush=True)
         return None
@@ -67,7 +51,7 @@ def copy_bandwidth_gbs(torch, gib: float = 1.0, iters: int = 20) -> float:
     n = int(gib * 2**30) // 2
     src = torch.empty(n, dtype=torch.float16, device="cuda")
     dst = torch.empty_like(src)
-    ms = cuda_time_ms(torch, lambda: dst.copy_(src), iters)
+    ms = cuda_event_ms(lambda: dst.copy_(src), 5, iters)
     return 2 * n * 2 / (ms * 1e-3) / 1e9
 
 
@@ -106,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
                     ours = lambda st=0, x=x, w=w, out=out: C.linear(x, w, None, out=out, stream=st)  # noqa: E731
                 else:
                     ours = lambda st=0, x=x, w=w, s=s, out=out: C.qlinear(x, w, s, None, out=out, stream=st)  # noqa: E731
-                call_ms = cuda_time_ms(torch, ours, args.iters)
+                call_ms = cuda_event_ms(ours, 5, args.iters)
                 kernel_ms = graph_time_ms(torch, ours)
                 ms = kernel_ms if kernel_ms is not None else call_ms
                 row = dict(shape=name, n=n, k=k, m=m, format=fmt, ms=ms, python_call_ms=call_ms,
@@ -115,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
                 row["pct_copy_bw"] = 100 * row["gbs"] / bw
                 if fmt == "fp16":
                     peer = lambda st=0, x=x, w=w, out=out: torch.nn.functional.linear(x, w, out=out)  # noqa: E731
-                    peer_ms = graph_time_ms(torch, peer) if kernel_ms is not None else cuda_time_ms(torch, peer, args.iters)
+                    peer_ms = graph_time_ms(torch, peer) if kernel_ms is not None else cuda_event_ms(peer, 5, args.iters)
                     row.update(cublas_ms=peer_ms, vs_cublas=peer_ms / ms)
                 rows.append(row)
                 del w, s

@@ -19,7 +19,6 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,18 +61,7 @@ def time_fn(fn, device, warmup, iters):
     """Median milliseconds per call."""
     if device.type != "cuda":
         return timing.median(timing.time_fn(fn, warmup, iters)) * 1e3
-    for _ in range(warmup):
-        fn()
-    times = []
-    torch.cuda.synchronize()
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
+    return timing.cuda_event_ms(fn, warmup, iters)
 
 
 def main() -> None:

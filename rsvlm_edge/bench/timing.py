@@ -68,6 +68,25 @@ def time_fn(fn: Callable[[], Any], warmup: int, iters: int) -> np.ndarray:
     return out
 
 
+def cuda_event_ms(fn: Callable[[], Any], warmup: int, iters: int) -> float:
+    """Median milliseconds of ``iters`` calls of ``fn``, each timed by a pair of CUDA events on torch's
+    current stream, after ``warmup`` untimed calls (torch is imported here: only GPU benches call it)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
 def device_line(threads: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
