@@ -289,3 +289,15 @@ def test_vlm_runtime_on_the_gpu_matches_transformers_generate(vlm64):
     for n in (1, 3):
         want = _hf_generate(model, rt, images[:n], QUESTIONS[:n], max_new_tokens=16)
         assert _our_tokens(rt, images[:n], QUESTIONS[:n], max_new_tokens=16) == want
+
+
+def test_cli_ask_with_the_cuda_backend_and_no_gpu_is_one_error_and_fix(vlm64, tmp_path):
+    from PIL import Image
+    from util import assert_contract, run_cli
+
+    if cuda_available():
+        pytest.skip("a GPU is present: the cuda backend runs")
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    r = run_cli("ask", str(vlm64[1].path), str(image), "What is in this image?", "--backend", "decoder=cuda")
+    assert_contract(r, "cuda")
