@@ -16,6 +16,7 @@ void bind_rms_norm(py::module_& m);      // csrc/bind_rms_norm.cpp
 void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
 void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
+void bind_threads(py::module_& m);       // csrc/bind_threads.cpp
 
 namespace {
 
@@ -59,4 +60,5 @@ PYBIND11_MODULE(_C, m) {
   bind_rope(m);
   bind_swiglu(m);
   bind_cuda_decoder(m);
+  bind_threads(m);
 }

@@ -10,11 +10,11 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# Our kernels' OpenMP threads wait passively (sleep) between regions unless the user chose a wait
-# policy: libgomp's default spins ~300,000 iterations at every barrier, and on cores shared with other
-# work those spinning threads take the time slices the computing thread needs (measured: decode 3-10x
-# slower at load 6.5 on 2 cores; bench/RESULTS.md). Set before libgomp is loaded with rsvlm_edge._C;
-# OMP_WAIT_POLICY=ACTIVE restores spinning on a dedicated machine.
+# OpenMP libraries in this process (FAISS in `index`; torch at export) wait passively (sleep) between
+# regions unless the user chose a wait policy: libgomp's default spins ~300,000 iterations at every
+# barrier, and on cores shared with other work those spinning threads take the time slices the
+# computing thread needs. Our own kernels run on their own thread pool (RSVLM_EDGE_THREAD_WAIT, see
+# include/rsvlm_edge/threads.h), not on OpenMP regions. Set before libgomp is loaded.
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 

@@ -16,7 +16,24 @@ from .images import OPENAI_MEAN as CLIP_MEAN
 from .images import OPENAI_STD as CLIP_STD
 
 
+THREAD_WAIT_ENV = "RSVLM_EDGE_THREAD_WAIT"
+THREAD_WAITS = ("auto", "spin", "passive")
+
+
+def check_thread_wait_env() -> None:
+    """BackendError when ``RSVLM_EDGE_THREAD_WAIT`` (the CPU thread pool's wait policy between
+    parallel loops, read once by the native library) is set to something it does not know."""
+    import os
+
+    value = os.environ.get(THREAD_WAIT_ENV)
+    if value is not None and value not in THREAD_WAITS:
+        raise BackendError(f"{THREAD_WAIT_ENV}='{value}' is not one of {', '.join(THREAD_WAITS)}",
+                           f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
+
+
 def _c() -> ModuleType:
+    """``rsvlm_edge._C``, after checking the environment it reads (BackendError if unusable)."""
+    check_thread_wait_env()
     try:
         from . import _C
     except ImportError as e:  # pragma: no cover - depends on the build
@@ -25,6 +42,12 @@ def _c() -> ModuleType:
             "build it with `scripts/dev-build.sh` (developer checkout) or `pip install .`",
         ) from e
     return _C
+
+
+def thread_pool_state() -> dict:
+    """The CPU kernels' thread pool: ``policy`` (auto / spin / passive), ``spinning`` (whether idle
+    workers spin now) and ``workers`` (threads started beside the caller)."""
+    return dict(_c().thread_pool_state())
 
 
 def built_with_cuda() -> bool:

@@ -89,6 +89,14 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
     assert proc.returncode == 2 and "is a clip bundle" in " ".join(proc.stderr.split())
 
 
+def test_a_wrong_thread_wait_policy_is_one_error_and_fix(exported):
+    from util import assert_contract
+
+    r = run_cli("ask", str(exported / "tiny.rsvlm"), str(exported / "imgs" / "tile0.png"), "hi",
+                "--backend", "decoder=native", env={"RSVLM_EDGE_THREAD_WAIT": "busy"})
+    assert_contract(r, "RSVLM_EDGE_THREAD_WAIT='busy' is not one of auto, spin, passive", "unset RSVLM_EDGE_THREAD_WAIT")
+
+
 def test_generic_bench_command_runs_a_vlm_bundle(exported):
     out = exported / "bench.json"
     result = CliRunner().invoke(app, ["bench", str(exported / "tiny.rsvlm"), "--batch", "1,2", "--warmup", "0",

@@ -20,10 +20,11 @@ def package_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH", "")])))
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``rsvlm-edge ARGS`` in a subprocess (python -m rsvlm_edge.cli), capturing text output."""
+def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``rsvlm-edge ARGS`` in a subprocess (python -m rsvlm_edge.cli), capturing text output;
+    ``env``: variables added to the package environment."""
     return subprocess.run([sys.executable, "-m", "rsvlm_edge.cli", *args], capture_output=True, text=True,
-                          env=package_env(), timeout=timeout)
+                          env={**package_env(), **(env or {})}, timeout=timeout)
 
 
 def flat(text: str) -> str:

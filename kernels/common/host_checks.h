@@ -1,10 +1,10 @@
 // Host-side helpers shared by the op folders: activation dtype checks, the kNotCompiled stub of a
-// CUDA launcher (RSVLM_NO_CUDA_LAUNCHER), RSVLM_RETURN_IF_ERROR, checked sizes and per-thread scratch
-// buffers for OpenMP regions.
+// CUDA launcher (RSVLM_NO_CUDA_LAUNCHER), RSVLM_RETURN_IF_ERROR, checked sizes and per-worker scratch
+// buffers for parallel loops (common/thread_pool.h).
 //
-// Rule for every CPU launcher: a C++ exception must never escape an OpenMP region (that is
-// std::terminate -> SIGABRT). So nothing inside a region allocates: per-thread scratch is sized with
-// overflow-checked arithmetic and allocated *before* the region with alloc_scratch, which turns a
+// Rule for every CPU launcher: a C++ exception must never escape a parallel loop's body (that is
+// std::terminate -> SIGABRT). So nothing inside a body allocates: per-worker scratch is sized with
+// overflow-checked arithmetic and allocated *before* the loop with alloc_scratch, which turns a
 // failed allocation into a Status.
 #pragma once
 
@@ -48,7 +48,7 @@ inline int64_t checked_mul(int64_t a, int64_t b) {
   return a * b;
 }
 
-// Threads an OpenMP region of this process will use (1 without OpenMP).
+// Threads a parallel loop of this process uses: OMP_NUM_THREADS, else the CPUs (1 without OpenMP).
 inline int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -57,27 +57,19 @@ inline int max_threads() {
 #endif
 }
 
-// Smallest amount of work (elements touched) worth an OpenMP region. Below it a region costs more
-// than it saves (fork/join), and on a loaded machine a thread that is not scheduled stalls the whole
-// region at its barrier for a time slice: decode-sized norms, activations and RoPE run on one thread.
+// Smallest amount of work (elements touched) worth a parallel loop. Below it waking a worker costs
+// more than it saves, and on a loaded machine a worker that is not scheduled holds its chunk for a
+// time slice: decode-sized norms, activations and RoPE run on one thread.
 constexpr int64_t kMinParallelWork = int64_t(1) << 15;
 
-// Threads for an OpenMP region over `work` elements: 1 below kMinParallelWork, else max_threads().
+// Threads for a parallel loop over `work` elements: 1 below kMinParallelWork, else max_threads().
 inline int threads_for(int64_t work) { return work < kMinParallelWork ? 1 : max_threads(); }
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 // Largest host scratch buffer a launcher allocates (bytes); beyond it the call is refused with a
 // Status instead of attempting an allocation the OS may grant lazily and kill us for later.
 constexpr int64_t kMaxScratchBytes = int64_t(1) << 34;  // 16 GiB
 
-// Resize `buf` to `threads` x `per_thread` elements before an OpenMP region. Returns kOutOfMemory
+// Resize `buf` to `threads` x `per_thread` elements before a parallel loop. Returns kOutOfMemory
 // (never throws) when the size overflows, exceeds kMaxScratchBytes or the allocation fails.
 template <typename T>
 Status alloc_scratch(std::vector<T>& buf, int64_t per_thread, int64_t threads, const char* op) {

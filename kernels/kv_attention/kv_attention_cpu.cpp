@@ -1,4 +1,4 @@
-// kv_attention fast CPU path (OpenMP): KV-cache append and causal attention in fp32, one
+// kv_attention fast CPU path (thread pool): KV-cache append and causal attention in fp32, one
 // (sequence, query, KV head) work item at a time; the G query heads of a group share each K/V row
 // read. Tested against kv_append_reference / attention_reference (kv_attention_ref.cpp).
 #include <algorithm>
@@ -14,6 +14,7 @@
 
 #include "common/cpu_math.h"
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/kv_attention.h"
 #include "rsvlm_edge/linear.h"
 
@@ -212,24 +213,21 @@ Status kv_append_cpu(const KvAppendParams& p) {
   const int hk = c.num_kv_heads, d = c.head_dim;
   const float* kn = static_cast<const float*>(p.k_new);  // (B, S_new, H_kv, D)
   const float* vn = static_cast<const float*>(p.v_new);  // (B, S_new, H_kv, D)
-#pragma omp parallel for collapse(3) schedule(static) \
-    num_threads(host::threads_for(int64_t(p.batch) * p.s_new * hk * d))
-  for (int b = 0; b < p.batch; ++b) {
-    for (int s = 0; s < p.s_new; ++s) {
-      for (int h = 0; h < hk; ++h) {
-        if (s >= (p.new_lens ? p.new_lens[b] : p.s_new)) continue;
-        const int64_t src = ((int64_t(b) * p.s_new + s) * hk + h) * d;
-        const int64_t row = row_index(c, b, h, int64_t(p.start_pos[b]) + s);
-        if (c.dtype == DType::i8) {
-          c.k_scale[row] = quantise_row(kn + src, static_cast<int8_t*>(c.k) + row * d, d);
-          c.v_scale[row] = quantise_row(vn + src, static_cast<int8_t*>(c.v) + row * d, d);
-        } else {
-          std::copy(kn + src, kn + src + d, static_cast<float*>(c.k) + row * d);
-          std::copy(vn + src, vn + src + d, static_cast<float*>(c.v) + row * d);
-        }
-      }
+  // Items (b, s, h) in row-major order, i = (b * S_new + s) * H_kv + h.
+  const int64_t items = int64_t(p.batch) * p.s_new * hk;
+  host::parallel_for(items, 64, host::threads_for(items * d), [&](int64_t i, int) {
+    const int h = int(i % hk), s = int((i / hk) % p.s_new), b = int(i / (int64_t(hk) * p.s_new));
+    if (s >= (p.new_lens ? p.new_lens[b] : p.s_new)) return;
+    const int64_t src = i * d;
+    const int64_t row = row_index(c, b, h, int64_t(p.start_pos[b]) + s);
+    if (c.dtype == DType::i8) {
+      c.k_scale[row] = quantise_row(kn + src, static_cast<int8_t*>(c.k) + row * d, d);
+      c.v_scale[row] = quantise_row(vn + src, static_cast<int8_t*>(c.v) + row * d, d);
+    } else {
+      std::copy(kn + src, kn + src + d, static_cast<float*>(c.k) + row * d);
+      std::copy(vn + src, vn + src + d, static_cast<float*>(c.v) + row * d);
     }
-  }
+  });
   return Status::Ok();
 }
 
@@ -254,30 +252,25 @@ Status attention_cpu(const AttentionParams& p) {
   // Work item (sequence b, query i, KV head hk): per head the arithmetic is the plain
   // softmax(q k^T * scale) v, in key order.
   const AttendFn attend = choose_attend(c);
-#pragma omp parallel num_threads(threads)
-  {
-    float* const scores = scratch.data() + int64_t(host::thread_id()) * per_thread;  // (G, max_keys)
-    float* const qs = scores + int64_t(group) * max_keys;                            // (G, D)
-    float* const acc = qs + int64_t(group) * d;                                      // (G, D)
-    float* const m = acc + int64_t(group) * d;                                       // (G)
-    float* const sum = m + group;                                                    // (G)
-#pragma omp for collapse(3) schedule(dynamic, 2)
-    for (int b = 0; b < p.batch; ++b) {
-      for (int i = 0; i < p.s_q; ++i) {
-        for (int hk = 0; hk < h_kv; ++hk) {
-          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group) * d;  // head hk * G
-          const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
-          if (i >= ql) {  // padding row
-            std::fill(out + off, out + off + int64_t(group) * d, 0.f);
-            continue;
-          }
-          const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
-          for (int64_t t = 0; t < int64_t(group) * d; ++t) qs[t] = q[off + t] * scale;
-          attend(Item{&c, b, hk, group, d, n_keys, max_keys, qs, scores, acc, m, sum, out + off});
-        }
-      }
+  // Items (b, i, hk) in row-major order, item = (b * S_q + i) * H_kv + hk, two per chunk.
+  const int64_t items = int64_t(p.batch) * p.s_q * h_kv;
+  host::parallel_for(items, 2, threads, [&](int64_t item, int worker) {
+    float* const scores = scratch.data() + int64_t(worker) * per_thread;  // (G, max_keys)
+    float* const qs = scores + int64_t(group) * max_keys;                 // (G, D)
+    float* const acc = qs + int64_t(group) * d;                           // (G, D)
+    float* const m = acc + int64_t(group) * d;                            // (G)
+    float* const sum = m + group;                                         // (G)
+    const int hk = int(item % h_kv), i = int((item / h_kv) % p.s_q), b = int(item / (int64_t(h_kv) * p.s_q));
+    const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group) * d;  // head hk * G
+    const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
+    if (i >= ql) {  // padding row
+      std::fill(out + off, out + off + int64_t(group) * d, 0.f);
+      return;
     }
-  }
+    const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
+    for (int64_t t = 0; t < int64_t(group) * d; ++t) qs[t] = q[off + t] * scale;
+    attend(Item{&c, b, hk, group, d, n_keys, max_keys, qs, scores, acc, m, sum, out + off});
+  });
   return Status::Ok();
 }
 

@@ -34,6 +34,7 @@
 
 #include "common/cpu_math.h"
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/linear.h"
 
 namespace rsvlm_edge {
@@ -345,12 +346,13 @@ Status linear_cpu(const LinearParams& p) {
     const RowFn row_fn = ks.row[wk][rows];
     // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-#pragma omp parallel for schedule(dynamic, kGemvRows) num_threads(host::threads_for(int64_t(n) * k))
-    for (int j = 0; j < n; ++j) {  // each thread streams a contiguous range of weight rows, a row at a time
-      float acc[kMr];
-      row_fn(xr, w_at(j, 0), k, acc);
-      for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = finish(acc[r], j);
-    }
+    host::parallel_chunks(n, kGemvRows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+      for (int j = int(j0); j < int(j1); ++j) {  // a chunk: one sequential stream of weight rows
+        float acc[kMr];
+        row_fn(xr, w_at(j, 0), k, acc);
+        for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = finish(acc[r], j);
+      }
+    });
     return Status::Ok();
   }
 
@@ -360,54 +362,50 @@ Status linear_cpu(const LinearParams& p) {
   std::vector<float> panel_buf;
   st = host::alloc_scratch(panel_buf, int64_t(kNc) * kKc, threads, "linear");
   if (!st.ok()) return st;
-#pragma omp parallel num_threads(threads)
-  {
-    float* const buf = panel_buf.data() + int64_t(host::thread_id()) * kNc * kKc;  // (kNc, kKc)
-#pragma omp for schedule(dynamic)
-    for (int pi = 0; pi < panels; ++pi) {
-      const int n0 = pi * kNc, nc = std::min(kNc, n - n0);
-      for (int k0 = 0; k0 < k; k0 += kKc) {
-        const int kc = std::min(kKc, k - k0);
-        const bool first = k0 == 0, last = k0 + kc == k;
-        ks.convert[wk](w_at(n0, k0), k, nc, kc, buf);
-        for (int64_t m0 = 0; m0 < m; m0 += kMr) {
-          const int rows = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-          const float* xr[kMr];
-          for (int r = 0; r < rows; ++r) xr[r] = x + (m0 + r) * k + k0;
-          for (int j0 = 0; j0 < nc; j0 += kNr) {
-            const int nt = std::min(kNr, nc - j0);
-            const void* wr[kNr];
-            for (int c = 0; c < kNr; ++c) wr[c] = buf + int64_t(j0 + std::min(c, nt - 1)) * kc;
-            float acc[kMr * kNr];
-            ks.tile[kF32][rows](xr, wr, kc, acc);
-            for (int r = 0; r < rows; ++r)
-              for (int c = 0; c < nt; ++c) {
-                const int col = n0 + j0 + c;
-                float* o = out + (m0 + r) * n + col;
-                const float y = first ? acc[r * kNr + c] : *o + acc[r * kNr + c];
-                *o = last ? finish(y, col) : y;
-              }
-          }
+  host::parallel_for(panels, 1, threads, [&](int64_t pi_, int worker) {
+    const int pi = int(pi_);
+    float* const buf = panel_buf.data() + int64_t(worker) * kNc * kKc;  // (kNc, kKc)
+    const int n0 = pi * kNc, nc = std::min(kNc, n - n0);
+    for (int k0 = 0; k0 < k; k0 += kKc) {
+      const int kc = std::min(kKc, k - k0);
+      const bool first = k0 == 0, last = k0 + kc == k;
+      ks.convert[wk](w_at(n0, k0), k, nc, kc, buf);
+      for (int64_t m0 = 0; m0 < m; m0 += kMr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMr, m - m0));
+        const float* xr[kMr];
+        for (int r = 0; r < rows; ++r) xr[r] = x + (m0 + r) * k + k0;
+        for (int j0 = 0; j0 < nc; j0 += kNr) {
+          const int nt = std::min(kNr, nc - j0);
+          const void* wr[kNr];
+          for (int c = 0; c < kNr; ++c) wr[c] = buf + int64_t(j0 + std::min(c, nt - 1)) * kc;
+          float acc[kMr * kNr];
+          ks.tile[kF32][rows](xr, wr, kc, acc);
+          for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < nt; ++c) {
+              const int col = n0 + j0 + c;
+              float* o = out + (m0 + r) * n + col;
+              const float y = first ? acc[r * kNr + c] : *o + acc[r * kNr + c];
+              *o = last ? finish(y, col) : y;
+            }
         }
       }
     }
-  }
+  });
   return Status::Ok();
 }
 
 Status quantize_weight_int8_cpu(const float* w, int n, int k, int8_t* q, float* scale) {
   if (w == nullptr || q == nullptr || scale == nullptr || n <= 0 || k <= 0)
     return Status::Invalid("quantize_weight_int8: needs a non-empty (N, K) weight");
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < n; ++r) {
-    const float* row = w + int64_t(r) * k;
+  host::parallel_for(n, 16, host::max_threads(), [&](int64_t r, int) {
+    const float* row = w + r * k;
     float amax = 0.f;
     for (int i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     for (int i = 0; i < k; ++i)
-      q[int64_t(r) * k + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(row[i] * inv))));
+      q[r * k + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(row[i] * inv))));
     scale[r] = amax / 127.f;
-  }
+  });
   return Status::Ok();
 }
 

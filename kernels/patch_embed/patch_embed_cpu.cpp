@@ -1,4 +1,4 @@
-// patch_embed fast CPU path (see rsvlm_edge/patch_embed.h for the math): OpenMP over blocks of 8
+// patch_embed fast CPU path (see rsvlm_edge/patch_embed.h for the math): the thread pool over blocks of 8
 // output rows, the weight transposed once per call so the inner loop runs over contiguous D. Tested
 // against patch_embed_reference (patch_embed_ref.cpp).
 #include <algorithm>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/patch_embed.h"
 
 namespace rsvlm_edge {
@@ -53,18 +54,16 @@ Status patch_embed_cpu(const PatchEmbedParams& p) {
   std::vector<float> wt, xbuf;
   if (Status s = host::alloc_scratch(wt, K, D, "patch_embed"); !s.ok()) return s;
   if (Status s = host::alloc_scratch(xbuf, kRowBlock * K, threads, "patch_embed"); !s.ok()) return s;
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < K; ++k)
+  host::parallel_for(K, 16, threads, [&](int64_t k, int) {
     for (int64_t d = 0; d < D; ++d) wt[k * D + d] = weight[d * K + k];
+  });
 
   // Rows (b, t) of the output in blocks of kRowBlock: each weight row wt[k] is loaded once per
   // block and used for every patch row in it (the block's outputs stay in cache).
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel num_threads(threads)
-  {
-    float* const x = xbuf.data() + host::thread_id() * kRowBlock * K;  // patches, normalised, conv order (c, py, px)
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+  host::parallel_chunks(blocks, 1, threads, [&](int64_t blk_begin, int64_t blk_end, int worker) {
+    float* const x = xbuf.data() + worker * kRowBlock * K;  // patches, normalised, conv order (c, py, px)
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t r0 = blk * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
       int64_t patch_rows[kRowBlock];  // output rows of this block that are patch tokens
       int64_t np = 0;
@@ -100,7 +99,7 @@ Status patch_embed_cpu(const PatchEmbedParams& p) {
         if (gamma) layer_norm_row(o, gamma, beta, D, p.eps);
       }
     }
-  }
+  });
   return Status::Ok();
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/patch_embed.h"
 
 namespace rsvlm_edge {
@@ -68,8 +69,7 @@ Status interpolate_pos_embed_cpu(const PosEmbedInterpParams& p) {
   const float* grid = p.pos + D;  // (G, G, D)
   float* res = p.out + D;         // (G2, G2, D)
 
-#pragma omp parallel for schedule(static)
-  for (int64_t oy = 0; oy < G2; ++oy) {
+  host::parallel_for(G2, 1, host::max_threads(), [&](int64_t oy, int) {
     const CubicTaps& ty = taps[oy];
     for (int64_t ox = 0; ox < G2; ++ox) {
       const CubicTaps& tx = taps[ox];
@@ -85,7 +85,7 @@ Status interpolate_pos_embed_cpu(const PosEmbedInterpParams& p) {
         o[d] = acc;
       }
     }
-  }
+  });
   return Status::Ok();
 }
 

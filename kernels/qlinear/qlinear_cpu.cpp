@@ -33,6 +33,7 @@
 #endif
 
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/qlinear.h"
 
@@ -469,10 +470,10 @@ Status qlinear_cpu(const QLinearParams& p) {
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sx, blocks, m, "qlinear"));
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xsum, i8 ? 0 : blocks, m, "qlinear"));
   const float* x = static_cast<const float*>(p.x);  // (M, K)
-#pragma omp parallel for schedule(static) if (m >= 8)
-  for (int64_t r = 0; r < m; ++r)
+  host::parallel_for(m, 4, m >= 8 ? host::max_threads() : 1, [&](int64_t r, int) {
     quantize_row(ks, x + r * k, k, p.format, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
                  sx.data() + r * blocks, i8 ? nullptr : xsum.data() + r * blocks);
+  });
 
   const float* bias = static_cast<const float*>(p.bias);  // (N) or nullptr
   float* out = static_cast<float*>(p.out);                // (M, N)
@@ -512,13 +513,13 @@ Status qlinear_cpu(const QLinearParams& p) {
     const QRowFn row_fn = ks.row[fmt][rows];
     // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-#pragma omp parallel for schedule(dynamic, kGemvRows) num_threads(host::threads_for(int64_t(n) * k))
-    for (int j = 0; j < n; ++j) {
-      float acc[kQR];
-      row_fn(xr, static_cast<const uint8_t*>(p.w) + int64_t(j) * w_row_bytes, p.w_scale + int64_t(j) * p.groups, k,
-             group, acc);
-      for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = acc[r] + (bias ? bias[j] : 0.f);
-    }
+    host::parallel_chunks(n, kGemvRows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j) {  // a chunk: one sequential stream of weight rows
+        float acc[kQR];
+        row_fn(xr, static_cast<const uint8_t*>(p.w) + j * w_row_bytes, p.w_scale + j * p.groups, k, group, acc);
+        for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = acc[r] + (bias ? bias[j] : 0.f);
+      }
+    });
     return Status::Ok();
   }
   const int panels = (n + kPanel - 1) / kPanel;
@@ -527,23 +528,19 @@ Status qlinear_cpu(const QLinearParams& p) {
   const int threads = host::max_threads();
   std::vector<int32_t> wsum_buf;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(wsum_buf, need_wsum ? int64_t(kPanel) * blocks : 0, threads, "qlinear"));
-#pragma omp parallel num_threads(threads)
-  {
-    int32_t* const wsum = need_wsum ? wsum_buf.data() + int64_t(host::thread_id()) * kPanel * blocks : nullptr;
-#pragma omp for schedule(dynamic)
-    for (int pi = 0; pi < panels; ++pi) {
-      const int n_begin = pi * kPanel, n_end = std::min(n, n_begin + kPanel);
-      if (need_wsum)
-        for (int j = n_begin; j < n_end; ++j)
-          vector_wsum(static_cast<const int8_t*>(p.w) + int64_t(j) * k, k, wsum + int64_t(j - n_begin) * blocks);
-      for (int64_t m0 = 0; m0 < m; m0 += kQR) {
-        const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
-        const QRows xr = rows_at(m0, rows);
-        for (int n0 = n_begin; n0 < n_end; n0 += kQC)
-          run_tile(xr, m0, rows, n0, need_wsum ? wsum + int64_t(n0 - n_begin) * blocks : nullptr);
-      }
+  host::parallel_for(panels, 1, threads, [&](int64_t pi, int worker) {
+    int32_t* const wsum = need_wsum ? wsum_buf.data() + int64_t(worker) * kPanel * blocks : nullptr;
+    const int n_begin = int(pi) * kPanel, n_end = std::min(n, n_begin + kPanel);
+    if (need_wsum)
+      for (int j = n_begin; j < n_end; ++j)
+        vector_wsum(static_cast<const int8_t*>(p.w) + int64_t(j) * k, k, wsum + int64_t(j - n_begin) * blocks);
+    for (int64_t m0 = 0; m0 < m; m0 += kQR) {
+      const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
+      const QRows xr = rows_at(m0, rows);
+      for (int n0 = n_begin; n0 < n_end; n0 += kQC)
+        run_tile(xr, m0, rows, n0, need_wsum ? wsum + int64_t(n0 - n_begin) * blocks : nullptr);
     }
-  }
+  });
   return Status::Ok();
 }
 

@@ -1,9 +1,10 @@
-// rope fast CPU path: OpenMP over tokens, fp32; cos/sin computed once per (token, frequency) and
+// rope fast CPU path: the thread pool over tokens, fp32; cos/sin computed once per (token, frequency) and
 // shared by every head (see rsvlm_edge/rope.h).
 #include <cmath>
 #include <vector>
 
 #include "common/host_checks.h"
+#include "common/thread_pool.h"
 #include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {
@@ -21,12 +22,10 @@ Status rope_cpu(const RopeParams& p) {
   for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(p.theta, float(2 * i) / float(d));
   float* q = static_cast<float*>(p.q);  // (T, H, D)
   float* k = static_cast<float*>(p.k);  // (T, H_kv, D) or nullptr
-#pragma omp parallel num_threads(threads)
-  {
-    float* cs = buf.data() + int64_t(half) * (1 + 2 * int64_t(host::thread_id()));
+  host::parallel_chunks(p.tokens, 8, threads, [&](int64_t t0, int64_t t1, int worker) {
+    float* cs = buf.data() + int64_t(half) * (1 + 2 * int64_t(worker));
     float* sn = cs + half;
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < p.tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
       const float pos = float(p.positions[t]);
       for (int i = 0; i < half; ++i) {
         const float a = pos * inv_freq[i];
@@ -46,7 +45,7 @@ Status rope_cpu(const RopeParams& p) {
       rotate(q, p.num_heads);
       if (k) rotate(k, p.num_kv_heads);
     }
-  }
+  });
   return Status::Ok();
 }
 

@@ -14,9 +14,9 @@ from .registry import BackendSpec, Probe, register
 
 
 def _ext() -> Any:
-    from .. import _C
+    from ..native import _c
 
-    return _C
+    return _c()
 
 
 def _flat(out: np.ndarray | None, cols: int) -> np.ndarray | None:
@@ -78,8 +78,15 @@ def native_ops() -> SimpleNamespace:
 
 
 def _probe() -> Probe:
+    from ..errors import BackendError
+    from ..native import check_thread_wait_env
+
     try:
-        _C = _ext()
+        check_thread_wait_env()
+    except BackendError as e:
+        return Probe(False, e.message, fix=e.fix or "")
+    try:
+        from .. import _C
     except ImportError as e:
         return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})")
     missing = [n for n in OP_NAMES if not hasattr(_C, n)]

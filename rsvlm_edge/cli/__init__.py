@@ -33,6 +33,9 @@ def _global_options(
         help="largest image (pixels) any command decodes; default 178956970 (PIL's bomb limit)")] = None,
 ) -> None:
     """Run remote-sensing vision-language models (CLIP, LLaVA-class) from compiled bundles."""
+    from ..native import check_thread_wait_env
+
+    check_thread_wait_env()  # read by the native library: a wrong value is refused before any work
     if max_image_pixels is not None:
         from ..images import set_max_pixels
 
