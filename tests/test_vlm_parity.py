@@ -162,7 +162,8 @@ def test_w8_bundle_stores_int8_with_per_channel_scales(tiny):
     assert q.dtype == np.int8 and tensors["layers.0.q_proj.weight_scale"].shape == (q.shape[0],)
     assert np.abs(q).max() == 127
     assert tensors["embed_tokens.weight"].dtype == np.float16
-    assert tensors["lm_head.weight"].dtype == np.float16
+    assert tensors["lm_head.weight"].dtype == np.int8  # as llama.cpp's Q8_0 output matrix
+    assert tensors["lm_head.weight_scale"].shape == (tensors["lm_head.weight"].shape[0],)
 
 
 @pytest.mark.skipif(native_ops() is None, reason="_C has no decoder kernels")

@@ -6,7 +6,9 @@
 ``decoder.safetensors``: decoder weights under canonical names for the native runtime, in fp32,
 fp16, w8 (per-output-channel symmetric INT8) or w4 (INT4, groups of 128 inputs): weight-only
 quantisation of every ``*_proj`` linear with fp32 scales ``<name>.weight_scale`` (formats in
-``rsvlm_edge/models/llava/quant.py``); embeddings, norms and lm_head stay fp16.
+``rsvlm_edge/models/llava/quant.py``); for w8 and w4 lm_head is w8 (llama.cpp keeps its output
+matrix at 8 bits for Q8_0 and about 6 for Q4_0: it is 12-20 % of a 1B decoder's bytes per token and
+the most sensitive one); embeddings and norms stay fp16.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def decoder_tensors(decoder: dict[str, Any], weights: str) -> dict[str, np.ndarr
             q, scale = (quantize_w8 if weights == "w8" else quantize_w4)(arr)
             out[name] = q
             out[f"{name}_scale"] = scale
+        elif weights in ("w8", "w4") and name == "lm_head.weight":  # as llama.cpp: Q8_0 / Q6_K output
+            out[name], out[f"{name}_scale"] = quantize_w8(arr)
         else:
             out[name] = np.ascontiguousarray(arr, dtype=np.float32 if weights == "fp32" else np.float16)
     return out

@@ -8,8 +8,8 @@ CUDA graph and replay it per token. ``ops`` is a decoder backend's op set (``rsv
 
 Weights come from ``decoder.safetensors`` under canonical names (see ``export/llava_checkpoint.py``):
 fp32 / fp16 tensors, or for ``w8`` / ``w4`` quantised ``<name>.weight`` plus fp32
-``<name>.weight_scale`` for every linear layer except the embeddings and lm_head (formats in
-``quant.py``). Compute is fp32. fp16 linear weights stay fp16 in memory when the op set takes them
+``<name>.weight_scale`` for every linear layer (lm_head: w8 in w8 and w4 bundles; formats in
+``quant.py``); the embeddings stay float. Compute is fp32. fp16 linear weights stay fp16 in memory when the op set takes them
 (``half_weights``) and are widened once at load otherwise; an fp16 embedding table stays fp16 and
 only looked-up rows are widened; int8 / int4 weights stay quantised in memory and run as ``qlinear``
 (activations quantised to int8 per block of 128 inputs on the fly, exact integer dot products: what
