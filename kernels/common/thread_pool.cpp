@@ -7,7 +7,8 @@
 //   ticket_  = g | next chunk            a chunk is claimed with one CAS; the fields of loop g (fn_,
 //                                        ctx_, n_, chunk_) are read only after a successful claim,
 //                                        and loop g cannot end while a claimed chunk runs
-//   done_                                chunks finished; the caller waits for done_ == chunks
+//   done_                                chunks finished (each thread adds its count when it finds no
+//                                        chunk left); the caller waits for done_ == chunks
 // When loop g ends the caller parks ticket_ at (g, kNoChunk) before it writes the next loop's fields.
 // Workers wait for generation_ to change: spinning first when the policy says so, then on a futex.
 #include "common/thread_pool.h"
@@ -181,23 +182,32 @@ class Pool {
     next_check_ns_ = now + kPolicyRecheckNanos;
   }
 
-  // Claims and runs chunks of loop g until none are left (or loop g is over).
+  // Claims and runs chunks of loop g until none are left (or loop g is over), then counts them into
+  // done_ at once (one contended write per thread and loop, not per chunk). Loop g cannot end while
+  // this thread holds uncounted chunks, so its fields stay valid until then.
   void drain(uint32_t g, int slot) {
+    uint32_t ran = 0, chunks = 0;
     for (;;) {
       uint64_t t = ticket_.load(std::memory_order_acquire);
       uint32_t index;
+      bool claimed = false;
       for (;;) {
         index = uint32_t(t);
-        if (uint32_t(t >> 32) != g || index >= chunks_.load(std::memory_order_relaxed)) return;
-        if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+        if (uint32_t(t >> 32) != g || index >= chunks_.load(std::memory_order_relaxed)) break;
+        if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+          claimed = true;
+          break;
+        }
       }
+      if (!claimed) break;
       const int64_t begin = int64_t(index) * chunk_;
       fn_(ctx_, begin, std::min(n_, begin + chunk_), slot);
-      const uint32_t chunks = chunks_.load(std::memory_order_relaxed);  // loop g's: it cannot end before this
-      if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == chunks &&
-          caller_sleeping_.load(std::memory_order_seq_cst) != 0)
-        futex_wake_all(&done_);
+      chunks = chunks_.load(std::memory_order_relaxed);  // loop g's (it cannot end before we count)
+      ++ran;
     }
+    if (ran != 0 && done_.fetch_add(ran, std::memory_order_seq_cst) + ran == chunks &&
+        caller_sleeping_.load(std::memory_order_seq_cst) != 0)
+      futex_wake_all(&done_);
   }
 
   void wait_done(uint32_t chunks) {

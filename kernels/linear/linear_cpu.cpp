@@ -45,7 +45,6 @@ constexpr int kNr = 4;               // output features (rows of W) per register
 constexpr int kKc = 1024;            // GEMM: inputs per K block (x tile: 3 x 1024 fp32 = 12 KiB, L1)
 constexpr int kNc = 32;              // GEMM: output features per panel (32 x 1024 fp32 = 128 KiB, L2)
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM, else GEMV
-constexpr int kGemvRows = 16;        // GEMV: weight rows per dynamically scheduled chunk
 
 // acc[r * kNr + c] = sum_{i < kc} x[r][i] * float(w[c][i])  for r < R (1..kMr), c < kNr; w[c]
 // points to kc weights of one dtype (float, uint16_t fp16 bits or int8_t).
@@ -344,9 +343,9 @@ Status linear_cpu(const LinearParams& p) {
     const float* xr[kMr];
     for (int r = 0; r < rows; ++r) xr[r] = x + r * int64_t(k);
     const RowFn row_fn = ks.row[wk][rows];
-    // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
+    // Chunks of ~64 KiB of weight rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-    host::parallel_chunks(n, kGemvRows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+    host::parallel_chunks(n, host::gemv_chunk_rows(int64_t(k) * wsize), host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
       for (int j = int(j0); j < int(j1); ++j) {  // a chunk: one sequential stream of weight rows
         float acc[kMr];
         row_fn(xr, w_at(j, 0), k, acc);

@@ -6,8 +6,9 @@
 //    region: xq (M, K) int8 in the micro-kernel's layout, |xq| (i8 weights: the unsigned operand of
 //    the dot instructions), sx (M, blocks) and, for i4, the per-block sums of xq (the -8 offset of
 //    the stored nibbles is applied once per block: sum (v - 8) x = sum v x - 8 sum x).
-//    i4 layout: in every full 64-input chunk, the 32 even inputs first, then the 32 odd ones, so that
-//    the low / high nibbles of 32 weight bytes meet their inputs without any shuffle.
+//    i4 layout: in every full 128-input chunk (= activation block), the 64 even inputs first, then the
+//    64 odd ones, so that the low / high nibbles of the chunk's 64 weight bytes meet their inputs
+//    without any shuffle (one 512-bit register each, or two 256-bit halves).
 // 2. Two loop nests:
 //    GEMV (M < 4: decode, bandwidth-bound): OpenMP over weight rows, one row kernel per row (R <= 3 rows
 //         of x); each thread reads its contiguous range of rows front to back as one stream, each
@@ -42,10 +43,9 @@ namespace {
 
 constexpr int kQR = 3;               // rows of x per tile
 constexpr int kQC = 4;               // weight rows per tile
-constexpr int kChunk4 = 64;          // i4: inputs per permuted chunk (32 weight bytes)
+constexpr int kChunk4 = 128;         // i4: inputs per permuted chunk (64 weight bytes; one activation block)
 constexpr int kPanel = 32;           // GEMM: weight rows per OpenMP task
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM loop nest, else GEMV
-constexpr int kGemvRows = 16;        // GEMV: weight rows per dynamically scheduled chunk
 
 // Up to kQR rows of quantised activations, in the kernel layout.
 struct QRows {
@@ -87,7 +87,7 @@ inline int nibble(const void* w, int kk) {
   return kk % 2 == 0 ? byte & 0x0F : byte >> 4;
 }
 
-// Position of input kk inside an i4 row's activation layout (natural outside full 64-chunks).
+// Position of input kk inside an i4 row's activation layout (natural outside full 128-chunks).
 inline int i4_slot(int kk, int k) {
   const int c0 = kk - kk % kChunk4;
   if (c0 + kChunk4 > k) return kk;
@@ -125,7 +125,7 @@ void qtile_portable_c(const QRows& x, const QCols& w, int k, int group, float* a
         } else {
           const uint8_t* wr = static_cast<const uint8_t*>(w.w[c]);
           int kk = k0;
-          for (; kk + kChunk4 <= k1; kk += kChunk4)  // permuted chunk: byte j <-> slots j and 32 + j
+          for (; kk + kChunk4 <= k1; kk += kChunk4)  // permuted chunk: byte j <-> slots j and 64 + j
             for (int j = 0; j < kChunk4 / 2; ++j) {
               const int byte = wr[kk / 2 + j];
               d += int32_t(x.q[r][kk + j]) * (byte & 0x0F) + int32_t(x.q[r][kk + kChunk4 / 2 + j]) * (byte >> 4);
@@ -217,20 +217,21 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
             }                                                                                              \
           }                                                                                                \
       } else {                                                                                             \
-        for (; kk + kChunk4 <= k1; kk += kChunk4)                                                          \
-          for (int c = 0; c < kQC; ++c) {                                                                  \
-            const uint8_t* wp = static_cast<const uint8_t*>(w.w[c]) + kk / 2;                              \
-            const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                   \
-            const __m256i lo = _mm256_and_si256(wb, low4);                                                 \
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                           \
-            for (int r = 0; r < R; ++r) {                                                                  \
-              const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk));       \
-              const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 32));  \
-              ai[r][c] = DOT(DOT(ai[r][c], lo, xe), hi, xo);                                               \
+        for (; kk + kChunk4 <= k1; kk += kChunk4) /* half h: bytes 32h.. <-> evens 32h.., odds 64 + 32h.. */ \
+          for (int h = 0; h < 2; ++h)                                                                      \
+            for (int c = 0; c < kQC; ++c) {                                                                \
+              const uint8_t* wp = static_cast<const uint8_t*>(w.w[c]) + kk / 2 + 32 * h;                   \
+              const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                 \
+              const __m256i lo = _mm256_and_si256(wb, low4);                                               \
+              const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                         \
+              for (int r = 0; r < R; ++r) {                                                                \
+                const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 32 * h)); \
+                const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 64 + 32 * h)); \
+                ai[r][c] = DOT(DOT(ai[r][c], lo, xe), hi, xo);                                             \
+              }                                                                                            \
             }                                                                                              \
-          }                                                                                                \
       }                                                                                                    \
-      const int g = group == k ? 0 : k0 / group; /* one division per block */                              \
+      const int g = group == k ? 0 : group == kQActBlock ? b : k0 / group;                                 \
       const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);                       \
       /* x.a = xq + 128 added 128 * sum(w) over the inputs of the vector steps (wsum: exactly those) */  \
       const __m128i offset = F == QWeight::i8 && OFFSET                                                    \
@@ -328,14 +329,16 @@ RSVLM_QAVX2 inline float hsum8_ps(__m256 v) {
   }                                                                                                        \
   template <int R>                                                                                         \
   TARGET __attribute__((always_inline)) inline void NAME##_step_i4(const QRows& x, const uint8_t* w, int kc, \
-                                                                    __m256i (*a)[4], int u) {              \
+                                                                    int h, __m256i (*a)[4], int u) {       \
+    /* half h of the 128-chunk at kc: weight bytes kc/2 + 32h .. <-> evens kc + 32h .., odds kc + 64 + 32h .. */ \
     const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
-    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kc / 2));                  \
+    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kc / 2 + 32 * h));         \
     const __m256i lo = _mm256_and_si256(wb, low4);                                                         \
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                                   \
     for (int r = 0; r < R; ++r) {                                                                          \
-      a[r][u] = DOT(a[r][u], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc)));       \
-      a[r][u + 1] = DOT(a[r][u + 1], hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc + 32))); \
+      a[r][u] = DOT(a[r][u], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc + 32 * h))); \
+      a[r][u + 1] = DOT(a[r][u + 1], hi,                                                                   \
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kc + 64 + 32 * h)));  \
     }                                                                                                      \
   }                                                                                                        \
   template <int R, QWeight F>                                                                              \
@@ -366,14 +369,13 @@ RSVLM_QAVX2 inline float hsum8_ps(__m256 v) {
         for (; kk + 32 <= k1; kk += 32) NAME##_step_i8<R>(x, w, kk, a, ws, 0);                                 \
       } else {                                                                                             \
         const uint8_t* w = static_cast<const uint8_t*>(wrow);                                              \
-        if (kk + 128 <= k1) {                                                                              \
-          NAME##_step_i4<R>(x, w, kk, a, 0);                                                               \
-          NAME##_step_i4<R>(x, w, kk + kChunk4, a, 2);                                                     \
-          kk += 128;                                                                                       \
+        if (kk + kChunk4 <= k1) { /* a full block is one permuted chunk */                                 \
+          NAME##_step_i4<R>(x, w, kk, 0, a, 0);                                                            \
+          NAME##_step_i4<R>(x, w, kk, 1, a, 2);                                                            \
+          kk += kChunk4;                                                                                   \
         }                                                                                                  \
-        for (; kk + kChunk4 <= k1; kk += kChunk4) NAME##_step_i4<R>(x, w, kk, a, 0);                       \
       }                                                                                                    \
-      const float s_w = sw[group == k ? 0 : k0 / group];                                                   \
+      const float s_w = sw[group == k ? 0 : group == kQActBlock ? b : k0 / group];                         \
       /* i8 with the +128 offset: 128 * sum(w) per lane, taken off lane by lane (exact int32) */           \
       const __m256i off = F == QWeight::i8 && OFFSET                                                       \
           ? _mm256_slli_epi32(_mm256_add_epi32(_mm256_add_epi32(ws[0], ws[1]), _mm256_add_epi32(ws[2], ws[3])), 7) \
@@ -397,8 +399,43 @@ RSVLM_DEFINE_QROW_X86(qrow_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
 const QKernelSet kQAvx2 = {{RSVLM_QTILES(qtile_avx2, QWeight::i8), RSVLM_QTILES(qtile_avx2, QWeight::i4)},
                            {RSVLM_QTILES(qrow_avx2, QWeight::i8), RSVLM_QTILES(qrow_avx2, QWeight::i4)},
                            false, quantize_activations_avx2};
+// avx512vnni GEMV row for i4 weights: a full block is one permuted chunk, 64 weight bytes in one
+// 512-bit register, low nibbles against the block's 64 even inputs and high nibbles against the 64
+// odd ones (two vpdpbusd); per block one fp32 multiply-add of the 16 int32 lanes, the -8 offset of
+// the stored nibbles as one scalar per block. Half the instructions of the 256-bit row: the i4 row
+// is compute-bound, not bandwidth-bound, on 2 Zen 4 cores.
+template <int R>
+RSVLM_QVNNI void qrow_vnni512_i4(const QRows& x, const void* wrow, const float* sw, int k, int group, float* acc) {
+  const uint8_t* w = static_cast<const uint8_t*>(wrow);  // (K / 2) packed bytes
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 fl[R];
+  float f[R] = {};
+  for (int r = 0; r < R; ++r) fl[r] = _mm512_setzero_ps();
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    const int k1 = std::min(k, k0 + kQActBlock);
+    const float s_w = sw[group == k ? 0 : group == kQActBlock ? b : k0 / group];
+    if (k1 - k0 == kChunk4) {
+      const __m512i wb = _mm512_loadu_si512(w + k0 / 2);
+      const __m512i lo = _mm512_and_si512(wb, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low4);
+      for (int r = 0; r < R; ++r) {
+        __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x.q[r] + k0));
+        a = _mm512_dpbusd_epi32(a, hi, _mm512_loadu_si512(x.q[r] + k0 + 64));
+        const float scale = x.s[r][b] * s_w;
+        fl[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(scale), fl[r]);
+        f[r] -= float(8 * x.sum[r][b]) * scale;
+      }
+    } else {  // a short last block: the definition
+      for (int r = 0; r < R; ++r)
+        f[r] += float(dot_scalar<QWeight::i4>(x.q[r], w, k0, k1, k) - 8 * x.sum[r][b]) * (x.s[r][b] * s_w);
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_reduce_add_ps(fl[r]) + f[r];
+}
+
 const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni, QWeight::i8), RSVLM_QTILES(qtile_vnni, QWeight::i4)},
-                           {RSVLM_QTILES(qrow_vnni, QWeight::i8), RSVLM_QTILES(qrow_vnni, QWeight::i4)},
+                           {RSVLM_QTILES(qrow_vnni, QWeight::i8), {nullptr, qrow_vnni512_i4<1>, qrow_vnni512_i4<2>,
+                                                                   qrow_vnni512_i4<3>}},
                            true, quantize_activations_avx2};
 #endif
 
@@ -511,9 +548,9 @@ Status qlinear_cpu(const QLinearParams& p) {
     const int rows = static_cast<int>(m);
     const QRows xr = rows_at(0, rows);
     const QRowFn row_fn = ks.row[fmt][rows];
-    // Chunks of kGemvRows rows handed out dynamically: a thread that the OS deschedules on a busy
+    // Chunks of ~64 KiB of weight rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-    host::parallel_chunks(n, kGemvRows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+    host::parallel_chunks(n, host::gemv_chunk_rows(w_row_bytes), host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
       for (int64_t j = j0; j < j1; ++j) {  // a chunk: one sequential stream of weight rows
         float acc[kQR];
         row_fn(xr, static_cast<const uint8_t*>(p.w) + j * w_row_bytes, p.w_scale + j * p.groups, k, group, acc);
