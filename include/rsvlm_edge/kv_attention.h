@@ -25,7 +25,7 @@
 // Implementations (kernels/kv_attention/):
 //   kv_append_reference, attention_reference  kv_attention_ref.cpp  naive loops, fp64 softmax: the one
 //                                             reference every other path is tested against
-//   kv_append_cpu, attention_cpu              kv_attention_cpu.cpp  OpenMP, fp32
+//   kv_append_cpu, attention_cpu              kv_attention_cpu.cpp  thread pool, fp32
 //   kv_append_cuda, attention_cuda            kv_attention.cu       flash-style tiles, split-KV decode
 // Host launchers (reference and CPU) check every length, position and page-table entry against the
 // cache before touching memory (kInvalidArgument naming the sequence and value).
@@ -104,7 +104,7 @@ Status attention_validate(const AttentionParams& p, bool cuda);
 Status kv_append_reference(const KvAppendParams& p);
 Status attention_reference(const AttentionParams& p);
 
-// Fast CPU (OpenMP) launchers: same dtypes and checks as the references. All pointers host.
+// Fast CPU (thread pool) launchers: same dtypes and checks as the references. All pointers host.
 Status kv_append_cpu(const KvAppendParams& p);
 Status attention_cpu(const AttentionParams& p);
 

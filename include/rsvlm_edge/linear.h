@@ -7,7 +7,7 @@
 //
 // Implementations (kernels/linear/):
 //   linear_reference  linear_ref.cpp  naive loops, fp64 accumulation: what every other path is tested against
-//   linear_cpu        linear_cpu.cpp  OpenMP, blocked GEMM / GEMV with avx2 or portable micro-kernels
+//   linear_cpu        linear_cpu.cpp  thread pool, blocked GEMM / GEMV with avx2 or portable micro-kernels
 //   linear_cuda       linear.cu       a warp per output feature (GEMV / small-M GEMM)
 // Dtypes: CPU (reference and fast) fp32 activations with fp32, fp16 or int8 weights (converted to fp32
 // exactly); CUDA fp16 or bf16 activations with weights in the activation dtype or int8.
@@ -39,7 +39,7 @@ Status linear_validate(const LinearParams& p, bool cuda);
 // Naive reference (CPU, single thread, fp64 accumulation). All pointers host.
 Status linear_reference(const LinearParams& p);
 
-// Fast CPU path (OpenMP). All pointers host.
+// Fast CPU path (thread pool). All pointers host.
 Status linear_cpu(const LinearParams& p);
 
 // CUDA path: all pointers on the current device; `stream` is a cudaStream_t (nullptr = legacy

@@ -10,7 +10,7 @@
 //
 // Implementations (kernels/patch_embed/):
 //   patch_embed_reference  patch_embed_ref.cpp  naive loops, fp64 accumulation and LayerNorm statistics
-//   patch_embed_cpu        patch_embed_cpu.cpp  OpenMP, transposed weight, blocks of 8 patch rows (fp32)
+//   patch_embed_cpu        patch_embed_cpu.cpp  thread pool, transposed weight, blocks of 8 patch rows (fp32)
 //   patch_embed_cuda       patch_embed.cu       tiled SIMT GEMM + class token + LayerNorm (fp32/fp16/bf16)
 //   interpolate_pos_embed_cpu  pos_embed_interp_cpu.cpp  load-time bicubic resize (CPU only)
 #pragma once
@@ -55,7 +55,7 @@ Status patch_embed_validate(const PatchEmbedParams& p, bool cuda);
 // Naive reference (single thread, fp64 accumulation). fp32 only. All pointers host.
 Status patch_embed_reference(const PatchEmbedParams& p);
 
-// Fast CPU path (OpenMP over blocks of patch rows). fp32 only. All pointers host.
+// Fast CPU path (thread pool over blocks of patch rows). fp32 only. All pointers host.
 Status patch_embed_cpu(const PatchEmbedParams& p);
 
 // CUDA path. All pointers on the current device; `stream` is a cudaStream_t (nullptr = legacy

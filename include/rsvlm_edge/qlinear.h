@@ -20,7 +20,7 @@
 //
 // Implementations (kernels/qlinear/):
 //   qlinear_reference  qlinear_ref.cpp  naive loops, int64 dots, fp64 outer sum: what the others are tested against
-//   qlinear_cpu        qlinear_cpu.cpp  OpenMP; avx2 (maddubs), avx512vnni (vpdpbusd on 256-bit registers) or
+//   qlinear_cpu        qlinear_cpu.cpp  thread pool; avx2 (maddubs), avx512vnni (vpdpbusd on 256-bit registers) or
 //                                       portable (plain C++) micro-kernels, chosen as for linear (cpu_kernels())
 //   qlinear_cuda       qlinear.cu       fp16 / bf16 activations, __dp4a dot products, a warp per output feature
 #pragma once
@@ -56,7 +56,7 @@ Status qlinear_validate(const QLinearParams& p, bool cuda);
 // Naive reference (CPU, single thread). All pointers host.
 Status qlinear_reference(const QLinearParams& p);
 
-// Fast CPU path (OpenMP). All pointers host.
+// Fast CPU path (thread pool). All pointers host.
 Status qlinear_cpu(const QLinearParams& p);
 
 // CUDA path: all pointers on the current device, `stream` a cudaStream_t (nullptr = legacy default).

@@ -4,7 +4,7 @@
 //
 // Implementations (kernels/rms_norm/):
 //   rms_norm_reference  rms_norm_ref.cpp  naive loops, fp64 accumulation
-//   rms_norm_cpu        rms_norm_cpu.cpp  OpenMP over rows, fp32 (8 partial sums)
+//   rms_norm_cpu        rms_norm_cpu.cpp  thread pool over rows, fp32 (8 partial sums)
 //   rms_norm_cuda       rms_norm.cu       a block per row, fp32 accumulation
 // Dtypes: CPU fp32; CUDA fp16 or bf16.
 #pragma once
@@ -28,7 +28,7 @@ struct RmsNormParams {
 
 Status rms_norm_validate(const RmsNormParams& p, bool cuda);
 Status rms_norm_reference(const RmsNormParams& p);  // naive, fp64; host pointers
-Status rms_norm_cpu(const RmsNormParams& p);        // fast CPU (OpenMP); host pointers
+Status rms_norm_cpu(const RmsNormParams& p);        // fast CPU (thread pool); host pointers
 // Device pointers; `stream` is a cudaStream_t (nullptr = legacy default); kNotCompiled without CUDA.
 Status rms_norm_cuda(const RmsNormParams& p, void* stream);
 

@@ -6,7 +6,7 @@
 //
 // Implementations (kernels/rope/):
 //   rope_reference  rope_ref.cpp  naive loops; cos/sin and the rotation in fp64
-//   rope_cpu        rope_cpu.cpp  OpenMP over tokens, fp32
+//   rope_cpu        rope_cpu.cpp  thread pool over tokens, fp32
 //   rope_cuda       rope.cu       a thread per rotated pair
 // Dtypes: CPU fp32; CUDA fp16 or bf16. Positions are int32 >= 0 (the bindings range-check host
 // arrays of any integer dtype and refuse values that do not fit).
@@ -33,7 +33,7 @@ struct RopeParams {
 
 Status rope_validate(const RopeParams& p, bool cuda);
 Status rope_reference(const RopeParams& p);  // naive; host pointers
-Status rope_cpu(const RopeParams& p);        // fast CPU (OpenMP); host pointers
+Status rope_cpu(const RopeParams& p);        // fast CPU (thread pool); host pointers
 // Device pointers; `stream` is a cudaStream_t (nullptr = legacy default); kNotCompiled without CUDA.
 Status rope_cuda(const RopeParams& p, void* stream);
 

@@ -4,7 +4,7 @@
 //
 // Implementations (kernels/swiglu/):
 //   swiglu_reference  swiglu_ref.cpp  naive loop in fp64
-//   swiglu_cpu        swiglu_cpu.cpp  OpenMP, fp32
+//   swiglu_cpu        swiglu_cpu.cpp  thread pool, fp32
 //   swiglu_cuda       swiglu.cu       grid-stride loop, fp32 math
 // Dtypes: CPU fp32; CUDA fp16 or bf16.
 #pragma once
@@ -26,7 +26,7 @@ struct SwiGluParams {
 
 Status swiglu_validate(const SwiGluParams& p, bool cuda);
 Status swiglu_reference(const SwiGluParams& p);  // naive, fp64; host pointers
-Status swiglu_cpu(const SwiGluParams& p);        // fast CPU (OpenMP); host pointers
+Status swiglu_cpu(const SwiGluParams& p);        // fast CPU (thread pool); host pointers
 // Device pointers; `stream` is a cudaStream_t (nullptr = legacy default); kNotCompiled without CUDA.
 Status swiglu_cuda(const SwiGluParams& p, void* stream);
 

@@ -5,11 +5,11 @@
 //   y[m, n] = (sum_k x[m, k] * float(W[n, k])) * scale[n] + bias[n]   (scale: int8 only)
 //
 // float(W) is exact for fp16 and int8. Two loop nests over one tile kernel:
-//   GEMV (M < kGemmMinRows: decode, bandwidth-bound): OpenMP over weight rows; each thread streams its
+//   GEMV (M < kGemmMinRows: decode, bandwidth-bound): the thread pool over weight rows; each thread streams its
 //        contiguous range of rows front to back, one row at a time (one sequential stream reaches the
 //        memory bandwidth, 4 interleaved short rows about half), in its stored dtype, converted in
 //        registers and dotted with every row of x (row kernel: 4 accumulators per row of x).
-//   GEMM (M >= kGemmMinRows: prefill): OpenMP over panels of kNc weight rows; per K block of kKc
+//   GEMM (M >= kGemmMinRows: prefill): the thread pool over panels of kNc weight rows; per K block of kKc
 //        inputs the panel is converted (copied, for fp32) into a contiguous fp32 buffer (kNc x kKc,
 //        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
 //        (kMr x kKc) stay in L1. fp16 and int8 weights reuse the fp32 tile kernel there.

@@ -2,18 +2,18 @@
 // exact int32 block dots, fp32 outer sum (see rsvlm_edge/qlinear.h). Tested against
 // qlinear_reference (qlinear_ref.cpp).
 //
-// 1. Quantise every row of x once (quantize_activations), into scratch allocated before any OpenMP
-//    region: xq (M, K) int8 in the micro-kernel's layout, |xq| (i8 weights: the unsigned operand of
+// 1. Quantise every row of x once (quantize_activations), into scratch allocated before any parallel
+//    loop: xq (M, K) int8 in the micro-kernel's layout, |xq| (i8 weights: the unsigned operand of
 //    the dot instructions), sx (M, blocks) and, for i4, the per-block sums of xq (the -8 offset of
 //    the stored nibbles is applied once per block: sum (v - 8) x = sum v x - 8 sum x).
 //    i4 layout: in every full 128-input chunk (= activation block), the 64 even inputs first, then the
 //    64 odd ones, so that the low / high nibbles of the chunk's 64 weight bytes meet their inputs
 //    without any shuffle (one 512-bit register each, or two 256-bit halves).
 // 2. Two loop nests:
-//    GEMV (M < 4: decode, bandwidth-bound): OpenMP over weight rows, one row kernel per row (R <= 3 rows
+//    GEMV (M < 4: decode, bandwidth-bound): the thread pool over weight rows, one row kernel per row (R <= 3 rows
 //         of x); each thread reads its contiguous range of rows front to back as one stream, each
 //         weight byte once for every row of x.
-//    GEMM (M >= 4: prefill, batched decode): OpenMP over panels of 32 weight rows (32 x K bytes stay in
+//    GEMM (M >= 4: prefill, batched decode): the thread pool over panels of 32 weight rows (32 x K bytes stay in
 //         L2) and, inside, tiles of 3 rows of x times 4 weight rows.
 // Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
 //    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
@@ -44,7 +44,7 @@ namespace {
 constexpr int kQR = 3;               // rows of x per tile
 constexpr int kQC = 4;               // weight rows per tile
 constexpr int kChunk4 = 128;         // i4: inputs per permuted chunk (64 weight bytes; one activation block)
-constexpr int kPanel = 32;           // GEMM: weight rows per OpenMP task
+constexpr int kPanel = 32;           // GEMM: weight rows per pool task
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM loop nest, else GEMV
 
 // Up to kQR rows of quantised activations, in the kernel layout.
@@ -464,7 +464,7 @@ void vector_wsum(const int8_t* w, int k, int32_t* wsum) {
   }
 }
 
-// Row m of x quantised into the kernel layout (see the file comment); no allocation (OpenMP-safe).
+// Row m of x quantised into the kernel layout (see the file comment); no allocation (safe inside a parallel loop).
 void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx,
                   int32_t* xsum) {
   const bool offset_a = ks.offset_a;
@@ -497,7 +497,7 @@ Status qlinear_cpu(const QLinearParams& p) {
   const bool i8 = p.format == QWeight::i8;
   const int fmt = i8 ? 0 : 1;
 
-  // Quantised activations, allocated before any OpenMP region.
+  // Quantised activations, allocated before any parallel loop.
   std::vector<int8_t> xq;
   std::vector<uint8_t> xa;
   std::vector<float> sx;
