@@ -100,11 +100,12 @@ def test_a_forked_child_starts_its_own_pool():
 
 
 @pytest.mark.parametrize("value, spinning", [("passive", False), ("spin", True), ("auto", None)])
-def test_the_wait_policy_comes_from_the_environment(value, spinning):
+def test_the_wait_policy_comes_from_the_environment(value, spinning, tmp_path):
     code = ("import numpy as np\nfrom rsvlm_edge import native\n"
             "native._c().linear(np.ones((1, 4096), np.float32), np.ones((512, 4096), np.float32), None)\n"
             "s = native.thread_pool_state()\nprint(s['policy'], s['spinning'])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    # cwd: not the checkout, whose rsvlm_edge/ (without a built _C in CI) would shadow the installed one
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**package_env(), "RSVLM_EDGE_THREAD_WAIT": value})
     assert proc.returncode == 0, proc.stderr
     policy, spin = proc.stdout.split()
@@ -113,9 +114,9 @@ def test_the_wait_policy_comes_from_the_environment(value, spinning):
         assert spin == str(spinning)
 
 
-def test_a_wrong_wait_policy_is_a_backend_error():
+def test_a_wrong_wait_policy_is_a_backend_error(tmp_path):
     code = "from rsvlm_edge import native\nnative._c()\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**package_env(), "RSVLM_EDGE_THREAD_WAIT": "busy"})
     assert proc.returncode != 0 and "RSVLM_EDGE_THREAD_WAIT='busy' is not one of auto, spin, passive" in proc.stderr
 
