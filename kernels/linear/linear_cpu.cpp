@@ -345,7 +345,8 @@ Status linear_cpu(const LinearParams& p) {
     const RowFn row_fn = ks.row[wk][rows];
     // Chunks of ~64 KiB of weight rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-    host::parallel_chunks(n, host::gemv_chunk_rows(int64_t(k) * wsize), host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+    const int64_t chunk_rows = host::gemv_chunk_rows(int64_t(k) * wsize);
+    host::parallel_chunks(n, chunk_rows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
       for (int j = int(j0); j < int(j1); ++j) {  // a chunk: one sequential stream of weight rows
         float acc[kMr];
         row_fn(xr, w_at(j, 0), k, acc);

@@ -17,7 +17,7 @@
 //         L2) and, inside, tiles of 3 rows of x times 4 weight rows.
 // Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
 //    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
-//    avx512vnni  vpdpbusd on 256-bit registers (u8 x s8 -> s32 in one instruction); i8 weights meet
+//    avx512vnni  vpdpbusd on 256-bit registers (512-bit in the i4 GEMV row); i8 weights meet
 //                xq + 128 (unsigned) and the 128 * sum(w) this adds is taken off per block
 //                (vpdpbusd against ones), instead of the sign trick's extra instruction per product
 //    portable    plain C++ integer loops (the compiler vectorises them; aarch64 and older x86-64)
@@ -550,7 +550,8 @@ Status qlinear_cpu(const QLinearParams& p) {
     const QRowFn row_fn = ks.row[fmt][rows];
     // Chunks of ~64 KiB of weight rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
-    host::parallel_chunks(n, host::gemv_chunk_rows(w_row_bytes), host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+    const int64_t chunk_rows = host::gemv_chunk_rows(w_row_bytes);
+    host::parallel_chunks(n, chunk_rows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
       for (int64_t j = j0; j < j1; ++j) {  // a chunk: one sequential stream of weight rows
         float acc[kQR];
         row_fn(xr, static_cast<const uint8_t*>(p.w) + j * w_row_bytes, p.w_scale + j * p.groups, k, group, acc);
