@@ -8,6 +8,7 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -31,8 +32,10 @@ def check_thread_wait_env() -> None:
                            f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
 
 
+@functools.cache
 def _c() -> ModuleType:
-    """``rsvlm_edge._C``, after checking the environment it reads (BackendError if unusable)."""
+    """``rsvlm_edge._C``, after checking the environment it reads (BackendError if unusable); once per
+    process: the library reads that environment once, when its thread pool starts."""
     check_thread_wait_env()
     try:
         from . import _C

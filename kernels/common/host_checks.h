@@ -67,9 +67,9 @@ constexpr int64_t kMinParallelWork = int64_t(1) << 15;
 inline int threads_for(int64_t work) { return work < kMinParallelWork ? 1 : max_threads(); }
 
 // Weight rows per dynamically handed-out GEMV chunk: about 64 KiB of weights (at least 16 rows), so
-// a chunk is one sequential stream long enough for the prefetchers and claiming it (one atomic on a
-// shared cache line) costs little next to reading it; small enough that a thread the OS deschedules
-// holds back little of the matrix.
+// a chunk is one sequential stream long enough for the prefetchers and claiming it (one CAS on its
+// lane's word, see thread_pool.cpp) costs little next to reading it; small enough that a thread the
+// OS deschedules holds back little of the matrix.
 inline int64_t gemv_chunk_rows(int64_t row_bytes) {
   constexpr int64_t kChunkBytes = int64_t(64) << 10;
   return row_bytes <= 0 ? 16 : std::max<int64_t>(16, kChunkBytes / row_bytes);

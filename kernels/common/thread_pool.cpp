@@ -223,15 +223,20 @@ class Pool {
       futex_wake_all(&done_);
   }
 
-  void wait_done(uint32_t chunks) {
-    if (spin_.load(std::memory_order_relaxed)) {
-      const int64_t deadline = now_ns() + kSpinMicros * 1000;
-      for (int i = 0;; ++i) {
-        if (done_.load(std::memory_order_acquire) == chunks) return;
-        cpu_relax();
-        if ((i & 63) == 63 && now_ns() > deadline) break;
-      }
+  // When the policy spins now: true as soon as ready() holds, false after kSpinMicros without it.
+  template <typename Ready>
+  bool spin_until(Ready ready) const {
+    if (!spin_.load(std::memory_order_relaxed)) return false;
+    const int64_t deadline = now_ns() + kSpinMicros * 1000;
+    for (int i = 0;; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+      if ((i & 63) == 63 && now_ns() > deadline) return false;
     }
+  }
+
+  void wait_done(uint32_t chunks) {
+    if (spin_until([&] { return done_.load(std::memory_order_acquire) == chunks; })) return;
     for (;;) {
       caller_sleeping_.store(1, std::memory_order_seq_cst);
       const uint32_t d = done_.load(std::memory_order_seq_cst);
@@ -243,14 +248,7 @@ class Pool {
 
   uint32_t wait_generation(uint32_t seen) {
     uint32_t g;
-    if (spin_.load(std::memory_order_relaxed)) {
-      const int64_t deadline = now_ns() + kSpinMicros * 1000;
-      for (int i = 0;; ++i) {
-        if ((g = generation_.load(std::memory_order_acquire)) != seen) return g;
-        cpu_relax();
-        if ((i & 63) == 63 && now_ns() > deadline) break;
-      }
-    }
+    if (spin_until([&] { return (g = generation_.load(std::memory_order_acquire)) != seen; })) return g;
     for (;;) {
       if ((g = generation_.load(std::memory_order_acquire)) != seen) return g;
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
