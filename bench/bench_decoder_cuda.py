@@ -88,13 +88,14 @@ def canonical_tensors(model) -> dict:
 
 
 def quantised(tensors: dict, fmt: str) -> dict:
-    """``tensors`` with every linear weight but lm_head quantised to ``fmt`` (w8 | w4), as export does."""
+    """``tensors`` quantised as export does: every layer linear to ``fmt`` (w8 | w4), lm_head to w8."""
     from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
 
     out = {}
     for name, t in tensors.items():
-        if fmt != "fp16" and name.endswith("_proj.weight"):
-            q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(t.astype("float32"))
+        if fmt != "fp16" and (name.endswith("_proj.weight") or name == "lm_head.weight"):
+            quantize = quantize_w4 if fmt == "w4" and name != "lm_head.weight" else quantize_w8
+            q, s = quantize(t.astype("float32"))
             out[name], out[name[: -len("weight")] + "weight_scale"] = q, s
         else:
             out[name] = t

@@ -90,6 +90,13 @@ def bench_markdown(work: Path) -> tuple[dict, list[str]]:
             md.append(f"| {model} | {batch} | {x['ms']:.4f} | {t['ms']:.4f} | {t['ms'] / x['ms']:.2f}x | "
                       f"{x['max_abs_diff_vs_torch']:.2e} |")
         md.append("")
+    prof = work / "profile_decoder.json"
+    if prof.exists():
+        from profile_decoder_cuda import markdown as prof_md
+
+        results["profile_decoder"] = json.loads(prof.read_text())
+        md += ["### Where a decode step's time goes (TinyLlama-1.1B shape, per kernel)", "",
+               prof_md(results["profile_decoder"]), ""]
     dec = work / "decoder.json"
     if dec.exists():
         from bench_decoder_cuda import markdown as dec_md

@@ -30,7 +30,7 @@ def small_config(attention_bias: bool = False, layers: int = 2) -> DecoderConfig
 
 
 def small_tensors(cfg: DecoderConfig, fmt: str = "fp16", seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded weights in decoder.safetensors' layout: fp16 (fp32 norms), or w8 / w4 quantised linears."""
+    """Seeded weights in decoder.safetensors' layout: fp16 (fp32 norms), or w8 / w4 quantised linears (lm_head w8)."""
     rng = np.random.default_rng(seed)
     c, i, qd, kvd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
 
@@ -48,9 +48,10 @@ def small_tensors(cfg: DecoderConfig, fmt: str = "fp16", seed: int = 0) -> dict[
             t[p + name + ".weight"] = w(n, k)
             if cfg.attention_bias and name in ("q_proj", "k_proj", "v_proj"):
                 t[p + name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    if fmt != "fp16":
-        for name in [n for n in t if n.endswith("_proj.weight")]:
-            q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(t[name].astype(np.float32))
+    if fmt != "fp16":  # as export: the layers' linears in fmt, lm_head in w8
+        for name in [n for n in t if n.endswith("_proj.weight") or n == "lm_head.weight"]:
+            quantize = quantize_w4 if fmt == "w4" and name != "lm_head.weight" else quantize_w8
+            q, s = quantize(t[name].astype(np.float32))
             t[name], t[name[: -len("weight")] + "weight_scale"] = q, s
     return t
 

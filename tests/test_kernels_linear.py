@@ -202,7 +202,7 @@ def test_linear_empty_inputs(fn):
 
 
 @cuda_dtype_test
-@pytest.mark.parametrize("m, k, n", [(1, 4096, 11008), (7, 77, 129), (97, 320, 33)], ids=str)
+@pytest.mark.parametrize("m, k, n", [(1, 4096, 11008), (7, 77, 129), (8, 2048, 300), (97, 320, 33)], ids=str)
 @pytest.mark.parametrize("int8", [False, True], ids=["dense", "int8"])
 def test_cuda_linear_matches_reference(cuda_device, dtype_name, m, k, n, int8):
     torch, dt, tol = cuda_dtype(dtype_name)

@@ -203,7 +203,10 @@ def test_out_must_not_alias_x():
 
 
 @cuda_dtype_test
-@pytest.mark.parametrize("m, k, n", [(1, 2048, 5632), (3, 300, 33), (5, 130, 7)], ids=str)
+# Decode batches up to 8 and beyond (several blocks of rows, the last partial); K up to 12288 (shared memory
+# for the quantised inputs of a block's rows).
+@pytest.mark.parametrize("m, k, n", [(1, 2048, 5632), (3, 300, 33), (5, 130, 7), (8, 2048, 40), (13, 512, 9),
+                                     (8, 6144, 24), (5, 12288, 9)], ids=str)
 @pytest.mark.parametrize("fmt", ["i8", "i4"])
 def test_cuda_qlinear_matches_reference(cuda_device, dtype_name, m, k, n, fmt):
     torch, dt, tol = cuda_dtype(dtype_name)

@@ -173,6 +173,18 @@ struct StepBuffers {
   __half *x = nullptr, *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr, *proj = nullptr,
          *gate = nullptr, *up = nullptr;
   int32_t* positions = nullptr;  // (rows)
+
+  // These buffers as a step of `used` <= rows rows: k and v start right after `used` rows of q (q is
+  // allocated with room for rows * (qd + 2 kvd)), up right after `used` rows of gate. For one row that is
+  // the [q | k | v] and [gate | up] a fused GEMV writes (with the allocation's own rows, a batch-1 step
+  // of a decoder made for larger batches read k and v from past its fused output).
+  StepBuffers first_rows(int64_t used, int64_t qd, int64_t kvd, int64_t inter) const {
+    StepBuffers b = *this;
+    b.k = q + used * qd;
+    b.v = b.k + used * kvd;
+    b.up = gate + used * inter;
+    return b;
+  }
 };
 
 }  // namespace
@@ -239,14 +251,12 @@ struct CudaDecoder::Impl {
     b.rows = rows;
     RSVLM_RETURN_IF_ERROR(alloc(&b.x, rows * c, list, counter));
     RSVLM_RETURN_IF_ERROR(alloc(&b.h, rows * c, list, counter));
-    // q, k, v back to back (and gate, up): at rows = 1 a fused GEMV's output row is [q | k | v].
+    // q, k, v back to back (and gate, up); layer() places k, v, up for the rows of each step.
     RSVLM_RETURN_IF_ERROR(alloc(&b.q, rows * (qd + 2 * kvd), list, counter));
-    b.k = b.q + rows * qd;
-    b.v = b.k + rows * kvd;
     RSVLM_RETURN_IF_ERROR(alloc(&b.attn, rows * qd, list, counter));
     RSVLM_RETURN_IF_ERROR(alloc(&b.proj, rows * c, list, counter));
     RSVLM_RETURN_IF_ERROR(alloc(&b.gate, rows * 2 * i, list, counter));
-    b.up = b.gate + rows * i;
+    b = b.first_rows(rows, qd, kvd, i);
     RSVLM_RETURN_IF_ERROR(alloc(&b.positions, rows, list, counter));
     return Status::Ok();
   }
@@ -336,10 +346,14 @@ struct CudaDecoder::Impl {
   // One transformer layer over `b.rows`-sized buffers holding `batch` sequences of `t` rows each
   // (decode: t = 1). positions (batch * t), start (batch): first cache row written, new_lens (batch)
   // or nullptr (= t), kv_lens (batch): tokens cached after the append.
-  Status layer(int i, const StepBuffers& b, int batch, int t, const int32_t* start, const int32_t* new_lens,
+  Status layer(int i, const StepBuffers& buffers, int batch, int t, const int32_t* start, const int32_t* new_lens,
                const int32_t* kv_lens, int max_batch, int max_seq) const {
     const DevLayer& L = layers[i];
     const int64_t rows = int64_t(batch) * t;
+    if (rows > buffers.rows) return Status::Invalid("decoder step of " + std::to_string(rows) + " rows in buffers of " +
+                                                    std::to_string(buffers.rows));
+    const StepBuffers b = buffers.first_rows(rows, int64_t(s.num_heads) * s.head_dim,
+                                             int64_t(s.num_kv_heads) * s.head_dim, s.intermediate_size);
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.input_norm, rows, b.h));
     RSVLM_RETURN_IF_ERROR(grouped(L.qkv, {{&L.q, b.q}, {&L.k, b.k}, {&L.v, b.v}}, b.h, rows));
     RopeParams r;

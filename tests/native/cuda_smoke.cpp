@@ -802,6 +802,7 @@ void run_all() {
   for (bool int8 : {false, true})
     for (int64_t m : {1, 5})
       for (int k : {37, 264}) test_linear(int8, m, 13, k, m == 5, seed++);
+  test_linear(true, 11, 13, 264, true, seed++);  // int8 weights, M 11: several blocks of rows, the last partial
 
   // K = 37 / 38: partial last dp4a group (scalar tail); K = 300: partial last 128-block; G > 1 groups.
   test_qlinear(re::QWeight::i8, 1, 11, 37, 1, false, seed++);
@@ -810,6 +811,9 @@ void run_all() {
   test_qlinear(re::QWeight::i4, 1, 11, 38, 1, true, seed++);
   test_qlinear(re::QWeight::i4, 5, 11, 300, 1, false, seed++);
   test_qlinear(re::QWeight::i4, 5, 11, 384, 3, true, seed++);
+  // M 3 and 11: several blocks of rows, the last one partial.
+  test_qlinear(re::QWeight::i8, 3, 11, 264, 1, true, seed++);
+  test_qlinear(re::QWeight::i4, 11, 11, 256, 2, false, seed++);
 
   // 75 patch rows (2 row tiles), D = 72 (2 dim tiles), K = 147 (partial last K stage).
   test_patch_embed(re::DType::f16, 3, 35, 35, 7, 72, true, true, seed++);

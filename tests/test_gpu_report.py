@@ -1,0 +1,81 @@
+"""scripts/gpu_report.py and bench/profile_decoder_cuda.py's report code, on the CPU (the GPU runs them on
+scripts/gpu-check.sh's outputs; a report that breaks there costs a GPU session)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from profile_decoder_cuda import markdown, short_name  # noqa: E402
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="{f}"
+skipped="1" tests="{t}"><testcase classname="tests.test_a" name="test_ok"/>{failed}<testcase classname="tests.test_c"
+name="test_skip"><skipped message="no TensorRT"/></testcase></testsuite></testsuites>"""
+
+
+def profile_run(fmt: str, batch: int) -> dict:
+    kernels = [dict(kernel="linear_kernel<__half, __half, true>", launches=712, us=7846.4, launches_per_step=89.0,
+                    us_per_step=980.8, pct=57.8),
+               dict(kernel="rms_norm_kernel<__half>", launches=360, us=1645.6, launches_per_step=45.0,
+                    us_per_step=205.7, pct=12.1)]
+    return dict(fmt=fmt, batch=batch, prompt=608, steps=8, step_ms_direct=2.124, step_ms_graph=1.796,
+                kernel_us_per_step=1698.0, kernels=kernels)
+
+
+def test_kernel_names_lose_namespaces_and_argument_lists():
+    assert short_name("void rsvlm_edge::(anonymous namespace)::attention_kernel<64, __half, __half>"
+                      "(rsvlm_edge::AttentionParams, float, int, float*, float*)") == "attention_kernel<64, __half, __half>"
+    assert short_name("add_inplace_kernel(__half*, __half const*, long)") == "add_inplace_kernel"
+    assert short_name("void rsvlm_edge::rms_norm_kernel<__half>(__half const*, __half const*, __half*, int, float)") \
+        == "rms_norm_kernel<__half>"
+
+
+def test_profile_markdown_has_a_row_per_kernel_and_the_step_times():
+    md = markdown(dict(runs=[profile_run("fp16", 1)]))
+    assert "**fp16, batch 1** (context 608): step 1.796 ms from its CUDA graph, 2.124 ms launched directly" in md
+    assert "kernels sum to 1.698 ms per step" in md
+    assert "| `linear_kernel<__half, __half, true>` | 89 | 980.8 | 57.8 |" in md
+    assert "| `rms_norm_kernel<__half>` | 45 | 205.7 | 12.1 |" in md
+
+
+def report(tmp_path: Path, pytest_rc: int, failures: int) -> tuple[int, str, dict]:
+    work = tmp_path / "work"
+    work.mkdir()
+    steps = [dict(step="build", rc=0, seconds=22.0), dict(step="pytest", rc=pytest_rc, seconds=75.0),
+             dict(step="sanitize-memcheck", rc=0, seconds=1.0), dict(step="profile-decoder", rc=0, seconds=31.0)]
+    (work / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    (work / "profile_decoder.json").write_text(json.dumps(dict(runs=[profile_run("w8", 8)])))
+    failed = ('<testcase classname="tests.test_b" name="test_bad"><failure message="assert 0.81 &gt;= 0.999"/>'
+              "</testcase>") if failures else ""
+    (tmp_path / "junit.xml").write_text(JUNIT.format(f=failures, t=2 + failures, failed=failed))
+    log = tmp_path / "gpu-check.log"
+    log.write_text("date: 2026-11-26T06:05:34Z\nNVIDIA H100 80GB HBM3\n===== sanitize-memcheck (limit 120s): x\n"
+                   "========= ERROR SUMMARY: 0 errors\n===== sanitize-memcheck rc=0\n")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--work", str(work), "--log", str(log),
+                          "--junit", str(tmp_path / "junit.xml"), "--seconds", "272", "--json", str(tmp_path / "r.json"),
+                          "--md", str(tmp_path / "r.md")], capture_output=True, text=True, cwd=tmp_path)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.returncode, (tmp_path / "r.md").read_text(), json.loads((tmp_path / "r.json").read_text())
+
+
+def test_report_passes_with_the_profile_section(tmp_path):
+    rc, md, js = report(tmp_path, pytest_rc=0, failures=0)
+    assert rc == 0 and js["passed"] is True
+    assert md.startswith("## GPU acceptance: PASSED (272 s)")
+    assert "pytest -m cuda: 1 passed, 0 failed, 1 skipped." in md
+    assert "- memcheck: ========= ERROR SUMMARY: 0 errors" in md
+    assert "### Where a decode step's time goes (TinyLlama-1.1B shape, per kernel)" in md
+    assert "**w8, batch 8** (context 608)" in md
+    assert js["benches"]["profile_decoder"]["runs"][0]["kernels"][0]["us_per_step"] == 980.8
+
+
+def test_report_fails_and_names_the_failed_test(tmp_path):
+    rc, md, js = report(tmp_path, pytest_rc=1, failures=1)
+    assert rc == 1 and js["passed"] is False
+    assert md.startswith("## GPU acceptance: FAILED (272 s)")
+    assert "- FAILED tests.test_b::test_bad: assert 0.81 >= 0.999" in md
