@@ -16,7 +16,6 @@ from .errors import BackendError
 from .images import OPENAI_MEAN as CLIP_MEAN
 from .images import OPENAI_STD as CLIP_STD
 
-
 THREAD_WAIT_ENV = "RSVLM_EDGE_THREAD_WAIT"
 THREAD_WAITS = ("auto", "spin", "passive")
 

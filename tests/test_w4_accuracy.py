@@ -1,14 +1,18 @@
 """w4 / w8 against fp32 on a decoder with realistic weight statistics: heavy-tailed weights (Student-t
 with 5 degrees of freedom, std 0.02), RMSNorm gains around 1, and optionally a few input channels with 8x
-larger weights in every layer (the outlier channels of LLaMA checkpoints). Teacher-forced on the fp32
-model's greedy tokens for 32 decode steps, the minimum per-step logits cosine is measured.
+larger weights in every layer (the outlier channels of LLaMA checkpoints) and token embeddings with a
+decaying spectrum (the anisotropic activations of trained models). Teacher-forced on the fp32 model's
+greedy tokens for 32 decode steps, the minimum per-step logits cosine is measured.
 
-Measured (2026-11-25; int8 activations change none of these by more than 1e-4):
-    heavy-tailed:                  w8 0.9992, w4 0.913
-    heavy-tailed + outlier inputs: w8 0.9972, w4 0.742
-The w4 goal of issue 12 (>= 0.98) is NOT met by round-to-nearest int4 in groups of 128: an
-activation-aware scale search (AWQ) or error-compensating (GPTQ) export is the open item. These tests
-guard w8 at the goal (>= 0.995) and w4 at today's level so that it cannot silently get worse."""
+Measured (2026-11-26, native kernels; worst step of 32):
+    isotropic embeddings, heavy-tailed:          w8 0.9992, w4 RTN 0.933, w4 GPTQ 0.929
+    isotropic embeddings, + outlier inputs:      w8 0.9972, w4 RTN 0.742, w4 GPTQ 0.765
+    anisotropic embeddings, heavy-tailed:        w4 RTN 0.897, w4 GPTQ 0.985
+    anisotropic embeddings, + outlier inputs:    w4 RTN 0.747, w4 GPTQ 0.902
+Issue 12's w4 goal (>= 0.98) is reached only by GPTQ (export --w4-method gptq) and only where activations
+are anisotropic, as a trained model's are; round-to-nearest int4 in groups of 128 misses it everywhere, and
+GPTQ cannot help where inputs are isotropic (its Hessian is then a multiple of the identity). The tests
+guard w8 at the goal (>= 0.995), RTN w4 at today's level, and GPTQ's gain."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import pytest
 from rsvlm_edge.backends import decoder_numpy
 from rsvlm_edge.models.llava.config import DecoderConfig
 from rsvlm_edge.models.llava.decoder import LlamaDecoder
+from rsvlm_edge.models.llava.gptq import gptq_decoder_w4
 from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
 
 CFG = DecoderConfig(model_type="llama", vocab_size=1000, hidden_size=256, intermediate_size=768, num_layers=4,
@@ -25,7 +30,9 @@ CFG = DecoderConfig(model_type="llama", vocab_size=1000, hidden_size=256, interm
                     max_position_embeddings=256, attention_bias=False, bos_token_id=1, eos_token_id=2)
 
 
-def realistic_tensors(seed: int, outlier_inputs: bool) -> dict[str, np.ndarray]:
+def realistic_tensors(seed: int, outlier_inputs: bool, embedding_spectrum: float = 0.0) -> dict[str, np.ndarray]:
+    """``embedding_spectrum`` > 0: token embeddings with covariance eigenvalues decaying as k^-2p in a random
+    basis (a trained model's embeddings and activations are far from isotropic; GPTQ exploits that)."""
     rng = np.random.default_rng(seed)
     c, i, kv = CFG.hidden_size, CFG.intermediate_size, CFG.num_kv_heads * CFG.head_dim
     outliers = rng.choice(c, size=4, replace=False)  # input channels with large weights in every layer
@@ -36,7 +43,12 @@ def realistic_tensors(seed: int, outlier_inputs: bool) -> dict[str, np.ndarray]:
             w[:, outliers] *= 8.0
         return w.astype(np.float32)
 
-    t = {"embed_tokens.weight": (rng.standard_normal((CFG.vocab_size, c)) * 0.02).astype(np.float32),
+    embed = rng.standard_normal((CFG.vocab_size, c)) * 0.02
+    if embedding_spectrum > 0:
+        basis, _ = np.linalg.qr(np.random.default_rng(seed + 7).standard_normal((c, c)))
+        spectrum = np.arange(1, c + 1) ** -embedding_spectrum
+        embed = (embed * (spectrum * np.sqrt(c) / np.linalg.norm(spectrum))) @ basis.T
+    t = {"embed_tokens.weight": embed.astype(np.float32),
          "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
          "lm_head.weight": weight(CFG.vocab_size, c)}
     for layer in range(CFG.num_layers):
@@ -73,13 +85,19 @@ def _ops(backend: str):
 
 
 def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: int = 0, prompt: int = 16,
-                           steps: int = 32) -> np.ndarray:
+                           steps: int = 32, embedding_spectrum: float = 0.0, gptq: bool = False) -> np.ndarray:
     """Per-step logits cosine of the `fmt` decoder against the fp32 one (both with the exporter's fp16
-    embeddings and lm_head, so that only the linear layers' format differs)."""
-    tensors = realistic_tensors(seed, outlier_inputs)
+    embeddings and lm_head, so that only the linear layers' format differs). ``gptq``: w4 layers by GPTQ
+    calibrated on 32 random-token sequences of 128 (other tokens than the evaluated prompt's)."""
+    tensors = realistic_tensors(seed, outlier_inputs, embedding_spectrum)
     reference = {k: v if k.endswith("_proj.weight") else v.astype(np.float16) for k, v in tensors.items()}
     ref = LlamaDecoder(CFG, reference, max_batch=1, max_seq=prompt + steps + 1, ops=decoder_numpy.NUMPY)
-    low = LlamaDecoder(CFG, quantised(tensors, fmt), max_batch=1, max_seq=prompt + steps + 1, ops=_ops(backend))
+    stored = quantised(tensors, fmt)
+    if gptq:
+        calibration = np.random.default_rng(seed + 100).integers(3, CFG.vocab_size, (32, 128))
+        for name, (packed, scale) in gptq_decoder_w4(CFG, tensors, calibration).items():
+            stored[name], stored[name + "_scale"] = packed, scale
+    low = LlamaDecoder(CFG, stored, max_batch=1, max_seq=prompt + steps + 1, ops=_ops(backend))
     ids = np.random.default_rng(seed + 1).integers(3, CFG.vocab_size, size=(1, prompt))
     a = ref.prefill(ref.embed_tokens(ids), np.array([prompt]))
     b = low.prefill(low.embed_tokens(ids), np.array([prompt]))
@@ -101,3 +119,13 @@ def test_w4_logits_over_32_steps_hold_todays_level(backend):
 def test_w8_logits_stay_close_to_fp32_over_32_steps(outlier_inputs):
     cos = teacher_forced_cosines("w8", "native", outlier_inputs)
     assert cos.min() >= 0.995, cos.round(4).tolist()
+
+
+@pytest.mark.parametrize("outlier_inputs, floor, gain", [(False, 0.975, 0.05), (True, 0.88, 0.1)],
+                         ids=["heavy-tailed", "outlier-inputs"])
+def test_w4_gptq_beats_round_to_nearest_when_activations_are_anisotropic(outlier_inputs, floor, gain):
+    """Embeddings with a decaying spectrum (power 1), worst of 32 steps: GPTQ 0.985 vs RTN 0.897
+    (heavy-tailed), 0.902 vs 0.747 (outlier inputs); the floors leave room for BLAS rounding only."""
+    rtn = teacher_forced_cosines("w4", "native", outlier_inputs, embedding_spectrum=1.0)
+    gptq = teacher_forced_cosines("w4", "native", outlier_inputs, embedding_spectrum=1.0, gptq=True)
+    assert gptq.min() >= floor and gptq.min() >= rtn.min() + gain, (gptq.min(), rtn.min())

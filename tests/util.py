@@ -15,9 +15,13 @@ import rsvlm_edge
 
 def package_env() -> dict[str, str]:
     """Environment for a subprocess that imports the same rsvlm_edge as this test process
-    (the installed package in CI, the checkout with PYTHONPATH=$PWD in development)."""
+    (the installed package in CI, the checkout with PYTHONPATH=$PWD in development).
+    PYTHONSAFEPATH=1: ``python -m`` / ``-c`` would otherwise put the working directory first on sys.path,
+    and from a checkout that imports its ``rsvlm_edge/`` (in CI without the built ``_C``, so the native
+    kernels would silently not run) instead of the installed package."""
     where = str(Path(rsvlm_edge.__file__).resolve().parents[1])
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH", "")])))
+    return dict(os.environ, PYTHONSAFEPATH="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH", "")])))
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

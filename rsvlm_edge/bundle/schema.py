@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -111,12 +111,48 @@ class GraphPart(_Strict):
         return self
 
 
+class GptqCalibration(_Strict):
+    """What GPTQ calibrated on: ``windows`` sequences of ``tokens_per_window`` tokens, ``text_windows`` of
+    them from ``source`` (a --calib-text file or the built-in text), the rest random token ids."""
+
+    source: Annotated[str, Field(min_length=1, max_length=200)]
+    windows: PosInt
+    tokens_per_window: PosInt
+    text_windows: Annotated[int, Field(strict=True, ge=0)]
+    random_token_windows: Annotated[int, Field(strict=True, ge=0)]
+
+
+class W4Quantization(_Strict):
+    """How a w4 decoder's integers were chosen: ``rtn`` (round to nearest) or ``gptq`` (with its damping
+    and calibration). Groups of ``group`` inputs either way; the runtime reads both alike."""
+
+    method: Literal["rtn", "gptq"]
+    group: PosInt
+    damp: Optional[Annotated[float, Field(strict=False, gt=0, lt=1)]] = None
+    calibration: Optional[GptqCalibration] = None
+
+    @model_validator(mode="after")
+    def _gptq_has_its_calibration(self) -> "W4Quantization":
+        if (self.method == "gptq") != (self.calibration is not None and self.damp is not None):
+            raise ValueError("method 'gptq' records damp and calibration, 'rtn' neither")
+        return self
+
+
 class DecoderPart(_Strict):
-    """LLaMA-family decoder weights (safetensors, canonical names) run by a decoder backend."""
+    """LLaMA-family decoder weights (safetensors, canonical names) run by a decoder backend.
+    ``quantization`` (w4 only, optional: manifests without it stay valid) records how the int4 weights were
+    chosen."""
 
     kind: Literal["decoder"] = "decoder"
     file: RelPath
     precision: Literal["fp32", "fp16", "w8", "w4"]
+    quantization: Optional[W4Quantization] = None
+
+    @model_validator(mode="after")
+    def _quantization_is_w4(self) -> "DecoderPart":
+        if self.quantization is not None and self.precision != "w4":
+            raise ValueError(f"a {self.precision} decoder has no w4 quantization record")
+        return self
 
 
 Part = Annotated[Union[GraphPart, DecoderPart], Field(discriminator="kind")]

@@ -28,6 +28,8 @@ from ..models.llava.quant import quantize_w4, quantize_w8
 from .llava_checkpoint import VlmCheckpoint, load_checkpoint
 
 WEIGHT_FORMATS = ("fp32", "fp16", "w8", "w4")
+W4_METHODS = ("rtn", "gptq")  # round-to-nearest; GPTQ on calibration text (models/llava/gptq.py)
+GPTQ_WINDOWS, GPTQ_LENGTH = 32, 256  # calibration: 32 sequences of 256 tokens (8,192 tokens)
 VISION_IO = ("images", "image_features")  # graph input, output names (recorded in the manifest's parts)
 DEFAULT_MAX_BATCH = 8
 
@@ -44,12 +46,17 @@ def _to_numpy(t: Any) -> np.ndarray:
     return np.asarray(t)
 
 
-def decoder_tensors(decoder: dict[str, Any], weights: str) -> dict[str, np.ndarray]:
-    """Canonical decoder tensors converted to the bundle's weight format."""
+def decoder_tensors(decoder: dict[str, Any], weights: str,
+                    w4_layers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+    """Canonical decoder tensors converted to the bundle's weight format; ``w4_layers``: (packed, scale)
+    already quantised (GPTQ) for those names."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown weight format '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     out: dict[str, np.ndarray] = {}
     for name, t in decoder.items():
+        if w4_layers and name in w4_layers:
+            out[name], out[f"{name}_scale"] = w4_layers[name]
+            continue
         arr = _to_numpy(t)
         if weights in ("w8", "w4") and name.endswith("_proj.weight"):
             q, scale = (quantize_w8 if weights == "w8" else quantize_w4)(arr)
@@ -189,10 +196,20 @@ def export_vlm(
     verify: bool = True,
     progress: Progress | None = None,
     vision_tower: str | Path | None = None,
+    w4_method: str = "rtn",
+    calib_text: str | Path | None = None,
 ) -> Bundle:
-    """Export ``checkpoint`` (LLaVA repo layout or transformers Llava directory) to ``dest``."""
+    """Export ``checkpoint`` (LLaVA repo layout or transformers Llava directory) to ``dest``.
+    ``w4_method`` (w4 only): ``rtn`` rounds each weight to the nearest level; ``gptq`` runs GPTQ on
+    calibration text (``calib_text``: a UTF-8 file, else a built-in remote-sensing text), minutes."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown --weights '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
+    if w4_method not in W4_METHODS:
+        raise InputError(f"unknown --w4-method '{w4_method}'", f"use one of {', '.join(W4_METHODS)}")
+    if weights != "w4" and (w4_method != "rtn" or calib_text is not None):
+        raise InputError(f"--w4-method / --calib-text apply to --weights w4, not {weights}",
+                         "add --weights w4, or drop --w4-method and --calib-text")
+    text = read_calibration_text(calib_text) if calib_text is not None else None
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown chat template '{template}'", f"use one of {', '.join(TEMPLATES)}")
     from . import require_export_deps
@@ -202,11 +219,48 @@ def export_vlm(
     step("reading checkpoint")
     ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template, vision_tower=vision_tower)
     _check_tokenizer(ckpt.source)
-    return write_bundle(ckpt, dest, weights, overwrite, verify, step)
+    return write_bundle(ckpt, dest, weights, overwrite, verify, step, w4_method=w4_method, calib_text=text)
+
+
+def read_calibration_text(path: str | Path) -> str:
+    """The text of a --calib-text file (InputError naming the file when it is unreadable, not UTF-8 or
+    empty)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"calibration text '{p}' is not UTF-8", "convert it, e.g. iconv -t UTF-8") from None
+    except OSError as e:
+        raise InputError(f"cannot read calibration text '{p}' ({e.strerror or e})",
+                         "pass a readable UTF-8 text file to --calib-text") from None
+    if not text.strip():
+        raise InputError(f"calibration text '{p}' is empty", "pass a text file with sentences the model will see")
+    return text
+
+
+def gptq_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | None,
+                step: Progress) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """GPTQ w4 of the checkpoint's decoder layers on calibration windows of ``text`` (the built-in text
+    when None) tokenised by the bundle's tokenizer; also the record of what calibrated it."""
+    from tokenizers import Tokenizer
+
+    from ..models.llava.gptq import BUILTIN_CALIBRATION_TEXT, DAMP, calibration_windows, gptq_decoder_w4
+
+    cfg = ckpt.config.decoder
+    ids = Tokenizer.from_file(str(tokenizer_path)).encode(text or BUILTIN_CALIBRATION_TEXT,
+                                                          add_special_tokens=False).ids
+    windows, n_text = calibration_windows(ids, cfg.vocab_size, GPTQ_WINDOWS, GPTQ_LENGTH, cfg.bos_token_id)
+    tensors = {name: _to_numpy(t) for name, t in ckpt.decoder.items()}
+    layers = gptq_decoder_w4(cfg, tensors, windows, progress=step)
+    record = {"method": "gptq", "damp": DAMP, "group": 128, "calibration": {
+        "source": "--calib-text" if text else "built-in remote-sensing text", "windows": len(windows),
+        "tokens_per_window": GPTQ_LENGTH, "text_windows": n_text, "random_token_windows": len(windows) - n_text}}
+    return layers, record
 
 
 def write_bundle(
-    ckpt: VlmCheckpoint, dest: str | Path, weights: str, overwrite: bool, verify: bool, step: Progress
+    ckpt: VlmCheckpoint, dest: str | Path, weights: str, overwrite: bool, verify: bool, step: Progress,
+    w4_method: str = "rtn", calib_text: str | None = None,
 ) -> Bundle:
     from safetensors.numpy import save_file
 
@@ -222,10 +276,15 @@ def write_bundle(
                 module, ckpt.config.vision.image_size, vision_path
             )
         del module
-        step(f"writing decoder weights ({weights})")
-        save_file(decoder_tensors(ckpt.decoder, weights), str(writer.path("decoder.safetensors")))
         step("copying tokenizer")
         _copy_tokenizer(ckpt.source, writer.path("tokenizer.json"))
+        w4_layers, quantization = None, None
+        if weights == "w4":
+            quantization = {"method": "rtn", "group": 128}
+            if w4_method == "gptq":
+                w4_layers, quantization = gptq_layers(ckpt, writer.path("tokenizer.json"), calib_text, step)
+        step(f"writing decoder weights ({weights})")
+        save_file(decoder_tensors(ckpt.decoder, weights, w4_layers), str(writer.path("decoder.safetensors")))
         cfg = ckpt.config
         size = cfg.vision.image_size
         manifest = {
@@ -238,7 +297,8 @@ def write_bundle(
                            "inputs": [{"name": VISION_IO[0], "dtype": "uint8", "shape": ["batch", size, size, 3]}],
                            "outputs": [{"name": VISION_IO[1], "dtype": "float32",
                                         "shape": ["batch", cfg.vision.num_tokens, cfg.decoder.hidden_size]}]},
-                "decoder": {"kind": "decoder", "file": "decoder.safetensors", "precision": weights},
+                "decoder": {"kind": "decoder", "file": "decoder.safetensors", "precision": weights,
+                            **({"quantization": quantization} if quantization else {})},
             },
             "preprocess": ckpt.preprocess,
             "tokenizer": {"file": "tokenizer.json", "kind": "hf"},

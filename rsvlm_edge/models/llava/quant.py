@@ -37,8 +37,13 @@ def quantize_w4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     absmax = np.abs(g).max(axis=2)
     scale = np.where(absmax > 0, absmax / 7.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(g / scale[:, :, None]), -7, 7).astype(np.int16).reshape(out_f, in_f) + 8
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
-    return packed, scale
+    return pack_w4(q), scale
+
+
+def pack_w4(nibbles: np.ndarray) -> np.ndarray:
+    """(out, in) stored values q + 8 in [0, 15] -> packed uint8 (out, in / 2), even input in the low nibble."""
+    n = nibbles.astype(np.uint8)
+    return n[:, 0::2] | (n[:, 1::2] << 4)
 
 
 def dequantize_w4(packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
