@@ -176,10 +176,14 @@ def run_ours(a: argparse.Namespace) -> dict:
     batch_max = max(a.batch)
     max_seq = max(a.prompt, a.bs8_prompt) + a.new + 1
     t0 = time.perf_counter()
-    decoder = LlamaDecoder(cfg, load_weights(a.decoder_file), max_batch=batch_max, max_seq=max_seq, ops=ops)
+    tensors = load_weights(a.decoder_file)
+    weight_bytes = int(sum(t.nbytes for t in tensors.values()))
+    decoder = LlamaDecoder(cfg, tensors, max_batch=batch_max, max_seq=max_seq, ops=ops)
+    del tensors
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     row: dict = {"precision": a.worker, "backend": ops.name, "weight_bytes_per_token": decoder.weight_bytes,
+                 "weight_bytes": weight_bytes,  # every tensor of decoder.safetensors (embeddings too)
                  "kv_cache_bytes": int(sum(k.nbytes + v.nbytes for k, v in zip(decoder.cache.k, decoder.cache.v))),
                  "load_s": load_s}
 
@@ -318,7 +322,7 @@ def markdown(result: dict) -> str:
              f"{f' x {rounds} rounds' if rounds > 1 else ''}; read bandwidth {min(readings):.1f}-{max(readings):.1f} GB/s "
              "(bench/native/read_bandwidth.c, before each precision; % below: of the highest reading).", "",
              "| precision (ours / llama.cpp) | prefill tok/s | decode bs1 tok/s | decode bs8 tok/s | "
-             "bs1 weights GB/s (% of read bw) | peak RSS MiB (weights + KV MiB) |",
+             "bs1 weights GB/s (% of read bw) | peak RSS MiB (weights + KV MiB, RSS over them) |",
              "|---|---|---|---|---|---|"]
     bw = max(readings)
     for p, ours in result["ours"].items():
@@ -330,10 +334,12 @@ def markdown(result: dict) -> str:
                 return ""
             return f"{o:.1f}" + (f" vs {t:.1f} (**{o / t:.2f}x**)" if t else "")
         gbs = ours["weight_bytes_per_token"] * ours["decode_bs1_tok_s"] / 1e9
+        resident = ours.get("weight_bytes", ours["weight_bytes_per_token"])  # older JSON: per-token bytes
         mem = f"{ours['peak_rss_bytes'] / 2**20:.0f}" + (f" vs {peer['peak_rss_bytes'] / 2**20:.0f}" if peer else "")
         lines.append(f"| {p} / {GGUF_TYPES[p]} | {cell('prefill_tok_s')} | {cell('decode_bs1_tok_s')} | "
                      f"{cell('decode_bs8_tok_s')} | {gbs:.1f} ({100 * gbs / bw:.0f}%) | {mem} "
-                     f"({(ours['weight_bytes_per_token'] + ours['kv_cache_bytes']) / 2**20:.0f}) |")
+                     f"({(resident + ours['kv_cache_bytes']) / 2**20:.0f}, "
+                     f"{100 * ours['peak_rss_bytes'] / (resident + ours['kv_cache_bytes']) - 100:+.0f}%) |")
     lines += ["", "Where our time goes (batch 1; prefill: ms for the whole prompt, decode: ms per token):", ""]
     for p, ours in result["ours"].items():
         pre = ", ".join(f"{k} {v['ms']:.0f}" for k, v in ours.get("prefill_profile", {}).items())

@@ -193,8 +193,12 @@ def _linear(ops: Any, x: np.ndarray, lin: Linear, out: np.ndarray | None = None)
 
 
 def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarray, v_cache: np.ndarray,
-                   x: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """One transformer layer over right-padded x[B, T, C] at ``positions`` [B, T]."""
+                   x: np.ndarray, positions: np.ndarray, lengths: np.ndarray,
+                   kv_lens: np.ndarray | None = None) -> np.ndarray:
+    """One transformer layer over right-padded x[B, T, C] at ``positions`` [B, T]: ``lengths`` [B] rows
+    of each sequence are valid; they are cached from position ``positions[:, 0]`` on and attend to the
+    ``kv_lens`` [B] cached positions up to and including their own (default ``lengths``: a whole prompt;
+    a later chunk of a prompt attends to the chunks before it too)."""
     batch, tokens, _ = x.shape
     h = ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
     q = _linear(ops, h, layer.q).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
@@ -202,7 +206,7 @@ def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarr
     v = _linear(ops, h, layer.v).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
     ops.rope(q, k, positions, cfg.rope_theta)
     ops.kv_append(k_cache, v_cache, k, v, positions[:, 0], new_lens=lengths)
-    attn = ops.attention_prefill(q, k_cache, v_cache, lengths, lengths)
+    attn = ops.attention_prefill(q, k_cache, v_cache, lengths, lengths if kv_lens is None else kv_lens)
     x = x + _linear(ops, attn.reshape(batch, tokens, -1), layer.o)
     h = ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
     return x + _linear(ops, ops.swiglu(_linear(ops, h, layer.gate), _linear(ops, h, layer.up)), layer.down)
@@ -232,18 +236,38 @@ def check_room(lengths: Any, max_seq: int) -> None:
                          "lower max_new_tokens or raise max_seq")
 
 
+PREFILL_ROWS = 512  # token rows (batch x chunk) a prefill chunk runs at once: bounds its activations
+
+
+def prefill_chunk_tokens(batch: int, rows: int = PREFILL_ROWS) -> int:
+    """Prompt positions per prefill chunk for ``batch`` sequences: ``rows`` rows in all, at least one."""
+    return max(1, rows // max(batch, 1))
+
+
 def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCache, embeds: np.ndarray,
-            lengths: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            lengths: np.ndarray, out: np.ndarray | None = None, chunk_rows: int = PREFILL_ROWS) -> np.ndarray:
     """Run right-padded prompts ``embeds[B, T, C]`` (valid rows ``< lengths[b]``) into a fresh
-    cache; returns (or writes to ``out``) logits ``[B, vocab]`` at each sequence's last position."""
+    cache; returns (or writes to ``out``) logits ``[B, vocab]`` at each sequence's last position.
+
+    The prompt runs in chunks of ``prefill_chunk_tokens(B, chunk_rows)`` positions through all layers,
+    each chunk attending to the cached chunks before it, so that activations (the MLP's are
+    B x T x intermediate fp32) stay bounded by ``chunk_rows`` rows whatever the prompt length: the same
+    result as one pass, as the tests check."""
     batch, tokens, _ = embeds.shape
     lengths = check_prompts(embeds, lengths, cache.max_batch, cache.max_seq)
-    positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens)))
-    x = np.ascontiguousarray(embeds, dtype=np.float32)
-    for i, layer in enumerate(weights.layers):
-        x = _prefill_block(cfg, ops, layer, cache.k[i], cache.v[i], x, positions, lengths)
+    step = prefill_chunk_tokens(batch, chunk_rows)
+    last = np.empty((batch, cfg.hidden_size), dtype=np.float32)
+    for t0 in range(0, int(lengths.max()), step):
+        t1 = min(t0 + step, tokens)
+        new_lens = np.clip(lengths - t0, 0, t1 - t0)
+        kv_lens = np.minimum(lengths, t1)
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(t0, t1, dtype=np.int64), (batch, t1 - t0)))
+        x = np.ascontiguousarray(embeds[:, t0:t1], dtype=np.float32)
+        for i, layer in enumerate(weights.layers):
+            x = _prefill_block(cfg, ops, layer, cache.k[i], cache.v[i], x, positions, new_lens, kv_lens)
+        ends = np.flatnonzero((lengths > t0) & (lengths <= t1))  # sequences whose last prompt row is here
+        last[ends] = x[ends, lengths[ends] - 1 - t0]
     cache.lengths = lengths.copy()
-    last = np.ascontiguousarray(x[np.arange(batch), lengths - 1])
     return _linear(ops, ops.rms_norm(last, weights.norm, cfg.rms_norm_eps), weights.lm_head, out=out)
 
 

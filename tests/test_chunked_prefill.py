@@ -1,0 +1,94 @@
+"""Prefill in chunks (models/llava/decoder.py ``prefill``, ``chunk_rows``) equals one pass: the same
+last-position logits, the same KV cache and the same decode steps after it, for ragged batches whose
+prompts end in different chunks, on every CPU decoder backend and weight format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rsvlm_edge.backends import decoder_numpy
+from rsvlm_edge.models.llava.config import DecoderConfig
+from rsvlm_edge.models.llava.decoder import LlamaDecoder, prefill, prefill_chunk_tokens
+
+CFG = DecoderConfig(model_type="llama", vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0,
+                    max_position_embeddings=128, attention_bias=True, bos_token_id=1, eos_token_id=2)
+
+
+def tensors(fmt: str) -> dict[str, np.ndarray]:
+    from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
+
+    rng = np.random.default_rng(3)
+    c, i, qd, kvd = CFG.hidden_size, CFG.intermediate_size, CFG.num_heads * CFG.head_dim, CFG.num_kv_heads * CFG.head_dim
+    t = {"embed_tokens.weight": rng.standard_normal((CFG.vocab_size, c)).astype(np.float16),
+         "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
+         "lm_head.weight": (rng.standard_normal((CFG.vocab_size, c)) * c ** -0.5).astype(np.float16)}
+    for layer in range(CFG.num_layers):
+        p = f"layers.{layer}."
+        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        for name, (n, k) in {"q_proj": (qd, c), "k_proj": (kvd, c), "v_proj": (kvd, c), "o_proj": (c, qd),
+                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
+            w = (rng.standard_normal((n, k)) * k ** -0.5).astype(np.float32)
+            if fmt == "fp16":
+                t[p + name + ".weight"] = w.astype(np.float16)
+            else:
+                q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(w)
+                t[p + name + ".weight"], t[p + name + ".weight_scale"] = q, s
+            if name in ("q_proj", "k_proj", "v_proj"):
+                t[p + name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    return t
+
+
+def ops_for(backend: str):
+    if backend == "numpy":
+        return decoder_numpy.NUMPY
+    from rsvlm_edge.backends.decoder_native import native_ops
+
+    try:
+        return native_ops()
+    except ImportError as e:
+        pytest.skip(f"native kernels not built: {e}")
+
+
+def run(backend: str, fmt: str, lengths: list[int], chunk_rows: int, steps: int = 3):
+    dec = LlamaDecoder(CFG, tensors(fmt), max_batch=len(lengths), max_seq=max(lengths) + steps + 1, ops=ops_for(backend))
+    rng = np.random.default_rng(sum(lengths))
+    ids = rng.integers(3, CFG.vocab_size, (len(lengths), max(lengths)))
+    embeds = dec.embed_tokens(ids)
+    for b, n in enumerate(lengths):
+        embeds[b, n:] = 0.0  # padding rows must not matter
+    logits = [prefill(dec.config, dec.weights, dec.ops, dec.cache, embeds, np.array(lengths), chunk_rows=chunk_rows)]
+    cache = [(dec.cache.k[:, b, :, :n].copy(), dec.cache.v[:, b, :, :n].copy()) for b, n in enumerate(lengths)]
+    for _ in range(steps):
+        logits.append(dec.decode(logits[-1].argmax(-1)))
+    return np.stack(logits), cache
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("fmt", ["fp16", "w8", "w4"])
+@pytest.mark.parametrize("chunk_rows", [3, 12, 40], ids=lambda r: f"rows{r}")
+def test_chunks_equal_one_pass(backend, fmt, chunk_rows):
+    lengths = [37, 5, 20]  # with 3 sequences: chunks of 1, 4 and 13 positions
+    whole, whole_cache = run(backend, fmt, lengths, chunk_rows=10_000)
+    chunked, chunked_cache = run(backend, fmt, lengths, chunk_rows=chunk_rows)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max()))
+    for (k1, v1), (k2, v2) in zip(chunked_cache, whole_cache):
+        np.testing.assert_allclose(k1, k2, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(v1, v2, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(1, 24), min_size=1, max_size=4), chunk_rows=st.integers(1, 30))
+def test_any_ragged_batch_and_chunk_size(lengths, chunk_rows):
+    whole, _ = run("numpy", "fp16", lengths, chunk_rows=10_000, steps=1)
+    chunked, _ = run("numpy", "fp16", lengths, chunk_rows=chunk_rows, steps=1)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max()))
+
+
+def test_chunk_sizes():
+    assert prefill_chunk_tokens(1) == 512 and prefill_chunk_tokens(8) == 64 and prefill_chunk_tokens(3, 12) == 4
+    assert prefill_chunk_tokens(1000) == 1 and prefill_chunk_tokens(0) == 512
