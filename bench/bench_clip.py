@@ -20,12 +20,14 @@ def markdown(result: dict) -> str:
     lines = [f"{result['model']} on {result['device']}, {result['date']}, rsvlm-edge {result['rsvlm_edge']}, "
              f"warm-up {result['warmup']}, {result['iters']} timed iterations per point; "
              f"{result['gflop_per_image']:.2f} GFLOP/image.", "",
-             "| backend | precision | batch | p50 ms | p90 ms | p99 ms | img/s | GFLOP/s | vs open_clip | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| backend | precision | batch | p50 ms | p90 ms | p99 ms | img/s | GFLOP/s | vs open_clip | "
+             "vs ORT quantize_dynamic | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['images_per_s']:.1f} | {r['gflop_per_s']:.1f} | "
-                     f"{ratio_cell(r.get('speedup_vs_open_clip'))} | {r['peak_rss_mb']:.0f} |")
+                     f"{ratio_cell(r.get('speedup_vs_open_clip'))} | {ratio_cell(r.get('speedup_vs_ort_dynamic'))} | "
+                     f"{r['peak_rss_mb']:.0f} |")
     return with_notes(lines, result)
 
 

@@ -146,3 +146,23 @@ def test_bench_rows_name_backend_and_provider(gpu_onnxruntime, fp32_bundle):
     if not torch.cuda.is_available():
         assert any("CUDA peer skipped: no CUDA device" in n for n in res["notes"])
         assert not [r for r in peer if r["provider"] == "torch cuda"]
+
+
+def test_bench_times_onnxruntime_quantize_dynamic_of_the_same_fp32_graph(fp32_bundle):
+    from rsvlm_edge.bench.clip import ORT_DYNAMIC, bench_clip
+
+    res = bench_clip(str(fp32_bundle), [1, 3], ["fp32"], backend="ort-cpu", warmup=0, iters=1, peer=True)
+    dyn = [r for r in res["rows"] if r["backend"] == ORT_DYNAMIC]
+    assert [r["batch"] for r in dyn] == [1, 3]
+    assert all(r["precision"] == "int8-dynamic" and r["provider"] == CPU_EP and r["images_per_s"] > 0 for r in dyn)
+    ours = [r for r in res["rows"] if r["backend"] == "ort-cpu"]
+    assert len(ours) == 2 and all(r["speedup_vs_ort_dynamic"] > 0 for r in ours)
+    assert not any("quantize_dynamic peer skipped" in n for n in res["notes"])
+
+
+def test_the_quantize_dynamic_peer_needs_an_fp32_graph(int8_bundle):
+    from rsvlm_edge.bench.clip import ORT_DYNAMIC, bench_clip
+
+    res = bench_clip(str(int8_bundle), [1], ["int8"], backend="ort-cpu", warmup=0, iters=1, peer=True)
+    assert not any(r["backend"] == ORT_DYNAMIC for r in res["rows"])
+    assert any("quantize_dynamic peer skipped: it quantises the fp32 image graph" in n for n in res["notes"])

@@ -1,8 +1,9 @@
 """CLIP bench: latency / throughput of image encoding per batch size and precision, with open_clip
 (torch) on the same machine in the same run as the peer: fp32 on the CPU always, and fp16 on CUDA
-when torch sees a GPU (else a note says why it was skipped). Every row names its backend and the
-provider that actually ran (onnxruntime's execution provider, or the TensorRT version and
-precision)."""
+when torch sees a GPU (else a note says why it was skipped); and, when an fp32 image graph is benched,
+onnxruntime's ``quantize_dynamic`` INT8 of that same graph on the CPU (what a user gets from
+onnxruntime by hand: ``speedup_vs_ort_dynamic``). Every row names its backend and the provider that
+actually ran (onnxruntime's execution provider, or the TensorRT version and precision)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def vit_image_gflop(model: dict[str, Any]) -> float:
 
 
 TORCH_CPU, TORCH_CUDA = "torch cpu", "torch cuda"
+ORT_DYNAMIC = "onnxruntime quantize_dynamic"  # the peer's backend name; its provider: CPUExecutionProvider
 
 
 def _row(backend: str, provider: str, precision: str, batch: int, secs: np.ndarray, gflop: float) -> dict[str, Any]:
@@ -60,13 +62,16 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
         bundles = [(None, Path(target))]
     rows: list[dict[str, Any]] = []
     model_cfg: dict[str, Any] = {}
+    fp32_graph: Path | None = None
     with progress() as bar:
-        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (2 * len(batches) if peer else 0))
+        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (3 * len(batches) if peer else 0))
         for _, path in bundles:
             reset_peak_rss()  # peak RSS per row = loading this bundle + running up to this batch
             rt = rsvlm_edge.load(path, backend=backend, threads=threads)
             model_cfg = rt.bundle.model.model_dump()
             prec = rt.bundle.manifest.parts["image"].precision
+            if prec == "fp32":
+                fp32_graph = rt.bundle.file(rt.bundle.manifest.parts["image"].file)
             gflop = vit_image_gflop(model_cfg)
             for b in batches:
                 bar.update(task, description=f"{rt.backend} {prec} batch {b}")
@@ -80,14 +85,60 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
             rows += cuda_rows
             if why:
                 notes.append(f"open_clip torch fp16 CUDA peer skipped: {why}")
-    for key, provider in (("speedup_vs_open_clip", TORCH_CPU), ("speedup_vs_open_clip_cuda", TORCH_CUDA)):
-        base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == "open_clip" and r["provider"] == provider}
+            ort_rows, why = _peer_ort_dynamic(fp32_graph, gflop_of(model_cfg), batches, warmup, iters, threads, bar, task)
+            rows += ort_rows
+            if why:
+                notes.append(f"onnxruntime quantize_dynamic peer skipped: {why}")
+    for key, backend_name, provider in (("speedup_vs_open_clip", "open_clip", TORCH_CPU),
+                                        ("speedup_vs_open_clip_cuda", "open_clip", TORCH_CUDA),
+                                        ("speedup_vs_ort_dynamic", ORT_DYNAMIC, None)):
+        base = {r["batch"]: r["images_per_s"] for r in rows
+                if r["backend"] == backend_name and (provider is None or r["provider"] == provider)}
         if base:
             for r in rows:
                 r[key] = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else None
     return {"kind": "clip", "target": target, "model": model_cfg.get("name", "?"), "device": device_line(threads),
             "rsvlm_edge": __version__, "date": time.strftime("%Y-%m-%d"), "warmup": warmup, "iters": iters,
             "gflop_per_image": vit_image_gflop(model_cfg) if model_cfg else None, "notes": notes, "rows": rows}
+
+
+def gflop_of(model_cfg: dict[str, Any]) -> float:
+    return vit_image_gflop(model_cfg) if model_cfg else 0.0
+
+
+def _peer_ort_dynamic(fp32_graph: Path | None, gflop: float, batches: list[int], warmup: int, iters: int,
+                      threads: int | None, bar, task) -> tuple[list[dict[str, Any]], str]:
+    """onnxruntime's ``quantize_dynamic`` (int8 weights, activations quantised per call; its defaults)
+    of the benched fp32 image graph, on the CPU provider with ORT_ENABLE_ALL and the same thread count:
+    (rows, "") or ([], why it was skipped)."""
+    if fp32_graph is None:
+        bar.advance(task, len(batches))
+        return [], "it quantises the fp32 image graph: bench the fp32 precision too (--precision fp32,int8)"
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rsvlm-ort-dynamic-") as tmp:
+        dst = Path(tmp) / "image.dynamic.onnx"
+        bar.update(task, description="onnxruntime quantize_dynamic")
+        quantize_dynamic(str(fp32_graph), str(dst), weight_type=QuantType.QInt8)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        size = int(inp.shape[1])
+        reset_peak_rss()
+        for bs in batches:
+            bar.update(task, description=f"onnxruntime quantize_dynamic batch {bs}")
+            feed = {inp.name: synthetic_rs_images(bs, size, seed=bs)}
+            rows.append(_row(ORT_DYNAMIC, sess.get_providers()[0], "int8-dynamic", bs,
+                             time_fn(lambda: sess.run(None, feed), warmup, iters), gflop))
+            bar.advance(task)
+    return rows, ""
 
 
 def _peer_open_clip(bundle_path: Path, batches: list[int], warmup: int, iters: int, threads: int | None,
