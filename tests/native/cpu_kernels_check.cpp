@@ -75,9 +75,10 @@ std::string shape(const char* op, std::initializer_list<int64_t> dims) {
 }
 
 void linear_cases() {
-  // M 8: the tile GEMM; 16 and 17: the avx512 packed GEMM (K 1030: three K blocks, N 70: a partial panel).
+  // M 8 and 17: the tile GEMM; 64 and 67: the avx512 packed GEMM (K 1030: three K blocks, N 70: a partial panel).
   for (auto [m, n, k] : std::vector<std::array<int, 3>>{{1, 37, 2048}, {2, 7, 300}, {3, 33, 129}, {5, 70, 1030},
-                                                        {8, 33, 515}, {16, 70, 1030}, {17, 41, 257}, {1, 1, 1}}) {
+                                                        {8, 33, 515}, {64, 70, 1030}, {67, 41, 257}, {17, 41, 257},
+                                                        {1, 1, 1}}) {
     const std::vector<float> x = randn(size_t(m) * k), wf = randn(size_t(n) * k, 0.05f), bias = randn(n);
     std::vector<uint16_t> wh(wf.size());
     for (size_t i = 0; i < wf.size(); ++i) wh[i] = to_half(wf[i]);
