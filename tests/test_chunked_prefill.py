@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from util import cpu_decoder_ops
 
-from rsvlm_edge.backends import decoder_numpy
 from rsvlm_edge.models.llava.config import DecoderConfig
 from rsvlm_edge.models.llava.decoder import LlamaDecoder, prefill, prefill_chunk_tokens
 
@@ -43,19 +43,8 @@ def tensors(fmt: str) -> dict[str, np.ndarray]:
     return t
 
 
-def ops_for(backend: str):
-    if backend == "numpy":
-        return decoder_numpy.NUMPY
-    from rsvlm_edge.backends.decoder_native import native_ops
-
-    try:
-        return native_ops()
-    except ImportError as e:
-        pytest.skip(f"native kernels not built: {e}")
-
-
 def run(backend: str, fmt: str, lengths: list[int], chunk_rows: int, steps: int = 3):
-    dec = LlamaDecoder(CFG, tensors(fmt), max_batch=len(lengths), max_seq=max(lengths) + steps + 1, ops=ops_for(backend))
+    dec = LlamaDecoder(CFG, tensors(fmt), max_batch=len(lengths), max_seq=max(lengths) + steps + 1, ops=cpu_decoder_ops(backend))
     rng = np.random.default_rng(sum(lengths))
     ids = rng.integers(3, CFG.vocab_size, (len(lengths), max(lengths)))
     embeds = dec.embed_tokens(ids)

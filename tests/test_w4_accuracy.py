@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from util import cpu_decoder_ops
 
 from rsvlm_edge.backends import decoder_numpy
 from rsvlm_edge.models.llava.config import DecoderConfig
@@ -73,17 +74,6 @@ def quantised(tensors: dict[str, np.ndarray], fmt: str) -> dict[str, np.ndarray]
     return out
 
 
-def _ops(backend: str):
-    if backend == "numpy":
-        return decoder_numpy.NUMPY
-    from rsvlm_edge.backends.decoder_native import native_ops
-
-    try:
-        return native_ops()
-    except ImportError as e:
-        pytest.skip(f"native kernels not built: {e}")
-
-
 def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: int = 0, prompt: int = 16,
                            steps: int = 32, embedding_spectrum: float = 0.0, gptq: bool = False) -> np.ndarray:
     """Per-step logits cosine of the `fmt` decoder against the fp32 one (both with the exporter's fp16
@@ -97,7 +87,7 @@ def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: i
         calibration = np.random.default_rng(seed + 100).integers(3, CFG.vocab_size, (32, 128))
         for name, (packed, scale) in gptq_decoder_w4(CFG, tensors, calibration).items():
             stored[name], stored[name + "_scale"] = packed, scale
-    low = LlamaDecoder(CFG, stored, max_batch=1, max_seq=prompt + steps + 1, ops=_ops(backend))
+    low = LlamaDecoder(CFG, stored, max_batch=1, max_seq=prompt + steps + 1, ops=cpu_decoder_ops(backend))
     ids = np.random.default_rng(seed + 1).integers(3, CFG.vocab_size, size=(1, prompt))
     a = ref.prefill(ref.embed_tokens(ids), np.array([prompt]))
     b = low.prefill(low.embed_tokens(ids), np.array([prompt]))

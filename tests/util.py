@@ -59,3 +59,20 @@ def child_setup(fsize: int | None = None) -> Callable[[], None]:
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     return setup
+
+
+def cpu_decoder_ops(backend: str):
+    """The decoder op set of a CPU backend ("numpy" or "native"); skips the test when the native
+    kernels are not built."""
+    import pytest
+
+    from rsvlm_edge.backends import decoder_numpy
+
+    if backend == "numpy":
+        return decoder_numpy.NUMPY
+    from rsvlm_edge.backends.decoder_native import native_ops
+
+    try:
+        return native_ops()
+    except ImportError as e:
+        pytest.skip(f"native kernels not built: {e}")
