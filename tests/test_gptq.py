@@ -138,3 +138,24 @@ def test_cli_refuses_a_missing_calibration_file_with_one_error_and_fix(checkpoin
                 "--w4-method", "gptq", "--calib-text", str(tmp_path / "missing.txt"))
     assert_contract(r, "cannot read calibration text", "missing.txt")
     assert not (tmp_path / "c.rsvlm").exists()
+
+
+def test_gptq_refuses_a_checkpoint_whose_activations_overflow():
+    from rsvlm_edge.errors import CheckpointError
+    from rsvlm_edge.models.llava.config import DecoderConfig
+    from rsvlm_edge.models.llava.gptq import gptq_decoder_w4
+
+    cfg = DecoderConfig(model_type="llama", vocab_size=50, hidden_size=128, intermediate_size=128, num_layers=1,
+                        num_heads=2, num_kv_heads=1, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                        max_position_embeddings=64, attention_bias=False, bos_token_id=1, eos_token_id=2)
+    rng = np.random.default_rng(0)
+    t = {"embed_tokens.weight": rng.standard_normal((50, 128)).astype(np.float16), "norm.weight": np.ones(128, np.float32),
+         "lm_head.weight": rng.standard_normal((50, 128)).astype(np.float16),
+         "layers.0.input_layernorm.weight": np.full(128, 1e30, np.float32),  # h = 1e30: 2 h^T h overflows
+         "layers.0.post_attention_layernorm.weight": np.ones(128, np.float32)}
+    for name, (o, i) in {"q_proj": (128, 128), "k_proj": (64, 128), "v_proj": (64, 128), "o_proj": (128, 128),
+                         "gate_proj": (128, 128), "up_proj": (128, 128), "down_proj": (128, 128)}.items():
+        t[f"layers.0.{name}.weight"] = (rng.standard_normal((o, i)) * 0.05).astype(np.float16)
+    with pytest.raises(CheckpointError, match="layer 0's attn_in overflow float32") as e:
+        gptq_decoder_w4(cfg, t, rng.integers(3, 50, (2, 16)))
+    assert "--w4-method rtn" in e.value.fix

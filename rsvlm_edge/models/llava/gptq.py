@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from ...backends import decoder_numpy
+from ...errors import CheckpointError
 from .config import DecoderConfig
 from .decoder import DecoderWeights, Layer, Linear, _prefill_block
 from .quant import dequantize_w4, pack_w4, w4_group_size
 
 DAMP = 0.01  # fraction of mean(diag(H)) added to the diagonal (the reference implementation's percdamp)
+SUB_BATCH = 8  # calibration windows run through a layer at once
 
 Progress = Callable[[str], None]
 
@@ -68,12 +70,12 @@ def gptq_w4(w: np.ndarray, hessian: np.ndarray, damp: float = DAMP) -> tuple[np.
 
 
 class _InputStatistics:
-    """An op set that runs ``ops`` and accumulates 2 X^T X (float64) of the input of every linear whose
-    weight array is in ``names`` (id -> key), inputs with the same key summed once."""
+    """An op set that runs ``ops`` and adds 2 X^T X (float64) of the input of every linear whose weight
+    array is in ``names`` (id -> key) to ``hessians[key]``, an input shared by several linears once. One
+    instance per layer call (inputs are told apart by their array's id while that call holds them)."""
 
-    def __init__(self, ops: Any, names: dict[int, str]) -> None:
-        self.ops, self.names = ops, names
-        self.hessians: dict[str, np.ndarray] = {}
+    def __init__(self, ops: Any, names: dict[int, str], hessians: dict[str, np.ndarray]) -> None:
+        self.ops, self.names, self.hessians = ops, names, hessians
         self._seen: set[tuple[str, int]] = set()
 
     def __getattr__(self, name: str) -> Any:
@@ -147,7 +149,8 @@ _CANONICAL = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate"
 def gptq_decoder_w4(config: DecoderConfig, tensors: dict[str, np.ndarray], calibration: Iterable[np.ndarray],
                     progress: Progress | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """GPTQ w4 of every ``layers.N.*_proj.weight`` of fp32/fp16 decoder ``tensors``: name -> (packed,
-    scale). ``calibration``: token id sequences (each 1-D, the same length), run as one batch."""
+    scale). ``calibration``: token id sequences (each 1-D, the same length). CheckpointError when the
+    checkpoint's activations on them are not finite or their statistics cannot be factored."""
     seqs = [np.asarray(s, dtype=np.int64) for s in calibration]
     if not seqs or len({len(s) for s in seqs}) != 1 or len(seqs[0]) < 2:
         raise ValueError("GPTQ calibration needs token sequences of one length >= 2")
@@ -155,10 +158,17 @@ def gptq_decoder_w4(config: DecoderConfig, tensors: dict[str, np.ndarray], calib
     # fp16 weights stay fp16 (a 7B decoder is 13.5 GB so); one layer at a time is widened to fp32.
     weights = DecoderWeights.from_tensors(config, tensors, half_weights=True)
     batch, tokens = ids.shape
-    x = weights.embed_tokens(ids).astype(np.float32)
-    positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (batch, tokens)))
-    lengths = np.full(batch, tokens, dtype=np.int64)
-    shape = (batch, config.num_kv_heads, tokens, config.head_dim)
+    x = weights.embed_tokens(ids).astype(np.float32)  # (windows, tokens, C): every layer's input, kept
+    # The layer runs over SUB_BATCH windows at a time: its activations (MLP, attention scores) stay bounded.
+    sub = min(batch, SUB_BATCH)
+    positions = np.ascontiguousarray(np.broadcast_to(np.arange(tokens, dtype=np.int64), (sub, tokens)))
+    shape = (sub, config.num_kv_heads, tokens, config.head_dim)
+
+    def run_layer(ops: Any, layer: Layer, xs: np.ndarray) -> np.ndarray:
+        lengths = np.full(len(xs), tokens, dtype=np.int64)
+        return _prefill_block(config, ops, layer, np.zeros(shape, np.float32), np.zeros(shape, np.float32), xs,
+                              positions[:len(xs)], lengths)
+
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, stored in enumerate(weights.layers):
         if progress:
@@ -167,20 +177,29 @@ def gptq_decoder_w4(config: DecoderConfig, tensors: dict[str, np.ndarray], calib
             part: Linear(getattr(stored, part).w.astype(np.float32), bias=getattr(stored, part).bias)
             for part in _SHARED_INPUT})
         names = {id(getattr(layer, part).w): shared for part, shared in _SHARED_INPUT.items()}
-        stats = _InputStatistics(decoder_numpy.NUMPY, names)
-        _prefill_block(config, stats, layer, np.zeros(shape, np.float32), np.zeros(shape, np.float32), x, positions,
-                       lengths)
+        hessians: dict[str, np.ndarray] = {}
+        for b0 in range(0, batch, sub):
+            run_layer(_InputStatistics(decoder_numpy.NUMPY, names, hessians), layer, x[b0:b0 + sub])
+        bad = [key for key, h in hessians.items() if not np.isfinite(h).all()]
+        if bad:
+            raise CheckpointError(f"GPTQ: the inputs of layer {i}'s {bad[0]} overflow float32 on the calibration "
+                                  "text (the checkpoint's activations are not finite)",
+                                  "export with --w4-method rtn, or check the checkpoint with --weights fp16")
         quantised = {}
         for shared in dict.fromkeys(_SHARED_INPUT.values()):
             # The linears of one input as one matrix: GPTQ treats rows independently, so this is the
             # same result as one call each, with one factorisation of H and one column loop.
             parts = [part for part, key in _SHARED_INPUT.items() if key == shared]
             rows = np.cumsum([0] + [getattr(layer, part).w.shape[0] for part in parts])
-            packed, scale = gptq_w4(np.concatenate([getattr(layer, part).w for part in parts]), stats.hessians[shared])
+            try:
+                packed, scale = gptq_w4(np.concatenate([getattr(layer, part).w for part in parts]), hessians[shared])
+            except np.linalg.LinAlgError as e:
+                raise CheckpointError(f"GPTQ: layer {i}'s {shared} statistics cannot be factored ({e})",
+                                      "export with --w4-method rtn") from None
             for part, r0, r1 in zip(parts, rows[:-1], rows[1:]):
                 out[f"layers.{i}.{_CANONICAL[part]}.weight"] = (packed[r0:r1], scale[r0:r1])
                 quantised[part] = Linear(dequantize_w4(packed[r0:r1], scale[r0:r1]), bias=getattr(layer, part).bias)
         # The next layer's inputs come from this layer as quantised (GPTQ's sequential order).
-        x = _prefill_block(config, decoder_numpy.NUMPY, Layer(layer.input_norm, layer.post_norm, **quantised),
-                           np.zeros(shape, np.float32), np.zeros(shape, np.float32), x, positions, lengths)
+        done = Layer(layer.input_norm, layer.post_norm, **quantised)
+        x = np.concatenate([run_layer(decoder_numpy.NUMPY, done, x[b0:b0 + sub]) for b0 in range(0, batch, sub)])
     return out
