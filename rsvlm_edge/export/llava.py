@@ -250,7 +250,9 @@ def gptq_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | None,
     ids = Tokenizer.from_file(str(tokenizer_path)).encode(text or BUILTIN_CALIBRATION_TEXT,
                                                           add_special_tokens=False).ids
     windows, n_text = calibration_windows(ids, cfg.vocab_size, GPTQ_WINDOWS, GPTQ_LENGTH, cfg.bos_token_id)
-    tensors = {name: _to_numpy(t) for name, t in ckpt.decoder.items()}
+    # Matrices as fp16 (as an fp16 bundle stores them): a bf16 or fp32 checkpoint is not held in fp32.
+    tensors = {name: _to_numpy(t).astype(np.float16) if getattr(t, "ndim", 0) == 2 else _to_numpy(t)
+               for name, t in ckpt.decoder.items()}
     layers = gptq_decoder_w4(cfg, tensors, windows, progress=step)
     record = {"method": "gptq", "damp": DAMP, "group": 128, "calibration": {
         "source": "--calib-text" if text else "built-in remote-sensing text", "windows": len(windows),
