@@ -124,7 +124,8 @@ class GptqCalibration(_Strict):
 
 class W4Quantization(_Strict):
     """How a w4 decoder's integers were chosen: ``rtn`` (round to nearest) or ``gptq`` (with its damping
-    and calibration). Groups of ``group`` inputs either way; the runtime reads both alike."""
+    and calibration). One scale per ``group`` inputs either way (a layer whose input width is not a multiple
+    of it has one group per row, see ``models/llava/quant.py``); the runtime reads both alike."""
 
     method: Literal["rtn", "gptq"]
     group: PosInt
