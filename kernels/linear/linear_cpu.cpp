@@ -384,16 +384,12 @@ const char* cpu_kernels_name(CpuKernels k) {
 }
 
 #if RSVLM_X86
-// The GEMM (M >= kGemmMinRows) on the avx512 tiles: the thread pool over panels of 32 output features; per
-// K block of kKc512 inputs the panel's weights are converted to fp32 rows (the kernel set's convert) and
-// packed as (kc, 32); every kMr512 rows of x then run one register tile over it.
-static Status gemm_avx512(const LinearParams& p, ConvertFn convert, WeightKind wk) {
-  const float* x = static_cast<const float*>(p.x);  // (M, K)
-  const float* bias = static_cast<const float*>(p.bias);
-  float* out = static_cast<float*>(p.out);  // (M, N)
-  const int64_t m = p.m;
-  const int n = p.n, k = p.k;
-  const int64_t wsize = dtype_size(p.w_dtype);
+// The GEMM (M >= kGemm512MinRows) on the avx512 tiles: the thread pool over panels of 32 output features;
+// per K block of kKc512 inputs the panel's weights are converted to fp32 rows (the kernel set's convert) and
+// packed as (kc, 32); every kMr512 rows of x then run one register tile over it. x (M, K), out (M, N);
+// w_at(row, col): &W[row, col] in its storage dtype; finish(y, col): the full sum over K -> the output.
+template <typename WAt, typename Finish>
+static Status gemm_avx512(const float* x, float* out, int64_t m, int n, int k, ConvertFn convert, WAt w_at, Finish finish) {
   const int panels = (n + kPanel512 - 1) / kPanel512;
   const int threads = host::max_threads();
   // per thread: converted rows (32 x kc), packed panel (kc x 32), tile result (8 x 32)
@@ -418,7 +414,7 @@ static Status gemm_avx512(const LinearParams& p, ConvertFn convert, WeightKind w
     for (int k0 = 0; k0 < k; k0 += kKc512) {
       const int kc = std::min(kKc512, k - k0);
       const bool first = k0 == 0, last = k0 + kc == k;
-      convert(static_cast<const char*>(p.w) + (int64_t(n0) * k + k0) * wsize, k, nc, kc, rows);
+      convert(w_at(n0, k0), k, nc, kc, rows);
       pack_panel_avx512(rows, nc, kc, packed);
       for (int64_t m0 = 0; m0 < m; m0 += kMr512) {
         const int r_count = static_cast<int>(std::min<int64_t>(kMr512, m - m0));
@@ -427,12 +423,8 @@ static Status gemm_avx512(const LinearParams& p, ConvertFn convert, WeightKind w
           float* o = out + (m0 + r) * n + n0;
           const float* a = acc + r * kPanel512;
           for (int c = 0; c < nc; ++c) {
-            float y = first ? a[c] : o[c] + a[c];
-            if (last) {
-              if (wk == kI8) y *= p.w_scale[n0 + c];
-              if (bias) y += bias[n0 + c];
-            }
-            o[c] = y;
+            const float y = first ? a[c] : o[c] + a[c];
+            o[c] = last ? finish(y, n0 + c) : y;
           }
         }
       }
@@ -481,7 +473,8 @@ Status linear_cpu(const LinearParams& p) {
   }
 
 #if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::avx512vnni && m >= kGemm512MinRows) return gemm_avx512(p, ks.convert[wk], wk);
+  if (cpu_kernels() == CpuKernels::avx512vnni && m >= kGemm512MinRows)
+    return gemm_avx512(x, out, m, n, k, ks.convert[wk], w_at, finish);
 #endif
   const int panels = (n + kNc - 1) / kNc;
   // One (kNc, kKc) fp32 panel of W per thread, allocated before the parallel region.
