@@ -85,7 +85,8 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
             rows += cuda_rows
             if why:
                 notes.append(f"open_clip torch fp16 CUDA peer skipped: {why}")
-            ort_rows, why = _peer_ort_dynamic(fp32_graph, gflop_of(model_cfg), batches, warmup, iters, threads, bar, task)
+            ort_rows, why = _peer_ort_dynamic(fp32_graph, vit_image_gflop(model_cfg), batches, warmup, iters, threads,
+                                              bar, task)
             rows += ort_rows
             if why:
                 notes.append(f"onnxruntime quantize_dynamic peer skipped: {why}")
@@ -100,10 +101,6 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
     return {"kind": "clip", "target": target, "model": model_cfg.get("name", "?"), "device": device_line(threads),
             "rsvlm_edge": __version__, "date": time.strftime("%Y-%m-%d"), "warmup": warmup, "iters": iters,
             "gflop_per_image": vit_image_gflop(model_cfg) if model_cfg else None, "notes": notes, "rows": rows}
-
-
-def gflop_of(model_cfg: dict[str, Any]) -> float:
-    return vit_image_gflop(model_cfg) if model_cfg else 0.0
 
 
 def _peer_ort_dynamic(fp32_graph: Path | None, gflop: float, batches: list[int], warmup: int, iters: int,

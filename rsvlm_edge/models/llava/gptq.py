@@ -24,7 +24,7 @@ from ...backends import decoder_numpy
 from ...errors import CheckpointError
 from .config import DecoderConfig
 from .decoder import DecoderWeights, Layer, Linear, _prefill_block
-from .quant import dequantize_w4, pack_w4, w4_group_size
+from .quant import dequantize_w4, pack_w4, w4_group_size, w4_round, w4_scale
 
 DAMP = 0.01  # fraction of mean(diag(H)) added to the diagonal (the reference implementation's percdamp)
 SUB_BATCH = 8  # calibration windows run through a layer at once
@@ -54,13 +54,12 @@ def gptq_w4(w: np.ndarray, hessian: np.ndarray, damp: float = DAMP) -> tuple[np.
         g1 = g0 + group
         block = W[:, g0:g1].copy()
         err = np.zeros_like(block)
-        absmax = np.abs(block).max(axis=1)
-        s = np.where(absmax > 0, absmax / 7.0, 1.0).astype(np.float32)
+        s = w4_scale(np.abs(block).max(axis=1))
         scale[:, g0 // group] = s
         u = U[g0:g1, g0:g1]
         for i in range(group):
             col = block[:, i]
-            q = np.clip(np.rint(col / s), -7, 7)
+            q = w4_round(col, s)
             q_all[:, g0 + i] = q
             e = (col - q * s) / u[i, i]
             block[:, i:] -= np.outer(e, u[i, i:])

@@ -34,10 +34,19 @@ def quantize_w4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"w4 needs an even input width, got {in_f}")
     group = w4_group_size(in_f)
     g = w.astype(np.float32).reshape(out_f, in_f // group, group)
-    absmax = np.abs(g).max(axis=2)
-    scale = np.where(absmax > 0, absmax / 7.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(g / scale[:, :, None]), -7, 7).astype(np.int16).reshape(out_f, in_f) + 8
+    scale = w4_scale(np.abs(g).max(axis=2))
+    q = w4_round(g, scale[:, :, None]).astype(np.int16).reshape(out_f, in_f) + 8
     return pack_w4(q), scale
+
+
+def w4_scale(absmax: np.ndarray) -> np.ndarray:
+    """fp32 scales of w4 groups from their largest |weight| (1 for an all-zero group)."""
+    return np.where(absmax > 0, absmax / 7.0, 1.0).astype(np.float32)
+
+
+def w4_round(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``w / scale`` rounded to the nearest w4 level q in [-7, 7] (float)."""
+    return np.clip(np.rint(w / scale), -7, 7)
 
 
 def pack_w4(nibbles: np.ndarray) -> np.ndarray:
