@@ -13,7 +13,7 @@ prefill is excluded; TTFT = time of generate(1) for a `--prompt`-token prompt. C
 is weight bytes / measured copy bandwidth (bench_gemv_cuda.copy_bandwidth_gbs).
 
 Ours (``--ours fp16 w8 w4``): rsvlm_edge._C.CudaDecoder with the same weights (the HF state dict under
-the canonical names; w8 / w4 quantised by rsvlm_edge.models.llava.quant exactly as export does),
+the canonical names; w8 / w4 converted by export's own decoder_tensors, lm_head w8),
 prefill of the same prompt (TTFT), then greedy decode steps with only the ids coming back, each step
 replayed from its CUDA graph; decode tok/s = batch x steps / time of the steps.
 
@@ -87,42 +87,35 @@ def canonical_tensors(model) -> dict:
     return out
 
 
-def quantised(tensors: dict, fmt: str) -> dict:
-    """``tensors`` quantised as export does: every layer linear to ``fmt`` (w8 | w4), lm_head to w8."""
-    from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
-
-    out = {}
-    for name, t in tensors.items():
-        if fmt != "fp16" and (name.endswith("_proj.weight") or name == "lm_head.weight"):
-            quantize = quantize_w4 if fmt == "w4" and name != "lm_head.weight" else quantize_w8
-            q, s = quantize(t.astype("float32"))
-            out[name], out[name[: -len("weight")] + "weight_scale"] = q, s
-        else:
-            out[name] = t
-    return out
-
-
-def measure_ours(torch, tensors: dict, cfg: dict, fmt: str, batches: list[int], prompt: int, new: int) -> list[dict]:
-    import numpy as np
-
+def cuda_decoder(cfg: dict, weights: dict, max_batch: int, max_seq: int):
+    """rsvlm_edge._C.CudaDecoder of the HF config ``cfg`` holding ``weights`` (canonical names)."""
     import rsvlm_edge._C as C
 
     shape = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
                  num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
                  num_kv_heads=cfg["num_key_value_heads"], head_dim=cfg["hidden_size"] // cfg["num_attention_heads"],
                  rms_norm_eps=cfg["rms_norm_eps"], rope_theta=cfg["rope_theta"])
-    t0 = time.perf_counter()
-    weights = quantised(tensors, fmt)
-    quant_s = time.perf_counter() - t0
-    dec = C.CudaDecoder(shape, max(batches), prompt + new + 1)
+    dec = C.CudaDecoder(shape, max_batch, max_seq)
     for name, t in weights.items():
         dec.set_tensor(name, t)
     dec.check_complete()
+    return dec
+
+
+def measure_ours(torch, tensors: dict, cfg: dict, fmt: str, batches: list[int], prompt: int, new: int) -> list[dict]:
+    import numpy as np
+
+    from rsvlm_edge.export.llava import decoder_tensors
+
+    t0 = time.perf_counter()
+    weights = decoder_tensors(tensors, fmt)  # as export writes the bundle (lm_head w8 for w8 / w4)
+    quant_s = time.perf_counter() - t0
+    dec = cuda_decoder(cfg, weights, max(batches), prompt + new + 1)
     embed = tensors["embed_tokens.weight"]
     rows = []
     for batch in batches:
         rng = np.random.default_rng(batch)
-        ids = rng.integers(3, shape["vocab_size"], (batch, prompt))
+        ids = rng.integers(3, cfg["vocab_size"], (batch, prompt))
         embeds = embed[ids].astype(np.float32)
         lengths = np.full(batch, prompt, np.int64)
         dec.prefill(embeds, lengths)  # warm-up (allocates the prefill buffers)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoder_cuda import TINYLLAMA, build_model, canonical_tensors, quantised  # noqa: E402
+from bench_decoder_cuda import TINYLLAMA, build_model, canonical_tensors, cuda_decoder  # noqa: E402
 
 
 def short_name(kernel: str) -> str:
@@ -32,21 +32,6 @@ def short_name(kernel: str) -> str:
     base = name.split("<")[0].split("::")[-1]
     args = name[len(name.split("<")[0]):]
     return base + (args[:60] if args else "")
-
-
-def decoder_for(tensors: dict, fmt: str, batch: int, max_seq: int):
-    import rsvlm_edge._C as C
-
-    cfg = TINYLLAMA
-    shape = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                 num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
-                 num_kv_heads=cfg["num_key_value_heads"], head_dim=cfg["hidden_size"] // cfg["num_attention_heads"],
-                 rms_norm_eps=cfg["rms_norm_eps"], rope_theta=cfg["rope_theta"])
-    dec = C.CudaDecoder(shape, batch, max_seq)
-    for name, t in quantised(tensors, fmt).items():
-        dec.set_tensor(name, t)
-    dec.check_complete()
-    return dec
 
 
 def step_wall_ms(torch, dec, nxt, steps: int, graphs: bool):
@@ -63,7 +48,9 @@ def profile_one(torch, tensors: dict, fmt: str, batch: int, prompt: int, steps: 
     import numpy as np
     from torch.profiler import ProfilerActivity, profile
 
-    dec = decoder_for(tensors, fmt, batch, prompt + 4 * steps + 8)
+    from rsvlm_edge.export.llava import decoder_tensors
+
+    dec = cuda_decoder(TINYLLAMA, decoder_tensors(tensors, fmt), batch, prompt + 4 * steps + 8)
     embed = tensors["embed_tokens.weight"]
     ids = np.random.default_rng(batch).integers(3, TINYLLAMA["vocab_size"], (batch, prompt))
     logits = dec.prefill(embed[ids].astype(np.float32), np.full(batch, prompt, np.int64))
