@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from decoder_fixtures import small_tensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from util import cpu_decoder_ops
@@ -18,33 +19,8 @@ CFG = DecoderConfig(model_type="llama", vocab_size=97, hidden_size=64, intermedi
                     max_position_embeddings=128, attention_bias=True, bos_token_id=1, eos_token_id=2)
 
 
-def tensors(fmt: str) -> dict[str, np.ndarray]:
-    from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
-
-    rng = np.random.default_rng(3)
-    c, i, qd, kvd = CFG.hidden_size, CFG.intermediate_size, CFG.num_heads * CFG.head_dim, CFG.num_kv_heads * CFG.head_dim
-    t = {"embed_tokens.weight": rng.standard_normal((CFG.vocab_size, c)).astype(np.float16),
-         "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
-         "lm_head.weight": (rng.standard_normal((CFG.vocab_size, c)) * c ** -0.5).astype(np.float16)}
-    for layer in range(CFG.num_layers):
-        p = f"layers.{layer}."
-        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        for name, (n, k) in {"q_proj": (qd, c), "k_proj": (kvd, c), "v_proj": (kvd, c), "o_proj": (c, qd),
-                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
-            w = (rng.standard_normal((n, k)) * k ** -0.5).astype(np.float32)
-            if fmt == "fp16":
-                t[p + name + ".weight"] = w.astype(np.float16)
-            else:
-                q, s = (quantize_w8 if fmt == "w8" else quantize_w4)(w)
-                t[p + name + ".weight"], t[p + name + ".weight_scale"] = q, s
-            if name in ("q_proj", "k_proj", "v_proj"):
-                t[p + name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    return t
-
-
 def run(backend: str, fmt: str, lengths: list[int], chunk_rows: int, steps: int = 3):
-    dec = LlamaDecoder(CFG, tensors(fmt), max_batch=len(lengths), max_seq=max(lengths) + steps + 1, ops=cpu_decoder_ops(backend))
+    dec = LlamaDecoder(CFG, small_tensors(CFG, fmt, seed=3), max_batch=len(lengths), max_seq=max(lengths) + steps + 1, ops=cpu_decoder_ops(backend))
     rng = np.random.default_rng(sum(lengths))
     ids = rng.integers(3, CFG.vocab_size, (len(lengths), max(lengths)))
     embeds = dec.embed_tokens(ids)

@@ -11,13 +11,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from decoder_fixtures import small_tensors
 
 from rsvlm_edge.backends import registry
 from rsvlm_edge.backends.decoder_cuda import CUDA_HEAD_DIMS, _supports, canonical_names
 from rsvlm_edge.errors import BackendError
 from rsvlm_edge.models.llava.config import DecoderConfig
 from rsvlm_edge.models.llava.decoder import LlamaDecoder, open_llama_decoder
-from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
 
 C = pytest.importorskip("rsvlm_edge._C")
 
@@ -27,33 +27,6 @@ def small_config(attention_bias: bool = False, layers: int = 2) -> DecoderConfig
     return DecoderConfig(model_type="llama", vocab_size=320, hidden_size=256, intermediate_size=384, num_layers=layers,
                          num_heads=4, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
                          max_position_embeddings=256, attention_bias=attention_bias, bos_token_id=1, eos_token_id=2)
-
-
-def small_tensors(cfg: DecoderConfig, fmt: str = "fp16", seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded weights in decoder.safetensors' layout: fp16 (fp32 norms), or w8 / w4 quantised linears (lm_head w8)."""
-    rng = np.random.default_rng(seed)
-    c, i, qd, kvd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-
-    def w(n, k, scale=None):
-        return (rng.standard_normal((n, k)) * (scale or k ** -0.5)).astype(np.float16)
-
-    t = {"embed_tokens.weight": w(cfg.vocab_size, c, 1.0), "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
-         "lm_head.weight": w(cfg.vocab_size, c, 2.0 * c ** -0.5)}
-    for layer in range(cfg.num_layers):
-        p = f"layers.{layer}."
-        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        for name, (n, k) in {"q_proj": (qd, c), "k_proj": (kvd, c), "v_proj": (kvd, c), "o_proj": (c, qd),
-                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
-            t[p + name + ".weight"] = w(n, k)
-            if cfg.attention_bias and name in ("q_proj", "k_proj", "v_proj"):
-                t[p + name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    if fmt != "fp16":  # as export: the layers' linears in fmt, lm_head in w8
-        for name in [n for n in t if n.endswith("_proj.weight") or n == "lm_head.weight"]:
-            quantize = quantize_w4 if fmt == "w4" and name != "lm_head.weight" else quantize_w8
-            q, s = quantize(t[name].astype(np.float32))
-            t[name], t[name[: -len("weight")] + "weight_scale"] = q, s
-    return t
 
 
 def prompts(cfg: DecoderConfig, lengths: list[int], seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
