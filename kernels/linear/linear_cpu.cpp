@@ -13,14 +13,15 @@
 //        inputs the panel is converted (copied, for fp32) into a contiguous fp32 buffer (kNc x kKc,
 //        stays in L2) and kMr x kNr register tiles of y accumulate over it while the kMr rows of x
 //        (kMr x kKc) stay in L1. fp16 and int8 weights reuse the fp32 tile kernel there.
-//   GEMM on the avx512vnni set (M >= kGemm512MinRows = 64): x packed once per call in blocks of 8 rows; the
-//        thread pool over panels of 32 weight rows; per K block of kKc512 inputs the panel is converted
-//        and packed (kc, 32), and 8 x 32 outer-product register tiles (16 zmm accumulators, one broadcast
-//        of x and two panel loads per input) accumulate over it: no horizontal sums.
-// Tile kernel: R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
+//   avx512vnni set, M >= 2 (batched decode and prefill alike): x packed once per call in blocks of 8
+//        rows; the thread pool over chunks of weight rows, each read in its stored dtype straight from W
+//        (no conversion pass) by 3 x 8 dot-product register tiles (dot_tile_avx512), the chunk staying
+//        in L2 for each further block of 8 rows of x.
+// Tile kernel (GEMV and GEMM above): R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
 // per output (two for R = 1 on avx2), lanes along k (no transposition anywhere), summed
 // horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
+//   avx512vnni x86-64 with AVX-512 F/VL/BW/VNNI: the avx2 kernels, and the 512-bit tiles from M = 2.
 //   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
 //   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
 #include <algorithm>
@@ -252,66 +253,82 @@ const KernelSet kAvx2 = {
     {convert_avx2<float>, convert_avx2<uint16_t>, convert_avx2<int8_t>},
     {RSVLM_TILES(row_avx2, float), RSVLM_TILES(row_avx2, uint16_t), RSVLM_TILES(row_avx2, int8_t)}};
 
-// ---- avx512 (x86-64 with AVX-512 F/VL/BW: the avx512vnni kernel set) GEMM ----
-// Outer-product register tile over a packed panel: out rows m0 .. m0+R-1 x kPanel512 = 32 outputs, 2 zmm
-// accumulators per row (R x 2 <= 16 of the 32 zmm registers), per input one broadcast of x[r][i] and two
-// 16-wide loads of the packed panel, no horizontal sums. (The avx2 dot-product tile above needs 12
-// accumulators + 4 weight vectors of 16 ymm and sums lanes per block: about 63 % of the FMA peak on Zen 4.)
+// ---- avx512 (x86-64 with AVX-512 F/VL/BW: the avx512vnni kernel set), M >= 2 ----
+// Dot-product register tile straight from the stored weight rows (no conversion pass, no packing of W):
+// kDotW512 = 3 weight rows x R <= 8 rows of x, one zmm accumulator each (24 of the 32 zmm registers), lanes
+// along k. Per 16 inputs: 3 weight loads (converted in registers), R loads of x (packed, see
+// linear_avx512), 3 x R FMAs; lanes summed once per tile (hsum8: about 3 % of the FMAs at K 2048). Measured
+// on 2 Zen 4 cores, K 2048 x N 5632 fp16: M 8 2.4 -> 1.1 ms against the avx2 tiles, M 512 60-61 ms (192
+// GFLOP/s) against 63-65 ms for the packed outer-product GEMM this replaced.
 #define RSVLM_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
-constexpr int kMr512 = 8;      // rows of x per register tile
-constexpr int kPanel512 = 32;  // output features per packed panel (= per register tile)
-constexpr int kKc512 = 512;    // inputs per K block (packed panel: 512 x 32 fp32 = 64 KiB; x tile 8 x 512 = 16 KiB)
-// M from which the packed GEMM runs: converting and packing each panel per call pays off from about 64 rows
-// of x (fp16, K 2048, N 5632, 2 threads: 16 rows 5.7 vs 3.5-4.0 ms on the tile path, 32 rows 7.2 vs 6.2-6.6,
-// 64 rows 10.8-11.0 vs 10.8-11.2, 512 rows 61-62 vs 67-68).
-constexpr int64_t kGemm512MinRows = 64;
+constexpr int kDotX512 = 8;  // rows of x per tile
+constexpr int kDotW512 = 3;  // weight rows per tile
+constexpr int64_t kDot512MinRows = 2;  // M = 1 stays on the GEMV row kernel: bandwidth-bound, no faster here
 
-// acc[r * 32 + c] = sum_{i < kc} xp[i * 8 + r] * bp[i * 32 + c] for r < R, c < 32.
-// xp: (kc, kMr512) packed rows of x (column r < R used); bp: (kc, 32) fp32 packed panel; acc: (R, 32).
-template <int R>
-RSVLM_AVX512 void gemm_tile_avx512(const float* xp, const float* bp, int kc, float* acc) {
-  __m512 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
-#pragma GCC unroll 4
-  for (int i = 0; i < kc; ++i) {
-    const __m512 b0 = _mm512_loadu_ps(bp + int64_t(i) * kPanel512), b1 = _mm512_loadu_ps(bp + int64_t(i) * kPanel512 + 16);
+RSVLM_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+RSVLM_AVX512 inline __m512 load16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+RSVLM_AVX512 inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// The lanes of `mask` (the first j of 16), zeros after: a row's tail without reading past its end.
+RSVLM_AVX512 inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+RSVLM_AVX512 inline __m512 load16(const uint16_t* p, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+}
+RSVLM_AVX512 inline __m512 load16(const int8_t* p, __mmask16 mask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+// Lane r of the result = the sum of the 16 lanes of v[r], r < 8.
+RSVLM_AVX512 inline __m256 hsum8(const __m512* v) {
+  __m256 h[8];
+  for (int r = 0; r < 8; ++r)
+    h[r] = _mm256_add_ps(_mm512_castps512_ps256(v[r]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[r]), 1)));
+  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));  // v0..v3 | v0..v3
+  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));  // v4..v7 | v4..v7
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+// acc[c * 8 + r] = sum_{i < k} x[r][i] * float(w[c][i]) for r < R, c < kDotW512 (0 for R <= r < 8).
+// xp: 8 rows of x packed as (ceil(k / 16), 8, 16), zeros past k and past row R; w[c]: k weights of one dtype
+// (fp32, fp16 bits or int8); acc: (kDotW512, 8).
+template <int R, typename W>
+RSVLM_AVX512 void dot_tile_avx512(const float* xp, const void* const* wp, int k, float* acc) {
+  const W* w[kDotW512];
+  for (int c = 0; c < kDotW512; ++c) w[c] = static_cast<const W*>(wp[c]);
+  __m512 a[kDotW512][kDotX512];
+  for (int c = 0; c < kDotW512; ++c)
+    for (int r = 0; r < kDotX512; ++r) a[c][r] = _mm512_setzero_ps();
+  auto step = [&](int i, auto... tail_mask) RSVLM_AVX512 {
+    __m512 wv[kDotW512];
+    for (int c = 0; c < kDotW512; ++c) {
+      wv[c] = load16(w[c] + i, tail_mask...);
+      asm("" : "+v"(wv[c]));  // fp32 weights: one load, not one per row of x
+    }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(xp[i * kMr512 + r]);
-      c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
-      c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+      __m512 xv = _mm512_loadu_ps(xp + int64_t(i) * kDotX512 + r * 16);
+      asm("" : "+v"(xv));  // one load of x per row and step: GCC would fold it into each of the 3 FMAs,
+                           // and 24 loads per 24 FMAs halve the speed on Zen 4
+      for (int c = 0; c < kDotW512; ++c) a[c][r] = _mm512_fmadd_ps(xv, wv[c], a[c][r]);
     }
-  }
-  for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(acc + r * kPanel512, c0[r]);
-    _mm512_storeu_ps(acc + r * kPanel512 + 16, c1[r]);
-  }
+  };
+  int i = 0;
+  for (; i + 16 <= k; i += 16) step(i);
+  if (i < k) step(i, static_cast<__mmask16>((1u << (k - i)) - 1));
+  for (int c = 0; c < kDotW512; ++c) _mm256_storeu_ps(acc + c * kDotX512, hsum8(a[c]));
 }
 
-using GemmTile512 = void (*)(const float* xp, const float* bp, int kc, float* acc);
-
-// xp[i * 8 + r] = x[r * k + i] for r < rows, i < k (0 for rows <= r < 8): 8 rows of x as the tile reads
-// them, packed once per call (8 rows of x one K stride apart fall in one L1 set when K is a multiple of
-// 1,024; packed, the broadcasts read one cache line per two inputs).
-RSVLM_AVX512 void pack_rows_avx512(const float* x, int64_t k, int rows, float* xp) {
-  for (int64_t i = 0; i < k; ++i)
-    for (int r = 0; r < kMr512; ++r) xp[i * kMr512 + r] = r < rows ? x[r * k + i] : 0.f;
-}
-const GemmTile512 kGemmTiles512[kMr512 + 1] = {nullptr,
-                                                gemm_tile_avx512<1>, gemm_tile_avx512<2>, gemm_tile_avx512<3>,
-                                                gemm_tile_avx512<4>, gemm_tile_avx512<5>, gemm_tile_avx512<6>,
-                                                gemm_tile_avx512<7>, gemm_tile_avx512<8>};
-
-// bp[i * 32 + c] = rows[c * kc + i] for c < nc, 0 for nc <= c < 32 (i < kc): a converted (nc, kc) block of W
-// (rows of weights, fp32) as the (kc, 32) panel the tile reads.
-RSVLM_AVX512 void pack_panel_avx512(const float* rows, int nc, int kc, float* bp) {
-  for (int i0 = 0; i0 < kc; i0 += 16) {
-    const int ic = std::min(16, kc - i0);
-    for (int c = 0; c < kPanel512; ++c) {
-      const float* src = rows + int64_t(std::min(c, nc - 1)) * kc + i0;
-      for (int i = 0; i < ic; ++i) bp[int64_t(i0 + i) * kPanel512 + c] = c < nc ? src[i] : 0.f;
-    }
+using DotTile512 = void (*)(const float* xp, const void* const* w, int k, float* acc);
+#define RSVLM_DOT_TILES(W)                                                                                    \
+  {                                                                                                           \
+    nullptr, dot_tile_avx512<1, W>, dot_tile_avx512<2, W>, dot_tile_avx512<3, W>, dot_tile_avx512<4, W>,      \
+        dot_tile_avx512<5, W>, dot_tile_avx512<6, W>, dot_tile_avx512<7, W>, dot_tile_avx512<8, W>            \
   }
-}
+const DotTile512 kDotTiles512[3][kDotX512 + 1] = {RSVLM_DOT_TILES(float), RSVLM_DOT_TILES(uint16_t),
+                                                  RSVLM_DOT_TILES(int8_t)};  // [WeightKind][R]
 
 bool cpu_has_avx2_fma_f16c() {
   __builtin_cpu_init();
@@ -384,49 +401,45 @@ const char* cpu_kernels_name(CpuKernels k) {
 }
 
 #if RSVLM_X86
-// The GEMM (M >= kGemm512MinRows) on the avx512 tiles: the thread pool over panels of 32 output features;
-// per K block of kKc512 inputs the panel's weights are converted to fp32 rows (the kernel set's convert) and
-// packed as (kc, 32); every kMr512 rows of x then run one register tile over it. x (M, K), out (M, N);
-// w_at(row, col): &W[row, col] in its storage dtype; finish(y, col): the full sum over K -> the output.
+// M >= kDot512MinRows on the avx512vnni set. x is packed once per call in blocks of 8 rows,
+// (ceil(M / 8), ceil(K / 16), 8, 16): a step's 8 loads of x are one contiguous 512 bytes, and 8 rows one
+// K stride apart would share one L1 set when K is a multiple of 1,024. The thread pool hands out chunks of
+// weight rows (a multiple of kDotW512), each one sequential stream; a chunk is read from memory for the
+// first block of 8 rows of x and from L2 for the others: 64 KiB chunks while M <= 8 (nothing to reuse,
+// small chunks balance a busy machine), 256 KiB above (measured: K 5632 x N 2048, M 512: 63 vs 73 ms).
+// x (M, K), out (M, N); w_at(row, col): &W[row, col] in its storage dtype; finish(y, col): the full sum
+// over K -> the output.
 template <typename WAt, typename Finish>
-static Status gemm_avx512(const float* x, float* out, int64_t m, int n, int k, ConvertFn convert, WAt w_at, Finish finish) {
-  const int panels = (n + kPanel512 - 1) / kPanel512;
-  const int threads = host::max_threads();
-  // per thread: converted rows (32 x kc), packed panel (kc x 32), tile result (8 x 32)
-  const int64_t per_thread = int64_t(kPanel512) * kKc512 * 2 + int64_t(kMr512) * kPanel512;
-  std::vector<float> scratch;
-  Status st = host::alloc_scratch(scratch, per_thread, threads, "linear");
+static Status linear_avx512(const float* x, float* out, int64_t m, int n, int k, WeightKind wk, int64_t wsize,
+                            WAt w_at, Finish finish) {
+  const int64_t k16 = (int64_t(k) + 15) / 16;
+  const int64_t block = host::checked_mul(k16, 16 * kDotX512);  // floats per block of 8 rows
+  const int64_t m_blocks = (m + kDotX512 - 1) / kDotX512;
+  std::vector<float> xp;  // zeros past K and past row M
+  Status st = host::alloc_scratch(xp, block, m_blocks, "linear");
   if (!st.ok()) return st;
-  // x packed by blocks of 8 rows: (M / 8 blocks, K, 8), once for every panel.
-  const int64_t m_blocks = (m + kMr512 - 1) / kMr512;
-  std::vector<float> x_packed;
-  st = host::alloc_scratch(x_packed, host::checked_mul(int64_t(k), kMr512), m_blocks, "linear");
-  if (!st.ok()) return st;
-  host::parallel_for(m_blocks, 1, host::threads_for(m * int64_t(k)), [&](int64_t mb, int) {
-    pack_rows_avx512(x + mb * kMr512 * k, k, static_cast<int>(std::min<int64_t>(kMr512, m - mb * kMr512)),
-                     x_packed.data() + mb * kMr512 * k);
+  host::parallel_for(m, 1, host::threads_for(m * int64_t(k)), [&](int64_t r, int) {
+    float* dst = xp.data() + (r / kDotX512) * block + (r % kDotX512) * 16;
+    const float* src = x + r * k;
+    for (int64_t i0 = 0; i0 < k; i0 += 16)
+      std::memcpy(dst + i0 * kDotX512, src + i0, sizeof(float) * size_t(std::min<int64_t>(16, k - i0)));
   });
-  host::parallel_for(panels, 1, threads, [&](int64_t pi, int worker) {
-    float* const rows = scratch.data() + int64_t(worker) * per_thread;  // (nc, kc) fp32
-    float* const packed = rows + int64_t(kPanel512) * kKc512;            // (kc, 32)
-    float* const acc = packed + int64_t(kPanel512) * kKc512;             // (kMr512, 32)
-    const int n0 = int(pi) * kPanel512, nc = std::min(kPanel512, n - n0);
-    for (int k0 = 0; k0 < k; k0 += kKc512) {
-      const int kc = std::min(kKc512, k - k0);
-      const bool first = k0 == 0, last = k0 + kc == k;
-      convert(w_at(n0, k0), k, nc, kc, rows);
-      pack_panel_avx512(rows, nc, kc, packed);
-      for (int64_t m0 = 0; m0 < m; m0 += kMr512) {
-        const int r_count = static_cast<int>(std::min<int64_t>(kMr512, m - m0));
-        kGemmTiles512[r_count](x_packed.data() + m0 * k + int64_t(k0) * kMr512, packed, kc, acc);  // block m0 / 8
-        for (int r = 0; r < r_count; ++r) {
-          float* o = out + (m0 + r) * n + n0;
-          const float* a = acc + r * kPanel512;
-          for (int c = 0; c < nc; ++c) {
-            const float y = first ? a[c] : o[c] + a[c];
-            o[c] = last ? finish(y, n0 + c) : y;
-          }
-        }
+  const int64_t chunk_bytes = int64_t(m <= kDotX512 ? 64 : 256) << 10;
+  const int64_t chunk_rows = std::max<int64_t>(16, chunk_bytes / (int64_t(k) * wsize));
+  const int64_t chunk = (chunk_rows + kDotW512 - 1) / kDotW512 * kDotW512;
+  const DotTile512* tiles = kDotTiles512[wk];
+  host::parallel_chunks(n, chunk, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      const int64_t m0 = mb * kDotX512;
+      const int r_count = static_cast<int>(std::min<int64_t>(kDotX512, m - m0));
+      for (int64_t j = j0; j < j1; j += kDotW512) {
+        const int nt = static_cast<int>(std::min<int64_t>(kDotW512, j1 - j));
+        const void* wr[kDotW512];  // past the chunk's last row: its last row again, result unused
+        for (int c = 0; c < kDotW512; ++c) wr[c] = w_at(int(j) + std::min(c, nt - 1), 0);
+        float acc[kDotW512 * kDotX512];
+        tiles[r_count](xp.data() + mb * block, wr, k, acc);
+        for (int c = 0; c < nt; ++c)
+          for (int r = 0; r < r_count; ++r) out[(m0 + r) * n + j + c] = finish(acc[c * kDotX512 + r], int(j) + c);
       }
     }
   });
@@ -454,6 +467,10 @@ Status linear_cpu(const LinearParams& p) {
     return bias ? y + bias[col] : y;
   };
 
+#if RSVLM_X86
+  if (cpu_kernels() == CpuKernels::avx512vnni && m >= kDot512MinRows)
+    return linear_avx512(x, out, m, n, k, wk, wsize, w_at, finish);
+#endif
   if (m < kGemmMinRows) {
     const int rows = static_cast<int>(m);
     const float* xr[kMr];
@@ -472,10 +489,6 @@ Status linear_cpu(const LinearParams& p) {
     return Status::Ok();
   }
 
-#if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::avx512vnni && m >= kGemm512MinRows)
-    return gemm_avx512(x, out, m, n, k, ks.convert[wk], w_at, finish);
-#endif
   const int panels = (n + kNc - 1) / kNc;
   // One (kNc, kKc) fp32 panel of W per thread, allocated before the parallel region.
   const int threads = host::max_threads();
