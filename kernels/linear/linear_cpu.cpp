@@ -293,15 +293,23 @@ RSVLM_AVX512 inline __m256 hsum8(const __m512* v) {
 
 // acc[c * 8 + r] = sum_{i < k} x[r][i] * float(w[c][i]) for r < R, c < kDotW512 (0 for R <= r < 8).
 // xp: 8 rows of x packed as (ceil(k / 16), 8, 16), zeros past k and past row R; w[c]: k weights of one dtype
-// (fp32, fp16 bits or int8); acc: (kDotW512, 8).
+// (fp32, fp16 bits or int8); acc: (kDotW512, 8). next: pf_bytes bytes (the next tile's weight rows, or
+// nullptr) prefetched into L2 in address order, spread over the steps: the tile reads 3 rows at once, and
+// 3 interleaved streams from memory reach about half of one sequential stream on Zen 4 (measured: the
+// prefetch takes batch-8 decode's weight stream from 15 to 21-22 GB/s).
 template <int R, typename W>
-RSVLM_AVX512 void dot_tile_avx512(const float* xp, const void* const* wp, int k, float* acc) {
+RSVLM_AVX512 void dot_tile_avx512(const float* xp, const void* const* wp, int k, float* acc, const char* next,
+                                  int64_t pf_bytes) {
+  const int64_t steps = (int64_t(k) + 15) / 16;
+  const int64_t lines_per_step = next ? (pf_bytes / 64 + steps - 1) / steps : 0;
+  const char* const next_end = next + pf_bytes;
   const W* w[kDotW512];
   for (int c = 0; c < kDotW512; ++c) w[c] = static_cast<const W*>(wp[c]);
   __m512 a[kDotW512][kDotX512];
   for (int c = 0; c < kDotW512; ++c)
     for (int r = 0; r < kDotX512; ++r) a[c][r] = _mm512_setzero_ps();
   auto step = [&](int i, auto... tail_mask) RSVLM_AVX512 {
+    for (int64_t l = 0; l < lines_per_step && next < next_end; ++l, next += 64) _mm_prefetch(next, _MM_HINT_T1);
     __m512 wv[kDotW512];
     for (int c = 0; c < kDotW512; ++c) {
       wv[c] = load16(w[c] + i, tail_mask...);
@@ -321,7 +329,8 @@ RSVLM_AVX512 void dot_tile_avx512(const float* xp, const void* const* wp, int k,
   for (int c = 0; c < kDotW512; ++c) _mm256_storeu_ps(acc + c * kDotX512, hsum8(a[c]));
 }
 
-using DotTile512 = void (*)(const float* xp, const void* const* w, int k, float* acc);
+using DotTile512 = void (*)(const float* xp, const void* const* w, int k, float* acc, const char* next,
+                           int64_t pf_bytes);
 #define RSVLM_DOT_TILES(W)                                                                                    \
   {                                                                                                           \
     nullptr, dot_tile_avx512<1, W>, dot_tile_avx512<2, W>, dot_tile_avx512<3, W>, dot_tile_avx512<4, W>,      \
@@ -437,7 +446,10 @@ static Status linear_avx512(const float* x, float* out, int64_t m, int n, int k,
         const void* wr[kDotW512];  // past the chunk's last row: its last row again, result unused
         for (int c = 0; c < kDotW512; ++c) wr[c] = w_at(int(j) + std::min(c, nt - 1), 0);
         float acc[kDotW512 * kDotX512];
-        tiles[r_count](xp.data() + mb * block, wr, k, acc);
+        // the next tile's rows (past the chunk too: the lane's next chunk follows it), on the first pass only
+        const int64_t jn = j + kDotW512, nn = mb == 0 ? std::min<int64_t>(kDotW512, n - jn) : 0;
+        tiles[r_count](xp.data() + mb * block, wr, k, acc, nn > 0 ? static_cast<const char*>(w_at(int(jn), 0)) : nullptr,
+                       nn * k * wsize);
         for (int c = 0; c < nt; ++c)
           for (int r = 0; r < r_count; ++r) out[(m0 + r) * n + j + c] = finish(acc[c * kDotX512 + r], int(j) + c);
       }
