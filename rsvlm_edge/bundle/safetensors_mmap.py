@@ -83,3 +83,22 @@ def map_tensors(path: str | Path) -> dict[str, np.ndarray]:
         if start < end:
             raise _bad(path, f"tensors '{a:.60}' and '{b:.60}' overlap")
     return out
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop this process's mapping of the whole pages inside ``view`` (a tensor of ``map_tensors``) from
+    its resident memory, once a copy of the tensor replaced it: the pages stay in the page cache, and a
+    later read of the view faults them back in from the file. A no-op for arrays that are not such views."""
+    base = view
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, mmap.mmap) or view.nbytes == 0:
+        return
+    start_addr = view.__array_interface__["data"][0]
+    map_addr = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    page = mmap.PAGESIZE
+    first = -(-(start_addr - map_addr) // page) * page  # first whole page inside the view
+    last = (start_addr - map_addr + view.nbytes) // page * page
+    if last > first:
+        base.madvise(mmap.MADV_DONTNEED, first, last - first)
+

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,7 +35,9 @@ from .quant import w4_group_size
 class Linear:
     """A linear layer's weight ``w`` (out, in): fp32 or fp16; int8 with a per-output-channel
     ``scale`` (out, 1) (w8); or packed int4 (out, in/2) with per-group ``scale`` (out, in/group) (w4,
-    see ``quant.py``). Quantised layers run as ``qlinear`` (int8 activations, integer dots)."""
+    see ``quant.py``). Quantised layers run as ``qlinear`` (int8 activations, integer dots). An op set's
+    ``prepare_weight`` may rearrange a float ``w`` for its kernels (native: wide weights as column
+    blocks (S, out, in / S)); ``w.shape[-2]`` is always ``out``."""
 
     w: np.ndarray
     scale: np.ndarray | None = None
@@ -47,7 +49,7 @@ class Linear:
 
     @property
     def out_features(self) -> int:
-        return int(self.w.shape[0])
+        return int(self.w.shape[-2])
 
     @property
     def nbytes(self) -> int:
@@ -83,8 +85,10 @@ class DecoderWeights:
     layers: list[Layer]
 
     @classmethod
-    def from_tensors(cls, config: DecoderConfig, tensors: dict[str, np.ndarray], half_weights: bool) -> "DecoderWeights":
-        """Check every tensor's presence, dtype and shape against ``config`` and arrange them."""
+    def from_tensors(cls, config: DecoderConfig, tensors: dict[str, np.ndarray], half_weights: bool,
+                     prepare_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> "DecoderWeights":
+        """Check every tensor's presence, dtype and shape against ``config`` and arrange them;
+        ``prepare_weight``: the op set's rearrangement of float linear weights (see ``Linear``)."""
         c, kvd, qd, inter = config.hidden_size, config.num_kv_heads * config.head_dim, \
             config.num_heads * config.head_dim, config.intermediate_size
 
@@ -121,7 +125,8 @@ class DecoderWeights:
                     raise BundleError(f"decoder tensor '{name}.weight_scale' goes with a float weight", "re-export the bundle")
                 w = get(f"{name}.weight", (out_f, in_f), floats)
                 keep = w.dtype == np.float16 and half_weights
-                lin = Linear(np.ascontiguousarray(w, dtype=None if keep else np.float32))
+                w = np.ascontiguousarray(w, dtype=None if keep else np.float32)
+                lin = Linear(prepare_weight(w) if prepare_weight is not None else w)
             if bias or f"{name}.bias" in tensors:  # required where the config says so; applied wherever present
                 lin.bias = np.ascontiguousarray(get(f"{name}.bias", (out_f,), floats), dtype=np.float32)
             return lin
@@ -336,7 +341,8 @@ class LlamaDecoder:
 
         self.config = config
         self.ops = ops if ops is not None else open_decoder(backend)
-        self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights)
+        self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights,
+                                                   getattr(self.ops, "prepare_weight", None))
         self.cache = KVCache.allocate(config, max_batch, max_seq)
         self.buffers = DecodeBuffers.allocate(config, max_batch)
 
