@@ -114,7 +114,7 @@ x: (M, K) with K >= 1 (M = 0 is valid); w: (N, K) dense, or int8 with w_scale (N
 W = w * w_scale[:, None] (per-output-channel symmetric, see quantize_weight_int8); bias: (N,) or None.
 Returns y (M, N).
 CPU: float32 activations; dense w float32 or float16 (converted to fp32 on the fly, exact); GEMV for
-M < 4, cache-blocked GEMM above (see cpu_kernels). CUDA: float16/bfloat16 activations, dense w in the
+M < 4, cache-blocked GEMM above (see cpu_kernels; on avx512vnni 3 x 8 register tiles from M = 2). CUDA: float16/bfloat16 activations, dense w in the
 same dtype, out= required; the CUDA kernel is a GEMV / small-M GEMM (decode, M <= 16), correct for
 any M but slow for long prefills.)doc");
   m.def(
