@@ -301,8 +301,9 @@ template <int R, typename W>
 RSVLM_AVX512 void dot_tile_avx512(const float* xp, const void* const* wp, int k, float* acc, const char* next,
                                   int64_t pf_bytes) {
   const int64_t steps = (int64_t(k) + 15) / 16;
-  const int64_t lines_per_step = next ? (pf_bytes / 64 + steps - 1) / steps : 0;
-  const char* const next_end = next + pf_bytes;
+  if (next == nullptr || pf_bytes <= 0) next = nullptr, pf_bytes = 0;
+  const int64_t lines_per_step = (pf_bytes / 64 + steps - 1) / steps;
+  const char* const next_end = next ? next + pf_bytes : nullptr;
   const W* w[kDotW512];
   for (int c = 0; c < kDotW512; ++c) w[c] = static_cast<const W*>(wp[c]);
   __m512 a[kDotW512][kDotX512];
@@ -447,7 +448,7 @@ static Status linear_avx512(const float* x, float* out, int64_t m, int n, int k,
         for (int c = 0; c < kDotW512; ++c) wr[c] = w_at(int(j) + std::min(c, nt - 1), 0);
         float acc[kDotW512 * kDotX512];
         // the next tile's rows (past the chunk too: the lane's next chunk follows it), on the first pass only
-        const int64_t jn = j + kDotW512, nn = mb == 0 ? std::min<int64_t>(kDotW512, n - jn) : 0;
+        const int64_t jn = j + kDotW512, nn = mb == 0 ? std::clamp<int64_t>(n - jn, 0, kDotW512) : 0;
         tiles[r_count](xp.data() + mb * block, wr, k, acc, nn > 0 ? static_cast<const char*>(w_at(int(jn), 0)) : nullptr,
                        nn * k * wsize);
         for (int c = 0; c < nt; ++c)
