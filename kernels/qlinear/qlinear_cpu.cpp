@@ -46,6 +46,7 @@ constexpr int kQC = 4;               // weight rows per tile
 constexpr int kChunk4 = 128;         // i4: inputs per permuted chunk (64 weight bytes; one activation block)
 constexpr int kPanel = 32;           // GEMM: weight rows per pool task
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM loop nest, else GEMV
+constexpr int64_t kPrefetchAheadBytes = 8192;  // i4 GEMV: how far ahead in the weight stream a row prefetches
 
 // Up to kQR rows of quantised activations, in the kernel layout.
 struct QRows {
@@ -80,6 +81,11 @@ struct QKernelSet {
   bool offset_a;             // i8: QRows::a holds xq + 128 (true) or |xq| (false)
   QuantizeFn quantize;       // quantize_activations or a vectorised equivalent
 };
+
+// Prefetch [p, p + bytes) into L2 (x86 prefetcht1, aarch64 prfm pldl2keep).
+inline void prefetch_l2(const char* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+}
 
 // The unsigned stored value v = q + 8 of input kk (natural order) of an i4 row.
 inline int nibble(const void* w, int kk) {
@@ -551,8 +557,14 @@ Status qlinear_cpu(const QLinearParams& p) {
     // Chunks of ~64 KiB of weight rows handed out dynamically: a thread that the OS deschedules on a busy
     // machine delays one chunk, not a static half of the matrix; each chunk is one sequential stream.
     const int64_t chunk_rows = host::gemv_chunk_rows(w_row_bytes);
+    // i4 rows prefetch the row about 8 KiB ahead into L2 (the hardware prefetchers alone fall behind while
+    // the core unpacks nibbles). Measured on the TinyLlama-shape w4 step at batch 1, 2 Zen 4 cores,
+    // alternated in one process: 23.8-25.3 -> 20.9-21.4 ms; 4 or 16 KiB ahead a little less; for i8 rows
+    // it was slower (32 -> 35 ms) and is not done.
+    const int64_t pfd = i8 ? 0 : std::max<int64_t>(1, kPrefetchAheadBytes / w_row_bytes);  // rows ahead
     host::parallel_chunks(n, chunk_rows, host::threads_for(int64_t(n) * k), [&](int64_t j0, int64_t j1, int) {
       for (int64_t j = j0; j < j1; ++j) {  // a chunk: one sequential stream of weight rows
+        if (pfd > 0 && j + pfd < n) prefetch_l2(static_cast<const char*>(p.w) + (j + pfd) * w_row_bytes, w_row_bytes);
         float acc[kQR];
         row_fn(xr, static_cast<const uint8_t*>(p.w) + j * w_row_bytes, p.w_scale + j * p.groups, k, group, acc);
         for (int r = 0; r < rows; ++r) out[r * int64_t(n) + j] = acc[r] + (bias ? bias[j] : 0.f);
