@@ -27,8 +27,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -144,6 +146,11 @@ const KernelSet kPortable = {
     {RSVLM_TILES(row_portable, float), RSVLM_TILES(row_portable, uint16_t), RSVLM_TILES(row_portable, int8_t)}};
 
 // ---- avx2 (x86-64) ----
+// fp16 GEMV rows prefetch the weight stream this many bytes ahead into L2 (through the next row: the matrix is
+// contiguous; a prefetch past its end does not fault). Measured, TinyLlama-shape fp16 linears of a batch-1
+// step, 2 Zen 4 cores, 10 rounds alternated in one process (GB/s): none 28.5-31.4, 4096 31.1-33.1, 6144
+// 31.1-34.1, 8192 28.9-31.5; T0 instead of T1 no better. fp32 / int8 weights are not measured: none.
+constexpr uintptr_t kRowPrefetchAhead = 6144;
 
 #if RSVLM_X86
 #define RSVLM_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -226,6 +233,8 @@ RSVLM_AVX2 void row_avx2(const float* const* x, const void* wp, int k, float* ac
     for (int u = 0; u < 4; ++u) a[r][u] = _mm256_setzero_ps();
   int i = 0;
   for (; i + 32 <= k; i += 32) {
+    if constexpr (std::is_same_v<W, uint16_t>)  // 64 bytes per step: one line, kRowPrefetchAhead bytes ahead
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + i) + kRowPrefetchAhead), _MM_HINT_T1);
     const __m256 w0 = load8(w + i), w1 = load8(w + i + 8), w2 = load8(w + i + 16), w3 = load8(w + i + 24);
     for (int r = 0; r < R; ++r) {
       a[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + i), w0, a[r][0]);
