@@ -17,7 +17,7 @@
 //        rows; the thread pool over chunks of weight rows, each read in its stored dtype straight from W
 //        (no conversion pass) by 3 x 8 dot-product register tiles (dot_tile_avx512), the chunk staying
 //        in L2 for each further block of 8 rows of x.
-// Tile kernel (GEMV and GEMM above): R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
+// Tile kernel (the avx2 / portable GEMM above): R x kNr dot products over kc inputs (R <= kMr rows of x), one vector accumulator
 // per output (two for R = 1 on avx2), lanes along k (no transposition anywhere), summed
 // horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
