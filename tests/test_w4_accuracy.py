@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from decoder_fixtures import decoder_layout
 from util import cpu_decoder_ops
 
 from rsvlm_edge.backends import decoder_numpy
+from rsvlm_edge.export.llava import decoder_tensors
 from rsvlm_edge.models.llava.config import DecoderConfig
 from rsvlm_edge.models.llava.decoder import LlamaDecoder
 from rsvlm_edge.models.llava.gptq import gptq_decoder_w4
-from rsvlm_edge.models.llava.quant import quantize_w4, quantize_w8
 
 CFG = DecoderConfig(model_type="llama", vocab_size=1000, hidden_size=256, intermediate_size=768, num_layers=4,
                     num_heads=4, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -35,7 +36,7 @@ def realistic_tensors(seed: int, outlier_inputs: bool, embedding_spectrum: float
     """``embedding_spectrum`` > 0: token embeddings with covariance eigenvalues decaying as k^-2p in a random
     basis (a trained model's embeddings and activations are far from isotropic; GPTQ exploits that)."""
     rng = np.random.default_rng(seed)
-    c, i, kv = CFG.hidden_size, CFG.intermediate_size, CFG.num_kv_heads * CFG.head_dim
+    c = CFG.hidden_size
     outliers = rng.choice(c, size=4, replace=False)  # input channels with large weights in every layer
 
     def weight(out_f: int, in_f: int) -> np.ndarray:
@@ -49,29 +50,16 @@ def realistic_tensors(seed: int, outlier_inputs: bool, embedding_spectrum: float
         basis, _ = np.linalg.qr(np.random.default_rng(seed + 7).standard_normal((c, c)))
         spectrum = np.arange(1, c + 1) ** -embedding_spectrum
         embed = (embed * (spectrum * np.sqrt(c) / np.linalg.norm(spectrum))) @ basis.T
-    t = {"embed_tokens.weight": embed.astype(np.float32),
-         "norm.weight": (1 + 0.1 * rng.standard_normal(c)).astype(np.float32),
-         "lm_head.weight": weight(CFG.vocab_size, c)}
-    for layer in range(CFG.num_layers):
-        p = f"layers.{layer}."
-        t[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        t[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        for name, (o, n) in {"q_proj": (c, c), "k_proj": (kv, c), "v_proj": (kv, c), "o_proj": (c, c),
-                             "gate_proj": (i, c), "up_proj": (i, c), "down_proj": (c, i)}.items():
-            t[p + name + ".weight"] = weight(o, n)
-    return t
+    return decoder_layout(CFG, embed=lambda: embed.astype(np.float32), lm_head=lambda: weight(CFG.vocab_size, c),
+                          linear=weight, norm=lambda: (1 + 0.1 * rng.standard_normal(c)).astype(np.float32))
 
 
 def quantised(tensors: dict[str, np.ndarray], fmt: str) -> dict[str, np.ndarray]:
-    """As the exporter writes them: every *_proj weight quantised, the rest fp16."""
-    out = {}
-    for name, w in tensors.items():
-        if name.endswith("_proj.weight"):
-            q, s = (quantize_w4 if fmt == "w4" else quantize_w8)(w)
-            out[name], out[name + "_scale"] = q, s
-        else:
-            out[name] = w.astype(np.float16)
-    return out
+    """Every *_proj weight quantised by the exporter's own rule (export's ``decoder_tensors``); the rest fp16,
+    lm_head included (the exporter would make it w8: kept fp16 so that only the layers' format differs)."""
+    layers = {name: w for name, w in tensors.items() if name.endswith("_proj.weight")}
+    return {**{name: w.astype(np.float16) for name, w in tensors.items() if name not in layers},
+            **decoder_tensors(layers, fmt)}
 
 
 def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: int = 0, prompt: int = 16,
