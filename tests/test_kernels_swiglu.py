@@ -29,7 +29,7 @@ def test_swiglu_reference_matches_torch_silu():
 
 
 @pytest.mark.parametrize("shape", [(1, 11008), (7, 97), (15, 33), (54, 1), (577, 7), (1297, 3)], ids=str)
-def test_swiglu_matches_reference(shape):
+def test_swiglu_matches_reference(shape, cpu_kernels):
     rng = np.random.default_rng(4)
     g = randn(rng, *shape, scale=4.0)
     u = randn(rng, *shape)
@@ -40,6 +40,20 @@ def test_swiglu_matches_reference(shape):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
     C.swiglu(g, u, out=g)  # in place over gate
     np.testing.assert_array_equal(g, out)
+
+
+def test_swiglu_extreme_gates_match_reference(cpu_kernels):
+    """Gates where a naive exp(-g) overflows or underflows, subnormals, signed zeros, inf and NaN, at
+    every lane position of the 8-lane path and in the scalar tail."""
+    specials = np.array([0.0, -0.0, 1e-40, -1e-40, 1e-6, -1e-6, 20.0, -20.0, 87.0, -87.0, 88.5, -88.5, 100.0,
+                         -100.0, 1e30, -1e30, np.inf, -np.inf, np.nan], dtype=np.float32)
+    g = np.concatenate([np.roll(specials, k) for k in range(8)] + [specials[:5]]).reshape(1, -1)
+    u = np.random.default_rng(5).uniform(0.5, 2.0, g.shape).astype(np.float32)
+    out = np.full_like(g, np.nan)
+    C.swiglu(g, u, out=out)
+    ref = C.swiglu_reference(g, u)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-30)
 
 
 def test_swiglu_empty_and_bad_arguments():

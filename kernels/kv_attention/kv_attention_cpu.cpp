@@ -10,6 +10,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #define RSVLM_X86 1
 #include <immintrin.h>
+
+#include "common/cpu_exp_avx2.h"
 #endif
 
 #include "common/cpu_math.h"
@@ -106,28 +108,6 @@ void attend_portable(const Item& it) {
 #if RSVLM_X86
 #define RSVLM_ATT_AVX2 __attribute__((target("avx2,fma")))
 
-// exp(x) on 8 lanes for x <= 0 (softmax weights): Cephes' expf (range reduction by ln 2 split in two
-// constants, degree-5 polynomial, 2^n from the exponent bits), within 2 ulp of std::exp; x below -87.3
-// (where expf underflows to 0 or a subnormal) returns 0.
-RSVLM_ATT_AVX2 inline __m256 exp_ps(__m256 x) {
-  const __m256 tiny = _mm256_set1_ps(-87.3f);
-  const __m256 under = _mm256_cmp_ps(x, tiny, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, tiny);
-  const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
-}
-
 RSVLM_ATT_AVX2 inline float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -163,7 +143,7 @@ RSVLM_ATT_AVX2 void attend_avx2(const Item& it) {
     __m256 tot = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 8 <= it.n_keys; j += 8) {
-      const __m256 w = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(sg + j), mg));
+      const __m256 w = cpu::exp_nonpositive_ps(_mm256_sub_ps(_mm256_loadu_ps(sg + j), mg));
       _mm256_storeu_ps(sg + j, w);
       tot = _mm256_add_ps(tot, w);
     }
@@ -172,7 +152,7 @@ RSVLM_ATT_AVX2 void attend_avx2(const Item& it) {
       alignas(32) float tail[8];
       const int64_t left = it.n_keys - j;
       for (int i = 0; i < 8; ++i) tail[i] = i < left ? sg[j + i] - it.m[g] : -1000.f;
-      _mm256_store_ps(tail, exp_ps(_mm256_load_ps(tail)));
+      _mm256_store_ps(tail, cpu::exp_nonpositive_ps(_mm256_load_ps(tail)));
       for (int64_t i = 0; i < left; ++i) total += (sg[j + i] = tail[i]);
     }
     it.sum[g] = total;
