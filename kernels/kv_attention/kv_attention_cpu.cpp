@@ -1,6 +1,8 @@
 // kv_attention fast CPU path (thread pool): KV-cache append and causal attention in fp32, one
 // (sequence, query, KV head) work item at a time; the G query heads of a group share each K/V row
-// read. Tested against kv_append_reference / attention_reference (kv_attention_ref.cpp).
+// read. Prefill on an fp32 cache with the avx512vnni kernel set runs 16 (query, head) rows per work
+// item instead (attend_block_avx512, D 64/80/96/128, G dividing 16). Tested against
+// kv_append_reference / attention_reference (kv_attention_ref.cpp) on every kernel set.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,7 +13,7 @@
 #define RSVLM_X86 1
 #include <immintrin.h>
 
-#include "common/cpu_exp_avx2.h"
+#include "common/cpu_exp_simd.h"
 #endif
 
 #include "common/cpu_math.h"
@@ -173,6 +175,102 @@ RSVLM_ATT_AVX2 void attend_avx2(const Item& it) {
       _mm256_storeu_ps(it.out + int64_t(g) * d + t, _mm256_mul_ps(_mm256_loadu_ps(it.acc + int64_t(g) * d + t), inv));
   }
 }
+
+// ---- Prefill, 16 rows at a time (AVX-512, fp32 cache, D = 16 * NV) ----------------------------------
+// A block is 16 (query, head) rows of one KV head: Bq = 16 / G consecutive queries x the G query heads of
+// the group, row r = (query i0 + r / G, head r % G). Keys are read once per block instead of once per
+// query: the scores are a (16 rows) x (keys) product with the rows in the 16 lanes, each key element
+// broadcast against the transposed queries (no horizontal sums), and the causal limit of each row is a
+// lane mask. Then exp(s - m) per key on 16 lanes, and P V with the accumulators of RB rows in registers.
+constexpr int kBlockRows = 16;
+
+struct PrefillBlock {
+  const KvCacheView* c;
+  int b, hk;
+  int64_t n_max;          // keys [0, n_max): the block's longest causal range
+  const int32_t* limit;   // (16) keys of row r: [0, limit[r]); 0 for rows without a query
+  const float* qt;        // (D, 16) scaled queries, transposed
+  float* st;              // (round4(n_max), 16) scores, then weights
+  float* const* out_row;  // (16) output row of r (D floats), nullptr for rows without a query
+};
+
+template <int NV>
+RSVLM_AVX512_FMA void attend_block_avx512(const PrefillBlock& blk) {
+  constexpr int D = 16 * NV;
+  constexpr int RB = NV <= 6 ? 4 : 2;  // rows whose P V accumulators (RB x NV zmm) stay in registers
+  const KvCacheView& c = *blk.c;
+  const float* kc = static_cast<const float*>(c.k);
+  const float* vc = static_cast<const float*>(c.v);
+  const __m512i limit = _mm512_loadu_si512(blk.limit);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 m = neg_inf;
+  // Scores, 4 keys per step (keys past n_max are computed from row 0's K row and masked off).
+  for (int64_t j = 0; j < blk.n_max; j += 4) {
+    const float* kr[4];
+    for (int k = 0; k < 4; ++k) kr[k] = kc + row_index(c, blk.b, blk.hk, j + k < blk.n_max ? j + k : 0) * D;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int t = 0; t < D; ++t) {
+      const __m512 qd = _mm512_loadu_ps(blk.qt + t * kBlockRows);
+      a0 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[0][t]), a0);
+      a1 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[1][t]), a1);
+      a2 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[2][t]), a2);
+      a3 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[3][t]), a3);
+    }
+    const __m512 acc[4] = {a0, a1, a2, a3};
+    for (int k = 0; k < 4; ++k) {
+      const __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(int(j + k)), limit);
+      const __m512 sc = _mm512_mask_blend_ps(live, neg_inf, acc[k]);
+      m = _mm512_max_ps(m, sc);
+      _mm512_storeu_ps(blk.st + (j + k) * kBlockRows, sc);
+    }
+  }
+  // Weights exp(s - m) and their sums (a masked score gives exp(-inf) = 0).
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < blk.n_max; ++j) {
+    const __m512 w = cpu::exp_nonpositive_ps512(_mm512_sub_ps(_mm512_loadu_ps(blk.st + j * kBlockRows), m));
+    _mm512_storeu_ps(blk.st + j * kBlockRows, w);
+    sum = _mm512_add_ps(sum, w);
+  }
+  alignas(64) float inv[kBlockRows];
+  _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.f), sum));
+  // P V for RB rows at a time, up to the longest range among them.
+  for (int r0 = 0; r0 < kBlockRows; r0 += RB) {
+    int64_t n_keys = 0;
+    for (int r = r0; r < r0 + RB; ++r) n_keys = std::max<int64_t>(n_keys, blk.limit[r]);
+    if (n_keys == 0) continue;
+    __m512 acc[RB][NV];
+    for (int r = 0; r < RB; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float* vrow = vc + row_index(c, blk.b, blk.hk, j) * D;
+      __m512 vv[NV];
+      for (int v = 0; v < NV; ++v) vv[v] = _mm512_loadu_ps(vrow + 16 * v);
+      for (int r = 0; r < RB; ++r) {
+        const __m512 w = _mm512_set1_ps(blk.st[j * kBlockRows + r0 + r]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(w, vv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < RB; ++r) {
+      float* o = blk.out_row[r0 + r];
+      if (o == nullptr) continue;
+      const __m512 scale = _mm512_set1_ps(inv[r0 + r]);
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(o + 16 * v, _mm512_mul_ps(acc[r][v], scale));
+    }
+  }
+}
+
+using BlockFn = void (*)(const PrefillBlock&);
+// The 16-row prefill body for head_dim d, or nullptr (then the per-query path runs): D 64, 80, 96, 128.
+BlockFn choose_block(int d) {
+  switch (d) {
+    case 64: return attend_block_avx512<4>;
+    case 80: return attend_block_avx512<5>;
+    case 96: return attend_block_avx512<6>;
+    case 128: return attend_block_avx512<8>;
+    default: return nullptr;
+  }
+}
 #endif
 
 // The attention body for this cache and CPU: the AVX2 one for an fp32 cache with D % 8 == 0 when the
@@ -211,6 +309,59 @@ Status kv_append_cpu(const KvAppendParams& p) {
   return Status::Ok();
 }
 
+#if RSVLM_X86
+// attention_cpu's prefill over 16-row blocks: work item (sequence b, block of Bq = 16 / G queries, KV
+// head hk), item = (b * n_blocks + block) * H_kv + hk, one per chunk (later blocks have longer ranges).
+Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale, int64_t max_keys) {
+  const KvCacheView& c = p.cache;
+  const int h_q = p.num_heads, h_kv = c.num_kv_heads, d = c.head_dim, group = h_q / h_kv;
+  const int bq = kBlockRows / group;
+  const int64_t n_blocks = (int64_t(p.s_q) + bq - 1) / bq;
+  const float* q = static_cast<const float*>(p.q);  // (B, S_q, H, D)
+  float* out = static_cast<float*>(p.out);          // (B, S_q, H, D)
+  // Per thread: qt (D, 16) and scores (round4(max_keys), 16).
+  const int64_t keys4 = (max_keys + 3) / 4 * 4;  // max_keys <= capacity (an int)
+  const int64_t per_thread = host::checked_mul(kBlockRows, keys4 + d);
+  const int64_t items = int64_t(p.batch) * n_blocks * h_kv;
+  const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);
+  const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
+  std::vector<float> scratch;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread,
+                                            threads, "attention"));
+  host::parallel_for(items, 1, threads, [&](int64_t item, int worker) {
+    float* const qt = scratch.data() + int64_t(worker) * per_thread;  // (D, 16)
+    float* const st = qt + int64_t(d) * kBlockRows;                    // (keys4, 16)
+    const int hk = int(item % h_kv);
+    const int64_t blk_i = (item / h_kv) % n_blocks;
+    const int b = int(item / (int64_t(h_kv) * n_blocks));
+    const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
+    const int64_t past = int64_t(p.kv_lens[b]) - ql;
+    alignas(64) int32_t limit[kBlockRows];
+    float* out_row[kBlockRows];
+    int64_t n_max = 0;
+    for (int r = 0; r < kBlockRows; ++r) {
+      const int64_t i = blk_i * bq + r / group;
+      const int g = r % group;
+      const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * d;
+      limit[r] = 0;
+      out_row[r] = nullptr;
+      if (i < ql) {
+        limit[r] = int32_t(past + i + 1);  // causal: keys [0, past + i]
+        n_max = std::max<int64_t>(n_max, limit[r]);
+        out_row[r] = out + off;
+        for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = q[off + t] * scale;
+      } else {
+        for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = 0.f;
+        if (i < p.s_q) std::fill(out + off, out + off + d, 0.f);  // padding row
+      }
+    }
+    if (n_max == 0) return;
+    block(PrefillBlock{&c, b, hk, n_max, limit, qt, st, out_row});
+  });
+  return Status::Ok();
+}
+#endif
+
 Status attention_cpu(const AttentionParams& p) {
   RSVLM_RETURN_IF_ERROR(attention_validate_host(p));
   if (p.batch == 0 || p.s_q == 0) return Status::Ok();
@@ -222,6 +373,14 @@ Status attention_cpu(const AttentionParams& p) {
   // Longest key range of any query (checked <= capacity above): sizes the per-thread score rows.
   int64_t max_keys = 1;
   for (int b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.kv_lens[b]);
+#if RSVLM_X86
+  // Prefill (more than one query) on an fp32 cache with the AVX-512 kernel set: 16-row blocks.
+  const BlockFn block = (c.dtype == DType::f32 && p.s_q > 1 && group <= kBlockRows && kBlockRows % group == 0 &&
+                         cpu_kernels() == CpuKernels::avx512vnni)
+                            ? choose_block(d)
+                            : nullptr;
+  if (block != nullptr) return attention_blocks_cpu(p, block, scale, max_keys);
+#endif
   // Per thread: scores (G, max_keys), qs (G, D), acc (G, D), m (G), sum (G); allocated before the region.
   const int64_t per_thread = host::checked_mul(group, max_keys + 2 * int64_t(d) + 2);
   const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow

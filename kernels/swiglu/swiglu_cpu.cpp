@@ -7,7 +7,7 @@
 #define RSVLM_X86 1
 #include <immintrin.h>
 
-#include "common/cpu_exp_avx2.h"
+#include "common/cpu_exp_simd.h"
 #endif
 
 #include "common/host_arrays.h"
