@@ -102,7 +102,7 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
     recorded as the image part's ``s8s8`` variant. The torch model is freed (after computing its
     validation outputs) before calibration, and calibration holds one batch and one lean onnxruntime
     session at a time; the ONNX export itself is lean (``export_onnx``): measured peak of a
-    ViT-L/14-336 int8 export with the defaults 4.8 GB, at building the torch model beside the loaded checkpoint."""
+    ViT-L/14-336 int8 export with the defaults 4.6-4.8 GB, at building the torch model beside the loaded checkpoint."""
     require_export_deps()
 
     if precision not in PRECISIONS:
