@@ -88,33 +88,32 @@ def write_graph(model, consts: dict[str, np.ndarray], path: Path) -> None:
     types; for a single-file graph the referenced file is a sparse stand-in, removed after), tensors
     under 1 KiB inline."""
     import onnx
+
     data = external_data_file(path)
     external = sum(a.nbytes for a in consts.values()) > EXTERNAL_DATA_ABOVE_BYTES
     refs = onnx.ModelProto()
     refs.CopyFrom(model)
-    offset = 0
-    big: list[str] = []
+    offsets: dict[str, int] = {}  # weights of 1 KiB and more -> offset in the external-data file
+    end = 0
     for name, array in consts.items():
         if array.nbytes < 1024:
             refs.graph.initializer.append(_tensor_proto(array, name))
             continue
-        big.append(name)
+        offsets[name] = -(-end // 4096) * 4096  # page-aligned, as onnx's own external-data writer
+        end = offsets[name] + array.nbytes
         t = refs.graph.initializer.add()
         t.name, t.data_type = name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         t.dims.extend(array.shape)
-        offset = -(-offset // 4096) * 4096  # page-aligned, as onnx's own external-data writer may mmap
-        for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+        for key, value in (("location", data.name), ("offset", str(offsets[name])), ("length", str(array.nbytes))):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
         t.data_location = onnx.TensorProto.EXTERNAL
-        offset += array.nbytes
     with open(data, "wb") as f:  # the real weights where they stay external, else a sparse stand-in
         if external:
-            for name in big:
-                t = next(t for t in refs.graph.initializer if t.name == name)
-                f.seek(int({e.key: e.value for e in t.external_data}["offset"]))
+            for name, offset in offsets.items():
+                f.seek(offset)
                 f.write(np.ascontiguousarray(consts[name]).data)
-        f.truncate(offset)
+        f.truncate(end)
     path.write_bytes(refs.SerializeToString())
     onnx.checker.check_model(str(path), full_check=True)  # reads the structure, not the weights
     if external:
@@ -122,14 +121,13 @@ def write_graph(model, consts: dict[str, np.ndarray], path: Path) -> None:
     data.unlink()
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
-        for name in big:
+        for name in offsets:
             fragment = onnx.ModelProto()
             fragment.graph.initializer.append(_tensor_proto(consts[name], name))
             f.write(fragment.SerializeToString())
             del fragment
         small = onnx.ModelProto()
-        written = set(big)
-        small.graph.initializer.extend(t for t in refs.graph.initializer if t.name not in written)
+        small.graph.initializer.extend(t for t in refs.graph.initializer if t.name not in offsets)
         f.write(small.SerializeToString())
 
 
