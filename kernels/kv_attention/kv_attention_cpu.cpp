@@ -312,7 +312,7 @@ Status kv_append_cpu(const KvAppendParams& p) {
 #if RSVLM_X86
 // attention_cpu's prefill over 16-row blocks: work item (sequence b, block of Bq = 16 / G queries, KV
 // head hk), item = (b * n_blocks + block) * H_kv + hk, one per chunk (later blocks have longer ranges).
-Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale, int64_t max_keys) {
+Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale, int64_t max_keys, int threads) {
   const KvCacheView& c = p.cache;
   const int h_q = p.num_heads, h_kv = c.num_kv_heads, d = c.head_dim, group = h_q / h_kv;
   const int bq = kBlockRows / group;
@@ -323,8 +323,6 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
   const int64_t keys4 = (max_keys + 3) / 4 * 4;  // max_keys <= capacity (an int)
   const int64_t per_thread = host::checked_mul(kBlockRows, keys4 + d);
   const int64_t items = int64_t(p.batch) * n_blocks * h_kv;
-  const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);
-  const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
   std::vector<float> scratch;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread,
                                             threads, "attention"));
@@ -373,18 +371,18 @@ Status attention_cpu(const AttentionParams& p) {
   // Longest key range of any query (checked <= capacity above): sizes the per-thread score rows.
   int64_t max_keys = 1;
   for (int b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.kv_lens[b]);
+  const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow
+  const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
 #if RSVLM_X86
   // Prefill (more than one query) on an fp32 cache with the AVX-512 kernel set: 16-row blocks.
   const BlockFn block = (c.dtype == DType::f32 && p.s_q > 1 && group <= kBlockRows && kBlockRows % group == 0 &&
                          cpu_kernels() == CpuKernels::avx512vnni)
                             ? choose_block(d)
                             : nullptr;
-  if (block != nullptr) return attention_blocks_cpu(p, block, scale, max_keys);
+  if (block != nullptr) return attention_blocks_cpu(p, block, scale, max_keys, threads);
 #endif
   // Per thread: scores (G, max_keys), qs (G, D), acc (G, D), m (G), sum (G); allocated before the region.
   const int64_t per_thread = host::checked_mul(group, max_keys + 2 * int64_t(d) + 2);
-  const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow
-  const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
   std::vector<float> scratch;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, per_thread < 0 ? std::numeric_limits<int64_t>::max() : per_thread,
                                             threads, "attention"));

@@ -57,6 +57,9 @@ def export_onnx(module, example: tuple, path: Path, input_names: list[str], outp
 
 
 EXTERNAL_DATA_ABOVE_BYTES = 1_800_000_000
+# Tensors smaller than this stay inside the graph even where weights go to external data: shape
+# inference reads them (Reshape targets and the like), and onnxruntime cannot read those from a file.
+INLINE_BELOW_BYTES = 1024
 
 
 def external_data_file(graph: Path) -> Path:
@@ -86,17 +89,17 @@ def write_graph(model, consts: dict[str, np.ndarray], path: Path) -> None:
     keep them in ``external_data_file(path)`` instead, which the runtime accepts when the bundle
     lists it. The check runs on the structure with each weight as an external reference (dims and
     types; for a single-file graph the referenced file is a sparse stand-in, removed after), tensors
-    under 1 KiB inline."""
+    under ``INLINE_BELOW_BYTES`` inline."""
     import onnx
 
     data = external_data_file(path)
     external = sum(a.nbytes for a in consts.values()) > EXTERNAL_DATA_ABOVE_BYTES
     refs = onnx.ModelProto()
     refs.CopyFrom(model)
-    offsets: dict[str, int] = {}  # weights of 1 KiB and more -> offset in the external-data file
+    offsets: dict[str, int] = {}  # weights of INLINE_BELOW_BYTES and more -> offset in the external-data file
     end = 0
     for name, array in consts.items():
-        if array.nbytes < 1024:
+        if array.nbytes < INLINE_BELOW_BYTES:
             refs.graph.initializer.append(_tensor_proto(array, name))
             continue
         offsets[name] = -(-end // 4096) * 4096  # page-aligned, as onnx's own external-data writer
@@ -173,10 +176,10 @@ def fold_constants(graph, consts: dict[str, np.ndarray]) -> int:
     Reshape, (Un)Squeeze, Concat, integer Add/Sub/Mul/Mod (what torch's exporter folds with
     ``do_constant_folding``; the rest is left to onnxruntime's folding at load). A folded output
     computed from a weight joins ``consts`` under its name; one computed from Constant nodes only
-    (shape arithmetic) becomes a Constant node in place. A constant is dropped from ``consts`` (or its Constant node from
-    the graph) as soon as its last reader is folded, so one weight at a time exists twice. The caller
-    writes ``consts`` as the initializers (protobuf arenas do not give memory back, so weights enter
-    the proto only once, after folding). Returns the number of nodes folded."""
+    (shape arithmetic) becomes a Constant node in place. A constant is dropped from ``consts`` (or its
+    Constant node from the graph) as soon as its last reader is folded, so one weight at a time exists
+    twice. The caller writes ``consts`` as the initializers (protobuf arenas do not give memory back,
+    so weights enter the proto only once, after folding). Returns the number of nodes folded."""
     import onnx
 
     constant_nodes = {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -370,7 +373,8 @@ def prepare_for_quantization(src: Path, dst: Path) -> None:
     opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                   external_data_file(dst).name)
-    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                  str(INLINE_BELOW_BYTES))
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     model = onnx.shape_inference.infer_shapes(onnx.load(str(dst), load_external_data=False))
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
