@@ -308,6 +308,104 @@ def test_repeated_signals_do_not_interrupt_cleanup():
     assert s.exit_code == 130 and s.count == 2
 
 
+def _signal_app(body):
+    """A one-command typer app running ``body(done)``; ``done`` collects what the body finished."""
+    import typer
+
+    app = typer.Typer()
+    done: list[str] = []
+
+    @app.command()
+    def work() -> None:
+        body(done)
+        done.append("finished")
+
+    @app.command()
+    def other() -> None:  # two commands, so that typer dispatches by name as the real CLI does
+        pass
+
+    return app, done
+
+
+class _SignalsInFinalizer:
+    """An object whose finalizer is running when the signal's handler runs (as a GC'd dataset's or a
+    C callback's would be): Python reports an exception raised there as unraisable and goes on."""
+
+    def __init__(self, sig: int) -> None:
+        self.sig = sig
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.sig)
+        for _ in range(100):  # bytecode boundaries for the handler to run at, still inside __del__
+            pass
+
+
+@pytest.mark.campaign("faults")
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_signal_swallowed_by_a_finalizer_still_ends_the_command(name, capsys):
+    """CI once saw Ctrl-C land in a finalizer during `index build`: the KeyboardInterrupt was printed
+    as an unraisable exception (a traceback) and the build ran to its end. The signal's exception is
+    now delivered again at the next ordinary frame: the command stops, quietly, with the signal's code."""
+    from rsvlm_edge.cli.common import run_app
+
+    sig, code, word = SIGNALS[name]
+
+    def body(done):
+        _SignalsInFinalizer(sig)  # dropped at once: __del__ runs here
+        for i in range(10_000):
+            done.append(i)
+
+    app, done = _signal_app(body)
+    previous_hook = sys.unraisablehook
+    assert run_app(app, ["work"]) == code
+    err = capsys.readouterr().err
+    assert word in err and "Traceback" not in err and "Exception ignored" not in err
+    assert "finished" not in done and len(done) < 10_000
+    assert sys.unraisablehook is previous_hook and signal.getsignal(sig) is not None
+
+
+@pytest.mark.campaign("faults")
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_signal_wrapped_by_a_library_is_still_the_signal(name, capsys):
+    """CI once saw SIGTERM land while pydantic-core built a schema: it wrapped our exception in its
+    own SchemaError, which read as an internal error (exit 1). Once a signal has arrived, whatever
+    exception ends the command is reported as that signal."""
+    from rsvlm_edge.cli.common import run_app
+
+    sig, code, word = SIGNALS[name]
+
+    def body(done):
+        try:
+            signal.raise_signal(sig)
+            for _ in range(100):
+                pass
+        except BaseException as e:  # what a library that wraps callbacks' errors does
+            raise RuntimeError(f"Error building schema: {type(e).__name__}") from e
+
+    app, _ = _signal_app(body)
+    assert run_app(app, ["work"]) == code
+    err = capsys.readouterr().err
+    assert word in err and "internal error" not in err and "Traceback" not in err
+
+
+@pytest.mark.campaign("faults")
+def test_unraisable_errors_that_are_not_signals_are_reported_as_before():
+    from rsvlm_edge.cli.common import _Signals
+
+    seen = []
+    s = _Signals()
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        s.install()
+        s._unraisable(type("U", (), {"exc_value": ValueError("x")})())
+        s._unraisable(type("U", (), {"exc_value": KeyboardInterrupt()})())  # no signal yet: not ours
+    finally:
+        s.restore()
+        sys.unraisablehook = previous
+    assert [type(u.exc_value) for u in seen] == [ValueError, KeyboardInterrupt] and s.armed is None
+
+
 @pytest.mark.campaign("faults")
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_early_signal_handlers_exit_quietly(name):

@@ -214,12 +214,25 @@ class Terminated(BaseException):
 class _Signals:
     """SIGINT/SIGTERM handlers: the first signal raises (KeyboardInterrupt / Terminated) so that the
     stack unwinds and every temp file is removed; the next ones are ignored while that cleanup runs,
-    except that a third exits at once."""
+    except that a third exits at once.
+
+    Python runs a signal handler in whatever frame the main thread is executing, and some frames
+    cannot pass an exception on: a ``__del__`` or weakref finalizer, a callback from C (a Cython
+    ``noexcept`` function, ctypes) report it through ``sys.unraisablehook`` and carry on, which
+    would let the command run to its end. Our hook recognises the signal's own exception there and
+    raises it again at the main thread's next function call after the hook (a one-shot profile
+    function: ``sys.setprofile`` sees calls of C functions too); if that call is another finalizer,
+    the hook runs again, until an ordinary frame takes the exception.
+    A library that wraps the exception in its own (pydantic-core does, building a schema) is handled
+    by ``run_app``: once a signal has arrived, any exception ends the command as that signal."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.count = 0
         self.old: dict[int, Any] = {}
+        self.old_unraisablehook: Callable[[Any], Any] | None = None
+        self.armed: Callable[..., Any] | None = None  # the one-shot profile function, while set
+        self.old_profile: Callable[..., Any] | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -228,19 +241,56 @@ class _Signals:
                 continue  # started with SIGINT ignored (nohup, background job): keep it so
             self.old[sig] = prev
             signal.signal(sig, self._handle)
+        self.old_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
 
     def restore(self) -> None:
         for sig, prev in self.old.items():
             signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
         self.old.clear()
+        if self.old_unraisablehook is not None:
+            sys.unraisablehook = self.old_unraisablehook
+            self.old_unraisablehook = None
+        self._disarm()
+
+    def _exception(self) -> BaseException:
+        return KeyboardInterrupt() if self.received == signal.SIGINT else Terminated()
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.count += 1
         if self.received is None:
             self.received = signum
-            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+            raise self._exception()
         if self.count >= 3:
             os._exit(EXIT_INTERRUPTED if self.received == signal.SIGINT else EXIT_TERMINATED)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if self.received is not None and isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            self._arm()
+            return
+        if self.old_unraisablehook is not None:
+            self.old_unraisablehook(unraisable)
+
+    def _arm(self) -> None:
+        """Raise the signal's exception at the next call the main thread makes after this hook."""
+        if self.armed is not None:
+            return
+        own = (self._unraisable.__code__, self._arm.__code__)
+
+        def once(frame: Any, event: str, _arg: Any) -> None:
+            if event in ("call", "c_call") and frame.f_code not in own:
+                self._disarm()
+                raise self._exception()
+
+        self.old_profile = sys.getprofile()
+        self.armed = once
+        sys.setprofile(once)
+
+    def _disarm(self) -> None:
+        if self.armed is not None:
+            if sys.getprofile() is self.armed:
+                sys.setprofile(self.old_profile)
+            self.armed = self.old_profile = None
 
     @property
     def exit_code(self) -> int:
@@ -319,53 +369,69 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> int:
         if signals.received is not None:  # typer turns KeyboardInterrupt into Exit(130) and returns it
             raise KeyboardInterrupt()
         return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
-    except RsvlmError as e:
+    except BaseException as e:  # noqa: BLE001 - every way out is mapped to the contract's exit codes
+        if signals.received is not None and not isinstance(e, SystemExit):
+            # the signal came first: whatever it became on the way up (a library's wrapper of it,
+            # an error of the work it cut short) the answer is the signal's
+            return _report_signal(signals.exit_code)
+        return _report(e, exc, signals.exit_code)
+    finally:
+        signals.restore()
+
+
+def _report_signal(code: int) -> int:
+    if code == EXIT_TERMINATED:
+        print_error("terminated (SIGTERM); unfinished outputs were discarded", None)
+    else:
+        print_error("interrupted (Ctrl-C); unfinished outputs were discarded", None)
+    return code
+
+
+def _report(e: BaseException, exc: dict[str, tuple[type, ...]], signal_code: int) -> int:
+    """Print the contract's message for ``e`` (raised by a command) and return the exit code."""
+    if isinstance(e, RsvlmError):
         print_error(e.message, e.fix)
         return EXIT_ERROR
-    except (KeyboardInterrupt, Terminated, *exc["abort"]):
-        if signals.exit_code == EXIT_TERMINATED:
-            print_error("terminated (SIGTERM); unfinished outputs were discarded", None)
-        else:
-            print_error("interrupted (Ctrl-C); unfinished outputs were discarded", None)
-        return signals.exit_code
-    except exc["exit"] as e:  # type: ignore[misc]
+    if isinstance(e, (KeyboardInterrupt, Terminated, *exc["abort"])):
+        return _report_signal(signal_code)
+    if isinstance(e, exc["exit"]):
         return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
-    except exc["no_args"] as e:  # type: ignore[misc]
+    if isinstance(e, exc["no_args"]):
         ctx = getattr(e, "ctx", None)
         if ctx is None or ctx.parent is None:  # bare `rsvlm-edge`: the help is the answer
-            print(e.format_message())
+            print(e.format_message())  # type: ignore[attr-defined]
             return 0
-        print(e.format_message(), file=sys.stderr)
+        print(e.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
         print_error(f"{ctx.command_path}: missing command", f"see `{ctx.command_path} --help`")
         return EXIT_ERROR
-    except exc["usage"] as e:  # type: ignore[misc]
+    if isinstance(e, exc["usage"]):
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "rsvlm-edge"
-        print_error(f"{cmd}: {e.format_message()}", f"see `{cmd} --help`")
+        print_error(f"{cmd}: {e.format_message()}", f"see `{cmd} --help`")  # type: ignore[attr-defined]
         return EXIT_ERROR
-    except exc["click"] as e:  # type: ignore[misc]
-        print_error(e.format_message(), "see `rsvlm-edge --help`")
+    if isinstance(e, exc["click"]):
+        print_error(e.format_message(), "see `rsvlm-edge --help`")  # type: ignore[attr-defined]
         return EXIT_ERROR
-    except MemoryError:
+    if isinstance(e, MemoryError):
         print_error("out of memory", "lower --batch-size (or the batch sizes), or use a smaller model")
         return EXIT_ERROR
-    except OSError as e:  # an OSError no module turned into an RsvlmError: name the file
+    if isinstance(e, OSError):  # an OSError no module turned into an RsvlmError: name the file
         where = f" '{shown(e.filename)}'" if e.filename else ""
         print_error(f"cannot read or write{where}: {e.strerror or e}", "check the path, its permissions and free space")
         return EXIT_ERROR
-    except RecursionError:
+    if isinstance(e, RecursionError):
         print_error("input nested too deeply", "check the input files")
         return EXIT_ERROR
-    except Exception as e:  # a bug: still no traceback unless asked for
-        if os.environ.get(DEBUG_ENV):
-            import traceback
+    if not isinstance(e, Exception):  # SystemExit and the like: not ours to translate
+        raise e
+    # a bug: still no traceback unless asked for
+    if os.environ.get(DEBUG_ENV):
+        import traceback
 
-            traceback.print_exc()
-        print_error(f"internal error ({type(e).__name__}: {str(e)[:300]})",
-                    f"this is a bug in rsvlm-edge; please report it with the command line ({DEBUG_ENV}=1 shows the traceback)")
-        return EXIT_INTERNAL
-    finally:
-        signals.restore()
+        traceback.print_exception(e)
+    print_error(f"internal error ({type(e).__name__}: {str(e)[:300]})",
+                f"this is a bug in rsvlm-edge; please report it with the command line ({DEBUG_ENV}=1 shows the traceback)")
+    return EXIT_INTERNAL
 
 
 def _main_thread() -> bool:
