@@ -5,6 +5,7 @@ bench/RESULTS.md.
 
     python bench/bench_clip.py --target builtin:remoteclip-vit-b-32 --batch 1,8,32 --precision fp32,int8 \
         --json bench/out/clip_cpu.json --plot bench/out/clip_cpu.png
+    python bench/bench_clip.py --backend 'graph=ort-cpu;graph=native-vit' ...   # both CPU image backends
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def main() -> None:
     ap.add_argument("--target", default="builtin:remoteclip-vit-b-32")
     ap.add_argument("--batch", default="1,8,32")
     ap.add_argument("--precision", default="fp32,int8")
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--backend", default="auto",
+                    help="backend preference; several separated by ';' run in the same process, e.g. "
+                         "'graph=ort-cpu;graph=native-vit'")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)

@@ -13,6 +13,8 @@ void bind_kv_attention(py::module_& m);  // csrc/bind_kv_attention.cpp
 void bind_linear(py::module_& m);        // csrc/bind_linear.cpp
 void bind_qlinear(py::module_& m);       // csrc/bind_qlinear.cpp
 void bind_rms_norm(py::module_& m);      // csrc/bind_rms_norm.cpp
+void bind_layer_norm(py::module_& m);    // csrc/bind_layer_norm.cpp
+void bind_gelu(py::module_& m);          // csrc/bind_gelu.cpp
 void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
 void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
@@ -57,6 +59,8 @@ PYBIND11_MODULE(_C, m) {
   bind_linear(m);
   bind_qlinear(m);
   bind_rms_norm(m);
+  bind_layer_norm(m);
+  bind_gelu(m);
   bind_rope(m);
   bind_swiglu(m);
   bind_cuda_decoder(m);

@@ -88,7 +88,7 @@ def fill(cache, k_seqs, v_seqs, starts, ends, append=None):
            page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
 
 
-def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0, want_inputs=False):
+def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0, want_inputs=False, causal=True):
     """Build a cache holding past + new tokens with kv_append, and the same cache with
     kv_append_reference (they must be equal); run attention_prefill on the first and
     attention_prefill_reference on the second; return (out, reference, cache)."""
@@ -112,7 +112,8 @@ def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0,
     for c, attend in ((cache, C.attention_prefill), (ref_cache, C.attention_prefill_reference)):
         out = np.full_like(q, np.nan)
         ret = attend(q, c["k_cache"], c["v_cache"], np.array(q_lens, np.int32), np.array(kv_lens, np.int32),
-                     out=out, page_table=c["page_table"], k_scale=c.get("k_scale"), v_scale=c.get("v_scale"))
+                     out=out, page_table=c["page_table"], k_scale=c.get("k_scale"), v_scale=c.get("v_scale"),
+                     causal=causal)
         assert ret is out
         outs.append(out)
     if want_inputs:
@@ -142,14 +143,30 @@ def test_prefill_every_group_size_and_head_dim(heads, cpu_kernels):
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("heads", [(12, 12, 64), (16, 16, 64), (6, 3, 80), (4, 2, 112)],
+                         ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+def test_bidirectional_prefill_matches_reference(heads, cpu_kernels):
+    """causal=False (a ViT's self-attention: every query sees all its sequence's keys) on every kernel
+    set: ViT-B/L head layouts (16-row blocks of one head), GQA, a head dim without a block body; a
+    50-token image (CLS + 7x7), a padded shorter sequence and one with a cached prefix."""
+    out, ref, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=False)
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    causal, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=True)
+    assert not np.allclose(causal[0, :49], out[0, :49])  # the flag changes the answer, except the last query
+    np.testing.assert_allclose(causal[0, 49], out[0, 49], atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("heads", [(4, 4, 64), (8, 2, 80)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
-def test_reference_matches_torch_sdpa(heads, paged):
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_reference_matches_torch_sdpa(heads, paged, causal):
     """The naive reference against torch's scaled_dot_product_attention (fp64, explicit causal mask
-    with a cached prefix, KV heads repeated for GQA)."""
+    with a cached prefix, KV heads repeated for GQA; no mask when bidirectional)."""
     torch = pytest.importorskip("torch")
     q_lens, past = (7, 54, 1), (0, 13, 96)
-    _, ref, _, (q, k_seqs, v_seqs) = run_prefill(heads, q_lens, past, paged=paged, seed=7, want_inputs=True)
+    _, ref, _, (q, k_seqs, v_seqs) = run_prefill(heads, q_lens, past, paged=paged, seed=7, want_inputs=True,
+                                                 causal=causal)
     group = heads[0] // heads[1]
     for b in range(len(q_lens)):
         qb = torch.from_numpy(q[b, : q_lens[b]]).double().transpose(0, 1)  # (H, S, D)
@@ -157,6 +174,8 @@ def test_reference_matches_torch_sdpa(heads, paged):
         vb = torch.from_numpy(v_seqs[b]).double().repeat_interleave(group, dim=1).transpose(0, 1)
         n = kb.shape[1]
         mask = torch.arange(n)[None, :] <= (past[b] + torch.arange(q_lens[b]))[:, None]
+        if not causal:
+            mask = torch.ones_like(mask)
         want = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask).transpose(0, 1)
         np.testing.assert_allclose(ref[b, : q_lens[b]], want.numpy(), atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(ref[b, q_lens[b] :], 0.0)  # padding rows
@@ -363,7 +382,7 @@ def torch_cuda(cuda_device):
     return cuda_torch()
 
 
-def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_splits=0):
+def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_splits=0, causal=True):
     """Run append + attention on the GPU with torch.cuda tensors (passed through DLPack) and
     return (gpu result as float32 numpy, the naive reference on the same fp16/bf16-rounded inputs and
     a host cache of the same kind, filled by kv_append_reference)."""
@@ -413,7 +432,8 @@ def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_s
     else:
         q_t = torch.from_numpy(q).to(dev, dtype)
         out = torch.full_like(q_t, float("nan"))
-        C.attention_prefill(q_t, k_cache, v_cache, lens(q_lens), lens(kv_lens), out=out, page_table=table, **scales)
+        C.attention_prefill(q_t, k_cache, v_cache, lens(q_lens), lens(kv_lens), out=out, page_table=table,
+                            causal=causal, **scales)
     torch.cuda.synchronize()
     fill(host, k_seqs, v_seqs, [0] * batch, list(past_lens), C.kv_append_reference)
     fill(host, k_seqs, v_seqs, list(past_lens), kv_lens, C.kv_append_reference)
@@ -424,7 +444,7 @@ def _cuda_run(torch, dtype, heads, q_lens, past_lens, paged, int8, decode, num_s
     else:
         ref = np.full(q.shape, np.nan, np.float32)
         C.attention_prefill_reference(q, host["k_cache"], host["v_cache"], np.array(q_lens), np.array(kv_lens),
-                                      out=ref, **cache_kw)
+                                      out=ref, causal=causal, **cache_kw)
     return out.float().cpu().numpy(), ref
 
 
@@ -435,6 +455,16 @@ def test_cuda_prefill_matches_reference(torch_cuda, dtype_name, heads, paged):
     dtype = getattr(torch_cuda, dtype_name)
     for q_lens, past in [((1297,), (0,)), ((7, 54, 1), (0, 13, 96))]:
         got, ref = _cuda_run(torch_cuda, dtype, heads, q_lens, past, paged, int8=False, decode=False)
+        np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
+
+
+@cuda_dtype_test
+@pytest.mark.parametrize("heads", HEADS, ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+def test_cuda_bidirectional_prefill_matches_reference(torch_cuda, dtype_name, heads):
+    """causal=False on the GPU (a ViT's attention): every query attends to all its sequence's keys."""
+    dtype = getattr(torch_cuda, dtype_name)
+    for q_lens, past in [((577,), (0,)), ((50, 17, 3), (0, 0, 9))]:
+        got, ref = _cuda_run(torch_cuda, dtype, heads, q_lens, past, False, int8=False, decode=False, causal=False)
         np.testing.assert_allclose(got, ref, atol=CUDA_TOL[dtype_name], rtol=CUDA_TOL[dtype_name])
 
 

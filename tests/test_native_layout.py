@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OPS = {  # op folder -> the Python bindings it provides (each also as <name>_reference)
     "linear": ["linear"],
     "rms_norm": ["rms_norm"],
+    "layer_norm": ["layer_norm"],
+    "gelu": ["gelu"],
     "rope": ["rope"],
     "swiglu": ["swiglu"],
     "kv_attention": ["kv_append", "attention_prefill", "attention_decode"],

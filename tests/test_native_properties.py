@@ -154,6 +154,64 @@ def test_swiglu_properties(t, f, du, dtype, how, out_mode, seed):
     del rng
 
 
+# ---------------------------------------------------------------- layer_norm / gelu
+
+
+@SETTINGS
+@given(t=DIM, d=DIM, dg=st.sampled_from([0] * 12 + [1, -1]), dtype=DTYPES, how=LAYOUTS,
+       beta_mode=st.sampled_from(["none", "ok", "ok", "ok", "wrong"]),
+       add_mode=st.sampled_from(["none", "ok", "ok", "ok", "wrong", "alias_x"]),
+       eps=st.sampled_from([1e-5, 1e-6, 0.0] * 4 + [-1.0, float("nan")]),
+       out_mode=st.sampled_from(["none", "guarded", "guarded", "guarded", "wrong", "alias_x"]), seed=st.integers(0, 9))
+def test_layer_norm_properties(t, d, dg, dtype, how, beta_mode, add_mode, eps, out_mode, seed):
+    results = []
+    for fn in (C.layer_norm, C.layer_norm_reference):
+        rng = np.random.default_rng(seed)
+        x = Guarded((t, d), np.float32, rand(rng, (t, d), scale=3.0))
+        xv = layout(x.view, how) if dtype == np.float32 else x.view.astype(dtype)
+        gamma = rand(rng, (max(d + dg, 0),))
+        beta = None if beta_mode == "none" else rand(rng, (d + (beta_mode == "wrong"),))
+        add = {"none": None, "ok": rand(rng, (t, d)), "wrong": rand(rng, (t + 1, d)), "alias_x": xv}[add_mode]
+        g0, add0 = gamma.copy(), None if add is None or add_mode == "alias_x" else add.copy()
+        out = Guarded((t, d + (out_mode == "wrong")), np.float32, np.nan) if out_mode in ("guarded", "wrong") else None
+        target = xv if out_mode == "alias_x" else (None if out is None else out.view)
+        r = outcome(fn, xv, gamma, beta, add=add, eps=eps, out=target)
+        assert x.intact() and (out is None or out.intact())
+        np.testing.assert_array_equal(gamma, g0)
+        if add0 is not None:
+            np.testing.assert_array_equal(add, add0)
+        results.append(r if r[0] != "ok" else ("ok", (np.array(r[1], copy=True), np.array(xv, copy=True))))
+    assert_same_outcome(*results)
+    if results[0][0] == "ok":
+        close(results[0][1][0], results[1][1][0])
+        close(results[0][1][1], results[1][1][1])  # x after the in-place add
+
+
+@SETTINGS
+@given(shape=st.one_of(*[st.tuples(DIM, DIM)] * 6, st.lists(DIM, max_size=3)), dtype=DTYPES, how=LAYOUTS,
+       kind=st.sampled_from(["erf", "tanh", "quick"] * 4 + ["none", ""]),
+       scale=st.sampled_from([1.0, 4.0, 30.0, 1e30]), readonly=st.sampled_from([False] * 9 + [True]),
+       seed=st.integers(0, 9))
+def test_gelu_properties(shape, dtype, how, kind, scale, readonly, seed):
+    results = []
+    for fn in (C.gelu, C.gelu_reference):
+        x = Guarded(tuple(shape), np.float32, rand(np.random.default_rng(seed), tuple(shape), scale=scale))
+        xv = layout(x.view, how) if dtype == np.float32 else x.view.astype(dtype)
+        x0 = np.array(xv, copy=True)
+        if readonly:
+            xv.flags.writeable = False
+        r = outcome(fn, xv, kind)
+        assert x.intact()
+        if r[0] == "ok":
+            assert r[1] is xv
+        else:
+            np.testing.assert_array_equal(xv, x0)  # a refused call leaves x alone
+        results.append(r if r[0] != "ok" else ("ok", np.array(xv, copy=True)))
+    assert_same_outcome(*results)
+    if results[0][0] == "ok":
+        close(results[0][1], results[1][1])
+
+
 # ---------------------------------------------------------------- rope
 
 

@@ -28,6 +28,10 @@
 // KV-cache attention (append, prefill + decode, GQA, contiguous / paged / int8 caches, split-KV on CUDA).
 #include "rsvlm_edge/kv_attention.h"
 
+// CLIP ViT ops: LayerNorm with a fused residual add, GELU (erf / tanh / QuickGELU).
+#include "rsvlm_edge/gelu.h"
+#include "rsvlm_edge/layer_norm.h"
+
 // LLaMA decoder ops.
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/qlinear.h"

@@ -15,7 +15,8 @@
 //
 // Prefill: q (B, S_q, H, D), q_lens (B), kv_lens (B). Sequence b has kv_lens[b] tokens in the cache
 // (its past plus its q_lens[b] new tokens, already appended); query i sits at absolute position
-// past + i with past = kv_lens[b] - q_lens[b] and attends to keys [0, past + i]. Rows i >= q_lens[b]
+// past + i with past = kv_lens[b] - q_lens[b] and attends to keys [0, past + i] (all kv_lens[b] keys when
+// causal is false). Rows i >= q_lens[b]
 // are padding and get zeros. Decode is prefill with S_q = 1: q (B, H, D), seq_lens (B) counting the
 // new token.
 //
@@ -71,7 +72,7 @@ struct KvAppendParams {
   KvCacheView cache;
 };
 
-// Causal attention of q over the cache (prefill; decode uses s_q = 1).
+// Attention of q over the cache, causal unless `causal` is false (prefill; decode uses s_q = 1).
 struct AttentionParams {
   const void* q = nullptr;          // (B, S_q, H, D), activation dtype
   void* out = nullptr;              // (B, S_q, H, D), activation dtype
@@ -83,6 +84,9 @@ struct AttentionParams {
   int s_q = 0;                   // S_q
   int num_heads = 0;             // H, a multiple of cache.num_kv_heads
   float scale = 0.f;             // softmax scale; <= 0 means 1/sqrt(D)
+  // true: query i attends to keys [0, past + i] (decoders); false: every valid query attends to all
+  // kv_lens[b] keys of its sequence (bidirectional, e.g. a ViT's self-attention over its tokens).
+  bool causal = true;
   KvCacheView cache;
   // CUDA split-KV (flash-decoding): each (sequence, KV head) is cut into num_splits key chunks whose
   // partial softmax results are merged by a combine kernel. 0 = choose from the GPU size; 1 = off.

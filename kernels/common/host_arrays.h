@@ -3,6 +3,8 @@
 // after <op>_validate(p, /*cuda=*/false) has passed (which checked the dtype is float32).
 #pragma once
 
+#include "rsvlm_edge/gelu.h"
+#include "rsvlm_edge/layer_norm.h"
 #include "rsvlm_edge/rms_norm.h"
 #include "rsvlm_edge/swiglu.h"
 
@@ -18,6 +20,27 @@ struct RmsNormArrays {
       : x(static_cast<const float*>(p.x)),
         weight(static_cast<const float*>(p.weight)),
         out(static_cast<float*>(p.out)) {}
+};
+
+struct LayerNormArrays {
+  float* x;            // (M, D); updated in place when add is given
+  const float* add;    // (M, D) or nullptr
+  const float* gamma;  // (D)
+  const float* beta;   // (D) or nullptr
+  float* out;          // (M, D)
+
+  explicit LayerNormArrays(const LayerNormParams& p)
+      : x(static_cast<float*>(p.x)),
+        add(static_cast<const float*>(p.add)),
+        gamma(static_cast<const float*>(p.gamma)),
+        beta(static_cast<const float*>(p.beta)),
+        out(static_cast<float*>(p.out)) {}
+};
+
+struct GeluArrays {
+  float* x;  // (M * N), in place
+
+  explicit GeluArrays(const GeluParams& p) : x(static_cast<float*>(p.x)) {}
 };
 
 struct SwiGluArrays {

@@ -130,9 +130,10 @@ __global__ void __launch_bounds__(kThreads)
     q_s[r][t] = x;
   }
 
-  // Keys this block needs: up to the causal limit of its last valid row, then this split's chunk.
+  // Keys this block needs: up to the causal limit of its last valid row (all keys when not causal),
+  // then this split's chunk.
   const int last_i = min((row0 + kRowsPerBlock - 1) / group, q_len - 1);
-  const int64_t key_end = last_i >= 0 ? min(past + last_i + 1, kv_len) : 0;
+  const int64_t key_end = last_i < 0 ? 0 : p.causal ? min(past + last_i + 1, kv_len) : kv_len;
   const int64_t chunk = ((key_end + num_splits - 1) / num_splits + kKeyTile - 1) / kKeyTile * kKeyTile;
   const int64_t key_begin = min(int64_t(split) * chunk, key_end);
   const int64_t key_stop = min(key_begin + chunk, key_end);
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int row = row0 + rr * kWarps + warp;
     const int i = row / group;
-    qpos[rr] = (row < n_rows && i < q_len) ? past + i : -1;
+    qpos[rr] = (row < n_rows && i < q_len) ? (p.causal ? past + i : kv_len - 1) : -1;
     m[rr] = -INFINITY;
     l[rr] = 0.f;
 #pragma unroll

@@ -344,7 +344,7 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
       limit[r] = 0;
       out_row[r] = nullptr;
       if (i < ql) {
-        limit[r] = int32_t(past + i + 1);  // causal: keys [0, past + i]
+        limit[r] = int32_t(p.causal ? past + i + 1 : past + ql);  // causal: keys [0, past + i]; else all
         n_max = std::max<int64_t>(n_max, limit[r]);
         out_row[r] = out + off;
         for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = q[off + t] * scale;
@@ -404,7 +404,7 @@ Status attention_cpu(const AttentionParams& p) {
       std::fill(out + off, out + off + int64_t(group) * d, 0.f);
       return;
     }
-    const int64_t n_keys = int64_t(p.kv_lens[b]) - ql + i + 1;  // causal: keys [0, past + i]
+    const int64_t n_keys = p.causal ? int64_t(p.kv_lens[b]) - ql + i + 1 : int64_t(p.kv_lens[b]);  // causal: [0, past + i]
     for (int64_t t = 0; t < int64_t(group) * d; ++t) qs[t] = q[off + t] * scale;
     attend(Item{&c, b, hk, group, d, n_keys, max_keys, qs, scores, acc, m, sum, out + off});
   });

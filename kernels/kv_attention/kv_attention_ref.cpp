@@ -92,7 +92,7 @@ Status attention_reference(const AttentionParams& p) {
           for (int64_t t = 0; t < d; ++t) o[t] = 0.f;
           continue;
         }
-        const int64_t hk = h / group, n_keys = past + i + 1;  // causal: keys [0, past + i]
+        const int64_t hk = h / group, n_keys = p.causal ? past + i + 1 : past + ql;  // causal: keys [0, past + i]
         try {
           scores.resize(static_cast<size_t>(n_keys));
         } catch (const std::bad_alloc&) {

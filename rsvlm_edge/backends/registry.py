@@ -58,6 +58,12 @@ class BackendSpec:
     probe: Callable[[], Probe]
     factory: Callable[..., Any]
     supports: Callable[[Any], str | None] = field(default=lambda part: None)  # why it cannot run ``part``
+    # The parts it is meant for: a preference naming this backend applies to those; any other part
+    # is chosen as under ``auto`` (``native-vit`` serves image towers: ``--backend native-vit`` runs
+    # the image tower natively and the text tower where auto puts it).
+    serves: Callable[[Any], bool] = field(default=lambda part: True)
+    # True when ``serves`` is not the default: such a backend is only chosen for a given part
+    partial: bool = False
 
     def check(self) -> Probe:
         try:
@@ -119,12 +125,16 @@ def choose(kind: Kind, preference: str | None, part: Any = None, part_name: str 
     missing when the requested one cannot run it."""
     wanted = parse_preference(preference)[kind]
     what = f"part '{part_name}' ({kind})" if part_name else f"{kind} parts"
+    if wanted not in ALIASES and part is not None and not _REGISTRY[wanted].serves(part):
+        wanted = "auto"
     if wanted in ALIASES:
         candidates = [s for s in all_backends(kind)
                       if wanted == "auto" or (wanted == "ort" and s.name.startswith("ort-"))
                       or (wanted == "cpu" and s.device == "cpu")]
         reasons = []
         for spec in candidates:
+            if spec.partial and part is None:  # it is for some parts only: never the answer for "any part"
+                continue
             probe = spec.check()
             why = probe.why_not if not probe.available else spec.supports(part) if part is not None else None
             if not why:

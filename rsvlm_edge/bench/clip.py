@@ -50,8 +50,12 @@ def runtime_provider(rt: Any) -> str:
 
 def bench_clip(target: str, batches: list[int], precisions: list[str], backend: str = "auto",
                warmup: int = 3, iters: int = 10, peer: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Bench image encoding of a CLIP bundle (or each precision of a built-in model)."""
+    """Bench image encoding of a CLIP bundle (or each precision of a built-in model). ``backend``: one
+    preference, or several separated by ``;`` (e.g. ``graph=ort-cpu;graph=native-vit``): every bundle
+    runs under each, in one process, so their rows compare directly; a bundle a backend cannot run is
+    noted and skipped."""
     import rsvlm_edge
+    from rsvlm_edge.errors import BackendError
 
     notes: list[str] = []
     if is_builtin(target):
@@ -63,11 +67,18 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
     rows: list[dict[str, Any]] = []
     model_cfg: dict[str, Any] = {}
     fp32_graph: Path | None = None
+    preferences = [p.strip() for p in backend.split(";") if p.strip()] or ["auto"]
     with progress() as bar:
-        task = bar.add_task("benchmarking", total=len(bundles) * len(batches) + (3 * len(batches) if peer else 0))
-        for _, path in bundles:
+        task = bar.add_task("benchmarking", total=len(bundles) * len(preferences) * len(batches)
+                            + (3 * len(batches) if peer else 0))
+        for path, pref in ((path, pref) for _, path in bundles for pref in preferences):
             reset_peak_rss()  # peak RSS per row = loading this bundle + running up to this batch
-            rt = rsvlm_edge.load(path, backend=backend, threads=threads)
+            try:
+                rt = rsvlm_edge.load(path, backend=pref, threads=threads)
+            except BackendError as e:
+                notes.append(f"{path.name} under --backend {pref}: skipped ({e.message})")
+                bar.advance(task, len(batches))
+                continue
             model_cfg = rt.bundle.model.model_dump()
             prec = rt.bundle.manifest.parts["image"].precision
             if prec == "fp32":

@@ -93,9 +93,27 @@ class GraphVariant(_Strict):
     weights: Literal["int8-symmetric-per-channel"]
 
 
+class NativeTower(_Strict):
+    """The same part's weights for the ``native`` graph backend (our C++ kernels, no graph): an
+    open_clip ``VisionTransformer`` (``open_clip-vit``: patch embedding + ln_pre, pre-LN residual
+    blocks, ln_post on the class token, projection) as safetensors with the tower's own state-dict
+    names (``conv1.weight``, ``transformer.resblocks.0.attn.in_proj_weight``, ...). ``precision``:
+    ``fp32``; ``fp16`` (the four linear weights of every block fp16, the rest fp32); ``w8`` (those
+    weights int8 per output channel with fp32 ``<name>.scale``, run W8A8 by ``qlinear``). Every size
+    is read from the tensors' shapes except the two the state dict does not record: ``heads`` and
+    ``activation``."""
+
+    architecture: Literal["open_clip-vit"]
+    file: RelPath
+    precision: Literal["fp32", "fp16", "w8"]
+    heads: Annotated[int, Field(strict=True, ge=1, le=1024)]
+    activation: Literal["gelu", "quick_gelu"]
+
+
 class GraphPart(_Strict):
     """An ONNX graph run by a graph backend (onnxruntime, TensorRT). ``variants`` (optional, by key,
-    e.g. ``s8s8``): other encodings of the same graph; manifests without it stay valid."""
+    e.g. ``s8s8``): other encodings of the same graph; manifests without it stay valid. ``native``
+    (optional): the same part as weights for our own kernels (``NativeTower``)."""
 
     kind: Literal["graph"] = "graph"
     file: RelPath
@@ -103,6 +121,7 @@ class GraphPart(_Strict):
     inputs: Annotated[list[TensorSpec], Field(min_length=1)]
     outputs: Annotated[list[TensorSpec], Field(min_length=1)]
     variants: dict[Literal["s8s8"], GraphVariant] = Field(default_factory=dict)
+    native: Optional[NativeTower] = None
 
     @model_validator(mode="after")
     def _variants_need_int8(self) -> "GraphPart":
@@ -343,6 +362,10 @@ class Manifest(BaseModel):
                                      "does not list")
                 if variant.file == part.file:
                     raise ValueError(f"variant '{key}' of part '{name}' names the part's own file '{part.file}'")
+            native = getattr(part, "native", None)
+            if native is not None and native.file not in self.files:
+                raise ValueError(f"the native weights of part '{name}' name file '{native.file}', which 'files' "
+                                 "does not list")
         if self.tokenizer.file not in self.files:
             raise ValueError(f"tokenizer file '{self.tokenizer.file}' is not listed in 'files'")
         size = self.preprocess.image_size

@@ -19,6 +19,7 @@ from ..progress import info, progress, warn
 from ..synthetic import synthetic_rs_images  # noqa: F401  (re-exported for callers of the exporter)
 from . import require_export_deps
 from .clip_checkpoint import ClipCheckpoint, build_open_clip, load_clip_checkpoint
+from .clip_native import NATIVE_ARCHITECTURE, NATIVE_FILE, NATIVE_PRECISION, native_entries, unsupported_reason, write_safetensors
 from .clip_tokenizer import write_clip_tokenizer
 from .onnx_utils import cosine_rows, export_onnx, move_graph, quantize_int8_qdq, release_memory, to_fp16
 
@@ -126,7 +127,8 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
             img32, txt32 = tmp / "image.fp32.onnx", tmp / "text.fp32.onnx"
             write_clip_tokenizer(writer.path("tokenizer.json"))
             logit_scale = _logit_scale(ckpt)
-            checks = _torch_export(ckpt, img32, txt32, writer.path("tokenizer.json"), bar, task)  # frees torch
+            native = (writer.path(NATIVE_FILE), NATIVE_PRECISION[precision])
+            checks = _torch_export(ckpt, img32, txt32, writer.path("tokenizer.json"), bar, task, native)  # frees torch
 
             img_out, txt_out = writer.path("image.onnx"), writer.path("text.onnx")
             parts = {"image": "fp32", "text": "fp32"}
@@ -163,7 +165,7 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 "source": {"checkpoint": str(ckpt.source), "layout": ckpt.layout},
                 "model": {**cfg.to_dict(), "logit_scale": logit_scale,
                           "activation_reason": ckpt.activation_reason or None},
-                "parts": clip_parts(cfg, parts, variants),
+                "parts": clip_parts(cfg, parts, variants, native_precision=native[1] if checks.native else None),
                 "preprocess": {"image_size": s, "crop_rounding": "round",
                                "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
                 "tokenizer": {"file": "tokenizer.json", "kind": "clip-bpe", "context_length": cfg.context_length,
@@ -191,11 +193,15 @@ class _Checks:
     ids: np.ndarray
     ref_image: np.ndarray
     ref_text: np.ndarray
+    native: bool = False  # the native tower's weights were written (NATIVE_FILE)
 
 
-def _torch_export(ckpt: ClipCheckpoint, img32: Path, txt32: Path, tokenizer: Path, bar, task) -> _Checks:
+def _torch_export(ckpt: ClipCheckpoint, img32: Path, txt32: Path, tokenizer: Path, bar, task,
+                  native: tuple[Path, str] | None = None) -> _Checks:
     """Build the torch model, export both encoders to fp32 ONNX, compute the validation references, and
-    release the model and the checkpoint's tensors (the rest of the export needs neither)."""
+    release the model and the checkpoint's tensors (the rest of the export needs neither). ``native``:
+    (file, precision) for the image tower's weights for the ``native`` backend, written when the tower
+    is one it runs (else a note says why not)."""
     import torch
 
     from ..models.clip.tokenizer import ClipTokenizer
@@ -216,6 +222,16 @@ def _torch_export(ckpt: ClipCheckpoint, img32: Path, txt32: Path, tokenizer: Pat
     ids = ClipTokenizer(tokenizer)([TEMPLATES["satellite"][0].format(c) for c in CALIB_LABELS])
     with torch.no_grad():
         checks = _Checks(pixels, ids, image_enc(torch.from_numpy(pixels)).numpy(), text_enc(torch.from_numpy(ids)).numpy())
+    if native is not None:
+        visual = model.visual.state_dict()
+        why_not = unsupported_reason(visual)
+        if why_not is None:
+            bar.update(task, description="writing the native image tower")
+            write_safetensors(native[0], native_entries(visual, native[1]))
+            checks.native = True
+        else:
+            info(f"no native image tower in this bundle ({why_not}): the image part runs on onnxruntime/TensorRT only")
+        del visual
     del model, image_enc, text_enc, ex_pixels, ex_ids
     release_memory()
     return checks
@@ -231,9 +247,11 @@ def _logit_scale(ckpt: ClipCheckpoint) -> float:
     return value
 
 
-def clip_parts(cfg, precision: dict[str, str], variants: dict[str, dict[str, str]] | None = None) -> dict[str, dict]:
+def clip_parts(cfg, precision: dict[str, str], variants: dict[str, dict[str, str]] | None = None,
+               native_precision: str | None = None) -> dict[str, dict]:
     """The manifest's ``parts`` of a CLIP bundle: the two graphs with their I/O names and shapes.
-    ``variants``: per part, variant key -> file (``s8s8``: the symmetric int8 QDQ graph)."""
+    ``variants``: per part, variant key -> file (``s8s8``: the symmetric int8 QDQ graph).
+    ``native_precision``: the image tower's weights for the ``native`` backend are in the bundle."""
     s = cfg.image_size
     parts = {
         "image": {"kind": "graph", "file": "image.onnx", "precision": precision["image"],
@@ -246,6 +264,10 @@ def clip_parts(cfg, precision: dict[str, str], variants: dict[str, dict[str, str
     for name, by_key in (variants or {}).items():
         parts[name]["variants"] = {key: {"file": file, "precision": "int8-qdq", "activations": "int8-symmetric",
                                          "weights": "int8-symmetric-per-channel"} for key, file in by_key.items()}
+    if native_precision is not None:
+        parts["image"]["native"] = {"architecture": NATIVE_ARCHITECTURE, "file": NATIVE_FILE,
+                                    "precision": native_precision, "heads": cfg.vision_heads,
+                                    "activation": cfg.activation}
     return parts
 
 

@@ -157,6 +157,33 @@ void elementwise_cases() {
     const re::Status b = re::swiglu_reference(p);
     check(shape("swiglu", {n}), a, b, got, want, 1e-5);
   }
+  for (auto [m, d] : std::vector<std::array<int, 2>>{{1, 768}, {3, 67}, {40, 1000}, {5, 1}}) {
+    for (bool with_add : {false, true}) {  // out, then x (updated in place by the add)
+      const std::vector<float> x0 = randn(size_t(m) * d, 3.f), add = randn(x0.size()), g = randn(d), b = randn(d);
+      std::vector<float> xa = x0, xb = x0, got = poisoned(x0.size()), want = poisoned(x0.size());
+      re::LayerNormParams p;
+      p.add = with_add ? add.data() : nullptr, p.gamma = g.data(), p.beta = b.data(), p.m = m, p.d = d, p.eps = 1e-5f;
+      p.x = xa.data(), p.out = got.data();
+      const re::Status sa = re::layer_norm_cpu(p);
+      p.x = xb.data(), p.out = want.data();
+      const re::Status sb = re::layer_norm_reference(p);
+      got.insert(got.end(), xa.begin(), xa.end());
+      want.insert(want.end(), xb.begin(), xb.end());
+      check(shape(with_add ? "layer_norm add" : "layer_norm", {m, d}), sa, sb, got, want, 1e-5);
+    }
+  }
+  for (re::GeluKind kind : {re::GeluKind::erf, re::GeluKind::tanh, re::GeluKind::quick}) {
+    for (int64_t n : {1, 37, 70001}) {  // in place
+      std::vector<float> got = randn(n, 4.f), want = got;
+      re::GeluParams p;
+      p.m = 1, p.n = n, p.kind = kind;
+      p.x = got.data();
+      const re::Status sa = re::gelu_cpu(p);
+      p.x = want.data();
+      const re::Status sb = re::gelu_reference(p);
+      check(shape((std::string("gelu ") + re::gelu_kind_name(kind)).c_str(), {n}), sa, sb, got, want, 1e-6);
+    }
+  }
   for (auto [t, h, hk, d] : std::vector<std::array<int, 4>>{{1, 32, 4, 64}, {19, 6, 2, 10}, {300, 4, 4, 128}}) {
     std::vector<float> q = randn(size_t(t) * h * d), k = randn(size_t(t) * hk * d);
     std::vector<int32_t> pos(t);
@@ -224,15 +251,17 @@ void attention_cases() {
           i8 ? std::vector<float>(ks.begin(), ks.end()) : kf, i8 ? std::vector<float>(ks2.begin(), ks2.end()) : kf2,
           1e-6);
     const std::vector<float> q = randn(size_t(c.batch) * c.s_q * c.heads * c.dim);
-    std::vector<float> got = poisoned(q.size()), want = poisoned(q.size());
-    for (bool ref : {false, true}) {
-      re::AttentionParams p;
-      p.q = q.data(), p.out = (ref ? want : got).data(), p.q_lens = q_lens.data(), p.kv_lens = kv_lens.data();
-      p.batch = c.batch, p.s_q = c.s_q, p.num_heads = c.heads, p.cache = view(ref);
-      (ref ? sb : sa) = ref ? re::attention_reference(p) : re::attention_cpu(p);
+    for (bool causal : {true, false}) {
+      std::vector<float> got = poisoned(q.size()), want = poisoned(q.size());
+      for (bool ref : {false, true}) {
+        re::AttentionParams p;
+        p.q = q.data(), p.out = (ref ? want : got).data(), p.q_lens = q_lens.data(), p.kv_lens = kv_lens.data();
+        p.batch = c.batch, p.s_q = c.s_q, p.num_heads = c.heads, p.cache = view(ref), p.causal = causal;
+        (ref ? sb : sa) = ref ? re::attention_reference(p) : re::attention_cpu(p);
+      }
+      const std::string name = std::string(i8 ? "attention i8" : "attention f32") + (causal ? "" : " bidirectional");
+      check(shape(name.c_str(), {c.batch, c.s_q, c.heads, c.kv_heads, c.dim}), sa, sb, got, want, 2e-5);
     }
-    check(shape(i8 ? "attention i8" : "attention f32", {c.batch, c.s_q, c.heads, c.kv_heads, c.dim}), sa, sb, got,
-          want, i8 ? 2e-5 : 2e-5);
   }
 }
 

@@ -331,6 +331,70 @@ void test_swiglu(int64_t n, bool in_place, uint32_t seed) {
   report(from_half((in_place ? dg : dout).download<uint16_t>()), want, kTolF16);
 }
 
+// ---------------------------------------------------------------- layer_norm
+
+void test_layer_norm(int64_t rows, int dim, bool with_add, bool with_beta, uint32_t seed) {
+  begin_case("layer_norm f16 M=" + std::to_string(rows) + " D=" + std::to_string(dim) + (with_add ? " add" : "") +
+             (with_beta ? " beta" : ""));
+  Rng rng(seed);
+  const std::vector<float> x = rng.f16(size_t(rows) * dim, -2.f, 2.f), add = rng.f16(x.size(), -1.f, 1.f);
+  const std::vector<float> g = rng.f16(size_t(dim), 0.5f, 1.5f), b = rng.f16(size_t(dim), -0.5f, 0.5f);
+  std::vector<float> xs = x;  // x after the add, rounded to fp16 as the kernel stores it
+  if (with_add)
+    for (size_t i = 0; i < xs.size(); ++i) xs[i] = round_f16(x[i] + add[i]);
+  std::vector<float> want(x.size());
+  re::LayerNormParams r;
+  r.x = xs.data();
+  r.gamma = g.data();
+  r.beta = with_beta ? b.data() : nullptr;
+  r.out = want.data();
+  r.m = rows;
+  r.d = dim;
+  r.eps = 1e-5f;
+  r.dtype = re::DType::f32;
+  if (!status_ok("layer_norm_reference", re::layer_norm_reference(r))) return;
+
+  DeviceBuffer dx(to_half(x)), dadd(to_half(add)), dg(to_half(g)), db(to_half(b)), dout(x.size() * sizeof(uint16_t));
+  dout.fill(0xFF);
+  re::LayerNormParams p = r;
+  p.x = dx.get();
+  p.add = with_add ? dadd.get() : nullptr;
+  p.gamma = dg.get();
+  p.beta = with_beta ? db.get() : nullptr;
+  p.out = dout.get();
+  p.dtype = re::DType::f16;
+  if (!status_ok("layer_norm_cuda", re::layer_norm_cuda(p, g_stream))) return;
+  sync();
+  std::vector<float> got = from_half(dout.download<uint16_t>());
+  const std::vector<float> x_got = from_half(dx.download<uint16_t>());
+  got.insert(got.end(), x_got.begin(), x_got.end());  // out, then x (updated in place by the add)
+  want.insert(want.end(), xs.begin(), xs.end());
+  report(got, want, kTolF16);
+}
+
+// ---------------------------------------------------------------- gelu
+
+void test_gelu(re::GeluKind kind, int64_t m, int64_t n, uint32_t seed) {
+  begin_case(std::string("gelu ") + re::gelu_kind_name(kind) + " f16 M=" + std::to_string(m) +
+             " N=" + std::to_string(n));
+  Rng rng(seed);
+  std::vector<float> want = rng.f16(size_t(m * n), -6.f, 6.f);
+  DeviceBuffer dx(to_half(want));
+  re::GeluParams p;
+  p.x = dx.get();
+  p.m = m;
+  p.n = n;
+  p.kind = kind;
+  p.dtype = re::DType::f16;
+  if (!status_ok("gelu_cuda", re::gelu_cuda(p, g_stream))) return;
+  sync();
+  re::GeluParams r = p;  // in place on the host copy
+  r.x = want.data();
+  r.dtype = re::DType::f32;
+  if (!status_ok("gelu_reference", re::gelu_reference(r))) return;
+  report(from_half(dx.download<uint16_t>()), want, kTolF16);
+}
+
 // ---------------------------------------------------------------- linear
 
 void test_linear(bool int8, int64_t m, int n, int k, bool bias, uint32_t seed) {
@@ -669,9 +733,10 @@ enum class Workspace { kNone, kExact, kUpperBound, kShort };
 // Attention of q (B, s_q, H, D) over the caches on both sides; prints the case's line.
 void attention_both(const KvLayout& l, HostCache& hc, DevCache& dc, const std::vector<float>& q, int s_q,
                     const std::vector<int32_t>& q_lens, const std::vector<int32_t>& kv_lens, float scale,
-                    int num_splits, Workspace ws) {
+                    int num_splits, Workspace ws, bool causal = true) {
   std::vector<float> want(size_t(kB) * s_q * kH * kD);
   re::AttentionParams r;
+  r.causal = causal;
   r.q = q.data();
   r.out = want.data();
   r.q_lens = q_lens.empty() ? nullptr : q_lens.data();
@@ -759,6 +824,8 @@ void test_kv_attention(bool paged, bool int8, uint32_t seed) {
   begin_case("attention prefill " + cache + " B=3 S_q=17 H=6 H_kv=2 D=64");
   const std::vector<float> q_pre = rng.f16(size_t(kB) * kSq * kH * kD, -1.5f, 1.5f);
   attention_both(l, hc, dc, q_pre, kSq, q_new, kv_lens, 0.f, 0, Workspace::kNone);
+  begin_case("attention prefill " + cache + " bidirectional (causal=false) B=3 S_q=17 H=6 H_kv=2 D=64");
+  attention_both(l, hc, dc, q_pre, kSq, q_new, kv_lens, 0.f, 0, Workspace::kNone, false);
 
   // 3. one decode token per sequence at start_pos = kv_lens (new_lens = nullptr: all of S_new = 1).
   begin_case("kv_append " + cache + " decode (S_new 1)");
@@ -822,6 +889,13 @@ void run_all() {
 
   for (bool paged : {false, true})
     for (bool int8 : {false, true}) test_kv_attention(paged, int8, seed++);
+
+  // D = 333 / 1000: several elements per thread; D = 7: most of the block idle.
+  test_layer_norm(5, 333, true, true, seed++);
+  test_layer_norm(3, 1000, false, false, seed++);
+  test_layer_norm(4, 7, true, false, seed++);
+  for (re::GeluKind kind : {re::GeluKind::erf, re::GeluKind::tanh, re::GeluKind::quick})
+    test_gelu(kind, 3, 1001, seed++);
 }
 
 }  // namespace

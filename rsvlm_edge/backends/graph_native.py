@@ -1,0 +1,269 @@
+"""The ``native-vit`` graph backend: a CLIP image tower on our own C++ kernels (no graph, no onnxruntime).
+
+It runs an image part that carries ``native`` weights (``bundle.schema.NativeTower``: open_clip's
+``VisionTransformer``, written by ``rsvlm-edge export clip``), with the same input and output as the
+part's ONNX graph (uint8 ``(B, S, S, 3)`` RGB pixels -> ``(B, E)`` unnormalised image embeddings):
+
+    patch_embed (normalise + conv1 + class token + positions + ln_pre, one kernel)
+    per block:  h = LN1(x); q, k, v = h Wq, h Wk, h Wv; o = attention(q, k, v) (bidirectional)
+                x += o Wo; h = LN2(x); x += GELU(h Wfc) Wproj       (residual adds fused into LayerNorm)
+    LN_post(x[:, 0]) @ proj
+
+Linear layers run ``linear`` (fp32 weights, or fp16 widened in registers) or, for ``w8`` towers,
+``qlinear`` (int8 weights per output channel, activations quantised per row in blocks of 128: W8A8).
+The weights are read-only views of the bundle's memory-mapped safetensors file (no copy). Threads:
+the kernels' one pool for the process (``OMP_NUM_THREADS``, default every CPU); the ``threads``
+option of the graph-backend interface (onnxruntime's per-session pool) is accepted and not used.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, InputError
+from ..images import OPENAI_MEAN, OPENAI_STD
+from .registry import BackendSpec, Probe, register
+
+NAME = "native-vit"
+LN_EPS = 1e-5  # open_clip's LayerNorm
+REQUIRED_OPS = ("patch_embed", "layer_norm", "gelu", "linear", "qlinear", "kv_append", "attention_prefill")
+
+
+def _ext() -> Any:
+    from ..native import _c
+
+    return _c()
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """y = x W^T + b with W (N, K): fp32/fp16 dense, or int8 with per-row scales (N, 1)."""
+
+    w: np.ndarray
+    b: np.ndarray | None
+    scale: np.ndarray | None  # (N, 1) float32 for int8 weights
+
+    @property
+    def n(self) -> int:
+        return int(self.w.shape[0])
+
+    def __call__(self, c: Any, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.scale is not None:
+            return c.qlinear(x, self.w, self.scale, self.b, out=out)
+        return c.linear(x, self.w, self.b, out=out)
+
+
+@dataclass(frozen=True)
+class _Block:
+    ln1: tuple[np.ndarray, np.ndarray]
+    q: _Linear
+    k: _Linear
+    v: _Linear
+    o: _Linear
+    ln2: tuple[np.ndarray, np.ndarray]
+    fc: _Linear
+    proj: _Linear
+
+
+class NativeVisionTower:
+    """A graph-backend session (``run(feeds)`` -> outputs in the manifest's order) for an image part
+    with ``native`` weights; every tensor is checked against the tower's shape on load."""
+
+    backend = NAME
+    provider = "rsvlm_edge._C (CPU)"
+
+    def __init__(self, part: Any, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        from ..bundle.safetensors_mmap import map_tensors
+        from ..bundle.store import _inside
+
+        spec = part.native
+        if spec is None:  # supports() refuses such parts first; this guards direct use
+            raise BundleError("this image part has no native weights", "re-export the bundle with `rsvlm-edge export clip`")
+        self._c = _ext()
+        self.part = part
+        self.input_names = [t.name for t in part.inputs]
+        self.output_names = [t.name for t in part.outputs]
+        root = Path(path).parents[len(PurePosixPath(part.file).parts) - 1]
+        self.path = _inside(root, spec.file)
+        self.precision = spec.precision
+        self.heads = spec.heads
+        self.gelu_kind = "quick" if spec.activation == "quick_gelu" else "erf"
+        self._lock = threading.Lock()  # one forward at a time: the kernels' pool runs one parallel loop at a time
+        tensors = map_tensors(self.path)
+        self._load(tensors, part)
+
+    # ---- loading --------------------------------------------------------------------------------
+
+    def _tensor(self, t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtypes: tuple[type, ...]
+                ) -> np.ndarray:
+        arr = t.get(name)
+        if arr is None:
+            raise BundleError(f"'{self.path}' has no tensor '{name}'", "re-export the bundle")
+        if tuple(arr.shape) != shape or arr.dtype.type not in dtypes:
+            raise BundleError(f"'{self.path}': tensor '{name}' is {arr.dtype} {tuple(arr.shape)}, the tower needs "
+                              f"{'/'.join(np.dtype(d).name for d in dtypes)} {shape}", "re-export the bundle")
+        return arr
+
+    def _linear(self, t: dict[str, np.ndarray], w: str, b: str | None, n: int, k: int,
+                rows: slice | None = None) -> _Linear:
+        """The linear layer of weight ``w`` (N_total, K) (rows ``rows`` of it: in_proj's q/k/v)."""
+        n_total = n if rows is None else 3 * n
+        rows = rows or slice(0, n)
+        scale = None
+        if self.precision == "w8":
+            weight = self._tensor(t, w, (n_total, k), (np.int8,))
+            scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows].reshape(n, 1)
+            if not np.isfinite(scale).all() or (scale < 0).any():
+                raise BundleError(f"'{self.path}': '{w}.scale' has negative or non-finite scales", "re-export the bundle")
+        else:
+            weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
+        bias = None if b is None else self._tensor(t, b, (n_total,), (np.float32,))[rows]
+        return _Linear(weight[rows], bias, scale)
+
+    def _load(self, t: dict[str, np.ndarray], part: Any) -> None:
+        f32 = (np.float32,)
+        conv = t.get("conv1.weight")
+        if conv is None or conv.ndim != 4 or conv.shape[1] != 3 or conv.shape[2] != conv.shape[3] or conv.shape[2] < 1:
+            raise BundleError(f"'{self.path}': 'conv1.weight' is missing or not (width, 3, P, P)", "re-export the bundle")
+        width, patch = int(conv.shape[0]), int(conv.shape[2])
+        size = int(part.inputs[0].shape[1])
+        if size % patch or width % self.heads:
+            raise BundleError(f"'{self.path}': a {size}px input is not a whole number of {patch}px patches, or "
+                              f"width {width} is not a multiple of {self.heads} heads", "re-export the bundle")
+        grid = size // patch
+        tokens = 1 + grid * grid
+        embed = int(part.outputs[0].shape[1])
+        self.width, self.patch, self.size, self.tokens, self.head_dim = width, patch, size, tokens, width // self.heads
+        self.conv = self._tensor(t, "conv1.weight", (width, 3, patch, patch), f32)
+        self.cls = self._tensor(t, "class_embedding", (width,), f32)
+        self.pos = self._tensor(t, "positional_embedding", (tokens, width), f32)
+        self.ln_pre = (self._tensor(t, "ln_pre.weight", (width,), f32), self._tensor(t, "ln_pre.bias", (width,), f32))
+        self.ln_post = (self._tensor(t, "ln_post.weight", (width,), f32),
+                        self._tensor(t, "ln_post.bias", (width,), f32))
+        proj = self._tensor(t, "proj", (width, embed), f32)
+        self.head = _Linear(np.ascontiguousarray(proj.T), None, None)  # (E, W): 0.1-0.8 MB copied once
+        n_layers = 0
+        while f"transformer.resblocks.{n_layers}.ln_1.weight" in t:
+            n_layers += 1
+        if n_layers == 0:
+            raise BundleError(f"'{self.path}' has no residual blocks", "re-export the bundle")
+        fc = t.get("transformer.resblocks.0.mlp.c_fc.weight")
+        if fc is None or fc.ndim != 2:
+            raise BundleError(f"'{self.path}' has no 'transformer.resblocks.0.mlp.c_fc.weight'", "re-export the bundle")
+        self.mlp = mlp = int(fc.shape[0])
+        blocks = []
+        for i in range(n_layers):
+            p = f"transformer.resblocks.{i}."
+            ln = lambda n: (self._tensor(t, p + n + ".weight", (width,), f32),  # noqa: E731
+                            self._tensor(t, p + n + ".bias", (width,), f32))
+            qkv = (p + "attn.in_proj_weight", p + "attn.in_proj_bias")
+            blocks.append(_Block(
+                ln1=ln("ln_1"),
+                q=self._linear(t, *qkv, width, width, slice(0, width)),
+                k=self._linear(t, *qkv, width, width, slice(width, 2 * width)),
+                v=self._linear(t, *qkv, width, width, slice(2 * width, 3 * width)),
+                o=self._linear(t, p + "attn.out_proj.weight", p + "attn.out_proj.bias", width, width),
+                ln2=ln("ln_2"),
+                fc=self._linear(t, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias", mlp, width),
+                proj=self._linear(t, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias", width, mlp)))
+        self.blocks = blocks
+        self.mean = np.asarray(OPENAI_MEAN, np.float32)
+        self.std = np.asarray(OPENAI_STD, np.float32)
+
+    # ---- running --------------------------------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in the manifest's order for ``feeds`` keyed by the manifest's input names."""
+        pixels = feeds.get(self.input_names[0])
+        s = self.size
+        if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4
+                or pixels.shape[1:] != (s, s, 3)):
+            got = f"{pixels.dtype} {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+            raise InputError(f"native image tower: input '{self.input_names[0]}' must be uint8 (batch, {s}, {s}, 3), "
+                             f"got {got}", "pass images at the bundle's resolution (ClipRuntime.pixels)")
+        with self._lock:
+            return [self._forward(np.ascontiguousarray(pixels))]
+
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        c = self._c
+        b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim
+        if b == 0:
+            return np.zeros((0, self.head.n), np.float32)
+        rows = b * t
+        x = np.empty((b, t, w), np.float32)
+        c.patch_embed(pixels, self.conv, None, self.cls, self.pos, self.mean, self.std, self.ln_pre[0],
+                      self.ln_pre[1], LN_EPS, out=x)
+        x2 = x.reshape(rows, w)
+        hn = np.empty((rows, w), np.float32)  # the LayerNorm output each linear reads
+        q, k, v, o, a, m = (np.empty((rows, w), np.float32) for _ in range(6))
+        f = np.empty((rows, self.mlp), np.float32)
+        k_cache = np.empty((b, h, t, d), np.float32)
+        v_cache = np.empty((b, h, t, d), np.float32)
+        lens = np.full(b, t, np.int32)
+        start = np.zeros(b, np.int32)
+        for i, blk in enumerate(self.blocks):
+            if i == 0:
+                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], eps=LN_EPS, out=hn)
+            else:  # x += the previous block's MLP output, then LN1
+                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], add=m, eps=LN_EPS, out=hn)
+            blk.q(c, hn, q)
+            blk.k(c, hn, k)
+            blk.v(c, hn, v)
+            c.kv_append(k_cache, v_cache, k.reshape(b, t, h, d), v.reshape(b, t, h, d), start)
+            c.attention_prefill(q.reshape(b, t, h, d), k_cache, v_cache, lens, lens, out=o.reshape(b, t, h, d),
+                                causal=False)
+            blk.o(c, o, a)
+            c.layer_norm(x2, blk.ln2[0], blk.ln2[1], add=a, eps=LN_EPS, out=hn)  # x += attention, then LN2
+            blk.fc(c, hn, f)
+            c.gelu(f, kind=self.gelu_kind)
+            blk.proj(c, f, m)
+        cls = np.ascontiguousarray(x[:, 0]) + m.reshape(b, t, w)[:, 0]  # the last residual add, class rows only
+        pooled = np.empty((b, w), np.float32)
+        c.layer_norm(cls, self.ln_post[0], self.ln_post[1], eps=LN_EPS, out=pooled)
+        out = np.empty((b, self.head.n), np.float32)
+        return self.head(c, pooled, out)
+
+
+def _probe() -> Probe:
+    from ..errors import BackendError
+    from ..native import check_thread_wait_env
+
+    try:
+        check_thread_wait_env()
+    except BackendError as e:
+        return Probe(False, e.message, fix=e.fix or "")
+    try:
+        from .. import _C
+    except ImportError as e:
+        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
+                     fix="build it with `scripts/dev-build.sh` or reinstall rsvlm-edge")
+    missing = [n for n in REQUIRED_OPS if not hasattr(_C, n)]
+    if missing:
+        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}", fix="rebuild rsvlm-edge")
+    return Probe(True, versions=f"rsvlm_edge._C {_C.version()}", device=f"cpu ({_C.cpu_kernels()} kernels)")
+
+
+def _serves(part: Any) -> bool:
+    """Image towers (a uint8 pixel input): the parts ``--backend native-vit`` is about."""
+    inputs = getattr(part, "inputs", None) or []
+    return bool(inputs) and inputs[0].dtype == "uint8"
+
+
+def _supports(part: Any) -> str | None:
+    if getattr(part, "native", None) is None:
+        return ("this part has no native weights (only CLIP image towers exported by this version of "
+                "`rsvlm-edge export clip` carry them)")
+    return None
+
+
+register(BackendSpec(
+    name=NAME, kind="graph", rank=80, device="cpu",
+    summary="CLIP image towers on our C++ kernels (fp32, fp16 weights, or W8A8 int8), no onnxruntime",
+    probe=_probe, factory=NativeVisionTower, supports=_supports, serves=_serves, partial=True,
+))
