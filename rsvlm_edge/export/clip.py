@@ -19,7 +19,14 @@ from ..progress import info, progress, warn
 from ..synthetic import synthetic_rs_images  # noqa: F401  (re-exported for callers of the exporter)
 from . import require_export_deps
 from .clip_checkpoint import ClipCheckpoint, build_open_clip, load_clip_checkpoint
-from .clip_native import NATIVE_ARCHITECTURE, NATIVE_FILE, NATIVE_PRECISION, native_entries, unsupported_reason, write_safetensors
+from .clip_native import (
+    NATIVE_ARCHITECTURE,
+    NATIVE_FILE,
+    NATIVE_PRECISION,
+    native_entries,
+    unsupported_reason,
+    write_safetensors,
+)
 from .clip_tokenizer import write_clip_tokenizer
 from .onnx_utils import cosine_rows, export_onnx, move_graph, quantize_int8_qdq, release_memory, to_fp16
 
