@@ -12,6 +12,7 @@ void bind_patch_embed(py::module_& m);   // csrc/bind_patch_embed.cpp
 void bind_kv_attention(py::module_& m);  // csrc/bind_kv_attention.cpp
 void bind_linear(py::module_& m);        // csrc/bind_linear.cpp
 void bind_qlinear(py::module_& m);       // csrc/bind_qlinear.cpp
+void bind_qgemm(py::module_& m);         // csrc/bind_qgemm.cpp
 void bind_rms_norm(py::module_& m);      // csrc/bind_rms_norm.cpp
 void bind_layer_norm(py::module_& m);    // csrc/bind_layer_norm.cpp
 void bind_gelu(py::module_& m);          // csrc/bind_gelu.cpp
@@ -58,6 +59,7 @@ PYBIND11_MODULE(_C, m) {
   bind_kv_attention(m);
   bind_linear(m);
   bind_qlinear(m);
+  bind_qgemm(m);
   bind_rms_norm(m);
   bind_layer_norm(m);
   bind_gelu(m);

@@ -493,6 +493,48 @@ def test_interpolate_pos_embed_properties(g, extra, d, new_grid, use_out, seed):
         close(res[1:], want.permute(0, 2, 3, 1).reshape(-1, d).numpy(), tol=1e-5)
 
 
+# ---------------------------------------------------------------- qgemm_pack / qgemm
+
+
+@SETTINGS
+@given(m=DIM, k=st.sampled_from(list(range(1, 41)) + [0]), n=DIM, xdtype=DTYPES, how=LAYOUTS,
+       bias_mode=st.sampled_from(["none", "ok"] * 4 + ["wrong"]),
+       packed_mode=st.sampled_from(["ok"] * 8 + ["truncated", "flipped", "other_k"]), use_out=st.booleans(),
+       seed=st.integers(0, 9))
+def test_qgemm_properties(m, k, n, xdtype, how, bias_mode, packed_mode, use_out, seed):
+    """qgemm on the packed weights against qgemm_reference on the unpacked ones: the same refusals (a
+    damaged packed buffer is refused by qgemm alone) and the same values."""
+    from rsvlm_edge.models.llava.quant import quantize_w8
+
+    rng = np.random.default_rng(seed)
+    x = layout(rand(rng, (m, k)).astype(xdtype), how)
+    w, scale = quantize_w8(rand(rng, (n, k))) if n and k else (np.zeros((n, k), np.int8), np.ones(n, np.float32))
+    packed = C.qgemm_pack(w, scale) if n and k else None
+    if packed is not None and packed_mode == "truncated":
+        packed = packed[:-1]
+    elif packed is not None and packed_mode == "flipped":
+        packed = packed.copy()
+        packed[8 + seed % 8] ^= 1  # N or K: the header's checksum fails
+    elif packed is not None and packed_mode == "other_k":
+        packed = C.qgemm_pack(np.ones((n, k + 1), np.int8), scale)
+    bias = None if bias_mode == "none" else rand(rng, (n + (bias_mode == "wrong"),))
+    x0 = x.copy()
+    results = []
+    for fn, weights in ((C.qgemm, (packed,)), (C.qgemm_reference, (w, scale))):
+        out = Guarded((m, n), np.float32, np.nan) if use_out else None
+        r = outcome(fn, x, *weights, bias, out=None if out is None else out.view)
+        if out is not None:
+            assert out.intact()
+        np.testing.assert_array_equal(x, x0)
+        results.append(r)
+    if packed is not None and packed_mode != "ok":
+        assert results[0][0] == "value_error", results[0]  # names packed, or x (its K, its dtype)
+        return
+    assert_same_outcome(*results)
+    if results[0][0] == "ok":
+        close(results[0][1], results[1][1])
+
+
 # ---------------------------------------------------------------- tensor_arg_info
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.campaign("native")
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_kernels_linear.py", "tests/test_kernels_rms_norm.py", "tests/test_kernels_rope.py",
          "tests/test_kernels_swiglu.py", "tests/test_kernels_kv_attention.py", "tests/test_kernels_patch_embed.py",
-         "tests/test_kernels_qlinear.py", "tests/test_kernels_layer_norm.py", "tests/test_kernels_gelu.py",
+         "tests/test_kernels_qlinear.py", "tests/test_kernels_qgemm.py", "tests/test_kernels_layer_norm.py", "tests/test_kernels_gelu.py",
          "tests/test_native_hardening.py", "tests/test_native_properties.py"]
 
 # Run by the child interpreter: import the sanitized package from PKG first (never an installed or

@@ -114,9 +114,12 @@ def test_auto_and_cpu_pick_the_native_tower_only_where_the_part_has_it(bundles, 
     from rsvlm_edge.backends import choose
 
     part = bundles["fp32"].manifest.parts["image"]
-    assert choose("graph", "auto", part).name == "native-vit"
-    assert choose("graph", "cpu", part).name == "native-vit"
-    assert choose("graph", "graph=ort-cpu", part).name == "ort-cpu"
+    assert choose("graph", "auto", part).name == "ort-cpu"  # fp32: onnxruntime's GEMM is the faster
+    assert choose("graph", "native-vit", part).name == "native-vit"
+    w8 = bundles["int8"].manifest.parts["image"]
+    assert choose("graph", "auto", w8).name == "native-vit"  # W8A8: ours (bench/RESULTS.md)
+    assert choose("graph", "cpu", w8).name == "native-vit"
+    assert choose("graph", "graph=ort-cpu", w8).name == "ort-cpu"
     text = bundles["fp32"].manifest.parts["text"]
     assert choose("graph", "auto", text).name != "native-vit"  # text towers have no native weights
     assert choose("graph", "native-vit", text, "text").name == choose("graph", "auto", text).name  # not its part
@@ -180,12 +183,21 @@ def _poison_scale(t):
     return t
 
 
+def _minus_128(t):
+    t = dict(t)
+    w = t["transformer.resblocks.0.attn.in_proj_weight"].copy()
+    w[5, 7] = -128  # outside the format's [-127, 127] (qgemm's +128 trick would overflow on it)
+    t["transformer.resblocks.0.attn.in_proj_weight"] = w
+    return t
+
+
 HOSTILE = {
     "missing-block-tensor": ("fp32", _drop("transformer.resblocks.1.attn.out_proj.bias"), "attn.out_proj.bias"),
     "missing-conv": ("fp32", _drop("conv1.weight"), "conv1.weight"),
     "short-positions": ("fp32", _reshape("positional_embedding"), "positional_embedding"),
     "wrong-dtype": ("fp16", _retype("transformer.resblocks.0.mlp.c_fc.weight"), "mlp.c_fc.weight"),
     "inf-scales": ("int8", _poison_scale, "scale"),
+    "int8-minus-128": ("int8", _minus_128, "-128"),
 }
 
 

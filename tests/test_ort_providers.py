@@ -85,8 +85,7 @@ def test_auto_ranks_tensorrt_then_cuda_then_cpu(gpu_onnxruntime, fp32_bundle, in
     part = open_bundle(fp32_bundle).manifest.parts["image"]
     assert registry.choose("graph", "auto", part, "image").name == "ort-tensorrt"  # trt: no tensorrt module
     assert registry.choose("graph", "ort", part, "image").name == "ort-tensorrt"
-    assert registry.choose("graph", "cpu", part, "image").name == "native-vit"  # the bundle has native weights
-    assert registry.choose("graph", "cpu", part.model_copy(update={"native": None}), "image").name == "ort-cpu"
+    assert registry.choose("graph", "cpu", part, "image").name == "ort-cpu"  # fp32: auto keeps onnxruntime
     int8 = open_bundle(int8_bundle).manifest.parts["image"]
     assert registry.choose("graph", "auto", int8, "image").name == "ort-tensorrt"
     u8s8_only = int8.model_copy(update={"variants": {}})

@@ -38,3 +38,6 @@
 #include "rsvlm_edge/rms_norm.h"
 #include "rsvlm_edge/rope.h"
 #include "rsvlm_edge/swiglu.h"
+
+// W8A8 GEMM of encoders (CLIP ViT towers) over weights packed once (CPU only).
+#include "rsvlm_edge/qgemm.h"

@@ -10,8 +10,9 @@ part's ONNX graph (uint8 ``(B, S, S, 3)`` RGB pixels -> ``(B, E)`` unnormalised 
     LN_post(x[:, 0]) @ proj
 
 Linear layers run ``linear`` (fp32 weights, or fp16 widened in registers) or, for ``w8`` towers,
-``qlinear`` (int8 weights per output channel, activations quantised per row in blocks of 128: W8A8).
-The weights are read-only views of the bundle's memory-mapped safetensors file (no copy). Threads:
+``qgemm`` (int8 weights per output channel packed once at load for its AVX512-VNNI micro-kernel,
+activations quantised per row: W8A8). fp32/fp16 weights are read-only views of the bundle's
+memory-mapped safetensors file (no copy); int8 ones are read once to pack them. Threads:
 the kernels' one pool for the process (``OMP_NUM_THREADS``, default every CPU); the ``threads``
 option of the graph-backend interface (onnxruntime's per-session pool) is accepted and not used.
 """
@@ -32,7 +33,7 @@ from .registry import BackendSpec, Probe, register
 
 NAME = "native-vit"
 LN_EPS = 1e-5  # open_clip's LayerNorm
-REQUIRED_OPS = ("patch_embed", "layer_norm", "gelu", "linear", "qlinear", "kv_append", "attention_prefill")
+REQUIRED_OPS = ("patch_embed", "layer_norm", "gelu", "linear", "qgemm", "qgemm_pack", "kv_append", "attention_prefill")
 
 
 def _ext() -> Any:
@@ -43,19 +44,17 @@ def _ext() -> Any:
 
 @dataclass(frozen=True)
 class _Linear:
-    """y = x W^T + b with W (N, K): fp32/fp16 dense, or int8 with per-row scales (N, 1)."""
+    """y = x W^T + b: W (N, K) fp32/fp16 dense (``linear``), or int8 with per-row scales packed once
+    for ``qgemm`` (W8A8, activations quantised per row)."""
 
-    w: np.ndarray
-    b: np.ndarray | None
-    scale: np.ndarray | None  # (N, 1) float32 for int8 weights
-
-    @property
-    def n(self) -> int:
-        return int(self.w.shape[0])
+    w: np.ndarray | None  # (N, K) dense weights; None for packed int8
+    b: np.ndarray | None  # (N,)
+    packed: np.ndarray | None = None  # qgemm_pack(w8, scale): uint8
+    n: int = 0
 
     def __call__(self, c: Any, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        if self.scale is not None:
-            return c.qlinear(x, self.w, self.scale, self.b, out=out)
+        if self.packed is not None:
+            return c.qgemm(x, self.packed, self.b, out=out)
         return c.linear(x, self.w, self.b, out=out)
 
 
@@ -115,16 +114,18 @@ class NativeVisionTower:
         """The linear layer of weight ``w`` (N_total, K) (rows ``rows`` of it: in_proj's q/k/v)."""
         n_total = n if rows is None else 3 * n
         rows = rows or slice(0, n)
-        scale = None
+        bias = None if b is None else self._tensor(t, b, (n_total,), (np.float32,))[rows]
         if self.precision == "w8":
             weight = self._tensor(t, w, (n_total, k), (np.int8,))
-            scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows].reshape(n, 1)
+            scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows]
             if not np.isfinite(scale).all() or (scale < 0).any():
                 raise BundleError(f"'{self.path}': '{w}.scale' has negative or non-finite scales", "re-export the bundle")
-        else:
-            weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
-        bias = None if b is None else self._tensor(t, b, (n_total,), (np.float32,))[rows]
-        return _Linear(weight[rows], bias, scale)
+            if (weight[rows] == -128).any():
+                raise BundleError(f"'{self.path}': '{w}' holds -128 (int8 weights are in [-127, 127])",
+                                  "re-export the bundle")
+            return _Linear(None, bias, packed=self._c.qgemm_pack(weight[rows], scale), n=n)
+        weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
+        return _Linear(weight[rows], bias, n=n)
 
     def _load(self, t: dict[str, np.ndarray], part: Any) -> None:
         f32 = (np.float32,)
@@ -147,7 +148,7 @@ class NativeVisionTower:
         self.ln_post = (self._tensor(t, "ln_post.weight", (width,), f32),
                         self._tensor(t, "ln_post.bias", (width,), f32))
         proj = self._tensor(t, "proj", (width, embed), f32)
-        self.head = _Linear(np.ascontiguousarray(proj.T), None, None)  # (E, W): 0.1-0.8 MB copied once
+        self.head = _Linear(np.ascontiguousarray(proj.T), None, n=embed)  # (E, W): 0.1-0.8 MB copied once
         n_layers = 0
         while f"transformer.resblocks.{n_layers}.ln_1.weight" in t:
             n_layers += 1
@@ -255,6 +256,13 @@ def _serves(part: Any) -> bool:
     return bool(inputs) and inputs[0].dtype == "uint8"
 
 
+def _auto_for(part: Any) -> bool:
+    """``auto`` picks it for W8A8 towers only: measured 0.9-1.0x onnxruntime's int8 graph at batch 1 and
+    1.3x at batch 8 (ViT-B/32, bench/RESULTS.md); its fp32 GEMM is slower than onnxruntime's (0.85x)."""
+    native = getattr(part, "native", None)
+    return native is not None and native.precision == "w8"
+
+
 def _supports(part: Any) -> str | None:
     if getattr(part, "native", None) is None:
         return ("this part has no native weights (only CLIP image towers exported by this version of "
@@ -266,4 +274,5 @@ register(BackendSpec(
     name=NAME, kind="graph", rank=80, device="cpu",
     summary="CLIP image towers on our C++ kernels (fp32, fp16 weights, or W8A8 int8), no onnxruntime",
     probe=_probe, factory=NativeVisionTower, supports=_supports, serves=_serves, partial=True,
+    auto_for=_auto_for,
 ))

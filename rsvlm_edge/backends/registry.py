@@ -64,6 +64,9 @@ class BackendSpec:
     serves: Callable[[Any], bool] = field(default=lambda part: True)
     # True when ``serves`` is not the default: such a backend is only chosen for a given part
     partial: bool = False
+    # The parts ``auto`` (and ``cpu``) may give it: where it is measured faster than the next backend
+    # (bench/RESULTS.md). A preference naming it runs it on any part it serves and supports.
+    auto_for: Callable[[Any], bool] = field(default=lambda part: True)
 
     def check(self) -> Probe:
         try:
@@ -134,6 +137,8 @@ def choose(kind: Kind, preference: str | None, part: Any = None, part_name: str 
         reasons = []
         for spec in candidates:
             if spec.partial and part is None:  # it is for some parts only: never the answer for "any part"
+                continue
+            if part is not None and not spec.auto_for(part):
                 continue
             probe = spec.check()
             why = probe.why_not if not probe.available else spec.supports(part) if part is not None else None

@@ -62,8 +62,8 @@ def bench_clip(target: str, batches: list[int], precisions: list[str], backend: 
         name = builtin_name(target)
         bundles = [(p, builtin_clip_bundle(name, p)) for p in precisions]
         notes.append(RANDOM_WEIGHTS_NOTE)
-    else:
-        bundles = [(None, Path(target))]
+    else:  # one bundle, or several separated by commas (e.g. the fp32 and int8 exports of one model)
+        bundles = [(None, Path(t)) for t in target.split(",") if t]
     rows: list[dict[str, Any]] = []
     model_cfg: dict[str, Any] = {}
     fp32_graph: Path | None = None

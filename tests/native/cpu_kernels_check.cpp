@@ -134,6 +134,30 @@ void qlinear_cases() {
   }
 }
 
+void qgemm_cases() {
+  // Partial row blocks (M % 8) and panels (N % 16), K padded to 4, several weight groups (N 200, K 771).
+  std::uniform_int_distribution<int> i8(-127, 127);
+  for (auto [m, n, k] : std::vector<std::array<int, 3>>{
+           {1, 1, 1}, {3, 17, 5}, {7, 15, 127}, {9, 33, 3}, {50, 100, 771}, {129, 48, 4}, {20, 200, 771}}) {
+    std::vector<int8_t> w(size_t(n) * k);
+    for (int8_t& v : w) v = int8_t(i8(g_rng));
+    std::vector<float> x = randn(size_t(m) * k), scale(n), bias = randn(n);
+    for (float& s : scale) s = 0.001f + 0.01f * std::fabs(randn(1)[0]);
+    std::vector<uint8_t> packed(size_t(std::max<int64_t>(0, re::qgemm_packed_bytes(n, k))));
+    const re::Status ps = re::qgemm_pack(w.data(), scale.data(), n, k, packed.data(), int64_t(packed.size()));
+    re::QGemmParams p;
+    p.x = x.data(), p.packed = packed.data(), p.packed_bytes = int64_t(packed.size());
+    p.w = w.data(), p.w_scale = scale.data(), p.bias = bias.data();
+    p.m = m, p.n = n, p.k = k;
+    std::vector<float> got = poisoned(size_t(m) * n), want = poisoned(size_t(m) * n);
+    p.out = got.data();
+    const re::Status a = ps.ok() ? re::qgemm_cpu(p) : ps;
+    p.out = want.data();
+    const re::Status b = re::qgemm_reference(p);
+    check(shape("qgemm", {m, n, k}), a, b, got, want, 2e-5);
+  }
+}
+
 void elementwise_cases() {
   for (auto [t, d] : std::vector<std::array<int, 2>>{{1, 2048}, {3, 67}, {40, 1000}}) {
     const std::vector<float> x = randn(size_t(t) * d), w = randn(d);
@@ -273,6 +297,7 @@ int main() {
     if (!re::set_cpu_kernels(ks).ok()) return 2;
     linear_cases();
     qlinear_cases();
+    qgemm_cases();
     elementwise_cases();
     attention_cases();
   }
