@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .decoder_numpy import OP_NAMES
-from .registry import BackendSpec, Probe, register
+from .registry import BackendSpec, Probe, probe_native_ops, register
 
 
 def _ext() -> Any:
@@ -111,23 +111,7 @@ def column_blocks(w: np.ndarray) -> np.ndarray:
 
 
 def _probe() -> Probe:
-    from ..errors import BackendError
-    from ..native import check_thread_wait_env
-
-    try:
-        check_thread_wait_env()
-    except BackendError as e:
-        return Probe(False, e.message, fix=e.fix or "")
-    try:
-        from .. import _C
-    except ImportError as e:
-        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})")
-    missing = [n for n in OP_NAMES if not hasattr(_C, n)]
-    if missing:
-        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}")
-    kernels = _C.cpu_kernels() if hasattr(_C, "cpu_kernels") else "?"
-    return Probe(True, versions=f"rsvlm_edge._C {_C.version() if hasattr(_C, 'version') else ''}".strip(),
-                 device=f"cpu ({kernels} kernels)")
+    return probe_native_ops(OP_NAMES)
 
 
 register(BackendSpec(

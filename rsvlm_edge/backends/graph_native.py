@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..images import OPENAI_MEAN, OPENAI_STD
-from .registry import BackendSpec, Probe, register
+from .registry import BackendSpec, Probe, probe_native_ops, register
 
 NAME = "native-vit"
 LN_EPS = 1e-5  # open_clip's LayerNorm
@@ -232,22 +232,7 @@ class NativeVisionTower:
 
 
 def _probe() -> Probe:
-    from ..errors import BackendError
-    from ..native import check_thread_wait_env
-
-    try:
-        check_thread_wait_env()
-    except BackendError as e:
-        return Probe(False, e.message, fix=e.fix or "")
-    try:
-        from .. import _C
-    except ImportError as e:
-        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
-                     fix="build it with `scripts/dev-build.sh` or reinstall rsvlm-edge")
-    missing = [n for n in REQUIRED_OPS if not hasattr(_C, n)]
-    if missing:
-        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}", fix="rebuild rsvlm-edge")
-    return Probe(True, versions=f"rsvlm_edge._C {_C.version()}", device=f"cpu ({_C.cpu_kernels()} kernels)")
+    return probe_native_ops(REQUIRED_OPS)
 
 
 def _serves(part: Any) -> bool:

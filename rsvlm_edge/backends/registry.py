@@ -79,6 +79,29 @@ _REGISTRY: dict[str, BackendSpec] = {}
 ALIASES = ("auto", "ort", "cpu")
 
 
+def probe_native_ops(required: tuple[str, ...]) -> Probe:
+    """The probe of a backend built on ``rsvlm_edge._C``: the extension imports, its environment is
+    valid (``RSVLM_EDGE_THREAD_WAIT``) and it has every op in ``required``."""
+    from ..errors import BackendError
+    from ..native import check_thread_wait_env
+
+    try:
+        check_thread_wait_env()
+    except BackendError as e:
+        return Probe(False, e.message, fix=e.fix or "")
+    try:
+        from .. import _C
+    except ImportError as e:
+        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
+                     fix="build it with `scripts/dev-build.sh` (developer checkout) or reinstall rsvlm-edge")
+    missing = [n for n in required if not hasattr(_C, n)]
+    if missing:
+        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}", fix="rebuild rsvlm-edge")
+    kernels = _C.cpu_kernels() if hasattr(_C, "cpu_kernels") else "?"
+    return Probe(True, versions=f"rsvlm_edge._C {_C.version() if hasattr(_C, 'version') else ''}".strip(),
+                 device=f"cpu ({kernels} kernels)")
+
+
 def register(spec: BackendSpec) -> None:
     if spec.name in _REGISTRY or spec.name in ALIASES:
         raise ValueError(f"backend '{spec.name}' is registered twice")
