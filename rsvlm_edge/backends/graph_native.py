@@ -242,8 +242,9 @@ def _serves(part: Any) -> bool:
 
 
 def _auto_for(part: Any) -> bool:
-    """``auto`` picks it for W8A8 towers only: measured 0.9-1.0x onnxruntime's int8 graph at batch 1 and
-    1.3x at batch 8 (ViT-B/32, bench/RESULTS.md); its fp32 GEMM is slower than onnxruntime's (0.85x)."""
+    """``auto`` picks it for W8A8 towers only: against the bundle's int8 graph on onnxruntime, ViT-L/14-336
+    1.32x / 1.54x at batch 1 / 8 and ViT-B/32 1.0x / 1.31x (bench/RESULTS.md); its fp32 GEMM is slower
+    than onnxruntime's (0.85x), so fp32/fp16 towers stay there."""
     native = getattr(part, "native", None)
     return native is not None and native.precision == "w8"
 
