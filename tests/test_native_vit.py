@@ -191,6 +191,11 @@ def _minus_128(t):
     return t
 
 
+def _renumber_last_block(t):
+    """Block 1 of 2 renamed block 2: a gap that must not make the tower run one block and stop."""
+    return {k.replace("resblocks.1.", "resblocks.2."): v for k, v in t.items()}
+
+
 HOSTILE = {
     "missing-block-tensor": ("fp32", _drop("transformer.resblocks.1.attn.out_proj.bias"), "attn.out_proj.bias"),
     "missing-conv": ("fp32", _drop("conv1.weight"), "conv1.weight"),
@@ -198,6 +203,7 @@ HOSTILE = {
     "wrong-dtype": ("fp16", _retype("transformer.resblocks.0.mlp.c_fc.weight"), "mlp.c_fc.weight"),
     "inf-scales": ("int8", _poison_scale, "scale"),
     "int8-minus-128": ("int8", _minus_128, "-128"),
+    "gap-in-blocks": ("fp32", _renumber_last_block, "numbered"),
 }
 
 

@@ -20,6 +20,7 @@ option of the graph-backend interface (onnxruntime's per-session pool) is accept
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,7 @@ from ..images import OPENAI_MEAN, OPENAI_STD
 from .registry import BackendSpec, Probe, probe_native_ops, register
 
 NAME = "native-vit"
+_BLOCK_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.")
 LN_EPS = 1e-5  # open_clip's LayerNorm
 REQUIRED_OPS = ("patch_embed", "layer_norm", "gelu", "linear", "qgemm", "qgemm_pack", "kv_append", "attention_prefill")
 
@@ -149,11 +151,11 @@ class NativeVisionTower:
                         self._tensor(t, "ln_post.bias", (width,), f32))
         proj = self._tensor(t, "proj", (width, embed), f32)
         self.head = _Linear(np.ascontiguousarray(proj.T), None, n=embed)  # (E, W): 0.1-0.8 MB copied once
-        n_layers = 0
-        while f"transformer.resblocks.{n_layers}.ln_1.weight" in t:
-            n_layers += 1
-        if n_layers == 0:
-            raise BundleError(f"'{self.path}' has no residual blocks", "re-export the bundle")
+        numbered = {int(m.group(1)) for name in t if (m := _BLOCK_KEY.match(name))}
+        n_layers = len(numbered)
+        if n_layers == 0 or numbered != set(range(n_layers)):  # a gap would silently drop blocks
+            raise BundleError(f"'{self.path}': residual blocks {sorted(numbered)[:8]} are not numbered 0..L-1",
+                              "re-export the bundle")
         fc = t.get("transformer.resblocks.0.mlp.c_fc.weight")
         if fc is None or fc.ndim != 2:
             raise BundleError(f"'{self.path}' has no 'transformer.resblocks.0.mlp.c_fc.weight'", "re-export the bundle")
