@@ -129,6 +129,18 @@ def test_auto_and_cpu_pick_the_native_tower_only_where_the_part_has_it(bundles, 
     assert choose("graph", "auto", no_native).name == "ort-cpu"
 
 
+def test_no_native_export_leaves_the_tower_to_the_graph_backends(model_and_ckpt, tmp_path):
+    from rsvlm_edge.backends import choose
+
+    _, ckpt, quick, _ = model_and_ckpt
+    b = export_clip(ckpt, tmp_path / "plain.rsvlm", activation="quick_gelu" if quick else "gelu", native=False)
+    part = b.manifest.parts["image"]
+    assert part.native is None and not (b.path / NATIVE_FILE).exists() and NATIVE_FILE not in b.manifest.files
+    assert choose("graph", "auto", part).name == "ort-cpu"
+    with pytest.raises(BackendError, match="no native weights"):
+        ClipRuntime(b, backend="native-vit")
+
+
 def test_unsupported_towers_are_named():
     keys = {"conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
             "ln_post.weight", "ln_post.bias", "proj"}

@@ -24,6 +24,7 @@ def export_clip_cmd(
     preset: Annotated[Optional[str], typer.Option(help="remoteclip | georsclip | skyclip | openai | laion: load the checkpoint as its project does (activation); default: recognised from the released file name")] = None,
     calib_batch: Annotated[int, typer.Option(help="int8: calibration images decoded and run at once (1 keeps memory lowest: ViT-L/14-336 needs about 0.7 GB more per extra image; small models calibrate no faster in larger batches)")] = 1,
     engine: Annotated[bool, typer.Option(help="also build TensorRT engines for this GPU (see `rsvlm-edge build-engine`); needs TensorRT")] = False,
+    native: Annotated[bool, typer.Option(help="also write the image tower's weights for the native-vit backend (image.native.safetensors; --no-native keeps the bundle smaller)")] = True,
 ) -> None:
     """Export an open_clip / RemoteCLIP / GeoRSCLIP / SkyCLIP / HF CLIP checkpoint.
 
@@ -46,7 +47,8 @@ def export_clip_cmd(
     from ..export.clip import export_clip
 
     bundle = export_clip(checkpoint, output, precision=precision, calib=calib, max_batch=max_batch,
-                         activation=activation, overwrite=overwrite, preset=preset, calib_batch=calib_batch)
+                         activation=activation, overwrite=overwrite, preset=preset, calib_batch=calib_batch,
+                         native=native)
     if engine:
         from ..backends.graph_trt import build_engines
 

@@ -98,11 +98,13 @@ def calibration_batches(calib: Path | None, size: int, n_synthetic: int, batch: 
 
 def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32", calib: str | Path | None = None,
                 max_batch: int = 64, activation: str | None = None, overwrite: bool = False,
-                calib_batch: int = 1, n_synthetic_calib: int = 64, preset: str | None = None) -> Bundle:
+                calib_batch: int = 1, n_synthetic_calib: int = 64, preset: str | None = None,
+                native: bool = True) -> Bundle:
     """Export a CLIP checkpoint to a bundle and report per-output cosine vs the torch fp32 model.
 
     ``preset`` (remoteclip | georsclip | skyclip | openai | laion) picks the activation the way the
     released project loads its checkpoint; ``activation`` overrides it (see ``load_clip_checkpoint``).
+    ``native``: also write the image tower's weights for the ``native-vit`` backend (``clip_native``).
 
     ``int8``: the image encoder is quantised twice from one calibration pass (``calib_batch`` images
     at a time, decoded lazily): ``image.onnx`` with uint8 asymmetric activations (U8S8, onnxruntime's
@@ -134,8 +136,8 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
             img32, txt32 = tmp / "image.fp32.onnx", tmp / "text.fp32.onnx"
             write_clip_tokenizer(writer.path("tokenizer.json"))
             logit_scale = _logit_scale(ckpt)
-            native = (writer.path(NATIVE_FILE), NATIVE_PRECISION[precision])
-            checks = _torch_export(ckpt, img32, txt32, writer.path("tokenizer.json"), bar, task, native)  # frees torch
+            tower = (writer.path(NATIVE_FILE), NATIVE_PRECISION[precision]) if native else None
+            checks = _torch_export(ckpt, img32, txt32, writer.path("tokenizer.json"), bar, task, tower)  # frees torch
 
             img_out, txt_out = writer.path("image.onnx"), writer.path("text.onnx")
             parts = {"image": "fp32", "text": "fp32"}
@@ -172,7 +174,8 @@ def export_clip(checkpoint: str | Path, out: str | Path, precision: str = "fp32"
                 "source": {"checkpoint": str(ckpt.source), "layout": ckpt.layout},
                 "model": {**cfg.to_dict(), "logit_scale": logit_scale,
                           "activation_reason": ckpt.activation_reason or None},
-                "parts": clip_parts(cfg, parts, variants, native_precision=native[1] if checks.native else None),
+                "parts": clip_parts(cfg, parts, variants,
+                                    native_precision=NATIVE_PRECISION[precision] if checks.native else None),
                 "preprocess": {"image_size": s, "crop_rounding": "round",
                                "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
                 "tokenizer": {"file": "tokenizer.json", "kind": "clip-bpe", "context_length": cfg.context_length,
