@@ -147,7 +147,9 @@ def test_manifest_records_architecture_and_hashes(fp32_bundle):
     m = json.loads((fp32_bundle / "manifest.json").read_text())
     assert m["architecture"] == "clip" and m["format_version"] == 2
     assert m["model"]["image_size"] == 64 and m["model"]["activation"] == "quick_gelu"
-    assert set(m["files"]) == {"image.onnx", "text.onnx", "tokenizer.json"}
+    assert set(m["files"]) == {"image.onnx", "image.native.safetensors", "text.onnx", "tokenizer.json"}
+    assert m["parts"]["image"]["native"] == {"architecture": "open_clip-vit", "file": "image.native.safetensors",
+                                             "precision": "fp32", "heads": 2, "activation": "quick_gelu"}
     assert all(len(v["sha256"]) == 64 for v in m["files"].values())
     assert m["validation"]["image_cosine_min"] >= 0.9999
 
