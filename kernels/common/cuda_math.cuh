@@ -39,6 +39,17 @@ __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
+// Sum of `v` over the block (any blockDim.x <= 1024); every thread gets the total. `sh`: 32 floats of
+// shared memory; safe to call repeatedly with the same `sh`.
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  v = warp_sum(v);
+  __syncthreads();  // a previous call may still be reading sh
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  v = lane < warps ? sh[lane] : 0.f;
+  return warp_sum(v);
+}
 
 // 8 consecutive elements as fp32, from one 16-byte (fp16/bf16) or 8-byte (int8) load; `p` must be
 // aligned to that size.

@@ -19,19 +19,7 @@ constexpr int kThreads = 256;
 
 using cuda::from_float;
 using cuda::to_float;
-using cuda::warp_sum;
-
-// Sum of `v` over the block, returned to every thread. `sh`: kThreads / 32 floats of shared memory.
-__device__ __forceinline__ float block_sum(float v, float* sh) {
-  v = warp_sum(v);
-  __syncthreads();  // an earlier call's readers are done with sh
-  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.f;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) total += sh[w];
-  return total;
-}
+using cuda::block_sum;
 
 // grid (M), block 256: one row per block. With kAdd the row of x is updated first (x += add, rounded
 // to T) and the statistics are those of the stored values; each thread reads back only what it wrote.
@@ -42,7 +30,7 @@ __global__ void __launch_bounds__(kThreads) layer_norm_kernel(T* x,            /
                                                               const T* beta,   // (D) or nullptr
                                                               T* out,          // (M, D), overlaps none of the above
                                                               int dim, float eps) {
-  __shared__ float sh[kThreads / 32];
+  __shared__ float sh[32];  // block_sum's scratch
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   float s = 0.f;
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) {

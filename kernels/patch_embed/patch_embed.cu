@@ -27,7 +27,7 @@ namespace {
 
 using cuda::from_float;
 using cuda::to_float;
-using cuda::warp_sum;
+using cuda::block_sum;
 
 constexpr int kTileM = 64;     // patches per block
 constexpr int kTileN = 64;     // embedding dims per block
@@ -142,17 +142,6 @@ __global__ void class_token_kernel(const T* __restrict__ class_emb,  // (D)
   if (i >= batch * dim) return;
   const int64_t b = i / dim, d = i % dim;
   out[b * tokens * dim + d] = from_float<T>(to_float(class_emb[d]) + to_float(pos_emb[d]));
-}
-
-// Sum over the block; every thread gets the total. `sh` holds 32 floats; safe to call repeatedly.
-__device__ float block_sum(float v, float* sh) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
-  v = warp_sum(v);
-  __syncthreads();  // a previous call may still be reading sh
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < warps ? sh[lane] : 0.f;
-  return warp_sum(v);
 }
 
 constexpr int kNormThreads = 256;
