@@ -23,7 +23,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class _Linear:
     w: np.ndarray | None  # (N, K) dense weights; None for packed int8
     b: np.ndarray | None  # (N,)
     packed: np.ndarray | None = None  # qgemm_pack(w8, scale): uint8
-    n: int = 0
 
     def __call__(self, c: Any, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         if self.packed is not None:
@@ -82,6 +81,7 @@ class NativeVisionTower:
     def __init__(self, part: Any, path: str | os.PathLike[str], threads: int | None = None) -> None:
         from ..bundle.safetensors_mmap import map_tensors
         from ..bundle.store import _inside
+        from .graph_ort import _bundle_root
 
         spec = part.native
         if spec is None:  # supports() refuses such parts first; this guards direct use
@@ -90,8 +90,7 @@ class NativeVisionTower:
         self.part = part
         self.input_names = [t.name for t in part.inputs]
         self.output_names = [t.name for t in part.outputs]
-        root = Path(path).parents[len(PurePosixPath(part.file).parts) - 1]
-        self.path = _inside(root, spec.file)
+        self.path = _inside(_bundle_root(part, Path(path))[0], spec.file)
         self.precision = spec.precision
         self.heads = spec.heads
         self.gelu_kind = "quick" if spec.activation == "quick_gelu" else "erf"
@@ -122,12 +121,13 @@ class NativeVisionTower:
             scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows]
             if not np.isfinite(scale).all() or (scale < 0).any():
                 raise BundleError(f"'{self.path}': '{w}.scale' has negative or non-finite scales", "re-export the bundle")
-            if (weight[rows] == -128).any():
-                raise BundleError(f"'{self.path}': '{w}' holds -128 (int8 weights are in [-127, 127])",
-                                  "re-export the bundle")
-            return _Linear(None, bias, packed=self._c.qgemm_pack(weight[rows], scale), n=n)
+            try:  # qgemm_pack checks the values itself (-128 is outside the w8 format)
+                packed = self._c.qgemm_pack(weight[rows], scale)
+            except ValueError as e:
+                raise BundleError(f"'{self.path}': tensor '{w}' cannot be packed ({e})", "re-export the bundle") from None
+            return _Linear(None, bias, packed=packed)
         weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
-        return _Linear(weight[rows], bias, n=n)
+        return _Linear(weight[rows], bias)
 
     def _load(self, t: dict[str, np.ndarray], part: Any) -> None:
         f32 = (np.float32,)
@@ -150,7 +150,8 @@ class NativeVisionTower:
         self.ln_post = (self._tensor(t, "ln_post.weight", (width,), f32),
                         self._tensor(t, "ln_post.bias", (width,), f32))
         proj = self._tensor(t, "proj", (width, embed), f32)
-        self.head = _Linear(np.ascontiguousarray(proj.T), None, n=embed)  # (E, W): 0.1-0.8 MB copied once
+        self.embed = embed
+        self.head = _Linear(np.ascontiguousarray(proj.T), None)  # (E, W): 0.1-0.8 MB copied once
         numbered = {int(m.group(1)) for name in t if (m := _BLOCK_KEY.match(name))}
         n_layers = len(numbered)
         if n_layers == 0 or numbered != set(range(n_layers)):  # a gap would silently drop blocks
@@ -197,7 +198,7 @@ class NativeVisionTower:
         c = self._c
         b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim
         if b == 0:
-            return np.zeros((0, self.head.n), np.float32)
+            return np.zeros((0, self.embed), np.float32)
         rows = b * t
         x = np.empty((b, t, w), np.float32)
         c.patch_embed(pixels, self.conv, None, self.cls, self.pos, self.mean, self.std, self.ln_pre[0],
@@ -229,7 +230,7 @@ class NativeVisionTower:
         cls = np.ascontiguousarray(x[:, 0]) + m.reshape(b, t, w)[:, 0]  # the last residual add, class rows only
         pooled = np.empty((b, w), np.float32)
         c.layer_norm(cls, self.ln_post[0], self.ln_post[1], eps=LN_EPS, out=pooled)
-        out = np.empty((b, self.head.n), np.float32)
+        out = np.empty((b, self.embed), np.float32)
         return self.head(c, pooled, out)
 
 
