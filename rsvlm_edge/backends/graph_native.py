@@ -262,6 +262,6 @@ def _supports(part: Any) -> str | None:
 register(BackendSpec(
     name=NAME, kind="graph", rank=80, device="cpu",
     summary="CLIP image towers on our C++ kernels (fp32, fp16 weights, or W8A8 int8), no onnxruntime",
-    probe=_probe, factory=NativeVisionTower, supports=_supports, serves=_serves, partial=True,
+    probe=_probe, factory=NativeVisionTower, supports=_supports, serves=_serves,
     auto_for=_auto_for,
 ))

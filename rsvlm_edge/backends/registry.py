@@ -45,6 +45,10 @@ class Probe:
     fix: str = ""
 
 
+def _every_part(part: Any) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """A registered backend. ``rank``: lower is preferred by ``auto``. ``device``: cpu | cuda.
@@ -61,12 +65,15 @@ class BackendSpec:
     # The parts it is meant for: a preference naming this backend applies to those; any other part
     # is chosen as under ``auto`` (``native-vit`` serves image towers: ``--backend native-vit`` runs
     # the image tower natively and the text tower where auto puts it).
-    serves: Callable[[Any], bool] = field(default=lambda part: True)
-    # True when ``serves`` is not the default: such a backend is only chosen for a given part
-    partial: bool = False
+    serves: Callable[[Any], bool] = field(default=_every_part)
     # The parts ``auto`` (and ``cpu``) may give it: where it is measured faster than the next backend
     # (bench/RESULTS.md). A preference naming it runs it on any part it serves and supports.
     auto_for: Callable[[Any], bool] = field(default=lambda part: True)
+
+    @property
+    def partial(self) -> bool:
+        """It serves some parts only: never the answer when no part is given."""
+        return self.serves is not _every_part
 
     def check(self) -> Probe:
         try:
