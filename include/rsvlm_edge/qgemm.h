@@ -7,8 +7,8 @@
 // computed with exactly the float operations of qlinear's quantize_activations over the whole row
 // (amax = max |x|, xq = clamp(nearbyint(x * (127 / amax))) in fp32, sx = amax / 127; an all-zero
 // row has sx = 0, xq = 0 and gives the bias; a row with a non-finite value has sx = NaN, xq = 0 and gives
-// NaN). qgemm_quantize_row below is the one definition; a vectorised path computes the same float
-// operations and is tested against it bit for bit.
+// NaN). qgemm_quantize_row below is qlinear.h's quantize_activation_block over the whole row; a
+// vectorised path computes the same float operations and is tested against it bit for bit.
 // Weights: w (N, K) int8 in [-127, 127] with per-output-channel scales sw (N) fp32 (the w8 format of
 // rsvlm_edge/models/llava/quant.py quantize_w8).
 // Output:

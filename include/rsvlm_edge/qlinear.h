@@ -66,6 +66,12 @@ Status qlinear_cuda(const QLinearParams& p, void* stream);
 // Blocks of 128 inputs per row of K inputs (the last one may be shorter).
 inline int qact_blocks(int k) { return (k + kQActBlock - 1) / kQActBlock; }
 
+// One quantisation block of any length (see above): x (len) fp32 -> xq (len) int8; returns its scale
+// (0 for an all-zero block, NaN with xq = 0 for a block holding a non-finite value). The one
+// definition: quantize_activations runs it per 128-input block, qgemm over whole rows.
+float quantize_activation_block(const float* x,  // (len)
+                                int len,
+                                int8_t* xq);  // (len)
 // The activation quantisation of one row (see above): x (K) fp32 -> xq (K) int8, sx (qact_blocks(K)).
 void quantize_activations(const float* x,  // (K)
                           int k,

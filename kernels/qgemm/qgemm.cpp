@@ -11,6 +11,7 @@
 
 #include "common/host_checks.h"
 #include "rsvlm_edge/qgemm.h"
+#include "rsvlm_edge/qlinear.h"
 
 namespace rsvlm_edge {
 
@@ -175,22 +176,6 @@ Status qgemm_validate(const QGemmParams& p, bool packed) {
   return Status::Ok();
 }
 
-float qgemm_quantize_row(const float* x, int k, int8_t* xq) {
-  float amax = 0.f;
-  bool finite = true;
-  for (int i = 0; i < k; ++i) {
-    const float v = x[i];
-    finite = finite && std::isfinite(v);
-    amax = std::max(amax, std::fabs(v));
-  }
-  if (!finite) {  // NaN out, as the float computation would give; no float -> int conversion of a NaN
-    std::fill(xq, xq + k, int8_t(0));
-    return std::numeric_limits<float>::quiet_NaN();
-  }
-  const float inv = amax > 0.f ? 127.f / amax : 0.f;
-  for (int i = 0; i < k; ++i)
-    xq[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[i] * inv))));
-  return amax / 127.f;
-}
+float qgemm_quantize_row(const float* x, int k, int8_t* xq) { return quantize_activation_block(x, k, xq); }
 
 }  // namespace rsvlm_edge

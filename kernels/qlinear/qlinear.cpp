@@ -30,26 +30,27 @@ Status qlinear_validate(const QLinearParams& p, bool cuda) {
   return host::check_activation_dtype("qlinear", p.act_dtype, cuda);
 }
 
-void quantize_activations(const float* x, int k, int8_t* xq, float* sx) {
-  for (int b = 0, k0 = 0; k0 < k; ++b, k0 += kQActBlock) {
-    const int len = std::min(kQActBlock, k - k0);
-    float amax = 0.f;
-    bool finite = true;
-    for (int i = 0; i < len; ++i) {
-      const float v = x[k0 + i];
-      finite = finite && std::isfinite(v);
-      amax = std::max(amax, std::fabs(v));
-    }
-    if (!finite) {  // NaN out, as the float computation would give; no float -> int conversion of a NaN
-      sx[b] = std::numeric_limits<float>::quiet_NaN();
-      std::fill(xq + k0, xq + k0 + len, int8_t(0));
-      continue;
-    }
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    for (int i = 0; i < len; ++i)
-      xq[k0 + i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[k0 + i] * inv))));
-    sx[b] = amax / 127.f;
+float quantize_activation_block(const float* x, int len, int8_t* xq) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int i = 0; i < len; ++i) {
+    const float v = x[i];
+    finite = finite && std::isfinite(v);
+    amax = std::max(amax, std::fabs(v));
   }
+  if (!finite) {  // NaN out, as the float computation would give; no float -> int conversion of a NaN
+    std::fill(xq, xq + len, int8_t(0));
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  for (int i = 0; i < len; ++i)
+    xq[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[i] * inv))));
+  return amax / 127.f;
+}
+
+void quantize_activations(const float* x, int k, int8_t* xq, float* sx) {
+  for (int b = 0, k0 = 0; k0 < k; ++b, k0 += kQActBlock)
+    sx[b] = quantize_activation_block(x + k0, std::min(kQActBlock, k - k0), xq + k0);
 }
 
 RSVLM_NO_CUDA_LAUNCHER(qlinear, QLinearParams)
