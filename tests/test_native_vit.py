@@ -8,7 +8,6 @@ hostile native weight files (every one an ``error:`` naming the tensor, never a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ pytest.importorskip("open_clip")
 import torch  # noqa: E402
 from clip_models import LABELS, open_clip_image_embeds, save_bare, top1_agreement  # noqa: E402
 
-from rsvlm_edge.bundle import open_bundle  # noqa: E402
+from rsvlm_edge.bundle import open_bundle, sha256_of  # noqa: E402
 from rsvlm_edge.errors import BackendError, BundleError, InputError  # noqa: E402
 from rsvlm_edge.export.clip import export_clip, synthetic_rs_images  # noqa: E402
 from rsvlm_edge.export.clip_native import NATIVE_FILE, native_entries, unsupported_reason, write_safetensors  # noqa: E402
@@ -170,8 +169,7 @@ def _resigned_copy(bundle_path: Path, dest: Path, edit) -> Path:
     f.unlink()
     write_safetensors(f, [(k, v.dtype, v.shape, lambda v=v: v) for k, v in tensors.items()])
     m = json.loads((dest / "manifest.json").read_text())
-    data = f.read_bytes()
-    m["files"][NATIVE_FILE] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    m["files"][NATIVE_FILE] = {"size": f.stat().st_size, "sha256": sha256_of(f)}
     (dest / "manifest.json").write_text(json.dumps(m))
     return dest
 
