@@ -33,7 +33,6 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -80,12 +79,13 @@ struct TensorArg {
   }
 
   // "(2, 224, 224)"
+  // Built with std::to_string, not iostreams: with torch imported, numeric ostream insertion in this
+  // module crashed on one GPU machine (Ubuntu 24.04 libstdc++, torch 2.11: locale facets mixed up
+  // between libstdc++ copies, pytorch/pytorch#109923), and these strings exist to report errors.
   std::string shape_str() const {
-    std::ostringstream s;
-    s << "(";
-    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-    s << (shape.size() == 1 ? ",)" : ")");
-    return s.str();
+    std::string s = "(";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + (shape.size() == 1 ? ",)" : ")");
   }
   std::string device_str() const {
     if (device.type == DeviceType::cpu) return "cpu";
@@ -372,21 +372,20 @@ class ArgChecker {
 
  private:
   [[noreturn]] void fail(const TensorArg& t, const std::vector<Dim>& d, std::initializer_list<DType> dtypes) const {
-    std::ostringstream s;
-    s << op_ << ": argument '" << t.name << "' must have shape (";
+    std::string s = op_ + ": argument '" + t.name + "' must have shape (";  // no iostreams: see shape_str
     for (size_t i = 0; i < d.size(); ++i) {
-      s << (i ? ", " : "") << d[i].label;
+      s += (i ? ", " : "") + d[i].label;
       auto it = bound_.find(d[i].label);
       if (d[i].value < 0 && it != bound_.end())
-        s << "=" << it->second;
+        s += "=" + std::to_string(it->second);
       else if (d[i].value >= 0 && d[i].label != std::to_string(d[i].value))
-        s << "=" << d[i].value;
+        s += "=" + std::to_string(d[i].value);
     }
-    s << (d.size() == 1 ? ",) " : ") ");
+    s += d.size() == 1 ? ",) " : ") ";
     size_t k = 0;
-    for (DType x : dtypes) s << (k++ ? "|" : "") << dtype_name(x);
-    s << " C-contiguous, got " << t.describe();
-    throw std::invalid_argument(s.str());
+    for (DType x : dtypes) s += (k++ ? "|" : "") + std::string(dtype_name(x));
+    s += " C-contiguous, got " + t.describe();
+    throw std::invalid_argument(s);
   }
 
   std::string op_;
