@@ -64,13 +64,14 @@ std::string set_cpu_kernels(const std::string& name) {
     k = rsvlm_edge::CpuKernels::avx2;
   else if (name == "avx512vnni")
     k = rsvlm_edge::CpuKernels::avx512vnni;
+  else if (name == "amx")
+    k = rsvlm_edge::CpuKernels::amx;
   else if (name == "auto")
-    k = rsvlm_edge::cpu_kernels_supported(rsvlm_edge::CpuKernels::avx512vnni) ? rsvlm_edge::CpuKernels::avx512vnni
-        : rsvlm_edge::cpu_kernels_supported(rsvlm_edge::CpuKernels::avx2)     ? rsvlm_edge::CpuKernels::avx2
-                                                                              : rsvlm_edge::CpuKernels::portable;
+    k = rsvlm_edge::best_cpu_kernels();
   else
     throw std::invalid_argument(
-        "set_cpu_kernels: argument 'name' must be 'auto', 'avx512vnni', 'avx2' or 'portable', got '" + name + "'");
+        "set_cpu_kernels: argument 'name' must be 'auto', 'amx', 'avx512vnni', 'avx2' or 'portable', got '" + name +
+        "'");
   rsvlm_edge::throw_if_error(rsvlm_edge::set_cpu_kernels(k));
   return cpu_kernels();
 }
@@ -127,10 +128,12 @@ any M but slow for long prefills.)doc");
       "Naive reference of linear (kernels/linear/linear_ref.cpp: plain loops, fp64 accumulation), CPU only: "
       "float32 x, float32 / float16 / int8 w; same arguments and checks as linear.");
   m.def("cpu_kernels", &cpu_kernels,
-        "Micro-kernels the CPU linear ops run: 'avx512vnni' (avx2 plus AVX512-VNNI int8 dot products for qlinear), "
-        "'avx2' (x86-64 with AVX2+FMA+F16C, detected at run time) or 'portable'.");
+        "Micro-kernels the CPU linear ops run: 'amx' (avx512vnni plus AMX-INT8 tiles for qgemm), 'avx512vnni' (avx2 "
+        "plus AVX512-VNNI int8 dot products for qlinear), 'avx2' (x86-64 with AVX2+FMA+F16C, detected at run time) or "
+        "'portable'.");
   m.def("set_cpu_kernels", &set_cpu_kernels, py::arg("name"),
-        "Force the CPU linear's micro-kernels process-wide: 'auto' (best supported), 'avx512vnni', 'avx2' or 'portable' "
+        "Force the CPU linear's micro-kernels process-wide: 'auto' (best supported), 'amx', 'avx512vnni', 'avx2' or "
+        "'portable' "
         "(tests, benchmarks). Returns the active name; ValueError when this CPU cannot run them.");
   m.def("quantize_weight_int8", &quantize_weight_int8, py::arg("w"),
         R"doc(Per-output-channel symmetric INT8 quantisation of w (N, K) float32 (CPU, load time).

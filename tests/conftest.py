@@ -17,7 +17,8 @@ def cuda_device():
 @pytest.fixture
 def cpu_kernels(request):
     """Runs a native-kernel test once per CPU micro-kernel set this machine has (kernel_testing.CPU_KERNELS:
-    avx512vnni / avx2 / portable), then restores the default."""
+    avx512vnni / avx2 / portable, and amx where the test's cpu_kernel_sets marker names it), then restores
+    the default."""
     import rsvlm_edge._C as C
 
     assert C.set_cpu_kernels(request.param) == request.param
@@ -31,8 +32,11 @@ def pytest_generate_tests(metafunc):
         from pathlib import Path
 
         sys.path.insert(0, str(Path(__file__).parent))
-        from kernel_testing import CPU_KERNELS
+        from kernel_testing import CPU_KERNELS, NARROW_CPU_KERNELS
 
-        marker = metafunc.definition.get_closest_marker("cpu_kernel_sets")  # a test that needs fewer
-        names = [k for k in CPU_KERNELS if marker is None or k in marker.args]
+        marker = metafunc.definition.get_closest_marker("cpu_kernel_sets")  # a test that needs fewer, or amx
+        if marker is None:
+            names = [k for k in CPU_KERNELS if k not in NARROW_CPU_KERNELS]
+        else:
+            names = [k for k in CPU_KERNELS if k in marker.args]
         metafunc.parametrize("cpu_kernels", names, indirect=True)

@@ -13,12 +13,12 @@ CUDA_TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
 
 
 def cpu_kernel_sets() -> list[str]:
-    """The CPU micro-kernel sets this machine can run (avx512vnni / avx2 on x86-64 CPUs that have
+    """The CPU micro-kernel sets this machine can run (amx / avx512vnni / avx2 on x86-64 CPUs that have
     them, portable everywhere); leaves the default ('auto') active."""
     import rsvlm_edge._C as C
 
     names = []
-    for name in ("avx512vnni", "avx2", "portable"):
+    for name in ("amx", "avx512vnni", "avx2", "portable"):
         try:
             C.set_cpu_kernels(name)
             names.append(name)
@@ -29,6 +29,9 @@ def cpu_kernel_sets() -> list[str]:
 
 
 CPU_KERNELS = cpu_kernel_sets()
+# Sets that change only some ops: a `cpu_kernels` test runs them only when its cpu_kernel_sets marker names
+# them (amx differs from avx512vnni in qgemm alone).
+NARROW_CPU_KERNELS = ("amx",)
 
 
 def randn(rng, *shape, scale=1.0):

@@ -177,7 +177,7 @@ def test_linear_rejects_bad_arguments():
         C.linear(x, np.zeros((5, 32), np.float16)[:, ::2])
     with pytest.raises(ValueError, match=r"argument 'w_scale' is only used with int8 w; w is float16"):
         C.linear(x, np.zeros((5, 16), np.float16), w_scale=np.zeros(5, np.float32))
-    with pytest.raises(ValueError, match=r"set_cpu_kernels: argument 'name' must be 'auto', 'avx512vnni', 'avx2' or 'portable', got 'sse'"):
+    with pytest.raises(ValueError, match=r"set_cpu_kernels: argument 'name' must be 'auto', 'amx', 'avx512vnni', 'avx2' or 'portable', got 'sse'"):
         C.set_cpu_kernels("sse")
     with pytest.raises(ValueError, match=r"argument 'x' must have shape \(M, K\) float32 C-contiguous, got \(3, 16\) float16"):
         C.linear(x.astype(np.float16), np.zeros((5, 16), np.float32))

@@ -1,6 +1,6 @@
 """qgemm (kernels/qgemm/, csrc/bind_qgemm.cpp): the W8A8 encoder GEMM, activations quantised per row,
 int8 weights packed once by qgemm_pack. The naive reference against an independent float64 formula; the
-fast CPU path (every micro-kernel set this CPU has) against the reference on odd shapes with NaN-poisoned
+fast CPU path (every micro-kernel set this CPU has, amx included) against the reference on odd shapes with NaN-poisoned
 outputs; the packed layout; non-finite, zero and extreme inputs; agreement with qlinear where the two
 definitions coincide (K <= 128); argument checks."""
 
@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
-from kernel_testing import randn  # noqa: E402
+from kernel_testing import CPU_KERNELS, randn  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
+
+# qgemm is the op with an AMX body: its `cpu_kernels` tests run every set, amx included.
+pytestmark = pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
 
 from rsvlm_edge.models.llava.quant import quantize_w8  # noqa: E402
 
@@ -190,6 +193,26 @@ def test_activation_quantisation_is_the_definition_bit_for_bit(cpu_kernels):
     packed = C.qgemm_pack(eye, ones)
     for m in (1, 10):
         np.testing.assert_array_equal(fast(x[:m].copy(), packed, k), reference(x[:m].copy(), eye, ones))
+
+
+@pytest.mark.skipif(not {"amx", "avx512vnni"} <= set(CPU_KERNELS), reason="needs a CPU with AMX-INT8 tiles")
+def test_amx_equals_avx512vnni_bit_for_bit():
+    """Both bodies quantise identically, sum exact int32 dots and run the same float epilogue: equal outputs,
+    bit for bit, on tails of every kind (rows past 32, odd panels, K past a 64-input chunk, non-finite rows)."""
+    rng = np.random.default_rng(11)
+    try:
+        for m, k, n in ((1, 1, 1), (33, 64, 32), (31, 68, 48), (70, 1030, 50), (5, 4099, 17)):
+            x = randn(rng, m, k, scale=2.0)
+            x[m // 2, k // 2] = np.nan if m > 2 else x[m // 2, k // 2]
+            w, s = weights(rng, n, k)
+            packed, bias = C.qgemm_pack(w, s), randn(rng, n)
+            out = {}
+            for name in ("amx", "avx512vnni"):
+                C.set_cpu_kernels(name)
+                out[name] = fast(x, packed, n, bias)
+            np.testing.assert_array_equal(out["amx"], out["avx512vnni"], err_msg=f"M={m} K={k} N={n}")
+    finally:
+        C.set_cpu_kernels("auto")
 
 
 def test_empty_rows_and_out():

@@ -248,6 +248,7 @@ GeluRangeFn choose_for_kind() {
 #if RSVLM_X86
   switch (cpu_kernels()) {
     case CpuKernels::avx512vnni:
+    case CpuKernels::amx:
       return gelu_avx512<K>;
     case CpuKernels::avx2:
       return gelu_avx2<K>;

@@ -376,7 +376,7 @@ Status attention_cpu(const AttentionParams& p) {
 #if RSVLM_X86
   // Prefill (more than one query) on an fp32 cache with the AVX-512 kernel set: 16-row blocks.
   const BlockFn block = (c.dtype == DType::f32 && p.s_q > 1 && group <= kBlockRows && kBlockRows % group == 0 &&
-                         cpu_kernels() == CpuKernels::avx512vnni)
+                         cpu_kernels() >= CpuKernels::avx512vnni)
                             ? choose_block(d)
                             : nullptr;
   if (block != nullptr) return attention_blocks_cpu(p, block, scale, max_keys, threads);

@@ -199,6 +199,7 @@ LayerNormRowFn choose_row() {
 #if RSVLM_X86
   switch (cpu_kernels()) {
     case CpuKernels::avx512vnni:
+    case CpuKernels::amx:
       return row_avx512;
     case CpuKernels::avx2:
       return row_avx2;

@@ -22,6 +22,7 @@
 // horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
 //   avx512vnni x86-64 with AVX-512 F/VL/BW/VNNI: the avx2 kernels, and the 512-bit tiles from M = 2.
+//   amx        the avx512vnni kernels (AMX tiles serve qgemm only).
 //   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
 //   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
 #include <algorithm>
@@ -37,6 +38,10 @@
 #define RSVLM_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #endif
 
 #include "common/cpu_math.h"
@@ -360,9 +365,30 @@ bool cpu_has_avx512vnni() {
   return cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
+// AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), the OS saving tile state (XCR0 bits 17, 18), and
+// Linux granting this process tile data (arch_prctl ARCH_REQ_XCOMP_PERM; once, the answer is kept).
+bool cpu_has_amx_int8() {
+  static const bool has = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!cpu_has_avx512vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
 #else
 bool cpu_has_avx2_fma_f16c() { return false; }
 bool cpu_has_avx512vnni() { return false; }
+bool cpu_has_amx_int8() { return false; }
 #endif
 
 std::atomic<int> g_kernels{-1};  // a CpuKernels value; -1 = not chosen yet (best supported)
@@ -384,26 +410,35 @@ bool cpu_kernels_supported(CpuKernels k) {
       return cpu_has_avx2_fma_f16c();
     case CpuKernels::avx512vnni:
       return cpu_has_avx512vnni();
+    case CpuKernels::amx:
+      return cpu_has_amx_int8();
   }
   return false;
+}
+
+CpuKernels best_cpu_kernels() {
+  for (CpuKernels k : {CpuKernels::amx, CpuKernels::avx512vnni, CpuKernels::avx2})
+    if (cpu_kernels_supported(k)) return k;
+  return CpuKernels::portable;
 }
 
 CpuKernels cpu_kernels() {
   int k = g_kernels.load(std::memory_order_relaxed);
   if (k < 0) {
-    k = static_cast<int>(cpu_kernels_supported(CpuKernels::avx512vnni) ? CpuKernels::avx512vnni
-                         : cpu_kernels_supported(CpuKernels::avx2)     ? CpuKernels::avx2
-                                                                       : CpuKernels::portable);
+    k = static_cast<int>(best_cpu_kernels());
     g_kernels.store(k, std::memory_order_relaxed);
   }
   return static_cast<CpuKernels>(k);
 }
 
 Status set_cpu_kernels(CpuKernels k) {
-  if (!cpu_kernels_supported(k))
-    return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) + "' need an x86-64 CPU with " +
-                           (k == CpuKernels::avx512vnni ? "AVX2, FMA, F16C and AVX512-VNNI/VL/BW" : "AVX2, FMA and F16C") +
+  if (!cpu_kernels_supported(k)) {
+    const char* needs = k == CpuKernels::amx          ? "AVX512-VNNI and AMX-INT8 (and the kernel's permission to use AMX tiles)"
+                        : k == CpuKernels::avx512vnni ? "AVX2, FMA, F16C and AVX512-VNNI/VL/BW"
+                                                      : "AVX2, FMA and F16C";
+    return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) + "' need an x86-64 CPU with " + needs +
                            "; this one does not have them");
+  }
   g_kernels.store(static_cast<int>(k), std::memory_order_relaxed);
   return Status::Ok();
 }
@@ -414,6 +449,8 @@ const char* cpu_kernels_name(CpuKernels k) {
       return "avx2";
     case CpuKernels::avx512vnni:
       return "avx512vnni";
+    case CpuKernels::amx:
+      return "amx";
     default:
       return "portable";
   }
@@ -490,7 +527,7 @@ Status linear_cpu(const LinearParams& p) {
   };
 
 #if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::avx512vnni && m >= kDot512MinRows)
+  if (cpu_kernels() >= CpuKernels::avx512vnni && m >= kDot512MinRows)
     return linear_avx512(x, out, m, n, k, wk, wsize, w_at, finish);
 #endif
   if (m < kGemmMinRows) {

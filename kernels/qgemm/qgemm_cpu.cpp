@@ -21,6 +21,10 @@
 //                stores for the last partial panel
 //    portable    plain C++ integer loops over the same packed buffer (aarch64, CPUs without AVX512-VNNI;
 //                avx2 runs these too)
+//    amx         (qgemm_amx below) the AMX-INT8 tile unit: signed rows (no +128 offset), row-major with
+//                K padded to 64; blocks of 32 rows x 2 panels as 2 x 2 int32 tiles of 16 x 16, per 64
+//                inputs two A tiles (16 rows x 64 bytes) and two B tiles read straight from the packed
+//                panels (16 k-steps x 64 bytes: the panel layout is AMX's B layout), four tdpbssd
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -115,9 +119,9 @@ const QGemmKernels kQGemmPortable = {tile_portable, quantize_portable};
 #define RSVLM_QGVNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
 
 // qgemm_quantize_row vectorised: the same float operations (|x| max, x * (127 / amax), round half to even,
-// clamp with the definition's NaN behaviour: max(-127, NaN) = -127) on 16 lanes, so u is identical bit
-// for bit. A row with a non-finite value goes through the definition.
-RSVLM_QGVNNI float quantize_vnni(const float* x, int k, int k4, uint8_t* dst, int8_t* tmp) {
+// clamp with the definition's NaN behaviour: max(-127, NaN) = -127) on 16 lanes, so xq is identical bit
+// for bit. xq (kpad >= K) gets zeros past K. A row with a non-finite value goes through the definition.
+RSVLM_QGVNNI float quantize_row_avx512(const float* x, int k, int kpad, int8_t* xq) {
   const __m512 inf = _mm512_set1_ps(INFINITY);
   __m512 amax = _mm512_setzero_ps();
   __mmask16 finite = 0xFFFF;
@@ -133,25 +137,37 @@ RSVLM_QGVNNI float quantize_vnni(const float* x, int k, int k4, uint8_t* dst, in
     finite &= _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
     amax = _mm512_max_ps(amax, a);
   }
-  if (finite != 0xFFFF) return quantize_portable(x, k, k4, dst, tmp);
+  if (finite != 0xFFFF) {
+    std::memset(xq + k, 0, size_t(kpad - k));
+    return qgemm_quantize_row(x, k, xq);
+  }
   const float am = _mm512_reduce_max_ps(amax);
   const __m512 inv = _mm512_set1_ps(am > 0.f ? 127.f / am : 0.f);
   const __m512 hi = _mm512_set1_ps(127.f), lo = _mm512_set1_ps(-127.f);
-  const __m512i offset = _mm512_set1_epi32(128);
-  for (int i0 = 0; i0 < k4; i0 += 16) {
-    const __mmask16 valid = k - i0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i0)) - 1);
+  for (int i0 = 0; i0 < kpad; i0 += 16) {
+    const int left = kpad - i0;
+    const __mmask16 store = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    const __mmask16 valid = k - i0 >= 16 ? __mmask16(0xFFFF) : k > i0 ? __mmask16((1u << (k - i0)) - 1) : 0;
     const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(valid, x + i0), inv),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // max(v, lo) returns lo when v is NaN (0 * inf for a subnormal amax), as std::max(-127.f, NaN) does
-    const __m512i q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
-    // padding inputs (past K) are 128 whatever the definition would make of a 0
-    const __m512i u = _mm512_mask_add_epi32(offset, valid, q, offset);
-    alignas(16) uint8_t bytes[16];
-    _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(u));
-    const int steps = std::min(4, (k4 - i0) / kQGemmKStep);
-    for (int s = 0; s < steps; ++s) std::memcpy(dst + int64_t(i0 / kQGemmKStep + s) * kABytes, bytes + 4 * s, 4);
+    // max(v, lo) returns lo when v is NaN (0 * inf for a subnormal amax), as std::max(-127.f, NaN) does;
+    // padding inputs (past K) are 0 whatever the definition would make of a 0
+    const __m512i q = _mm512_maskz_cvtps_epi32(valid, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+    _mm_mask_storeu_epi8(xq + i0, store, _mm512_cvtepi32_epi8(q));
   }
   return am / 127.f;
+}
+
+// The micro-kernel's block layout from the vectorised row (u = xq + 128, padding inputs 128).
+RSVLM_QGVNNI float quantize_vnni(const float* x, int k, int k4, uint8_t* dst, int8_t* tmp) {
+  const float sx = quantize_row_avx512(x, k, k4, tmp);
+  for (int s = 0; s < k4 / kQGemmKStep; ++s) {
+    uint32_t u4;
+    std::memcpy(&u4, tmp + int64_t(s) * kQGemmKStep, 4);
+    u4 ^= 0x80808080u;  // + 128 per byte: int8 -> uint8 (padding: 0 -> 128)
+    std::memcpy(dst + int64_t(s) * kABytes, &u4, 4);
+  }
+  return sx;
 }
 
 // acc += vpdpbusd(u, w): as inline asm, because GCC 12 keeps a copy of every _mm512_dpbusd_epi32
@@ -213,7 +229,7 @@ const QGemmKernels kQGemmVnni = {tile_vnni_any, quantize_vnni};
 
 const QGemmKernels& active_kernels() {
 #if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::avx512vnni) return kQGemmVnni;
+  if (cpu_kernels() >= CpuKernels::avx512vnni) return kQGemmVnni;  // amx: qgemm_amx, not these
 #endif
   return kQGemmPortable;
 }
@@ -240,18 +256,208 @@ Status activation_scratch(int64_t bytes, std::vector<uint8_t>& local, uint8_t** 
   return Status::Ok();
 }
 
+
+// Work items (group of `group` panels, range of `span` row blocks), group-major, so that a thread's own
+// lane of items (thread_pool.h) keeps one group in its L2 while it walks the row blocks. Groups hold
+// at most kL2Budget bytes of weights and are cut finer, as evenly as the tile width allows, until there
+// are about kItemsPerThread items per thread (a thread that the OS deschedules then holds back a small
+// piece: the micro-kernels need few bytes of weights per cycle, which L3 also delivers).
+struct Schedule {
+  int group = 0;      // panels per group (a multiple of the tile's panels)
+  int64_t groups = 0;
+  int64_t span = 0;   // row blocks per item
+  int64_t spans = 0;
+};
+
+Schedule schedule(int panels, int64_t blocks, int64_t panel_bytes, int tile_panels, int threads) {
+  const int64_t tiles = ceil_div(panels, tile_panels);
+  const int64_t target = threads > 1 ? int64_t(kItemsPerThread) * threads : 1;
+  int64_t groups = ceil_div(tiles, std::max<int64_t>(1, kL2Budget / (panel_bytes * tile_panels)));
+  const int64_t spans_wanted = std::min(blocks, std::max<int64_t>(1, ceil_div(target, groups)));
+  if (groups * spans_wanted < target) groups = std::min(tiles, ceil_div(target, spans_wanted));
+  Schedule sc;
+  sc.group = int(ceil_div(tiles, groups) * tile_panels);
+  sc.groups = ceil_div(panels, sc.group);
+  sc.span = ceil_div(blocks, spans_wanted);
+  sc.spans = ceil_div(blocks, sc.span);
+  return sc;
+}
+
+
+#if RSVLM_X86
+// ---- x86-64: amx (AMX-TILE + AMX-INT8, on top of avx512vnni) ----
+
+#define RSVLM_QGAMX \
+  __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,amx-tile,amx-int8")))
+
+constexpr int kAmxTileRows = 16;                                    // rows of an A or C tile
+constexpr int kAmxTileBytes = 64;                                   // bytes per tile row
+constexpr int kAmxMR = 2 * kAmxTileRows;                            // rows per block: two A tiles
+constexpr int kAmxNP = 2;                                           // panels per block: two B tiles
+constexpr int kAmxChunkSteps = kAmxTileBytes / kQGemmKStep;         // 16 k-steps (64 inputs) per B tile
+constexpr int kAmxBTileBytes = kAmxChunkSteps * kStepBytes;         // 1 KiB
+constexpr int kAmxC = kAmxNP * kQGemmPanel;                         // 32 int32 per row of the C block
+
+// Palette 1, tiles 0-3 the C block (16 rows x 16 int32), 4-5 A (16 rows x 64 int8), 6-7 B (16 k-steps x
+// 64 bytes); loaded per work item, released after it (ldtilecfg zeroes every tile).
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(AmxConfig) == 64, "the tile configuration is 64 bytes");
+
+// c (32, 32) int32 = a (32 rows, stride lda) . [panel b0 | panel b1] over `ksteps` k-steps (exact int32).
+// a holds zeros from K to the next multiple of 64 inputs; a last partial chunk of B is copied into
+// zero-padded 1 KiB tiles, so nothing is read past a panel.
+RSVLM_QGAMX void amx_block(const int8_t* a, int64_t lda, const int8_t* b0, const int8_t* b1, int ksteps,
+                           int32_t* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int full = ksteps / kAmxChunkSteps, tail = ksteps % kAmxChunkSteps;
+  for (int ch = 0; ch < full; ++ch) {
+    // each load just before its first use: tiles are not renamed, so a load waits for the last reader
+    // of its tile, and this order lets the next loads start while the last products run (+15 %
+    // against four loads then four products, measured)
+    const int8_t* ac = a + int64_t(ch) * kAmxTileBytes;
+    _tile_loadd(4, ac, lda);
+    _tile_loadd(6, b0 + int64_t(ch) * kAmxBTileBytes, kAmxTileBytes);
+    _tile_dpbssd(0, 4, 6);
+    _tile_loadd(7, b1 + int64_t(ch) * kAmxBTileBytes, kAmxTileBytes);
+    _tile_dpbssd(1, 4, 7);
+    _tile_loadd(5, ac + kAmxTileRows * lda, lda);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  if (tail > 0) {
+    alignas(64) int8_t t0[kAmxBTileBytes] = {}, t1[kAmxBTileBytes] = {};
+    std::memcpy(t0, b0 + int64_t(full) * kAmxBTileBytes, size_t(tail) * kStepBytes);
+    std::memcpy(t1, b1 + int64_t(full) * kAmxBTileBytes, size_t(tail) * kStepBytes);
+    const int8_t* ac = a + int64_t(full) * kAmxTileBytes;
+    _tile_loadd(4, ac, lda);
+    _tile_loadd(5, ac + kAmxTileRows * lda, lda);
+    _tile_loadd(6, t0, kAmxTileBytes);
+    _tile_loadd(7, t1, kAmxTileBytes);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  constexpr int ldc = kAmxC * int(sizeof(int32_t));  // 128 bytes
+  _tile_stored(0, c, ldc);
+  _tile_stored(1, c + kQGemmPanel, ldc);
+  _tile_stored(2, c + kAmxTileRows * kAmxC, ldc);
+  _tile_stored(3, c + kAmxTileRows * kAmxC + kQGemmPanel, ldc);
+}
+
+// What the work items of one qgemm_amx call share.
+struct AmxCall {
+  const int8_t* a = nullptr;        // (blocks * 32, lda) signed quantised rows, zero rows past M
+  int64_t lda = 0;                  // K rounded up to 64
+  const float* sx = nullptr;        // (M)
+  const int8_t* w = nullptr;        // the packed panels (panels, K4 / 4, 16, 4)
+  int64_t panel_bytes = 0;          // K4 * 16
+  const float* scale = nullptr;     // (panels * 16)
+  const float* bias = nullptr;      // (N) or nullptr
+  float* out = nullptr;             // (M, N)
+  int64_t m = 0, n = 0;
+  int ksteps = 0, panels = 0;
+  Schedule sc;
+};
+
+// One work item: its row blocks against its group of panels, with the tiles configured for it.
+// y = float(dot) * (sw * sx) + bias, the same float operations as the avx512vnni epilogue.
+RSVLM_QGAMX void amx_item(const AmxCall& q, int64_t item) {
+  AmxConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = kAmxTileBytes;
+    cfg.rows[t] = kAmxTileRows;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) int32_t c[kAmxMR * kAmxC];
+  const int p0 = int(item / q.sc.spans) * q.sc.group, p1 = std::min(q.panels, p0 + q.sc.group);
+  const int64_t b0 = (item % q.sc.spans) * q.sc.span, b1 = std::min(ceil_div(q.m, kAmxMR), b0 + q.sc.span);
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t r0 = blk * kAmxMR;
+    const int rows = int(std::min<int64_t>(kAmxMR, q.m - r0));
+    for (int pi = p0; pi < p1; pi += kAmxNP) {
+      const int np = std::min(kAmxNP, p1 - pi);
+      const int8_t* w0 = q.w + pi * q.panel_bytes;
+      amx_block(q.a + r0 * q.lda, q.lda, w0, np > 1 ? w0 + q.panel_bytes : w0, q.ksteps, c);
+      const int64_t n0 = int64_t(pi) * kQGemmPanel;
+      __mmask16 mask[kAmxNP];
+      __m512 sw[kAmxNP], bb[kAmxNP];
+      for (int j = 0; j < kAmxNP; ++j) {
+        const int64_t valid = j < np ? std::min<int64_t>(kQGemmPanel, q.n - n0 - j * kQGemmPanel) : 0;
+        mask[j] = valid >= kQGemmPanel ? __mmask16(0xFFFF) : valid > 0 ? __mmask16((1u << valid) - 1) : __mmask16(0);
+        sw[j] = _mm512_loadu_ps(q.scale + n0 + (j < np ? j : 0) * kQGemmPanel);
+        bb[j] = q.bias ? _mm512_maskz_loadu_ps(mask[j], q.bias + n0 + j * kQGemmPanel) : _mm512_setzero_ps();
+      }
+      for (int r = 0; r < rows; ++r) {
+        const __m512 s = _mm512_set1_ps(q.sx[r0 + r]);
+        for (int j = 0; j < kAmxNP; ++j) {
+          const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(c + r * kAmxC + j * kQGemmPanel));
+          _mm512_mask_storeu_ps(q.out + (r0 + r) * q.n + n0 + j * kQGemmPanel, mask[j],
+                                _mm512_fmadd_ps(dot, _mm512_mul_ps(sw[j], s), bb[j]));
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// qgemm_cpu on the amx kernel set (p validated, M >= 1).
+Status qgemm_amx(const QGemmParams& p, const QGemmLayout& l, int threads) {
+  AmxCall q;
+  q.m = p.m;
+  q.n = p.n;
+  q.ksteps = l.k4 / kQGemmKStep;
+  q.panels = l.panels;
+  q.lda = ceil_div(q.ksteps, kAmxChunkSteps) * kAmxTileBytes;
+  const int64_t blocks = ceil_div(q.m, kAmxMR);
+  std::vector<uint8_t> a_local;
+  std::vector<float> sx;
+  uint8_t* a = nullptr;
+  RSVLM_RETURN_IF_ERROR(activation_scratch(host::checked_mul(blocks * kAmxMR, q.lda), a_local, &a));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sx, q.m, 1, "qgemm"));
+  int8_t* const as = reinterpret_cast<int8_t*>(a);
+  std::memset(as + q.m * q.lda, 0, size_t((blocks * kAmxMR - q.m) * q.lda));  // the last block's missing rows
+  const int k = p.k, lda = int(q.lda);
+  host::parallel_for(q.m, kAmxTileRows, threads, [&](int64_t r, int) {
+    sx[r] = quantize_row_avx512(p.x + r * k, k, lda, as + r * q.lda);
+  });
+  q.a = as;
+  q.sx = sx.data();
+  q.w = reinterpret_cast<const int8_t*>(p.packed + l.weights);
+  q.panel_bytes = int64_t(l.k4) * kQGemmPanel;
+  q.scale = reinterpret_cast<const float*>(p.packed + l.scale);
+  q.bias = p.bias;
+  q.out = p.out;
+  q.sc = schedule(q.panels, blocks, q.panel_bytes, kAmxNP, threads);
+  host::parallel_for(q.sc.groups * q.sc.spans, 1, threads, [&](int64_t item, int) { amx_item(q, item); });
+  return Status::Ok();
+}
+#endif
+
 }  // namespace
 
 Status qgemm_cpu(const QGemmParams& p) {
   RSVLM_RETURN_IF_ERROR(qgemm_validate(p, /*packed=*/true));
   if (p.m == 0) return Status::Ok();
-  const QGemmKernels& ks = active_kernels();
   const QGemmLayout l = qgemm_layout(p.n, p.k);
+  const int64_t macs_all = host::checked_mul(host::checked_mul(p.m, p.n), p.k);
+#if RSVLM_X86
+  if (cpu_kernels() == CpuKernels::amx) return qgemm_amx(p, l, host::threads_for(macs_all < 0 ? INT64_MAX : macs_all / 64));
+#endif
+  const QGemmKernels& ks = active_kernels();
   const int64_t m = p.m, n = p.n;
   const int k = p.k, k4 = l.k4, ksteps = k4 / kQGemmKStep, panels = l.panels;
   const int64_t blocks = ceil_div(m, kMR), block_bytes = int64_t(k4) * kMR;
-  const int64_t macs = host::checked_mul(host::checked_mul(m, n), k);
-  const int threads = host::threads_for(macs < 0 ? INT64_MAX : macs / 64);
+  const int threads = host::threads_for(macs_all < 0 ? INT64_MAX : macs_all / 64);
 
   // Scratch, allocated before any parallel loop: the quantised row blocks (64-byte aligned), sx, and
   // per worker one row of int8 for the definition.
@@ -267,20 +473,10 @@ Status qgemm_cpu(const QGemmParams& p) {
                         tmp.data() + int64_t(worker) * k4);
   });
 
-  // Work items: (group of `group` panels, range of `span` row blocks), group-major, so that a thread's own
-  // lane of items (thread_pool.h) keeps one group in its L2 while it walks the row blocks. Groups hold
-  // at most kL2Budget bytes of weights and are cut finer, as evenly as kNR allows, until there are
-  // about kItemsPerThread items per thread (a thread that the OS deschedules then holds back a small
-  // piece: the micro-kernel needs only 8 bytes of weights per cycle, which L3 also delivers).
   const int64_t panel_bytes = int64_t(k4) * kQGemmPanel;
-  const int64_t tiles = ceil_div(panels, kNR);  // tiles of kNR panels
-  const int64_t target = threads > 1 ? int64_t(kItemsPerThread) * threads : 1;
-  int64_t groups = ceil_div(tiles, std::max<int64_t>(1, kL2Budget / (panel_bytes * kNR)));
-  const int64_t spans_wanted = std::min(blocks, std::max<int64_t>(1, ceil_div(target, groups)));
-  if (groups * spans_wanted < target) groups = std::min(tiles, ceil_div(target, spans_wanted));
-  const int group = int(ceil_div(tiles, groups) * kNR);  // panels per group
-  groups = ceil_div(panels, group);
-  const int64_t span = ceil_div(blocks, spans_wanted), spans = ceil_div(blocks, span);
+  const Schedule sc = schedule(panels, blocks, panel_bytes, kNR, threads);
+  const int group = sc.group;
+  const int64_t groups = sc.groups, span = sc.span, spans = sc.spans;
 
   const int8_t* const wp = reinterpret_cast<const int8_t*>(p.packed + l.weights);
   const int32_t* const colsum = reinterpret_cast<const int32_t*>(p.packed + l.colsum);

@@ -449,6 +449,7 @@ const QKernelSet& active_qkernels() {
 #if RSVLM_X86
   switch (cpu_kernels()) {
     case CpuKernels::avx512vnni:
+    case CpuKernels::amx:
       return kQVnni;
     case CpuKernels::avx2:
       return kQAvx2;

@@ -292,7 +292,8 @@ void attention_cases() {
 }  // namespace
 
 int main() {
-  for (re::CpuKernels ks : {re::CpuKernels::portable, re::CpuKernels::avx2, re::CpuKernels::avx512vnni}) {
+  for (re::CpuKernels ks :
+       {re::CpuKernels::portable, re::CpuKernels::avx2, re::CpuKernels::avx512vnni, re::CpuKernels::amx}) {
     if (!re::cpu_kernels_supported(ks)) continue;
     if (!re::set_cpu_kernels(ks).ok()) return 2;
     linear_cases();
