@@ -11,6 +11,7 @@
 
 #include "bind_util.h"
 #include "rsvlm_edge/patch_embed.h"
+#include "rsvlm_edge/qgemm.h"
 #include "rsvlm_edge/version.h"
 #include "tensor_arg.h"
 
@@ -56,16 +57,41 @@ py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, 
   const bool cuda = images.device.type == DeviceType::cuda;
 
   c.check(images, {"B", "H", "W", 3}, {DType::u8});  // images: (B, H, W, 3) uint8
-  if (cuda)
-    c.check(weight, {"D", 3, "P", "P"}, {DType::f32, DType::f16, DType::bf16});  // weight: (D, 3, P, P)
-  else
-    c.check(weight, {"D", 3, "P", "P"}, {DType::f32});
-  const int64_t B = c.dim("B"), H = c.dim("H"), W = c.dim("W"), D = c.dim("D"), P = c.dim("P");
+  // weight: (D, 3, P, P) float, or (CPU) the (D, 3*P*P) int8 weight packed by qgemm_pack: (bytes,) uint8
+  const bool packed = weight.dtype == DType::u8 && weight.ndim() == 1;
+  int64_t D = 0, P = 0;
+  DType act = weight.dtype;  // dtype of bias, class_emb, pos_emb, ln_*, out
+  if (packed) {
+    RSVLM_CHECK(c, !cuda, "a packed int8 conv weight (qgemm_pack) runs on the CPU only; pass the float (D, 3, P, P) "
+                          "weight with CUDA tensors");
+    c.check(weight, {"bytes"}, {DType::u8});
+    int n = 0, k = 0;
+    const rsvlm_edge::Status st =
+        rsvlm_edge::qgemm_packed_shape(weight.ptr<const uint8_t>(), c.dim("bytes"), &n, &k);
+    RSVLM_CHECK(c, st.ok(), "argument 'weight' is not a buffer from qgemm_pack: " + st.message);
+    P = int64_t(std::lround(std::sqrt(double(k) / 3.0)));
+    RSVLM_CHECK(c, P >= 1 && 3 * P * P == k,
+                "argument 'weight' packs a (" + std::to_string(n) + ", " + std::to_string(k) +
+                    ") weight; a conv weight has 3*P*P inputs (the (D, 3, P, P) weight reshaped to (D, 3*P*P))");
+    D = n;
+    c.bind("D", D);  // the other arguments' D is checked against the packed weight's
+    act = DType::f32;
+  } else {
+    if (cuda)
+      c.check(weight, {"D", 3, "P", "P"}, {DType::f32, DType::f16, DType::bf16});
+    else
+      c.check(weight, {"D", 3, "P", "P"}, {DType::f32});
+    D = c.dim("D");
+    P = c.dim("P");
+  }
+  const int64_t B = c.dim("B"), H = c.dim("H"), W = c.dim("W");
   // Sizes first, so that nothing below divides by zero (P) or makes empty rows (D).
   RSVLM_CHECK(c, P >= 1 && P <= (int64_t(1) << 20),
-              "argument 'weight' must have shape (D, 3, P, P) with 1 <= P <= 2^20, got " + weight.describe());
+              "argument 'weight' must have shape (D, 3, P, P) with 1 <= P <= 2^20, got " +
+                  (packed ? "P=" + std::to_string(P) : weight.describe()));
   RSVLM_CHECK(c, D >= 1 && D <= (int64_t(1) << 30),
-              "argument 'weight' must have shape (D, 3, P, P) with 1 <= D <= 2^30, got " + weight.describe());
+              "argument 'weight' must have shape (D, 3, P, P) with 1 <= D <= 2^30, got " +
+                  (packed ? "D=" + std::to_string(D) : weight.describe()));
   RSVLM_CHECK(c, H >= P && W >= P,
               "argument 'images' must have shape (B, H, W, 3) with H, W >= the patch size P=" + std::to_string(P) +
                   ", got " + images.describe());
@@ -73,27 +99,27 @@ py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, 
     c.fail("images of " + std::to_string(H) + "x" + std::to_string(W) + " are not a multiple of the patch size " +
            std::to_string(P) + " (from weight (D, 3, P, P)); resize the images to the model resolution");
   const int64_t N = (H / P) * (W / P);
-  if (has_bias) c.check(bias, {"D"}, {weight.dtype});
-  c.check(class_emb, {"D"}, {weight.dtype});
+  if (has_bias) c.check(bias, {"D"}, {act});
+  c.check(class_emb, {"D"}, {act});
   if (pos_emb.ndim() == 2 && pos_emb.shape[0] != N + 1)
     c.fail("argument 'pos_emb' has " + std::to_string(pos_emb.shape[0]) + " rows but " + std::to_string(H) + "x" +
            std::to_string(W) + " images with patch " + std::to_string(P) + " give N+1 = " + std::to_string(N + 1) +
            " tokens; resize the images to the model resolution or resize the position embedding with "
            "interpolate_pos_embed(pos_emb, new_grid)");
-  c.check(pos_emb, {Dim("N+1", N + 1), "D"}, {weight.dtype});
+  c.check(pos_emb, {Dim("N+1", N + 1), "D"}, {act});
   if (has_ln) {
-    c.check(gamma, {"D"}, {weight.dtype});
-    c.check(beta, {"D"}, {weight.dtype});
+    c.check(gamma, {"D"}, {act});
+    c.check(beta, {"D"}, {act});
   }
 
   py::object result;
   if (has_out) {
-    c.check(out, {"B", Dim("N+1", N + 1), "D"}, {weight.dtype});
+    c.check(out, {"B", Dim("N+1", N + 1), "D"}, {act});
     c.writable(out);
     result = py::reinterpret_borrow<py::object>(out_obj);
   } else if (cuda) {
     c.fail("argument 'out' is required for CUDA inputs: pass a preallocated (B, N+1, D) = (" + std::to_string(B) +
-           ", " + std::to_string(N + 1) + ", " + std::to_string(D) + ") " + rsvlm_edge::dtype_name(weight.dtype) +
+           ", " + std::to_string(N + 1) + ", " + std::to_string(D) + ") " + rsvlm_edge::dtype_name(act) +
            " tensor on the same device (rsvlm_edge.native.patch_embed allocates it for you)");
   } else {
     py::array_t<float> arr({B, N + 1, D});
@@ -103,7 +129,9 @@ py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, 
 
   rsvlm_edge::PatchEmbedParams p;
   p.images = images.ptr<const uint8_t>();
-  p.weight = weight.data;
+  p.weight = packed ? nullptr : weight.data;
+  p.packed_weight = packed ? weight.ptr<const uint8_t>() : nullptr;
+  p.packed_bytes = packed ? weight.numel() : 0;
   p.bias = has_bias ? bias.data : nullptr;
   p.class_emb = class_emb.data;
   p.pos_emb = pos_emb.data;
@@ -124,7 +152,7 @@ py::object patch_embed(Impl impl, py::handle images_obj, py::handle weight_obj, 
   p.width = W;
   p.patch = P;
   p.dim = D;
-  p.dtype = weight.dtype;
+  p.dtype = act;
 
   if (cuda && !rsvlm_edge::built_with_cuda())
     throw std::runtime_error(
@@ -196,7 +224,9 @@ void bind_patch_embed(py::module_& m) {
       py::arg("out") = py::none(), py::arg("stream") = 0,
       R"doc(Fused patch embedding: uint8 images -> ViT input tokens (open_clip conv1 + class + pos + ln_pre).
 
-images (B, H, W, 3) uint8 RGB at model resolution (B = 0 is valid); weight (D, 3, P, P); bias (D) or None;
+images (B, H, W, 3) uint8 RGB at model resolution (B = 0 is valid); weight (D, 3, P, P), or on the CPU the
+conv weight reshaped to (D, 3*P*P), quantised to int8 per output channel and packed by qgemm_pack (a 1-D
+uint8 buffer): the conv GEMM then runs as qgemm (each normalised patch row quantised to int8); bias (D) or None;
 class_emb (D); pos_emb (N+1, D) with N = (H/P)*(W/P); mean, std: 3 floats in 0..1 units;
 ln_gamma, ln_beta (D) or None (no ln_pre); out (B, N+1, D) or None.
 CPU: float32 parameters, returns a new numpy array unless `out` is given.

@@ -118,6 +118,54 @@ def test_patch_embed_matches_reference_odd_shapes(b, h, w, p, d):
     np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
 
 
+def packed_weight(weight):
+    """The conv weight quantised to int8 per output channel and packed for qgemm (the native-vit w8 tower's)."""
+    q, s = C.quantize_weight_int8(np.ascontiguousarray(weight.reshape(weight.shape[0], -1)))
+    return C.qgemm_pack(q, s)
+
+
+@pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
+@pytest.mark.parametrize("b, h, w, p, d", [(1, 7, 7, 7, 1), (2, 14, 21, 7, 5), (2, 2, 2, 1, 97), (3, 224, 224, 32, 96)])
+def test_packed_int8_weight_matches_reference(cpu_kernels, b, h, w, p, d):
+    """The W8A8 conv (qgemm on the patch rows) against the reference computing qgemm's definition from the
+    packed layout; NaN-poisoned output; with and without bias and ln_pre."""
+    for bias, ln in ((True, True), (False, False)):
+        inp = make_inputs(b, h, w, p, d, bias=bias, ln=ln, seed=d)
+        inp["weight"] = packed_weight(inp["weight"])
+        out = np.full((b, (h // p) * (w // p) + 1, d), np.nan, np.float32)
+        got = native.patch_embed(**inp, out=out)
+        want = native.patch_embed_reference(**inp)
+        assert got is out and np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_packed_int8_weight_is_close_to_the_float_conv():
+    """int8 weights and per-row int8 patches: every token within int8 error of the fp32 embedding."""
+    inp = make_inputs(2, 224, 224, 32, 96, seed=3)
+    full = native.patch_embed(**inp)
+    inp["weight"] = packed_weight(inp["weight"])
+    int8 = native.patch_embed(**inp)
+    cos = (full * int8).sum(-1) / np.linalg.norm(full, axis=-1) / np.linalg.norm(int8, axis=-1)
+    assert cos.min() > 0.999
+
+
+@pytest.mark.campaign("native")
+def test_packed_int8_weight_bad_arguments():
+    inp = make_inputs(1, 28, 28, 4, 48)
+    pk = packed_weight(inp["weight"])
+    with pytest.raises(ValueError, match=r"argument 'weight' is not a buffer from qgemm_pack"):
+        native.patch_embed(**{**inp, "weight": np.zeros(100, np.uint8)})
+    with pytest.raises(ValueError, match=r"argument 'weight' is not a buffer from qgemm_pack"):
+        native.patch_embed(**{**inp, "weight": pk[:-1].copy()})  # truncated
+    q, s = C.quantize_weight_int8(np.ones((48, 47), np.float32))
+    with pytest.raises(ValueError, match=r"packs a \(48, 47\) weight; a conv weight has 3\*P\*P inputs"):
+        native.patch_embed(**{**inp, "weight": C.qgemm_pack(q, s)})
+    with pytest.raises(ValueError, match=r"argument 'class_emb' must have shape \(D=48,\) float32"):
+        native.patch_embed(**{**inp, "weight": pk, "class_emb": np.zeros(47, np.float32)})
+    with pytest.raises(ValueError, match=r"argument 'pos_emb' has 3 rows"):
+        native.patch_embed(**{**inp, "weight": pk, "pos_emb": np.zeros((3, 48), np.float32)})
+
+
 def test_patch_embed_zero_batch_and_degenerate_sizes():
     inp = make_inputs(1, 28, 28, 4, 48)
     inp["images"] = np.zeros((0, 28, 28, 3), np.uint8)

@@ -24,7 +24,13 @@ namespace rsvlm_edge {
 
 struct PatchEmbedParams {
   const uint8_t* images = nullptr;  // (B, H, W, 3) uint8 RGB, C-contiguous, already at model resolution
-  const void* weight = nullptr;     // (D, 3, P, P) conv1 weight (open_clip visual.conv1.weight), `dtype`
+  const void* weight = nullptr;     // (D, 3, P, P) conv1 weight (open_clip visual.conv1.weight), `dtype`;
+                                    // nullptr when packed_weight is given
+  // CPU, float32 only, instead of `weight`: the conv weight as int8 per output channel (D, 3*P*P), packed
+  // by qgemm_pack (rsvlm_edge/qgemm.h). The conv GEMM is then qgemm: each normalised patch row quantised to
+  // int8 (one scale per row), exact int32 dots; the reference computes the same from the packed layout.
+  const uint8_t* packed_weight = nullptr;  // (packed_bytes)
+  int64_t packed_bytes = 0;
   const void* bias = nullptr;       // (D) conv1 bias, `dtype`; nullptr = no bias (CLIP has none)
   const void* class_emb = nullptr;  // (D) visual.class_embedding, `dtype`
   const void* pos_emb = nullptr;    // (N + 1, D) visual.positional_embedding, `dtype`

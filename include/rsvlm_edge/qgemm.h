@@ -105,6 +105,14 @@ Status qgemm_reference(const QGemmParams& p);
 // (M x K bytes, up to 64 MiB) of each calling thread for its next call.
 Status qgemm_cpu(const QGemmParams& p);
 
+// Weight (n, k) of a packed buffer of layout `l` (the layout above; no checks: 0 <= n < N, 0 <= k < K).
+inline int8_t qgemm_packed_weight(const uint8_t* packed, const QGemmLayout& l, int n, int k) {
+  const int64_t at = l.weights + int64_t(n / kQGemmPanel) * l.k4 * kQGemmPanel +
+                     int64_t(k / kQGemmKStep) * kQGemmPanel * kQGemmKStep + (n % kQGemmPanel) * kQGemmKStep +
+                     k % kQGemmKStep;
+  return static_cast<int8_t>(packed[at]);
+}
+
 // The activation quantisation of one row (see above): x (K) fp32 -> xq (K) int8; returns sx.
 float qgemm_quantize_row(const float* x,  // (K)
                          int k,

@@ -4,6 +4,7 @@
 
 #include "common/host_checks.h"
 #include "rsvlm_edge/patch_embed.h"
+#include "rsvlm_edge/qgemm.h"
 
 namespace rsvlm_edge {
 
@@ -19,8 +20,21 @@ Status patch_embed_validate(const PatchEmbedParams& p, bool cuda) {
     return Status::Invalid(op + "image size " + std::to_string(p.height) + "x" + std::to_string(p.width) +
                            " is not a positive multiple of the patch size " + std::to_string(p.patch) +
                            "; resize the images to the model resolution first");
-  if (p.batch > 0 && (!p.images || !p.weight || !p.class_emb || !p.pos_emb || !p.out))
-    return Status::Invalid(op + "images, weight, class_emb, pos_emb and out must all be non-null");
+  if ((p.weight == nullptr) == (p.packed_weight == nullptr))
+    return Status::Invalid(op + "give exactly one of weight and packed_weight");
+  if (p.packed_weight != nullptr) {
+    if (cuda || p.dtype != DType::f32)
+      return Status::Invalid(op + "a packed int8 conv weight runs on the CPU with float32 tensors only");
+    int n = 0, k = 0;
+    if (Status s = qgemm_packed_shape(p.packed_weight, p.packed_bytes, &n, &k); !s.ok())
+      return Status::Invalid(op + "packed_weight: " + s.message);
+    if (n != p.dim || k != 3 * p.patch * p.patch)
+      return Status::Invalid(op + "packed_weight holds a (" + std::to_string(n) + ", " + std::to_string(k) +
+                             ") weight, the conv needs (D, 3*P*P) = (" + std::to_string(p.dim) + ", " +
+                             std::to_string(3 * p.patch * p.patch) + ")");
+  }
+  if (p.batch > 0 && (!p.images || !p.class_emb || !p.pos_emb || !p.out))
+    return Status::Invalid(op + "images, class_emb, pos_emb and out must all be non-null");
   if ((p.ln_gamma == nullptr) != (p.ln_beta == nullptr))
     return Status::Invalid(op + "ln_gamma and ln_beta must be given together (or neither)");
   for (int c = 0; c < 3; ++c)

@@ -1,5 +1,6 @@
 // patch_embed fast CPU path (see rsvlm_edge/patch_embed.h for the math): im2col of the normalised
-// patches, the conv as one linear_cpu GEMM, class token and positions added, ln_pre by layer_norm_cpu.
+// patches, the conv as one linear_cpu GEMM (qgemm_cpu for a packed int8 weight), class token and positions
+// added, ln_pre by layer_norm_cpu.
 // Tested against patch_embed_reference (patch_embed_ref.cpp).
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include "rsvlm_edge/layer_norm.h"
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/patch_embed.h"
+#include "rsvlm_edge/qgemm.h"
 
 namespace rsvlm_edge {
 
@@ -58,15 +60,28 @@ Status patch_embed_cpu(const PatchEmbedParams& p) {
         for (int64_t c = 0; c < 3; ++c) xr[(c * P + py) * P + px] = lut[c][src[px * 3 + c]];
     }
   });
-  LinearParams lp;
-  lp.x = x.data();
-  lp.w = p.weight;
-  lp.bias = p.bias;
-  lp.out = tok.data();
-  lp.m = patches;
-  lp.n = int(D);
-  lp.k = int(K);
-  if (Status s = linear_cpu(lp); !s.ok()) return s;
+  if (p.packed_weight != nullptr) {  // W8A8: qgemm (validate checked the packed shape (D, K))
+    QGemmParams qp;
+    qp.x = x.data();
+    qp.packed = p.packed_weight;
+    qp.packed_bytes = p.packed_bytes;
+    qp.bias = static_cast<const float*>(p.bias);
+    qp.out = tok.data();
+    qp.m = patches;
+    qp.n = int(D);
+    qp.k = int(K);
+    if (Status s = qgemm_cpu(qp); !s.ok()) return s;
+  } else {
+    LinearParams lp;
+    lp.x = x.data();
+    lp.w = p.weight;
+    lp.bias = p.bias;
+    lp.out = tok.data();
+    lp.m = patches;
+    lp.n = int(D);
+    lp.k = int(K);
+    if (Status s = linear_cpu(lp); !s.ok()) return s;
+  }
   float* const dst = p.ln_gamma != nullptr ? pre.data() : out;  // (B, T, D) before ln_pre
   host::parallel_for(rows, 8, threads, [&](int64_t r, int) {
     const int64_t b = r / T, t = r % T;

@@ -10,8 +10,10 @@ part's ONNX graph (uint8 ``(B, S, S, 3)`` RGB pixels -> ``(B, E)`` unnormalised 
     LN_post(x[:, 0]) @ proj
 
 Linear layers run ``linear`` (fp32 weights, or fp16 widened in registers) or, for ``w8`` towers,
-``qgemm`` (int8 weights per output channel packed once at load for its AVX512-VNNI micro-kernel,
-activations quantised per row: W8A8). fp32/fp16 weights are read-only views of the bundle's
+``qgemm`` (int8 weights per output channel packed once at load for its AMX-INT8 or AVX512-VNNI body,
+activations quantised per row: W8A8); a ``w8`` tower's patch conv too (conv1 quantised to int8 per output
+channel at load, the patch rows per row: ``patch_embed`` with a packed weight). fp32/fp16 weights are
+read-only views of the bundle's
 memory-mapped safetensors file (no copy); int8 ones are read once to pack them. Threads:
 the kernels' one pool for the process (``OMP_NUM_THREADS``, default every CPU); the ``threads``
 option of the graph-backend interface (onnxruntime's per-session pool) is accepted and not used.
@@ -144,6 +146,11 @@ class NativeVisionTower:
         embed = int(part.outputs[0].shape[1])
         self.width, self.patch, self.size, self.tokens, self.head_dim = width, patch, size, tokens, width // self.heads
         self.conv = self._tensor(t, "conv1.weight", (width, 3, patch, patch), f32)
+        if self.precision == "w8":  # the patch conv in W8A8 too: int8 per output channel, packed for qgemm
+            if not np.isfinite(self.conv).all():
+                raise BundleError(f"'{self.path}': 'conv1.weight' has non-finite values", "re-export the bundle")
+            q, scale = self._c.quantize_weight_int8(np.ascontiguousarray(self.conv.reshape(width, -1)))
+            self.conv = self._c.qgemm_pack(q, scale)
         self.cls = self._tensor(t, "class_embedding", (width,), f32)
         self.pos = self._tensor(t, "positional_embedding", (tokens, width), f32)
         self.ln_pre = (self._tensor(t, "ln_pre.weight", (width,), f32), self._tensor(t, "ln_pre.bias", (width,), f32))
