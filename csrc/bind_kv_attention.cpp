@@ -151,7 +151,7 @@ void kv_append(Impl impl, py::handle k_cache, py::handle v_cache, py::handle k_n
 py::object attention(Impl impl, const char* op, py::handle q_obj, py::handle k_cache, py::handle v_cache,
                      py::handle q_lens_obj, py::handle kv_lens_obj, py::handle out_obj, py::handle page_table,
                      py::handle k_scale, py::handle v_scale, double scale, int num_splits, int64_t stream,
-                     bool causal = true) {
+                     bool causal = true, bool bf16_products = false) {
   const bool decode = q_lens_obj.is_none();
   ArgChecker c(rsvlm_edge::bind::op_name(op, impl));
   TensorArg q = rsvlm_edge::tensor_arg(q_obj, "q", stream);
@@ -209,6 +209,7 @@ py::object attention(Impl impl, const char* op, py::handle q_obj, py::handle k_c
   p.s_q = decode ? 1 : c.dim_int("S_q", q);
   p.scale = static_cast<float>(scale);
   p.causal = causal;
+  p.bf16_products = bf16_products;
   p.num_splits = decode ? num_splits : 1;
   rsvlm_edge::bind::run(
       op, impl, q, stream, [&] { return rsvlm_edge::attention_cpu(p); },
@@ -237,6 +238,9 @@ cache per sequence including the q_lens[b] new ones (append them first with kv_a
 Query i of sequence b sits at position kv_lens[b] - q_lens[b] + i and attends to keys [0, that
 position] (causal=True), or to all kv_lens[b] keys (causal=False: bidirectional, a ViT's attention).
 Query head h uses KV head h // (H // H_kv). Rows i >= q_lens[b] are set to 0. Cache arguments as for kv_append. scale: softmax scale, 0 = 1/sqrt(D).
+bf16_products=True allows bf16 products on a CPU with AMX-BF16 (kernel set amx, float32 cache): q * scale,
+k, the softmax weights and v rounded to bf16, summed in fp32 (rsvlm_edge/kv_attention.h); elsewhere it
+changes nothing (the reference ignores it).
 Returns out (B, S_q, H, D); pass out= to write into an existing array (required for CUDA).)doc";
 
 const char* kDecodeDoc = R"doc(Attention of one new query per sequence over the KV cache (decode step).
@@ -267,17 +271,17 @@ void bind_kv_attention(py::module_& m) {
         rsvlm_edge::bind::op_name("attention_prefill", impl).c_str(),
         [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle q_lens, py::handle kv_lens,
                py::handle out, py::handle page_table, py::handle k_scale, py::handle v_scale, double scale,
-               int64_t stream, bool causal) {
+               int64_t stream, bool causal, bool bf16_products) {
           if (q_lens.is_none())
             throw std::invalid_argument(rsvlm_edge::bind::op_name("attention_prefill", impl) +
                                         ": argument 'q_lens' is required but got None");
           return attention(impl, "attention_prefill", q, k_cache, v_cache, q_lens, kv_lens, out, page_table, k_scale,
-                           v_scale, scale, 1, stream, causal);
+                           v_scale, scale, 1, stream, causal, bf16_products);
         },
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("q_lens"), py::arg("kv_lens"), py::kw_only(),
         py::arg("out") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
         py::arg("v_scale") = py::none(), py::arg("scale") = 0.0, py::arg("stream") = 0, py::arg("causal") = true,
-        ref ? (ref_doc + "attention_prefill.").c_str() : kPrefillDoc);
+        py::arg("bf16_products") = false, ref ? (ref_doc + "attention_prefill.").c_str() : kPrefillDoc);
     m.def(
         rsvlm_edge::bind::op_name("attention_decode", impl).c_str(),
         [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle seq_lens, py::handle out,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling helpers, also under --import-mode=importlib
-from kernel_testing import CUDA_TOL, cuda_dtype_test, cuda_torch  # noqa: E402
+from kernel_testing import CPU_KERNELS, CUDA_TOL, cuda_dtype_test, cuda_torch  # noqa: E402
 
 C = pytest.importorskip("rsvlm_edge._C")
 
@@ -88,10 +88,11 @@ def fill(cache, k_seqs, v_seqs, starts, ends, append=None):
            page_table=cache["page_table"], k_scale=cache.get("k_scale"), v_scale=cache.get("v_scale"))
 
 
-def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0, want_inputs=False, causal=True):
+def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0, want_inputs=False, causal=True,
+                bf16_products=False):
     """Build a cache holding past + new tokens with kv_append, and the same cache with
-    kv_append_reference (they must be equal); run attention_prefill on the first and
-    attention_prefill_reference on the second; return (out, reference, cache)."""
+    kv_append_reference (they must be equal); run attention_prefill on the first (with `bf16_products`)
+    and attention_prefill_reference on the second; return (out, reference, cache)."""
     h, h_kv, d = heads
     rng = np.random.default_rng(seed)
     batch = len(q_lens)
@@ -109,11 +110,12 @@ def run_prefill(heads, q_lens, past_lens, paged, cache_dtype=np.float32, seed=0,
         fill(c, k_seqs, v_seqs, list(past_lens), kv_lens, append)  # the new chunk
     assert_caches_equal(cache, ref_cache)
     outs = []
-    for c, attend in ((cache, C.attention_prefill), (ref_cache, C.attention_prefill_reference)):
+    for c, attend, flag in ((cache, C.attention_prefill, {"bf16_products": bf16_products}),
+                            (ref_cache, C.attention_prefill_reference, {})):
         out = np.full_like(q, np.nan)
         ret = attend(q, c["k_cache"], c["v_cache"], np.array(q_lens, np.int32), np.array(kv_lens, np.int32),
                      out=out, page_table=c["page_table"], k_scale=c.get("k_scale"), v_scale=c.get("v_scale"),
-                     causal=causal)
+                     causal=causal, **flag)
         assert ret is out
         outs.append(out)
     if want_inputs:
@@ -155,6 +157,70 @@ def test_bidirectional_prefill_matches_reference(heads, cpu_kernels):
     causal, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=True)
     assert not np.allclose(causal[0, :49], out[0, :49])  # the flag changes the answer, except the last query
     np.testing.assert_allclose(causal[0, 49], out[0, 49], atol=2e-5, rtol=1e-4)
+
+
+def bf16(x):
+    """float32 -> bf16 -> float32: round to nearest even, subnormals to zero (vcvtneps2bf16)."""
+    x = np.asarray(x, np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.abs(x) < np.finfo(np.float32).tiny, np.float32(0) * x, rounded)
+
+
+def bf16_definition(q, k_seqs, v_seqs, q_lens, kv_lens, causal):
+    """AttentionParams::bf16_products written out in numpy: q * scale, k, the weights exp(s - max) (fp32)
+    and v rounded to bf16, products summed in fp64, divided by the fp32 sum of the unrounded weights."""
+    batch, s_q, h, d = q.shape
+    group = h // k_seqs[0].shape[1]
+    scale = np.float32(1.0 / np.sqrt(d))
+    out = np.zeros_like(q)
+    for b in range(batch):
+        ql, kv = q_lens[b], kv_lens[b]
+        for i in range(ql):
+            n = kv - ql + i + 1 if causal else kv
+            for head in range(h):
+                k = bf16(k_seqs[b][:n, head // group]).astype(np.float64)
+                v = bf16(v_seqs[b][:n, head // group]).astype(np.float64)
+                s = k @ bf16(q[b, i, head] * scale).astype(np.float64)
+                w = np.exp((s - s.max()).astype(np.float32))
+                out[b, i, head] = (bf16(w).astype(np.float64) @ v) / w.astype(np.float64).sum()
+    return out
+
+
+@pytest.mark.skipif("amx" not in CPU_KERNELS, reason="bf16 products need a CPU with AMX-BF16 (kernel set amx)")
+@pytest.mark.parametrize("heads", [(12, 12, 64), (16, 16, 64), (8, 2, 128), (16, 1, 64)],
+                         ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_bf16_products_on_amx_match_their_definition(heads, causal, paged):
+    """The AMX-BF16 body against its definition (numpy, bf16 roundings emulated): tight, where the fp32
+    reference differs by bf16 rounding (~1e-2); padded and prefixed sequences, keys past 16/32 multiples."""
+    try:
+        C.set_cpu_kernels("amx")
+        out, ref, _, (q, k_seqs, v_seqs) = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=paged, causal=causal,
+                                                       want_inputs=True, bf16_products=True)
+    finally:
+        C.set_cpu_kernels("auto")
+    assert not np.isnan(out).any()
+    want = bf16_definition(q, k_seqs, v_seqs, (50, 17, 3), (50, 17, 12), causal)
+    valid = ~np.isnan(q)
+    # 5e-4: our vector exp and numpy's differ by an ulp, which flips the bf16 rounding of a weight now and
+    # then (0.03 % of outputs move by up to 2e-4); the fp32 attention is ~50x further away
+    np.testing.assert_allclose(out[valid], want[valid], atol=5e-4, rtol=1e-3)
+    assert np.abs(out[valid] - want[valid]).mean() < 2e-6
+    assert (out[~valid] == 0).all()  # padding rows
+    assert np.abs(out - ref).max() < 3e-2  # within bf16 rounding of the fp32 attention
+
+
+@pytest.mark.parametrize("heads", [(12, 12, 64), (6, 3, 80)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")
+@pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
+def test_bf16_products_is_a_permission(heads, cpu_kernels):
+    """Without an AMX body (other kernel sets; head dims other than 64/128) the flag changes nothing."""
+    if cpu_kernels == "amx" and heads[2] in (64, 128):
+        pytest.skip("the amx body itself: test_bf16_products_on_amx_match_their_definition")
+    plain, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=False)
+    flagged, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=False, bf16_products=True)
+    np.testing.assert_array_equal(flagged, plain)
 
 
 @pytest.mark.parametrize("heads", [(4, 4, 64), (8, 2, 80)], ids=lambda t: f"H{t[0]}-Hkv{t[1]}-D{t[2]}")

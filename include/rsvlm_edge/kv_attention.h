@@ -87,6 +87,12 @@ struct AttentionParams {
   // true: query i attends to keys [0, past + i] (decoders); false: every valid query attends to all
   // kv_lens[b] keys of its sequence (bidirectional, e.g. a ViT's self-attention over its tokens).
   bool causal = true;
+  // Permission, not a requirement: the CPU prefill over an fp32 cache may use bf16 products where the
+  // kernel set is amx (AMX-BF16 tiles): q * scale, k, the softmax weights exp(s - max) and v rounded to
+  // bf16 (round to nearest even), products summed in fp32, the softmax sum in fp32 of the unrounded
+  // weights. Elsewhere (other kernel sets, int8 caches, decode, CUDA, the reference) the flag changes
+  // nothing. For encoders whose weights are int8 anyway (native-vit w8 towers).
+  bool bf16_products = false;
   KvCacheView cache;
   // CUDA split-KV (flash-decoding): each (sequence, KV head) is cut into num_splits key chunks whose
   // partial softmax results are merged by a combine kernel. 0 = choose from the GPU size; 1 = off.

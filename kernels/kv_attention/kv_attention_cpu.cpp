@@ -1,7 +1,8 @@
 // kv_attention fast CPU path (thread pool): KV-cache append and causal attention in fp32, one
 // (sequence, query, KV head) work item at a time; the G query heads of a group share each K/V row
 // read. Prefill on an fp32 cache with the avx512vnni kernel set runs 16 (query, head) rows per work
-// item instead (attend_block_avx512, D 64/80/96/128, G dividing 16). Tested against
+// item instead (attend_block_avx512, D 64/80/96/128, G dividing 16); with bf16_products on the amx kernel
+// set, AMX-BF16 tiles (attend_item_amx, D 64/128). Tested against
 // kv_append_reference / attention_reference (kv_attention_ref.cpp) on every kernel set.
 #include <algorithm>
 #include <cmath>
@@ -360,6 +361,263 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
 }
 #endif
 
+#if RSVLM_X86
+// ---- Prefill with bf16 products on AMX tiles (kernel set amx, fp32 cache, D 64 or 128) -------------
+// Allowed by AttentionParams::bf16_products. One work item per (sequence b, KV head hk): its keys and
+// values are converted to bf16 once into AMX B layouts, then every block of 16 (query, head) rows (the
+// rows of attention_blocks_cpu) runs
+//   S (16, keys) = Q (16, D) K^T   tdpbf16ps: Q rows as A tiles (16 x 32 bf16, kept), K as B tiles
+//                                  (16 d-pairs x 16 keys x 2)
+//   P = exp(S - rowmax) (masked keys 0) in fp32, sums in fp32, P rounded to bf16 (16 x keys32)
+//   O (16, D) = P V                tdpbf16ps: P as A tiles (16 x 32 keys), V as B tiles (16 key-pairs x
+//                                  16 d x 2), four 16-wide d blocks of O in C tiles per pass
+// and out rows O / sum. Keys are padded with zeros to 16 (K) and 32 (V, P); padded scores are masked.
+#define RSVLM_ATT_AMX \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16,amx-tile,amx-bf16")))
+
+constexpr int kAmxRows = 16;   // rows of every tile
+constexpr int kAmxBytes = 64;  // bytes per tile row (32 bf16 / 16 fp32)
+
+struct alignas(64) AttAmxConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// 16 floats -> 16 bf16, round to nearest even (vcvtneps2bf16).
+RSVLM_ATT_AMX inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+// What the work items of one call share; per-thread scratch of bytes_per_thread.
+struct AmxAttention {
+  const AttentionParams* p;
+  int group, bq, d;
+  int64_t n_blocks, keys16, keys32;  // keys rounded up, for the longest sequence
+  float scale;
+  int64_t kb_elems, vb_elems, qa_elems, pa_elems, s_floats, o_floats;  // per-thread scratch parts
+};
+
+// One (b, hk) item with head_dim D = 32 * NA (NA = 2 or 4).
+template <int NA>
+RSVLM_ATT_AMX void attend_item_amx(const AmxAttention& a, int b, int hk, uint16_t* kb, uint16_t* vb, uint16_t* qa,
+                                   uint16_t* pa, float* s, float* o) {
+  constexpr int D = 32 * NA;
+  const AttentionParams& p = *a.p;
+  const KvCacheView& c = p.cache;
+  const float* kc = static_cast<const float*>(c.k);
+  const float* vc = static_cast<const float*>(c.v);
+  const float* q = static_cast<const float*>(p.q);  // (B, S_q, H, D)
+  float* out = static_cast<float*>(p.out);          // (B, S_q, H, D)
+  const int h_q = p.num_heads, group = a.group, bq = a.bq;
+  const int64_t kv = p.kv_lens[b], ql = p.q_lens ? p.q_lens[b] : p.s_q, past = kv - ql;
+  const int64_t k16 = (kv + 15) / 16 * 16, k32 = (kv + 31) / 32 * 32;
+  // K (keys16, D) -> kb: chunk of 16 keys j0, d-pair t at kb[((j0 / 16) * (D / 2) + t) * 32 + (j % 16) * 2].
+  // V (keys32, D) -> vb: key pair u, d at vb[(u * D + d) * 2 + (j % 2)]. Padding keys are zeros.
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                              6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  alignas(64) uint16_t row[D];
+  for (int64_t j = 0; j < k16; ++j) {
+    if (j < kv) {
+      const float* kr = kc + row_index(c, b, hk, j) * D;
+      for (int t = 0; t < D; t += 16) _mm256_store_si256(reinterpret_cast<__m256i*>(row + t), to_bf16(_mm512_loadu_ps(kr + t)));
+    } else {
+      std::fill(row, row + D, uint16_t(0));
+    }
+    uint32_t* dst = reinterpret_cast<uint32_t*>(kb) + (j / 16) * (D / 2) * 16 + (j % 16);
+    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(row);
+    for (int t = 0; t < D / 2; ++t) dst[t * 16] = pairs[t];
+  }
+  for (int64_t j = 0; j < k32; j += 2) {
+    uint16_t* dst = vb + (j / 2) * D * 2;
+    for (int t = 0; t < D; t += 16) {
+      const __m512 v0 = j < kv ? _mm512_loadu_ps(vc + row_index(c, b, hk, j) * D + t) : _mm512_setzero_ps();
+      const __m512 v1 = j + 1 < kv ? _mm512_loadu_ps(vc + row_index(c, b, hk, j + 1) * D + t) : _mm512_setzero_ps();
+      const __m512i pair = _mm512_permutex2var_epi16(_mm512_castsi256_si512(to_bf16(v0)), interleave,
+                                                     _mm512_castsi256_si512(to_bf16(v1)));
+      _mm512_storeu_si512(dst + t * 2, pair);
+    }
+  }
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t blk = 0; blk < a.n_blocks; ++blk) {
+    // Q rows (scaled, bf16) and each row's key limit; rows without a query are zeros with limit 0.
+    int32_t limit[kAmxRows];
+    float* out_row[kAmxRows];
+    int64_t n_max = 0;
+    for (int r = 0; r < kAmxRows; ++r) {
+      const int64_t i = blk * bq + r / group;
+      const int g = r % group;
+      limit[r] = 0;
+      out_row[r] = nullptr;
+      uint16_t* qr = qa + r * D;
+      if (i < ql) {
+        const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * D;
+        limit[r] = int32_t(p.causal ? past + i + 1 : kv);
+        n_max = std::max<int64_t>(n_max, limit[r]);
+        out_row[r] = out + off;
+        const __m512 sc = _mm512_set1_ps(a.scale);
+        for (int t = 0; t < D; t += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + t), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(q + off + t), sc)));
+      } else {
+        std::fill(qr, qr + D, uint16_t(0));
+        if (i < p.s_q) {  // padding row
+          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * D;
+          std::fill(out + off, out + off + D, 0.f);
+        }
+      }
+    }
+    if (n_max == 0) continue;
+    const int64_t n16 = (n_max + 15) / 16 * 16, n32 = (n_max + 31) / 32 * 32;
+    // S = Q K^T over n16 keys: A tiles 2..2+NA-1 hold Q, C tiles 0 and 1 two key chunks, B tiles 6 and 7.
+    _tile_loadd(2, qa, D * 2);
+    _tile_loadd(3, qa + 32, D * 2);
+    if (NA == 4) {
+      _tile_loadd(4, qa + 64, D * 2);
+      _tile_loadd(5, qa + 96, D * 2);
+    }
+    const int64_t lds = n16 * 4;  // bytes per row of s
+    for (int64_t j0 = 0; j0 < n16; j0 += 32) {
+      const bool two = j0 + 16 < n16;
+      const uint16_t* k0 = kb + (j0 / 16) * (D / 2) * 32;
+      const uint16_t* k1 = k0 + (D / 2) * 32;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_loadd(6, k0, kAmxBytes);
+      _tile_dpbf16ps(0, 2, 6);
+      if (two) {
+        _tile_loadd(7, k1, kAmxBytes);
+        _tile_dpbf16ps(1, 2, 7);
+      }
+      _tile_loadd(6, k0 + 16 * 32, kAmxBytes);
+      _tile_dpbf16ps(0, 3, 6);
+      if (two) {
+        _tile_loadd(7, k1 + 16 * 32, kAmxBytes);
+        _tile_dpbf16ps(1, 3, 7);
+      }
+      if (NA == 4) {
+        _tile_loadd(6, k0 + 32 * 32, kAmxBytes);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(6, k0 + 48 * 32, kAmxBytes);
+        _tile_dpbf16ps(0, 5, 6);
+        if (two) {
+          _tile_loadd(7, k1 + 32 * 32, kAmxBytes);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_loadd(7, k1 + 48 * 32, kAmxBytes);
+          _tile_dpbf16ps(1, 5, 7);
+        }
+      }
+      _tile_stored(0, s + j0, lds);
+      if (two) _tile_stored(1, s + j0 + 16, lds);
+    }
+    // Softmax per row over its keys [0, limit): weights exp(s - m) in fp32, their sum, P in bf16.
+    alignas(64) float inv[kAmxRows];
+    for (int r = 0; r < kAmxRows; ++r) {
+      const float* sr = s + r * n16;
+      uint16_t* pr = pa + r * n32;
+      const int64_t lim = limit[r];
+      __m512 m = _mm512_set1_ps(neg_inf);
+      for (int64_t j = 0; j < lim; j += 16) {
+        const __mmask16 live = lim - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (lim - j)) - 1);
+        m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(neg_inf), live, sr + j));
+      }
+      const float mr = lim > 0 ? _mm512_reduce_max_ps(m) : 0.f;
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n32; j += 16) {
+        const int64_t left = lim - j;
+        const __mmask16 live = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
+        const __m512 w = _mm512_maskz_mov_ps(
+            live, cpu::exp_nonpositive_ps512(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sr + j), _mm512_set1_ps(mr))));
+        sum = _mm512_add_ps(sum, w);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), to_bf16(w));
+      }
+      const float total = _mm512_reduce_add_ps(sum);
+      inv[r] = total > 0.f ? 1.f / total : 0.f;
+    }
+    // O = P V: per pass four 16-wide d blocks in C tiles 0-3; P chunk in tile 4, V in tiles 5-7 (rotating).
+    const int64_t ldp = n32 * 2, ldv = int64_t(D) * 4;  // bytes per row of pa / of a vb key-pair row
+    for (int d0 = 0; d0 < D; d0 += 64) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t j0 = 0; j0 < n32; j0 += 32) {
+        const uint16_t* vr = vb + (j0 / 2) * D * 2 + d0 * 2;
+        _tile_loadd(4, pa + j0, ldp);
+        _tile_loadd(5, vr, ldv);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, vr + 32, ldv);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(7, vr + 64, ldv);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_loadd(5, vr + 96, ldv);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      _tile_stored(0, o + d0, D * 4);
+      _tile_stored(1, o + d0 + 16, D * 4);
+      _tile_stored(2, o + d0 + 32, D * 4);
+      _tile_stored(3, o + d0 + 48, D * 4);
+    }
+    for (int r = 0; r < kAmxRows; ++r) {
+      if (out_row[r] == nullptr) continue;
+      const __m512 sc = _mm512_set1_ps(inv[r]);
+      for (int t = 0; t < D; t += 16) _mm512_storeu_ps(out_row[r] + t, _mm512_mul_ps(_mm512_loadu_ps(o + r * D + t), sc));
+    }
+  }
+}
+
+RSVLM_ATT_AMX void attention_amx_item(const AmxAttention& a, int64_t item, char* scratch) {
+  AttAmxConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = kAmxBytes;
+    cfg.rows[t] = kAmxRows;
+  }
+  _tile_loadconfig(&cfg);
+  auto* kb = reinterpret_cast<uint16_t*>(scratch);
+  uint16_t* vb = kb + a.kb_elems;
+  uint16_t* qa = vb + a.vb_elems;
+  uint16_t* pa = qa + a.qa_elems;
+  float* s = reinterpret_cast<float*>(pa + a.pa_elems);
+  float* o = s + a.s_floats;
+  const int hk = int(item % a.p->cache.num_kv_heads), b = int(item / a.p->cache.num_kv_heads);
+  if (a.d == 64)
+    attend_item_amx<2>(a, b, hk, kb, vb, qa, pa, s, o);
+  else
+    attend_item_amx<4>(a, b, hk, kb, vb, qa, pa, s, o);
+  _tile_release();
+}
+
+// attention_cpu's prefill with bf16 products on AMX tiles (see above); items (b, hk).
+Status attention_amx_cpu(const AttentionParams& p, float scale, int64_t max_keys, int threads) {
+  AmxAttention a;
+  a.p = &p;
+  a.d = p.cache.head_dim;
+  a.group = p.num_heads / p.cache.num_kv_heads;
+  a.bq = kAmxRows / a.group;
+  a.n_blocks = (int64_t(p.s_q) + a.bq - 1) / a.bq;
+  a.scale = scale;
+  a.keys16 = (max_keys + 15) / 16 * 16;
+  a.keys32 = (max_keys + 31) / 32 * 32;
+  // Every part a multiple of 32 elements (64 bytes), so each starts 64-byte aligned after the first.
+  a.kb_elems = a.keys16 * a.d;
+  a.vb_elems = a.keys32 * a.d;
+  a.qa_elems = int64_t(kAmxRows) * a.d;
+  a.pa_elems = int64_t(kAmxRows) * a.keys32;
+  a.s_floats = int64_t(kAmxRows) * a.keys16;
+  a.o_floats = int64_t(kAmxRows) * a.d;
+  const int64_t bytes =
+      2 * (a.kb_elems + a.vb_elems + a.qa_elems + a.pa_elems) + 4 * (a.s_floats + a.o_floats) + 64;
+  std::vector<char> scratch;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(scratch, bytes, threads, "attention"));
+  const int64_t items = int64_t(p.batch) * p.cache.num_kv_heads;
+  host::parallel_for(items, 1, threads, [&](int64_t item, int worker) {
+    char* base = scratch.data() + int64_t(worker) * bytes;
+    base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+    attention_amx_item(a, item, base);
+  });
+  return Status::Ok();
+}
+#endif
+
 Status attention_cpu(const AttentionParams& p) {
   RSVLM_RETURN_IF_ERROR(attention_validate_host(p));
   if (p.batch == 0 || p.s_q == 0) return Status::Ok();
@@ -379,6 +637,9 @@ Status attention_cpu(const AttentionParams& p) {
                          cpu_kernels() >= CpuKernels::avx512vnni)
                             ? choose_block(d)
                             : nullptr;
+  if (p.bf16_products && c.dtype == DType::f32 && p.s_q > 1 && group <= kBlockRows && kBlockRows % group == 0 &&
+      (d == 64 || d == 128) && cpu_kernels() == CpuKernels::amx)
+    return attention_amx_cpu(p, scale, max_keys, threads);
   if (block != nullptr) return attention_blocks_cpu(p, block, scale, max_keys, threads);
 #endif
   // Per thread: scores (G, max_keys), qs (G, D), acc (G, D), m (G), sum (G); allocated before the region.

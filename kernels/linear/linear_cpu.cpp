@@ -365,13 +365,15 @@ bool cpu_has_avx512vnni() {
   return cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
-// AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), the OS saving tile state (XCR0 bits 17, 18), and
-// Linux granting this process tile data (arch_prctl ARCH_REQ_XCOMP_PERM; once, the answer is kept).
-bool cpu_has_amx_int8() {
+// AMX-BF16, AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 22, 24, 25) with AVX512-BF16 (CPUID.(7,1):EAX
+// bit 5), the OS saving tile state (XCR0 bits 17, 18), and Linux granting this process tile data
+// (arch_prctl ARCH_REQ_XCOMP_PERM; asked once, the answer is kept).
+bool cpu_has_amx() {
   static const bool has = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
     if (!cpu_has_avx512vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    if (!(d & (1u << 22)) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
     unsigned lo = 0, hi = 0;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -388,7 +390,7 @@ bool cpu_has_amx_int8() {
 #else
 bool cpu_has_avx2_fma_f16c() { return false; }
 bool cpu_has_avx512vnni() { return false; }
-bool cpu_has_amx_int8() { return false; }
+bool cpu_has_amx() { return false; }
 #endif
 
 std::atomic<int> g_kernels{-1};  // a CpuKernels value; -1 = not chosen yet (best supported)
@@ -411,7 +413,7 @@ bool cpu_kernels_supported(CpuKernels k) {
     case CpuKernels::avx512vnni:
       return cpu_has_avx512vnni();
     case CpuKernels::amx:
-      return cpu_has_amx_int8();
+      return cpu_has_amx();
   }
   return false;
 }
@@ -433,7 +435,7 @@ CpuKernels cpu_kernels() {
 
 Status set_cpu_kernels(CpuKernels k) {
   if (!cpu_kernels_supported(k)) {
-    const char* needs = k == CpuKernels::amx          ? "AVX512-VNNI and AMX-INT8 (and the kernel's permission to use AMX tiles)"
+    const char* needs = k == CpuKernels::amx          ? "AVX512-VNNI, AVX512-BF16, AMX-INT8 and AMX-BF16 (and the kernel's permission to use AMX tiles)"
                         : k == CpuKernels::avx512vnni ? "AVX2, FMA, F16C and AVX512-VNNI/VL/BW"
                                                       : "AVX2, FMA and F16C";
     return Status::Invalid(std::string("CPU kernels '") + cpu_kernels_name(k) + "' need an x86-64 CPU with " + needs +

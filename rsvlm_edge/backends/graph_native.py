@@ -12,7 +12,9 @@ part's ONNX graph (uint8 ``(B, S, S, 3)`` RGB pixels -> ``(B, E)`` unnormalised 
 Linear layers run ``linear`` (fp32 weights, or fp16 widened in registers) or, for ``w8`` towers,
 ``qgemm`` (int8 weights per output channel packed once at load for its AMX-INT8 or AVX512-VNNI body,
 activations quantised per row: W8A8); a ``w8`` tower's patch conv too (conv1 quantised to int8 per output
-channel at load, the patch rows per row: ``patch_embed`` with a packed weight). fp32/fp16 weights are
+channel at load, the patch rows per row: ``patch_embed`` with a packed weight) and its attention, which
+may take bf16 products (``attention_prefill(bf16_products=True)``: AMX-BF16 tiles where the CPU has them,
+else fp32). fp32/fp16 weights are
 read-only views of the bundle's
 memory-mapped safetensors file (no copy); int8 ones are read once to pack them. Threads:
 the kernels' one pool for the process (``OMP_NUM_THREADS``, default every CPU); the ``threads``
@@ -228,7 +230,7 @@ class NativeVisionTower:
             blk.v(c, hn, v)
             c.kv_append(k_cache, v_cache, k.reshape(b, t, h, d), v.reshape(b, t, h, d), start)
             c.attention_prefill(q.reshape(b, t, h, d), k_cache, v_cache, lens, lens, out=o.reshape(b, t, h, d),
-                                causal=False)
+                                causal=False, bf16_products=self.precision == "w8")
             blk.o(c, o, a)
             c.layer_norm(x2, blk.ln2[0], blk.ln2[1], add=a, eps=LN_EPS, out=hn)  # x += attention, then LN2
             blk.fc(c, hn, f)
