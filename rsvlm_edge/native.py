@@ -75,7 +75,9 @@ def patch_embed(
 
     Args:
         images: (B, H, W, 3) uint8 RGB, C-contiguous, already at model resolution (H, W multiples of P).
-        weight: (D, 3, P, P) conv1 weight. float32 on CPU; float32/float16/bfloat16 on CUDA.
+        weight: (D, 3, P, P) conv1 weight. float32 on CPU; float32/float16/bfloat16 on CUDA. On the CPU also
+            the weight reshaped to (D, 3*P*P), quantised to int8 per output channel and packed by
+            ``_C.qgemm_pack``: the conv then runs as ``qgemm`` (W8A8, each patch row quantised to int8).
         class_emb: (D) class embedding, same dtype as ``weight``.
         pos_emb: (N + 1, D) position embedding, N = (H / P) * (W / P); see ``interpolate_pos_embed``.
         mean, std: 3 floats each, in 0..1 units: x = (u8 / 255 - mean) / std.

@@ -254,11 +254,19 @@ def _serves(part: Any) -> bool:
 
 
 def _auto_for(part: Any) -> bool:
-    """``auto`` picks it for W8A8 towers only: against the bundle's int8 graph on onnxruntime, ViT-L/14-336
-    1.32x / 1.54x at batch 1 / 8 and ViT-B/32 1.0x / 1.31x (bench/RESULTS.md); its fp32 GEMM is slower
-    than onnxruntime's (0.85x), so fp32/fp16 towers stay there."""
+    """``auto`` picks it for W8A8 towers on CPUs whose integer kernels it was measured faster with:
+    kernel sets amx (AMX tiles) and avx512vnni. Against onnxruntime ``quantize_dynamic`` on the same
+    graph (bench/RESULTS.md, 2 threads): AMX Xeon ViT-L/14-336 1.56x / 1.91x at batch 1 / 8, ViT-B/32
+    1.76x / 2.20x; Zen 4 (avx512vnni) ViT-L 1.39x / 1.40x, ViT-B/32 0.89x / 1.29x (before the int8 patch
+    conv). With avx2 or portable kernels (older x86, aarch64) the W8A8 GEMM is plain C++, so those
+    towers stay on onnxruntime, as fp32/fp16 towers do everywhere (its fp32 GEMM is faster than ours)."""
     native = getattr(part, "native", None)
-    return native is not None and native.precision == "w8"
+    if native is None or native.precision != "w8":
+        return False
+    try:
+        return _ext().cpu_kernels() in ("amx", "avx512vnni")
+    except Exception:  # noqa: BLE001  (no extension: the probe has already refused the backend)
+        return False
 
 
 def _supports(part: Any) -> str | None:
