@@ -216,8 +216,13 @@ def test_bf16_products_on_amx_match_their_definition(heads, causal, paged):
 @pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
 def test_bf16_products_is_a_permission(heads, cpu_kernels):
     """Without an AMX body (other kernel sets; head dims other than 64/128) the flag changes nothing."""
+    # an int8 cache has no bf16 body on any kernel set
+    plain, _, _ = run_prefill(heads, (50, 3), (0, 9), paged=True, cache_dtype=np.int8, causal=False)
+    flagged, _, _ = run_prefill(heads, (50, 3), (0, 9), paged=True, cache_dtype=np.int8, causal=False,
+                                bf16_products=True)
+    np.testing.assert_array_equal(flagged, plain)
     if cpu_kernels == "amx" and heads[2] in (64, 128):
-        pytest.skip("the amx body itself: test_bf16_products_on_amx_match_their_definition")
+        return  # an fp32 cache there is the amx body itself: test_bf16_products_on_amx_match_their_definition
     plain, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=False)
     flagged, _, _ = run_prefill(heads, (50, 17, 3), (0, 0, 9), paged=False, causal=False, bf16_products=True)
     np.testing.assert_array_equal(flagged, plain)

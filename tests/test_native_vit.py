@@ -207,6 +207,14 @@ def _minus_128(t):
     return t
 
 
+def _nan_conv(t):
+    t = dict(t)
+    w = t["conv1.weight"].copy()
+    w[0, 0, 0, 0] = np.nan  # a w8 tower quantises conv1 at load: a NaN would poison every scale after it
+    t["conv1.weight"] = w
+    return t
+
+
 def _renumber_last_block(t):
     """Block 1 of 2 renamed block 2: a gap that must not make the tower run one block and stop."""
     return {k.replace("resblocks.1.", "resblocks.2."): v for k, v in t.items()}
@@ -219,6 +227,7 @@ HOSTILE = {
     "wrong-dtype": ("fp16", _retype("transformer.resblocks.0.mlp.c_fc.weight"), "mlp.c_fc.weight"),
     "inf-scales": ("int8", _poison_scale, "scale"),
     "int8-minus-128": ("int8", _minus_128, "-128"),
+    "int8-nan-conv": ("int8", _nan_conv, "conv1.weight"),
     "gap-in-blocks": ("fp32", _renumber_last_block, "numbered"),
 }
 
