@@ -14,6 +14,7 @@
 #define RSVLM_X86 1
 #include <immintrin.h>
 
+#include "common/amx_tiles.h"
 #include "common/cpu_exp_simd.h"
 #endif
 
@@ -375,16 +376,8 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
 #define RSVLM_ATT_AMX \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16,amx-tile,amx-bf16")))
 
-constexpr int kAmxRows = 16;   // rows of every tile
-constexpr int kAmxBytes = 64;  // bytes per tile row (32 bf16 / 16 fp32)
-
-struct alignas(64) AttAmxConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+constexpr int kAmxRows = cpu::kAmxTileRows;    // rows of every tile
+constexpr int kAmxBytes = cpu::kAmxTileBytes;  // bytes per tile row (32 bf16 / 16 fp32)
 
 // 16 floats -> 16 bf16, round to nearest even (vcvtneps2bf16).
 RSVLM_ATT_AMX inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
@@ -566,12 +559,7 @@ RSVLM_ATT_AMX void attend_item_amx(const AmxAttention& a, int b, int hk, uint16_
 }
 
 RSVLM_ATT_AMX void attention_amx_item(const AmxAttention& a, int64_t item, char* scratch) {
-  AttAmxConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = kAmxBytes;
-    cfg.rows[t] = kAmxRows;
-  }
-  _tile_loadconfig(&cfg);
+  cpu::amx_configure_16x64();
   auto* kb = reinterpret_cast<uint16_t*>(scratch);
   uint16_t* vb = kb + a.kb_elems;
   uint16_t* qa = vb + a.vb_elems;

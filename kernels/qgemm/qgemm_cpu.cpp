@@ -36,6 +36,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/amx_tiles.h"
 #include "common/host_checks.h"
 #include "common/thread_pool.h"
 #include "rsvlm_edge/linear.h"
@@ -290,24 +291,16 @@ Schedule schedule(int panels, int64_t blocks, int64_t panel_bytes, int tile_pane
 #define RSVLM_QGAMX \
   __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
-constexpr int kAmxTileRows = 16;                                    // rows of an A or C tile
-constexpr int kAmxTileBytes = 64;                                   // bytes per tile row
+using cpu::kAmxTileBytes;                                           // bytes per tile row
+using cpu::kAmxTileRows;                                            // rows of an A or C tile
 constexpr int kAmxMR = 2 * kAmxTileRows;                            // rows per block: two A tiles
 constexpr int kAmxNP = 2;                                           // panels per block: two B tiles
 constexpr int kAmxChunkSteps = kAmxTileBytes / kQGemmKStep;         // 16 k-steps (64 inputs) per B tile
 constexpr int kAmxBTileBytes = kAmxChunkSteps * kStepBytes;         // 1 KiB
 constexpr int kAmxC = kAmxNP * kQGemmPanel;                         // 32 int32 per row of the C block
 
-// Palette 1, tiles 0-3 the C block (16 rows x 16 int32), 4-5 A (16 rows x 64 int8), 6-7 B (16 k-steps x
-// 64 bytes); loaded per work item, released after it (ldtilecfg zeroes every tile).
-struct alignas(64) AmxConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-static_assert(sizeof(AmxConfig) == 64, "the tile configuration is 64 bytes");
+// Tiles (cpu::amx_configure_16x64, per work item, released after it): 0-3 the C block (16 rows x 16
+// int32), 4-5 A (16 rows x 64 int8), 6-7 B (16 k-steps x 64 bytes).
 
 // c (32, 32) int32 = a (32 rows, stride lda) . [panel b0 | panel b1] over `ksteps` k-steps (exact int32).
 // a holds zeros from K to the next multiple of 64 inputs; a last partial chunk of B is copied into
@@ -372,12 +365,7 @@ struct AmxCall {
 // One work item: its row blocks against its group of panels, with the tiles configured for it.
 // y = float(dot) * (sw * sx) + bias, the same float operations as the avx512vnni epilogue.
 RSVLM_QGAMX void amx_item(const AmxCall& q, int64_t item) {
-  AmxConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = kAmxTileBytes;
-    cfg.rows[t] = kAmxTileRows;
-  }
-  _tile_loadconfig(&cfg);
+  cpu::amx_configure_16x64();
   alignas(64) int32_t c[kAmxMR * kAmxC];
   const int p0 = int(item / q.sc.spans) * q.sc.group, p1 = std::min(q.panels, p0 + q.sc.group);
   const int64_t b0 = (item % q.sc.spans) * q.sc.span, b1 = std::min(ceil_div(q.m, kAmxMR), b0 + q.sc.span);
