@@ -56,7 +56,11 @@ GGUF_TYPES = {"fp16": "F16", "w8": "Q8_0", "w4": "Q4_0"}
 def _sentencepiece_model(path: Path, vocab: int) -> None:
     """A valid LLaMA-style sentencepiece BPE model of exactly `vocab` pieces (<unk>, <s>, </s>, the
     256 byte pieces, then synthetic pieces): what convert_hf_to_gguf reads for a LLaMA checkpoint."""
-    from sentencepiece import sentencepiece_model_pb2 as sp
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as sp
+    except ImportError:
+        sys.exit("error: this benchmark builds a sentencepiece tokenizer, and sentencepiece is not installed\n"
+                 "fix: pip install sentencepiece protobuf")
 
     m = sp.ModelProto()
     m.trainer_spec.model_type = sp.TrainerSpec.BPE
@@ -247,19 +251,27 @@ def gguf_file(peer, ckpt: Path, precision: str, dest: Path, log: Path) -> Path:
     return path
 
 
-def _max_rss_run(cmd: list[str]) -> tuple[str, int]:
-    """stdout of `cmd` and its peak RSS in bytes (GNU time)."""
+def _max_rss_run(cmd: list[str], exit_on_error: bool = True) -> tuple[str, int] | None:
+    """stdout of `cmd` and its peak RSS in bytes (GNU time); None when it fails and not `exit_on_error`."""
     r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True)
     if r.returncode != 0:
+        if not exit_on_error:
+            return None
         sys.exit(f"error: {' '.join(cmd[:3])} ... failed (exit {r.returncode}): {r.stderr[-400:]}\nfix: see the message")
     m = re.search(r"MAXRSS_KB=(\d+)", r.stderr)
     return r.stdout, int(m.group(1)) * 1024 if m else 0
 
 
 def run_llamacpp(peer, model: Path, a: argparse.Namespace) -> dict:
-    out, rss = _max_rss_run([str(peer.tool("llama-bench")), "-m", str(model), "-p", str(a.prompt), "-n", str(a.new),
-                             "-t", str(a.threads), "-r", str(a.repeats), "-o", "json"])
-    row: dict = {"peak_rss_bytes": rss, "gguf_bytes": model.stat().st_size}
+    cmd = [str(peer.tool("llama-bench")), "-m", str(model), "-p", str(a.prompt), "-n", str(a.new),
+           "-t", str(a.threads), "-r", str(a.repeats), "-o", "json"]
+    res, repack = _max_rss_run(cmd, exit_on_error=False), True
+    if res is None:  # its repacked weights (AMX / interleaved kernels) crash on some CPUs: the run without them
+        print(f"llama.cpp: llama-bench failed on {model.name} with repacked weights (its default); again with "
+              "--repack 0", flush=True)
+        res, repack = _max_rss_run(cmd + ["--repack", "0"]), False
+    out, rss = res
+    row: dict = {"peak_rss_bytes": rss, "gguf_bytes": model.stat().st_size, "repack": repack}
     for rec in json.loads(out):
         if rec.get("n_prompt") == a.prompt and rec.get("n_gen") == 0:
             row["prefill_tok_s"] = rec["avg_ts"]
@@ -270,7 +282,7 @@ def run_llamacpp(peer, model: Path, a: argparse.Namespace) -> dict:
         ctx = b * (a.bs8_prompt + a.new) + 64
         out, _ = _max_rss_run([str(peer.tool("llama-batched-bench")), "-m", str(model), "-c", str(ctx), "-b", "2048",
                                "-ub", "512", "-npp", str(a.bs8_prompt), "-ntg", str(a.new), "-npl", str(b),
-                               "-t", str(a.threads), "--output-format", "jsonl"])
+                               "-t", str(a.threads), "--output-format", "jsonl", *([] if repack else ["--no-repack"])])
         recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         row[f"decode_bs{b}_tok_s"] = recs[-1]["speed_tg"]
     return row
@@ -340,6 +352,10 @@ def markdown(result: dict) -> str:
                      f"{cell('decode_bs8_tok_s')} | {gbs:.1f} ({100 * gbs / bw:.0f}%) | {mem} "
                      f"({(resident + ours['kv_cache_bytes']) / 2**20:.0f}, "
                      f"{100 * ours['peak_rss_bytes'] / (resident + ours['kv_cache_bytes']) - 100:+.0f}%) |")
+    no_repack = [p for p, row in result.get("llamacpp", {}).items() if row.get("repack") is False]
+    if no_repack:
+        lines += ["", f"llama.cpp ran {', '.join(no_repack)} with `--repack 0` / `--no-repack`: with its default "
+                  "repacked weights llama-bench crashed (segfault) on this CPU."]
     lines += ["", "Where our time goes (batch 1; prefill: ms for the whole prompt, decode: ms per token):", ""]
     for p, ours in result["ours"].items():
         pre = ", ".join(f"{k} {v['ms']:.0f}" for k, v in ours.get("prefill_profile", {}).items())
