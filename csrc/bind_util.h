@@ -76,12 +76,6 @@ std::array<TensorArg, N> load_args(const ArgChecker& c, Impl impl, int64_t strea
   return args;
 }
 
-inline std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
-
 // `out` checked against `dims` and the dtype of `like`, or a new float32 numpy array (CPU only).
 inline py::object output(ArgChecker& c, py::handle out_obj, TensorArg& out, const TensorArg& like,
                          std::initializer_list<Dim> dims, const std::vector<int64_t>& shape) {
@@ -92,7 +86,7 @@ inline py::object output(ArgChecker& c, py::handle out_obj, TensorArg& out, cons
   }
   if (on_cuda(like))
     c.fail("argument 'out' is required for CUDA inputs: pass a preallocated " + std::string(dtype_name(like.dtype)) +
-           " tensor of shape " + shape_str(shape) + " on the same device");
+           " tensor of shape " + format_shape(shape) + " on the same device");
   py::array_t<float> arr(std::vector<py::ssize_t>(shape.begin(), shape.end()));
   out = tensor_arg(arr, "out");
   return arr;

@@ -47,6 +47,15 @@ namespace rsvlm_edge {
 
 namespace py = pybind11;
 
+// "(2, 224, 224)", "(5,)". Built with std::to_string, not iostreams: with torch imported, numeric ostream
+// insertion in this module crashed on one GPU machine (Ubuntu 24.04 libstdc++, torch 2.11: locale facets
+// mixed up between libstdc++ copies, pytorch/pytorch#109923), and these strings exist to report errors.
+inline std::string format_shape(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
 struct TensorArg {
   std::string name;      // argument name, for messages
   void* data = nullptr;  // first element (byte offsets already applied)
@@ -79,14 +88,7 @@ struct TensorArg {
   }
 
   // "(2, 224, 224)"
-  // Built with std::to_string, not iostreams: with torch imported, numeric ostream insertion in this
-  // module crashed on one GPU machine (Ubuntu 24.04 libstdc++, torch 2.11: locale facets mixed up
-  // between libstdc++ copies, pytorch/pytorch#109923), and these strings exist to report errors.
-  std::string shape_str() const {
-    std::string s = "(";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + (shape.size() == 1 ? ",)" : ")");
-  }
+  std::string shape_str() const { return format_shape(shape); }
   std::string device_str() const {
     if (device.type == DeviceType::cpu) return "cpu";
     return device.id < 0 ? std::string("cuda") : "cuda:" + std::to_string(device.id);
@@ -372,7 +374,7 @@ class ArgChecker {
 
  private:
   [[noreturn]] void fail(const TensorArg& t, const std::vector<Dim>& d, std::initializer_list<DType> dtypes) const {
-    std::string s = op_ + ": argument '" + t.name + "' must have shape (";  // no iostreams: see shape_str
+    std::string s = op_ + ": argument '" + t.name + "' must have shape (";  // no iostreams: see format_shape
     for (size_t i = 0; i < d.size(); ++i) {
       s += (i ? ", " : "") + d[i].label;
       auto it = bound_.find(d[i].label);

@@ -437,15 +437,15 @@ Status qgemm_cpu(const QGemmParams& p) {
   RSVLM_RETURN_IF_ERROR(qgemm_validate(p, /*packed=*/true));
   if (p.m == 0) return Status::Ok();
   const QGemmLayout l = qgemm_layout(p.n, p.k);
-  const int64_t macs_all = host::checked_mul(host::checked_mul(p.m, p.n), p.k);
+  const int64_t macs = host::checked_mul(host::checked_mul(p.m, p.n), p.k);
+  const int threads = host::threads_for(macs < 0 ? INT64_MAX : macs / 64);
 #if RSVLM_X86
-  if (cpu_kernels() == CpuKernels::amx) return qgemm_amx(p, l, host::threads_for(macs_all < 0 ? INT64_MAX : macs_all / 64));
+  if (cpu_kernels() == CpuKernels::amx) return qgemm_amx(p, l, threads);
 #endif
   const QGemmKernels& ks = active_kernels();
   const int64_t m = p.m, n = p.n;
   const int k = p.k, k4 = l.k4, ksteps = k4 / kQGemmKStep, panels = l.panels;
   const int64_t blocks = ceil_div(m, kMR), block_bytes = int64_t(k4) * kMR;
-  const int threads = host::threads_for(macs_all < 0 ? INT64_MAX : macs_all / 64);
 
   // Scratch, allocated before any parallel loop: the quantised row blocks (64-byte aligned), sx, and
   // per worker one row of int8 for the definition.
