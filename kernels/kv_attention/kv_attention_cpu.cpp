@@ -312,6 +312,35 @@ Status kv_append_cpu(const KvAppendParams& p) {
 }
 
 #if RSVLM_X86
+// Block `blk` of sequence b and KV head hk for the 16-row bodies (avx512 and amx): row r = (query blk * Bq + r / G,
+// head hk * G + r % G), Bq = 16 / G. limit[r]: the row's keys are [0, limit[r]) (0 for a row without a query);
+// q_row[r] / out_row[r]: its query and output (D floats), nullptr without a query. Padding rows (past q_lens[b],
+// inside S_q) are zeroed in out here. Returns the longest limit.
+int64_t block_rows(const AttentionParams& p, int b, int hk, int64_t blk, int32_t* limit, const float** q_row,
+                   float** out_row) {
+  const int h_q = p.num_heads, d = p.cache.head_dim, group = h_q / p.cache.num_kv_heads, bq = kBlockRows / group;
+  const int64_t ql = p.q_lens ? p.q_lens[b] : p.s_q, past = int64_t(p.kv_lens[b]) - ql;
+  const float* q = static_cast<const float*>(p.q);  // (B, S_q, H, D)
+  float* out = static_cast<float*>(p.out);          // (B, S_q, H, D)
+  int64_t n_max = 0;
+  for (int r = 0; r < kBlockRows; ++r) {
+    const int64_t i = blk * bq + r / group;
+    const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + r % group) * d;
+    limit[r] = 0;
+    q_row[r] = nullptr;
+    out_row[r] = nullptr;
+    if (i < ql) {
+      limit[r] = int32_t(p.causal ? past + i + 1 : past + ql);  // causal: keys [0, past + i]; else all
+      n_max = std::max<int64_t>(n_max, limit[r]);
+      q_row[r] = q + off;
+      out_row[r] = out + off;
+    } else if (i < p.s_q) {
+      std::fill(out + off, out + off + d, 0.f);  // padding row
+    }
+  }
+  return n_max;
+}
+
 // attention_cpu's prefill over 16-row blocks: work item (sequence b, block of Bq = 16 / G queries, KV
 // head hk), item = (b * n_blocks + block) * H_kv + hk, one per chunk (later blocks have longer ranges).
 Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale, int64_t max_keys, int threads) {
@@ -319,8 +348,6 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
   const int h_q = p.num_heads, h_kv = c.num_kv_heads, d = c.head_dim, group = h_q / h_kv;
   const int bq = kBlockRows / group;
   const int64_t n_blocks = (int64_t(p.s_q) + bq - 1) / bq;
-  const float* q = static_cast<const float*>(p.q);  // (B, S_q, H, D)
-  float* out = static_cast<float*>(p.out);          // (B, S_q, H, D)
   // Per thread: qt (D, 16) and scores (round4(max_keys), 16).
   const int64_t keys4 = (max_keys + 3) / 4 * 4;  // max_keys <= capacity (an int)
   const int64_t per_thread = host::checked_mul(kBlockRows, keys4 + d);
@@ -334,28 +361,13 @@ Status attention_blocks_cpu(const AttentionParams& p, BlockFn block, float scale
     const int hk = int(item % h_kv);
     const int64_t blk_i = (item / h_kv) % n_blocks;
     const int b = int(item / (int64_t(h_kv) * n_blocks));
-    const int ql = p.q_lens ? p.q_lens[b] : p.s_q;
-    const int64_t past = int64_t(p.kv_lens[b]) - ql;
     alignas(64) int32_t limit[kBlockRows];
+    const float* q_row[kBlockRows];
     float* out_row[kBlockRows];
-    int64_t n_max = 0;
-    for (int r = 0; r < kBlockRows; ++r) {
-      const int64_t i = blk_i * bq + r / group;
-      const int g = r % group;
-      const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * d;
-      limit[r] = 0;
-      out_row[r] = nullptr;
-      if (i < ql) {
-        limit[r] = int32_t(p.causal ? past + i + 1 : past + ql);  // causal: keys [0, past + i]; else all
-        n_max = std::max<int64_t>(n_max, limit[r]);
-        out_row[r] = out + off;
-        for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = q[off + t] * scale;
-      } else {
-        for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = 0.f;
-        if (i < p.s_q) std::fill(out + off, out + off + d, 0.f);  // padding row
-      }
-    }
+    const int64_t n_max = block_rows(p, b, hk, blk_i, limit, q_row, out_row);
     if (n_max == 0) return;
+    for (int r = 0; r < kBlockRows; ++r)
+      for (int t = 0; t < d; ++t) qt[int64_t(t) * kBlockRows + r] = q_row[r] ? q_row[r][t] * scale : 0.f;
     block(PrefillBlock{&c, b, hk, n_max, limit, qt, st, out_row});
   });
   return Status::Ok();
@@ -382,11 +394,11 @@ constexpr int kAmxBytes = cpu::kAmxTileBytes;  // bytes per tile row (32 bf16 / 
 // 16 floats -> 16 bf16, round to nearest even (vcvtneps2bf16).
 RSVLM_ATT_AMX inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
-// What the work items of one call share; per-thread scratch of bytes_per_thread.
+// What the work items of one call share, and the parts of each thread's scratch.
 struct AmxAttention {
   const AttentionParams* p;
-  int group, bq, d;
-  int64_t n_blocks, keys16, keys32;  // keys rounded up, for the longest sequence
+  int d;
+  int64_t n_blocks;  // blocks of 16 (query, head) rows per (b, hk)
   float scale;
   int64_t kb_elems, vb_elems, qa_elems, pa_elems, s_floats, o_floats;  // per-thread scratch parts
 };
@@ -400,10 +412,7 @@ RSVLM_ATT_AMX void attend_item_amx(const AmxAttention& a, int b, int hk, uint16_
   const KvCacheView& c = p.cache;
   const float* kc = static_cast<const float*>(c.k);
   const float* vc = static_cast<const float*>(c.v);
-  const float* q = static_cast<const float*>(p.q);  // (B, S_q, H, D)
-  float* out = static_cast<float*>(p.out);          // (B, S_q, H, D)
-  const int h_q = p.num_heads, group = a.group, bq = a.bq;
-  const int64_t kv = p.kv_lens[b], ql = p.q_lens ? p.q_lens[b] : p.s_q, past = kv - ql;
+  const int64_t kv = p.kv_lens[b];
   const int64_t k16 = (kv + 15) / 16 * 16, k32 = (kv + 31) / 32 * 32;
   // K (keys16, D) -> kb: chunk of 16 keys j0, d-pair t at kb[((j0 / 16) * (D / 2) + t) * 32 + (j % 16) * 2].
   // V (keys32, D) -> vb: key pair u, d at vb[(u * D + d) * 2 + (j % 2)]. Padding keys are zeros.
@@ -433,33 +442,22 @@ RSVLM_ATT_AMX void attend_item_amx(const AmxAttention& a, int b, int hk, uint16_
   }
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t blk = 0; blk < a.n_blocks; ++blk) {
-    // Q rows (scaled, bf16) and each row's key limit; rows without a query are zeros with limit 0.
+    // The block's rows (block_rows), then Q scaled in bf16; rows without a query are zeros with limit 0.
     int32_t limit[kAmxRows];
+    const float* q_row[kAmxRows];
     float* out_row[kAmxRows];
-    int64_t n_max = 0;
-    for (int r = 0; r < kAmxRows; ++r) {
-      const int64_t i = blk * bq + r / group;
-      const int g = r % group;
-      limit[r] = 0;
-      out_row[r] = nullptr;
-      uint16_t* qr = qa + r * D;
-      if (i < ql) {
-        const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * D;
-        limit[r] = int32_t(p.causal ? past + i + 1 : kv);
-        n_max = std::max<int64_t>(n_max, limit[r]);
-        out_row[r] = out + off;
-        const __m512 sc = _mm512_set1_ps(a.scale);
-        for (int t = 0; t < D; t += 16)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + t), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(q + off + t), sc)));
-      } else {
-        std::fill(qr, qr + D, uint16_t(0));
-        if (i < p.s_q) {  // padding row
-          const int64_t off = ((int64_t(b) * p.s_q + i) * h_q + int64_t(hk) * group + g) * D;
-          std::fill(out + off, out + off + D, 0.f);
-        }
-      }
-    }
+    const int64_t n_max = block_rows(p, b, hk, blk, limit, q_row, out_row);
     if (n_max == 0) continue;
+    const __m512 sc = _mm512_set1_ps(a.scale);
+    for (int r = 0; r < kAmxRows; ++r) {
+      uint16_t* qr = qa + r * D;
+      if (q_row[r] == nullptr) {
+        std::fill(qr, qr + D, uint16_t(0));
+        continue;
+      }
+      for (int t = 0; t < D; t += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + t), to_bf16(_mm512_mul_ps(_mm512_loadu_ps(q_row[r] + t), sc)));
+    }
     const int64_t n16 = (n_max + 15) / 16 * 16, n32 = (n_max + 31) / 32 * 32;
     // S = Q K^T over n16 keys: A tiles 2..2+NA-1 hold Q, C tiles 0 and 1 two key chunks, B tiles 6 and 7.
     _tile_loadd(2, qa, D * 2);
@@ -579,18 +577,16 @@ Status attention_amx_cpu(const AttentionParams& p, float scale, int64_t max_keys
   AmxAttention a;
   a.p = &p;
   a.d = p.cache.head_dim;
-  a.group = p.num_heads / p.cache.num_kv_heads;
-  a.bq = kAmxRows / a.group;
-  a.n_blocks = (int64_t(p.s_q) + a.bq - 1) / a.bq;
+  const int bq = kAmxRows / (p.num_heads / p.cache.num_kv_heads);  // queries per block
+  a.n_blocks = (int64_t(p.s_q) + bq - 1) / bq;
   a.scale = scale;
-  a.keys16 = (max_keys + 15) / 16 * 16;
-  a.keys32 = (max_keys + 31) / 32 * 32;
+  const int64_t keys16 = (max_keys + 15) / 16 * 16, keys32 = (max_keys + 31) / 32 * 32;  // longest sequence
   // Every part a multiple of 32 elements (64 bytes), so each starts 64-byte aligned after the first.
-  a.kb_elems = a.keys16 * a.d;
-  a.vb_elems = a.keys32 * a.d;
+  a.kb_elems = keys16 * a.d;
+  a.vb_elems = keys32 * a.d;
   a.qa_elems = int64_t(kAmxRows) * a.d;
-  a.pa_elems = int64_t(kAmxRows) * a.keys32;
-  a.s_floats = int64_t(kAmxRows) * a.keys16;
+  a.pa_elems = int64_t(kAmxRows) * keys32;
+  a.s_floats = int64_t(kAmxRows) * keys16;
   a.o_floats = int64_t(kAmxRows) * a.d;
   const int64_t bytes =
       2 * (a.kb_elems + a.vb_elems + a.qa_elems + a.pa_elems) + 4 * (a.s_floats + a.o_floats) + 64;
