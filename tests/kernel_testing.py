@@ -30,7 +30,7 @@ def cpu_kernel_sets() -> list[str]:
 
 CPU_KERNELS = cpu_kernel_sets()
 # Sets that change only some ops: a `cpu_kernels` test runs them only when its cpu_kernel_sets marker names
-# them (amx differs from avx512vnni in qgemm alone).
+# them (amx differs from avx512vnni in qgemm, qlinear's GEMM, patch_embed's int8 conv and bf16 attention alone).
 NARROW_CPU_KERNELS = ("amx",)
 
 

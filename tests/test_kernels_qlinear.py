@@ -19,6 +19,9 @@ C = pytest.importorskip("rsvlm_edge._C")
 from rsvlm_edge.backends import decoder_numpy  # noqa: E402
 from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4, quantize_w8  # noqa: E402
 
+# amx changes qlinear's GEMM loop nest (M >= 4: tile products); every cpu_kernels test runs it too.
+pytestmark = pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
+
 
 def quantised(rng, n, k, fmt, groups=None):
     """(w, w_scale (N, G), the integer weights (N, K)) of a seeded weight in format i8 or i4."""
@@ -129,6 +132,40 @@ def test_micro_kernel_sets_agree():
         for name in CPU_KERNELS[1:]:
             for a, b in zip(first, results[(fmt, name)]):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("amx" not in CPU_KERNELS, reason="this CPU has no AMX-INT8 tiles (or Linux did not grant them)")
+@pytest.mark.parametrize("fmt", ["i8", "i4"])
+@pytest.mark.parametrize("m, k, n, groups", [
+    (4, 2, 1, 1),         # one quad, one output
+    (5, 62, 3, 1),        # K % 4 != 0 (i8) and < 64: one short block
+    (16, 128, 32, 1),     # exactly one row block, one pair of panels
+    (17, 194, 33, 1),     # a row block of 1, a panel of 1, a short last block
+    (31, 1000, 47, 1),    # odd everything
+    (40, 2048, 64, 16),   # i4 groups of 128; two steps of row blocks (whole-pair staging)
+    (70, 20480, 40, 1),   # several spans of row blocks (the B tiles of a span are capped)
+], ids=str)
+def test_amx_gemm_is_the_vnni_gemm_bit_for_bit(fmt, m, k, n, groups):
+    """The AMX tile GEMM adds each block's exact int32 dot with the avx512vnni tile's float operations in
+    its order, so the two agree bit for bit (and with the reference to fp32 rounding)."""
+    if fmt == "i4" and k % 2:
+        pytest.skip("i4 needs an even K")
+    rng = np.random.default_rng(m + k + n)
+    x = randn(rng, m, k)
+    x[1, : min(k, 128)] = 0  # an all-zero block
+    w, s, _ = quantised(rng, n, k, fmt, groups=groups if fmt == "i4" and groups > 1 else None)
+    bias = randn(rng, n)
+    try:
+        C.set_cpu_kernels("avx512vnni")
+        vnni = C.qlinear(x, w, s, bias)
+        C.set_cpu_kernels("amx")
+        out = np.full((m, n), np.nan, np.float32)  # poisoned: every element must be written
+        assert C.qlinear(x, w, s, bias, out=out) is out
+    finally:
+        C.set_cpu_kernels("auto")
+    np.testing.assert_array_equal(out, vnni)
+    ref = reference(x, w, s, bias)
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
 
 
 def test_zero_and_nonfinite_activation_blocks(cpu_kernels):

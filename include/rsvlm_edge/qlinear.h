@@ -20,7 +20,8 @@
 //
 // Implementations (kernels/qlinear/):
 //   qlinear_reference  qlinear_ref.cpp  naive loops, int64 dots, fp64 outer sum: what the others are tested against
-//   qlinear_cpu        qlinear_cpu.cpp  thread pool; avx2 (maddubs), avx512vnni (vpdpbusd; 512-bit for the i4 GEMV) or
+//   qlinear_cpu        qlinear_cpu.cpp  thread pool; avx2 (maddubs), avx512vnni (vpdpbusd; 512-bit for the i4 GEMV),
+//                                       amx (the M >= 4 GEMM on AMX-INT8 tiles, bit-identical to avx512vnni) or
 //                                       portable (plain C++) micro-kernels, chosen as for linear (cpu_kernels())
 //   qlinear_cuda       qlinear.cu       fp16 / bf16 activations, __dp4a dot products, a warp per output feature
 #pragma once

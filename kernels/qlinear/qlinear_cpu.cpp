@@ -14,12 +14,15 @@
 //         of x); each thread reads its contiguous range of rows front to back as one stream, each
 //         weight byte once for every row of x.
 //    GEMM (M >= 4: prefill, batched decode): the thread pool over panels of 32 weight rows (32 x K bytes stay in
-//         L2) and, inside, tiles of 3 rows of x times 4 weight rows.
+//         L2) and, inside, tiles of 3 rows of x times 4 weight rows; on the amx kernel set instead AMX-INT8
+//         tile products (qlinear_amx below: weights as the A operand straight from their rows, x in AMX's B
+//         layout, one C tile per 16 x 16 outputs and 64 inputs, scaled per block; bit-identical to avx512vnni).
 // Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
 //    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
 //    avx512vnni  vpdpbusd on 256-bit registers (512-bit in the i4 GEMV row); i8 weights meet
 //                xq + 128 (unsigned) and the 128 * sum(w) this adds is taken off per block
 //                (vpdpbusd against ones), instead of the sign trick's extra instruction per product
+//    amx         the GEMM on the AMX tile unit (tdpbssd: signed x signed, no offset); GEMV as avx512vnni
 //    portable    plain C++ integer loops (the compiler vectorises them; aarch64 and older x86-64)
 #include <algorithm>
 #include <cmath>
@@ -33,6 +36,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/amx_tiles.h"
 #include "common/host_checks.h"
 #include "common/thread_pool.h"
 #include "rsvlm_edge/linear.h"
@@ -471,17 +475,19 @@ void vector_wsum(const int8_t* w, int k, int32_t* wsum) {
   }
 }
 
-// Row m of x quantised into the kernel layout (see the file comment); no allocation (safe inside a parallel loop).
+// Row m of x quantised into the kernel layout (see the file comment); xa (i8) and xsum (i4) are skipped when
+// nullptr (the amx GEMM does not read them). No allocation (safe inside a parallel loop).
 void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, int8_t* xq, uint8_t* xa, float* sx,
                   int32_t* xsum) {
   const bool offset_a = ks.offset_a;
   ks.quantize(x, k, xq, sx);
   if (format == QWeight::i8) {
-    for (int i = 0; i < k; ++i)
-      xa[i] = static_cast<uint8_t>(offset_a ? xq[i] + 128 : (xq[i] < 0 ? -xq[i] : xq[i]));
+    if (xa != nullptr)
+      for (int i = 0; i < k; ++i)
+        xa[i] = static_cast<uint8_t>(offset_a ? xq[i] + 128 : (xq[i] < 0 ? -xq[i] : xq[i]));
     return;
   }
-  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+  for (int k0 = 0, b = 0; xsum != nullptr && k0 < k; k0 += kQActBlock, ++b) {
     int32_t s = 0;
     for (int i = k0; i < std::min(k, k0 + kQActBlock); ++i) s += xq[i];
     xsum[b] = s;
@@ -493,6 +499,303 @@ void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, i
   }
 }
 
+#if RSVLM_X86
+// ---- x86-64: amx (AMX-TILE + AMX-INT8) for the GEMM loop nest (M >= kGemmMinRows) ----
+//
+// C = W . X^T on the tile unit: an A tile is 16 weight rows x 64 inputs, read straight from the row-major
+// (N, K) int8 weights (stride K); a B tile is 16 rows of x x 64 inputs in AMX's B layout (4 consecutive
+// inputs of one row per int32), built once per call; a C tile holds 16 x 16 exact int32 dots of one
+// activation block's 64-input half. After each block of 128 inputs the C tiles are stored and
+//     f[n][m] = fma(float(dot_b), sw[n][g] * sx[m][b], f[n][m])
+// the same float operations, in the same order, as the avx512vnni tile (so the result is bit-identical
+// to it); y[m][n] = f[n][m] + bias[n]. Both operands are signed (tdpbssd): no +128 offset, no weight sums.
+// i4 weights, a partial last block and a partial last panel of rows go through a per-thread stage:
+// the pair's rows unpacked / copied to signed int8 (nibble v -> v - 8), zero past K and past N.
+
+#define RSVLM_QLAMX \
+  __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,amx-tile,amx-int8")))
+
+using cpu::kAmxTileBytes;                                     // 64 inputs per tile product
+using cpu::kAmxTileRows;                                      // 16 weight rows (A) / rows of x (B) per tile
+constexpr int kAmxHalves = kQActBlock / kAmxTileBytes;         // 2 tile products per activation block
+constexpr int kAmxPanels = 2;                                 // weight panels (A tiles 4, 5) per step
+constexpr int kAmxRowBlocks = 2;                              // blocks of 16 rows of x (B tiles 6, 7) per step
+constexpr int kAmxStepRows = kAmxPanels * kAmxTileRows;       // 32 weight rows per work item
+constexpr int kAmxStepCols = kAmxRowBlocks * kAmxTileRows;    // 32 rows of x per step
+constexpr int kAmxBBlockBytes = kAmxTileRows * kQActBlock;    // 2 KiB: one row block's B tiles for one block
+constexpr int64_t kAmxSpanBBytes = int64_t(768) << 10;        // B bytes of one span (kept in L2 across panels)
+constexpr int kAmxChunksPerThread = 4;                        // chunks of consecutive work items per thread
+
+// What the work items of one AMX qlinear call share.
+struct QAmxCall {
+  const int8_t* w = nullptr;   // (N, K) int8 weights (i8 only; i4 always goes through the stage)
+  const uint8_t* w4 = nullptr; // (N, K / 2) packed nibbles (i4) or nullptr
+  const float* w_scale = nullptr;  // (N, G)
+  const float* bias = nullptr;     // (N) or nullptr
+  const int8_t* xb = nullptr;  // (row_blocks, blocks, 2 halves, 16 quads, 16 rows, 4) B tiles, zero past M and K
+  const float* sxt = nullptr;  // (row_blocks, blocks, 16) activation scales, 0 past M
+  int8_t* stage = nullptr;     // (threads, stage_per_thread) per-thread staged weights
+  int64_t stage_per_thread = 0;  // 32 * blocks * 128 (a whole pair) or 2 * 32 * 128 (two blocks, just in time)
+  float* out = nullptr;        // (M, N)
+  int64_t m = 0;
+  int n = 0, k = 0, blocks = 0, group = 0, groups = 1;
+  int64_t row_blocks = 0, span = 0, spans = 0;  // row blocks of x; row blocks per work item
+  int pairs = 0;                                 // work items per span: panels of 32 weight rows
+  bool direct = false;                           // A tiles straight from w (i8, K % 128 == 0): full pairs
+};
+
+// Stage block b (inputs b * 128 ..) of weight rows n0 .. n0 + 31 as signed int8 at dst (32 rows x 128, row
+// stride ld): copied (i8) or unpacked (i4: a full block is a permuted chunk, low nibbles -> its first 64
+// slots, high -> the last 64; a short last block is in natural order), zero past K and past N.
+RSVLM_QLAMX void stage_block(const QAmxCall& q, int n0, int b, int8_t* dst, int64_t ld) {
+  const int k0 = b * kQActBlock, len = std::min(kQActBlock, q.k - k0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  for (int r = 0; r < kAmxStepRows; ++r, dst += ld) {
+    const int n = n0 + r;
+    if (n >= q.n) {
+      std::memset(dst, 0, kQActBlock);
+    } else if (q.w4 == nullptr) {
+      std::memcpy(dst, q.w + int64_t(n) * q.k + k0, size_t(len));
+      std::memset(dst + len, 0, size_t(kQActBlock - len));
+    } else if (len == kQActBlock) {
+      const __m512i wb = _mm512_loadu_si512(q.w4 + int64_t(n) * (q.k / 2) + k0 / 2);
+      _mm512_storeu_si512(dst, _mm512_sub_epi8(_mm512_and_si512(wb, low4), eight));
+      _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(wb, 4), low4), eight));
+    } else {
+      const uint8_t* row = q.w4 + int64_t(n) * (q.k / 2);
+      for (int i = 0; i < len; ++i) dst[i] = static_cast<int8_t>(nibble(row, k0 + i) - 8);
+      std::memset(dst + len, 0, size_t(kQActBlock - len));
+    }
+  }
+}
+
+// Tile use. RB = 2 (two row blocks of x): C t = panel * 2 + row block (0-3), A 4, 5 (panels), B 6, 7 (row
+// blocks). RB = 1: C 0, 1 (panels), A 2 + 2h + panel for half h, B 6 + h: every tile of a block is loaded
+// once, so no load waits for a product of the same block to release its tile. (The tile intrinsics take
+// literal tile numbers: hence the templates.)
+
+// Issue activation block b's tile products for 32 weight rows and row blocks rb0 .. rb0 + RB - 1 of x.
+// ab: the block's first input of weight row n0 (32 rows, stride lda).
+template <int RB>
+RSVLM_QLAMX inline void amx_issue(const QAmxCall& q, const int8_t* ab, int64_t lda, int64_t rb0, int b) {
+  const int8_t* xb0 = q.xb + (rb0 * q.blocks + b) * kAmxBBlockBytes;
+  constexpr int kHalfBytes = kAmxBBlockBytes / kAmxHalves;  // one B tile
+  const int8_t* a1 = ab + kAmxTileRows * lda;  // panel 1
+  if constexpr (RB > 1) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int h = 0; h < kAmxHalves; ++h) {
+      const int8_t* bh = xb0 + h * kHalfBytes;
+      _tile_loadd(4, ab + h * kAmxTileBytes, lda);
+      _tile_loadd(6, bh, kAmxTileBytes);
+      _tile_dpbssd(0, 4, 6);
+      _tile_loadd(5, a1 + h * kAmxTileBytes, lda);
+      _tile_dpbssd(2, 5, 6);
+      _tile_loadd(7, bh + int64_t(q.blocks) * kAmxBBlockBytes, kAmxTileBytes);
+      _tile_dpbssd(1, 4, 7);
+      _tile_dpbssd(3, 5, 7);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_loadd(2, ab, lda);
+    _tile_loadd(6, xb0, kAmxTileBytes);
+    _tile_loadd(3, a1, lda);
+    _tile_loadd(4, ab + kAmxTileBytes, lda);
+    _tile_loadd(7, xb0 + kHalfBytes, kAmxTileBytes);
+    _tile_loadd(5, a1 + kAmxTileBytes, lda);
+    _tile_dpbssd(0, 2, 6);
+    _tile_dpbssd(1, 3, 6);
+    _tile_dpbssd(0, 4, 7);
+    _tile_dpbssd(1, 5, 7);
+  }
+}
+
+// Store the C tiles of the block last issued: c (2 panels, RB row blocks, 16 weight rows, 16 rows of x).
+template <int RB>
+RSVLM_QLAMX inline void amx_store(int32_t (*c)[RB][kAmxTileRows][kAmxTileRows]) {
+  constexpr int ldc = kAmxTileRows * int(sizeof(int32_t));
+  if constexpr (RB > 1) {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[0][1], ldc);
+    _tile_stored(2, c[1][0], ldc);
+    _tile_stored(3, c[1][1], ldc);
+  } else {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[1][0], ldc);
+  }
+}
+
+// Add block b's stored dots c into f: f[n][m] = fma(float(dot), sw[n][g] * sx[m][b], f[n][m]).
+// f (32, 32) fp32, row = weight row n0 + row, column = row of x.
+template <int RB>
+RSVLM_QLAMX inline void amx_scale_add(const QAmxCall& q, const int32_t (*c)[RB][kAmxTileRows][kAmxTileRows], int n0,
+                                      int64_t rb0, int b, float* f) {
+  const int g = int(int64_t(b) * kQActBlock / q.group);
+  __m512 sx[RB];
+  for (int j = 0; j < RB; ++j) sx[j] = _mm512_loadu_ps(q.sxt + ((rb0 + j) * q.blocks + b) * kAmxTileRows);
+  for (int i = 0; i < kAmxPanels; ++i)
+    for (int r = 0; r < kAmxTileRows; ++r) {
+      const int n = n0 + i * kAmxTileRows + r;
+      const __m512 sw = _mm512_set1_ps(n < q.n ? q.w_scale[int64_t(n) * q.groups + g] : 0.f);
+      float* fr = f + (i * kAmxTileRows + r) * kAmxStepCols;
+      for (int j = 0; j < RB; ++j) {
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(c[i][j][r]));
+        _mm512_storeu_ps(fr + j * kAmxTileRows,
+                         _mm512_fmadd_ps(dot, _mm512_mul_ps(sw, sx[j]), _mm512_loadu_ps(fr + j * kAmxTileRows)));
+      }
+    }
+}
+
+// The 32 x (16 * RB) block of f for weight rows n0 .. n0 + 31 and row blocks rb0 .. rb0 + RB - 1 of x, over
+// every activation block, in block order. The weights: a (stride lda), or with a == nullptr each block
+// staged just in time into jit (2 x 32 x 128 int8, alternating: small enough for L1). Block b + 1's
+// products are issued before block b's dots are scaled, so the tile unit and the vector units overlap.
+// next: the weight bytes of the thread's next pair (nullptr: none), fetched into L2 as one sequential
+// stream over the blocks (the tile loads walk 32 rows at once, which the hardware prefetchers follow poorly).
+template <int RB>
+RSVLM_QLAMX void amx_pair(const QAmxCall& q, const int8_t* a, int64_t lda, int8_t* jit, int n0, int64_t rb0,
+                          float* f, const char* next, int64_t next_bytes) {
+  alignas(64) int32_t c[kAmxPanels][RB][kAmxTileRows][kAmxTileRows];
+  for (int i = 0; i < kAmxStepRows * kAmxStepCols; ++i) f[i] = 0.f;
+  const int64_t per_block = next ? (next_bytes + q.blocks - 1) / q.blocks : 0;
+  auto issue = [&](int b) {
+    if (a != nullptr) {
+      amx_issue<RB>(q, a + int64_t(b) * kQActBlock, lda, rb0, b);
+    } else {
+      int8_t* buf = jit + (b % 2) * kAmxStepRows * kQActBlock;
+      stage_block(q, n0, b, buf, kQActBlock);
+      amx_issue<RB>(q, buf, kQActBlock, rb0, b);
+    }
+  };
+  issue(0);
+  for (int b = 0; b < q.blocks; ++b) {
+    for (int64_t o = b * per_block; o < std::min(next_bytes, (b + 1) * per_block); o += 64)
+      _mm_prefetch(next + o, _MM_HINT_T1);
+    amx_store<RB>(c);
+    if (b + 1 < q.blocks) issue(b + 1);
+    amx_scale_add<RB>(q, c, n0, rb0, b, f);
+  }
+}
+
+// Work item: weight rows pair * 32 .. + 31 against the row blocks of span `span_index`; next_pair: the
+// pair of the thread's next item (its weights are fetched into L2 meanwhile), or -1.
+RSVLM_QLAMX void amx_item(const QAmxCall& q, int pair, int64_t span_index, int next_pair, int worker) {
+  cpu::amx_configure_16x64();
+  const int n0 = pair * kAmxStepRows;
+  const int64_t row_bytes = q.w4 ? q.k / 2 : q.k;
+  const char* next = nullptr;
+  int64_t next_bytes = 0;
+  if (next_pair >= 0 && next_pair != pair) {
+    const int next_n0 = next_pair * kAmxStepRows;
+    next = reinterpret_cast<const char*>(q.w4 ? static_cast<const void*>(q.w4) : static_cast<const void*>(q.w)) +
+           int64_t(next_n0) * row_bytes;
+    next_bytes = int64_t(std::min(kAmxStepRows, q.n - next_n0)) * row_bytes;
+  }
+  const int kpad = q.blocks * kQActBlock;
+  const int64_t rb_begin = span_index * q.span, rb_end = std::min(q.row_blocks, rb_begin + q.span);
+  // The weights: straight from w (i8, K % 128 == 0, a full pair); else staged, just in time per block when
+  // the item has one step of row blocks (decode), else the whole pair once (its steps reuse it)
+  const int8_t* a = nullptr;
+  int64_t lda = 0;
+  int8_t* jit = q.stage + int64_t(worker) * q.stage_per_thread;
+  if (q.direct && n0 + kAmxStepRows <= q.n) {
+    a = q.w + int64_t(n0) * q.k;
+    lda = q.k;
+  } else if (rb_end - rb_begin > kAmxRowBlocks) {
+    for (int b = 0; b < q.blocks; ++b) stage_block(q, n0, b, jit + int64_t(b) * kQActBlock, kpad);
+    a = jit;
+    lda = kpad;
+  }
+  alignas(64) float f[kAmxStepRows * kAmxStepCols];
+  for (int64_t rb = rb_begin; rb < rb_end; rb += kAmxRowBlocks) {
+    const bool two = rb + 1 < rb_end;
+    const char* fetch = rb == rb_begin ? next : nullptr;
+    if (two)
+      amx_pair<2>(q, a, lda, jit, n0, rb, f, fetch, next_bytes);
+    else
+      amx_pair<1>(q, a, lda, jit, n0, rb, f, fetch, next_bytes);
+    const int64_t m0 = rb * kAmxTileRows;
+    const int cols = int(std::min<int64_t>(two ? kAmxStepCols : kAmxTileRows, q.m - m0));
+    const int rows = std::min(kAmxStepRows, q.n - n0);
+    for (int r = 0; r < rows; ++r) {
+      const float bias = q.bias ? q.bias[n0 + r] : 0.f;
+      for (int col = 0; col < cols; ++col) q.out[(m0 + col) * q.n + n0 + r] = f[r * kAmxStepCols + col] + bias;
+    }
+  }
+  _tile_release();
+}
+
+// qlinear_cpu's GEMM loop nest on the amx kernel set (p validated, M >= kGemmMinRows). xq: (M, K) rows
+// quantised in the kernel layout (i4: permuted chunks), sx (M, blocks).
+Status qlinear_amx(const QLinearParams& p, const int8_t* xq, const float* sx, int threads) {
+  QAmxCall q;
+  q.m = p.m;
+  q.n = p.n;
+  q.k = p.k;
+  q.blocks = qact_blocks(p.k);
+  q.groups = p.groups;
+  q.group = p.k / p.groups;
+  const bool i8 = p.format == QWeight::i8;
+  q.w = i8 ? static_cast<const int8_t*>(p.w) : nullptr;
+  q.w4 = i8 ? nullptr : static_cast<const uint8_t*>(p.w);
+  q.direct = i8 && p.k % kQActBlock == 0;
+  q.w_scale = p.w_scale;
+  q.bias = static_cast<const float*>(p.bias);
+  q.out = static_cast<float*>(p.out);
+  q.row_blocks = (q.m + kAmxTileRows - 1) / kAmxTileRows;
+  const int kpad = q.blocks * kQActBlock;
+  const int64_t block_bytes = int64_t(q.blocks) * kAmxBBlockBytes;  // one row block's B tiles
+  // span: row blocks (an even number) whose B tiles fit kAmxSpanBBytes, so that they stay in L2 while a
+  // thread walks the weight panels
+  q.span = std::max<int64_t>(kAmxRowBlocks, (kAmxSpanBBytes / block_bytes) / kAmxRowBlocks * kAmxRowBlocks);
+  q.spans = (q.row_blocks + q.span - 1) / q.span;
+  q.pairs = (q.n + kAmxStepRows - 1) / kAmxStepRows;
+
+  std::vector<int8_t> xb, stage;
+  std::vector<float> sxt;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xb, block_bytes, q.row_blocks, "qlinear"));  // zero: the padding
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sxt, int64_t(q.blocks) * kAmxTileRows, q.row_blocks, "qlinear"));
+  // per thread: a whole staged pair (32 x kpad) or, for one step of row blocks, two staged blocks
+  const bool need_stage = !q.direct || q.n % kAmxStepRows != 0;
+  const bool whole_pairs = q.span > kAmxRowBlocks && q.row_blocks > kAmxRowBlocks;  // some item has several steps
+  q.stage_per_thread =
+      need_stage ? int64_t(kAmxStepRows) * std::max(whole_pairs ? kpad : 0, 2 * kQActBlock) : 0;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(stage, q.stage_per_thread, threads, "qlinear"));
+  // B layout: input s of row m -> block s / 128, half (s % 128) / 64, quad (s % 64) / 4, row m % 16, byte s % 4:
+  // within a row block, quad j = s / 4 of row m lies at byte j * 64 + (m % 16) * 4.
+  const int k = p.k;
+  host::parallel_for(q.m, kAmxTileRows, threads, [&](int64_t m, int) {
+    const int8_t* row = xq + m * k;
+    int8_t* base = xb.data() + (m / kAmxTileRows) * block_bytes + (m % kAmxTileRows) * 4;
+    const int quads = k / 4;
+    for (int j = 0; j < quads; ++j) {
+      int32_t quad;
+      std::memcpy(&quad, row + 4 * j, 4);
+      std::memcpy(base + int64_t(j) * kAmxTileBytes, &quad, 4);
+    }
+    for (int s = 4 * quads; s < k; ++s) base[int64_t(quads) * kAmxTileBytes + s % 4] = row[s];  // the rest: zero
+    for (int b = 0; b < q.blocks; ++b)
+      sxt[((m / kAmxTileRows) * q.blocks + b) * kAmxTileRows + m % kAmxTileRows] = sx[m * q.blocks + b];
+  });
+  q.xb = xb.data();
+  q.sxt = sxt.data();
+  q.stage = need_stage ? stage.data() : nullptr;
+  // span-major: the threads work on one span's B tiles (in their L2) while they walk the weight panels
+  // Chunks of consecutive items (about kAmxChunksPerThread per thread): a thread knows its next item's
+  // weights and fetches them while it computes.
+  const int64_t items = q.spans * q.pairs;
+  const int64_t chunk = std::max<int64_t>(1, items / (int64_t(threads) * kAmxChunksPerThread));
+  host::parallel_chunks(items, chunk, threads, [&](int64_t i0, int64_t i1, int worker) {
+    for (int64_t item = i0; item < i1; ++item)
+      amx_item(q, int(item % q.pairs), item / q.pairs, item + 1 < i1 ? int((item + 1) % q.pairs) : -1, worker);
+  });
+  return Status::Ok();
+}
+#endif
+
 }  // namespace
 
 Status qlinear_cpu(const QLinearParams& p) {
@@ -503,6 +806,13 @@ Status qlinear_cpu(const QLinearParams& p) {
   const int n = p.n, k = p.k, blocks = qact_blocks(k), group = k / p.groups;
   const bool i8 = p.format == QWeight::i8;
   const int fmt = i8 ? 0 : 1;
+#if RSVLM_X86
+  const bool amx = m >= kGemmMinRows && cpu_kernels() == CpuKernels::amx;
+#else
+  const bool amx = false;
+#endif
+  // The amx GEMM reads only xq and sx (signed operands, no per-block sums).
+  const bool with_xa = i8 && !amx, with_xsum = !i8 && !amx;
 
   // Quantised activations, allocated before any parallel loop.
   std::vector<int8_t> xq;
@@ -510,14 +820,17 @@ Status qlinear_cpu(const QLinearParams& p) {
   std::vector<float> sx;
   std::vector<int32_t> xsum;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xq, k, m, "qlinear"));
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xa, i8 ? k : 0, m, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xa, with_xa ? k : 0, m, "qlinear"));
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sx, blocks, m, "qlinear"));
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xsum, i8 ? 0 : blocks, m, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xsum, with_xsum ? blocks : 0, m, "qlinear"));
   const float* x = static_cast<const float*>(p.x);  // (M, K)
   host::parallel_for(m, 4, m >= 8 ? host::max_threads() : 1, [&](int64_t r, int) {
-    quantize_row(ks, x + r * k, k, p.format, xq.data() + r * k, i8 ? xa.data() + r * k : nullptr,
-                 sx.data() + r * blocks, i8 ? nullptr : xsum.data() + r * blocks);
+    quantize_row(ks, x + r * k, k, p.format, xq.data() + r * k, with_xa ? xa.data() + r * k : nullptr,
+                 sx.data() + r * blocks, with_xsum ? xsum.data() + r * blocks : nullptr);
   });
+#if RSVLM_X86
+  if (amx) return qlinear_amx(p, xq.data(), sx.data(), host::max_threads());
+#endif
 
   const float* bias = static_cast<const float*>(p.bias);  // (N) or nullptr
   float* out = static_cast<float*>(p.out);                // (M, N)
