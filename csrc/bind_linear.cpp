@@ -14,7 +14,7 @@ using rsvlm_edge::bind::on_cuda;
 namespace {
 
 py::object linear(Impl impl, py::handle x_obj, py::handle w_obj, py::handle bias_obj, py::handle scale_obj,
-                  py::handle out_obj, int64_t stream) {
+                  py::handle out_obj, int64_t stream, bool bf16x3) {
   ArgChecker c(rsvlm_edge::bind::op_name("linear", impl));
   auto [x, w, bias, scale, out] = rsvlm_edge::bind::load_args(
       c, impl, stream,
@@ -48,6 +48,7 @@ py::object linear(Impl impl, py::handle x_obj, py::handle w_obj, py::handle bias
   p.out = out.data;
   p.act_dtype = x.dtype;
   p.w_dtype = w.dtype;
+  p.bf16x3 = bf16x3;
   rsvlm_edge::bind::run(
       "linear", impl, x, stream, [&] { return rsvlm_edge::linear_cpu(p); },
       [&] { return rsvlm_edge::linear_reference(p); }, [&](void* st) { return rsvlm_edge::linear_cuda(p, st); });
@@ -104,11 +105,10 @@ py::tuple quantize_weight_int8(py::handle w_obj) {
 void bind_linear(py::module_& m) {
   m.def(
       "linear",
-      [](py::handle x, py::handle w, py::handle bias, py::handle w_scale, py::handle out, int64_t stream) {
-        return linear(Impl::kFast, x, w, bias, w_scale, out, stream);
-      },
+      [](py::handle x, py::handle w, py::handle bias, py::handle w_scale, py::handle out, int64_t stream,
+         bool bf16x3) { return linear(Impl::kFast, x, w, bias, w_scale, out, stream, bf16x3); },
       py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::kw_only(), py::arg("w_scale") = py::none(),
-      py::arg("out") = py::none(), py::arg("stream") = 0,
+      py::arg("out") = py::none(), py::arg("stream") = 0, py::arg("bf16x3") = false,
       R"doc(Linear layer y = x @ W.T (+ bias), dense or weight-only INT8 (fp32 accumulation).
 
 x: (M, K) with K >= 1 (M = 0 is valid); w: (N, K) dense, or int8 with w_scale (N,) float32, meaning
@@ -117,11 +117,14 @@ Returns y (M, N).
 CPU: float32 activations; dense w float32 or float16 (converted to fp32 on the fly, exact); GEMV for
 M < 4, cache-blocked GEMM above (see cpu_kernels; on avx512vnni 3 x 8 register tiles from M = 2). CUDA: float16/bfloat16 activations, dense w in the
 same dtype, out= required; the CUDA kernel is a GEMV / small-M GEMM (decode, M <= 16), correct for
-any M but slow for long prefills.)doc");
+any M but slow for long prefills.
+bf16x3=True allows, for float16 w on a CPU with AMX-BF16 (kernel set amx) and M >= 32, three bf16 products per
+weight on AMX tiles (w = w_hi + w_lo exactly, x = x_hi + x_lo to 2^-16, x_lo * w_lo left out; fp32 accumulation):
+each product within about 2^-15 of x * w relatively; elsewhere it changes nothing.)doc");
   m.def(
       "linear_reference",
       [](py::handle x, py::handle w, py::handle bias, py::handle w_scale, py::handle out) {
-        return linear(Impl::kReference, x, w, bias, w_scale, out, 0);
+        return linear(Impl::kReference, x, w, bias, w_scale, out, 0, false);
       },
       py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::kw_only(), py::arg("w_scale") = py::none(),
       py::arg("out") = py::none(),

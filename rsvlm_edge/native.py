@@ -31,6 +31,24 @@ def check_thread_wait_env() -> None:
                            f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
 
 
+FP16_GEMM_ENV = "RSVLM_EDGE_FP16_GEMM"
+FP16_GEMMS = ("bf16x3", "fp32")
+
+
+def fp16_gemm_bf16x3() -> bool:
+    """Whether the native decoder's fp16 linears may run prefill as three bf16 products on AMX tiles
+    (``_C.linear(..., bf16x3=True)``: CPUs with AMX-BF16, 32 rows of x and more). ``RSVLM_EDGE_FP16_GEMM``:
+    ``bf16x3`` (default) or ``fp32`` (every product exact in fp32, as on CPUs without AMX); BackendError
+    for anything else."""
+    import os
+
+    value = os.environ.get(FP16_GEMM_ENV, "bf16x3")
+    if value not in FP16_GEMMS:
+        raise BackendError(f"{FP16_GEMM_ENV}='{value}' is not one of {', '.join(FP16_GEMMS)}",
+                           f"unset {FP16_GEMM_ENV} (bf16x3 on AMX CPUs) or set it to fp32 (exact fp32 products)")
+    return value == "bf16x3"
+
+
 @functools.cache
 def _c() -> ModuleType:
     """``rsvlm_edge._C``, after checking the environment it reads (BackendError if unusable); once per

@@ -41,9 +41,11 @@ def test_chunks_equal_one_pass(backend, fmt, chunk_rows):
     whole, whole_cache = run(backend, fmt, lengths, chunk_rows=10_000)
     chunked, chunked_cache = run(backend, fmt, lengths, chunk_rows=chunk_rows)
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max()))
+    # atol: fp16 native linears of 32 rows and more may run as bf16x3 on AMX (each product within 2^-15 of x w),
+    # short chunks as exact fp32 products: the two agree to ~1e-5 of the values' scale, a chunking error is O(1)
     for (k1, v1), (k2, v2) in zip(chunked_cache, whole_cache):
-        np.testing.assert_allclose(k1, k2, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(v1, v2, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(k1, k2, rtol=1e-4, atol=5e-5 * float(np.abs(k2).max()))
+        np.testing.assert_allclose(v1, v2, rtol=1e-4, atol=5e-5 * float(np.abs(v2).max()))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

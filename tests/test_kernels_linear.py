@@ -117,6 +117,66 @@ def test_linear_avx2_and_portable_kernels_agree(wdtype):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # O(1) outputs, different summation orders
 
 
+@pytest.mark.skipif("amx" not in CPU_KERNELS, reason="this CPU has no AMX-BF16 tiles (or Linux did not grant them)")
+@pytest.mark.parametrize("m, k, n", [(32, 1, 1), (32, 31, 17), (33, 33, 47), (47, 100, 33), (100, 4097, 5),
+                                     (130, 2048, 64)], ids=str)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_linear_fp16_bf16x3_on_amx_keeps_its_error_bound(m, k, n, with_bias):
+    """bf16x3 (fp16 weights, amx, M >= 32): three bf16 products per weight on AMX tiles; each product within
+    2^-15 of x * w relatively, so |y - y_ref| <= (2^-14 + K 2^-24) sum_k |x w| (fp32 accumulation beside it),
+    every element written; and it does differ from the exact-product path (the tiles did run)."""
+    rng = np.random.default_rng(m + k + n)
+    x = randn(rng, m, k) * rng.uniform(0.01, 100, (m, 1)).astype(np.float32)
+    w = randn(rng, n, k, scale=k**-0.5).astype(np.float16)
+    bias = randn(rng, n) if with_bias else None
+    ref = reference(x, w, bias)
+    try:
+        C.set_cpu_kernels("amx")
+        out = np.full((m, n), np.nan, np.float32)
+        assert C.linear(x, w, bias, out=out, bf16x3=True) is out
+        exact = C.linear(x, w, bias)
+    finally:
+        C.set_cpu_kernels("auto")
+    bound = (2.0**-14 + k * 2.0**-24) * (np.abs(x).astype(np.float64) @ np.abs(w.astype(np.float64)).T) + 1e-6
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= bound)
+    if k > 1:
+        assert not np.array_equal(out, exact)
+
+
+@pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
+@pytest.mark.parametrize("m", [5, 31, 64])
+def test_linear_bf16x3_changes_nothing_where_it_does_not_apply(cpu_kernels, m):
+    """Without AMX (every kernel set but amx), below 32 rows, or for fp32 / int8 weights, bf16x3=True is the
+    exact path bit for bit."""
+    rng = np.random.default_rng(m)
+    x = randn(rng, m, 300)
+    w32 = randn(rng, 40, 300, scale=0.05)
+    w8, s8 = C.quantize_weight_int8(w32)
+    for w, kw in ((w32.astype(np.float16), {}), (w32, {}), (w8, {"w_scale": s8})):
+        applies = cpu_kernels == "amx" and m >= 32 and w.dtype == np.float16
+        if not applies:
+            np.testing.assert_array_equal(C.linear(x, w, bf16x3=True, **kw), C.linear(x, w, **kw))
+
+
+@pytest.mark.skipif("amx" not in CPU_KERNELS, reason="this CPU has no AMX-BF16 tiles (or Linux did not grant them)")
+def test_linear_bf16x3_below_32_rows_and_nonfinite_rows():
+    """amx: below 32 rows bf16x3 changes nothing; a NaN or inf in a row of x makes that row NaN only (an inf
+    splits into inf + NaN parts: NaN where the exact path may give inf)."""
+    rng = np.random.default_rng(9)
+    x = randn(rng, 40, 96)
+    w = randn(rng, 24, 96, scale=0.1).astype(np.float16)
+    x[3, 7], x[5, 90] = np.nan, np.inf
+    try:
+        C.set_cpu_kernels("amx")
+        np.testing.assert_array_equal(C.linear(x[:31].copy(), w, bf16x3=True), C.linear(x[:31].copy(), w))
+        y = C.linear(x, w, bf16x3=True)
+    finally:
+        C.set_cpu_kernels("auto")
+    bad = np.zeros(40, bool)
+    bad[[3, 5]] = True
+    assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
+
+
 def test_linear_fp16_conversion_is_exact_for_every_half(cpu_kernels):
     """Every binary16 value (inf and NaN included) times 1.0 comes out as numpy's float32 of it:
     K = 1 goes through the scalar conversion, an identity x (K = 64) through the vector one."""

@@ -186,3 +186,30 @@ def test_w4_packing_and_group_quantisation():
     packed, scale = quantize_w4(w)
     err = np.abs(dequantize_w4(packed, scale) - w).reshape(40, 3, 128)
     assert (err <= scale[:, :, None] / 2 + 1e-6).all()
+
+
+@pytest.mark.skipif(NATIVE is None, reason="_C has no decoder kernels")
+def test_fp16_prefill_gemm_choice(monkeypatch):
+    """RSVLM_EDGE_FP16_GEMM: bf16x3 (default; on AMX CPUs fp16 linears of 32 rows and more run as three bf16
+    products) or fp32; the two prefills agree to the bf16x3 error bound and pick the same tokens; a wrong
+    value is a BackendError naming the variable and its values."""
+    from rsvlm_edge.backends.decoder_native import native_ops
+    from rsvlm_edge.errors import BackendError
+    from rsvlm_edge.models.llava.decoder import LlamaDecoder
+
+    cfg = tiny_decoder_config()
+    rng = _rng(8)
+    tensors = {k: v.astype(np.float16) if v.ndim == 2 else v for k, v in _random_decoder_weights(rng).items()}
+    prompt = rng.integers(0, 50, (2, 40))  # 80 rows of x per linear: the AMX GEMM where the CPU has it
+    logits = {}
+    for value in ("bf16x3", "fp32"):
+        monkeypatch.setenv("RSVLM_EDGE_FP16_GEMM", value)
+        dec = LlamaDecoder(cfg, tensors, max_batch=2, max_seq=48, backend="native")
+        embeds = np.stack([dec.embed_tokens(p) for p in prompt])
+        logits[value] = dec.prefill(embeds, np.array([40, 40]))
+    np.testing.assert_allclose(logits["bf16x3"], logits["fp32"], rtol=1e-3, atol=1e-3 * np.abs(logits["fp32"]).max())
+    np.testing.assert_array_equal(logits["bf16x3"].argmax(-1), logits["fp32"].argmax(-1))
+    monkeypatch.setenv("RSVLM_EDGE_FP16_GEMM", "fast")
+    with pytest.raises(BackendError, match=r"RSVLM_EDGE_FP16_GEMM='fast' is not one of bf16x3, fp32") as e:
+        native_ops()
+    assert "fp32" in e.value.fix

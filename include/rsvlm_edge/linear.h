@@ -31,6 +31,10 @@ struct LinearParams {
   int k = 0;                       // K (input features), >= 1
   DType act_dtype = DType::f32;    // of x, bias, out
   DType w_dtype = DType::f32;      // i8; CPU f32 or f16; CUDA act_dtype
+  // Permission (CPU, fp16 weights): on the amx kernel set, from 32 rows of x on, multiply as three bf16 products
+  // on AMX-BF16 tiles (w = w_hi + w_lo exactly; x = x_hi + x_lo to 2^-16; x_lo * w_lo dropped): each product
+  // within about 2^-15 of x * w relatively, fp32 accumulation (see linear_cpu.cpp). Elsewhere no effect.
+  bool bf16x3 = false;
 };
 
 // Argument checks shared by every implementation (sizes, pointers, dtypes; not devices).

@@ -22,7 +22,8 @@
 // horizontally at the end.
 // Kernel sets, chosen at run time (the library is never built with -march=native):
 //   avx512vnni x86-64 with AVX-512 F/VL/BW/VNNI: the avx2 kernels, and the 512-bit tiles from M = 2.
-//   amx        the avx512vnni kernels (AMX tiles serve qgemm only).
+//   amx        the avx512vnni kernels, and with LinearParams::bf16x3 fp16 weights from M = 32 on as three bf16
+//              products on AMX-BF16 tiles (linear_bf16x3 below: 2.2x the 512-bit tiles at TinyLlama prefill shapes).
 //   avx2      x86-64 with AVX2 + FMA + F16C: functions compiled with target attributes.
 //   portable  plain C++ with GCC/Clang vector extensions (NEON on aarch64, SSE2 on x86-64).
 #include <algorithm>
@@ -44,6 +45,7 @@
 #endif
 #endif
 
+#include "common/amx_tiles.h"
 #include "common/cpu_math.h"
 #include "common/host_checks.h"
 #include "common/thread_pool.h"
@@ -57,6 +59,7 @@ constexpr int kNr = 4;               // output features (rows of W) per register
 constexpr int kKc = 1024;            // GEMM: inputs per K block (x tile: 3 x 1024 fp32 = 12 KiB, L1)
 constexpr int kNc = 32;              // GEMM: output features per panel (32 x 1024 fp32 = 128 KiB, L2)
 constexpr int64_t kGemmMinRows = 4;  // M >= 4: GEMM, else GEMV
+constexpr int64_t kBf16x3MinRows = 32;  // amx, fp16 weights, bf16x3 allowed: the AMX-BF16 GEMM from M = 32 on
 
 // acc[r * kNr + c] = sum_{i < kc} x[r][i] * float(w[c][i])  for r < R (1..kMr), c < kNr; w[c]
 // points to kc weights of one dtype (float, uint16_t fp16 bits or int8_t).
@@ -508,6 +511,238 @@ static Status linear_avx512(const float* x, float* out, int64_t m, int n, int k,
 }
 #endif
 
+#if RSVLM_X86
+namespace {
+// ---- amx: fp16 weights as bf16 hi + lo parts on AMX-BF16 tiles (LinearParams::bf16x3), M >= kBf16x3MinRows ----
+//
+// y[m, n] = sum_k x[m, k] * w[n, k] + bias[n] as three bf16 products with fp32 accumulation in the tiles:
+//     w = w_hi + w_lo exactly (w_hi = bf16(w): 8 of fp16's 11 significant bits; w_lo = w - w_hi: the rest),
+//     x = x_hi + x_lo + e with |e| <= 2^-16 |x| (x_hi = bf16(x), x_lo = bf16(x - x_hi), both round to nearest even),
+//     x . w ~ x_hi . w_hi + x_lo . w_hi + x_hi . w_lo  (x_lo . w_lo <= 2^-16 |x w| is left out),
+// so each product is within about 2^-15 of x * w relatively: well below the fp16 rounding of the weights themselves
+// (2^-11), and the sum over K is accumulated in fp32 as the tile unit orders it (deterministic: the same for any M
+// and any thread count). Weights are the A operand (16 rows x 32 inputs), staged per pair of panels as hi and lo
+// rows; x is the B operand (16 input pairs x 16 rows of x), split once per call. The tile unit treats denormal
+// bf16 inputs as zero: only parts below 2^-126 are affected.
+#define RSVLM_BF16X3 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+using cpu::kAmxPairRows;                                // 32 weight rows per work item
+using cpu::kAmxTileRows;                                // 16 rows per tile
+constexpr int kBfChunk = 32;                            // inputs per tile product (32 bf16 = 64 bytes per row)
+constexpr int kBfBTileBytes = kAmxTileRows * 64;        // 1 KiB: one B tile
+constexpr int64_t kBfSpanBytes = int64_t(2) << 20;       // B bytes of one span (kept in L2 across pairs; measured 0.5 / 1 / 2 / 4 MiB: 2 best)
+
+struct Bf16x3Call {
+  const uint16_t* w = nullptr;  // (N, K) fp16 bits
+  const float* bias = nullptr;  // (N) or nullptr
+  float* out = nullptr;         // (M, N)
+  const uint16_t* xb = nullptr; // (row_blocks, chunks, 2 parts hi/lo, 16 input pairs, 16 rows, 2) bf16, zero past M, K
+  uint16_t* stage = nullptr;    // (threads, 2 parts, 32 rows, chunks * 32) bf16 staged weights
+  int64_t m = 0;
+  int n = 0, k = 0, chunks = 0;  // chunks = ceil(K / 32)
+  cpu::AmxGrid grid;
+};
+
+// 32 fp32 (two vectors, inputs 0-15 and 16-31) -> hi, lo: 32 bf16 each, in input order.
+RSVLM_BF16X3 inline void split_bf16(__m512 f0, __m512 f1, __m512i* hi, __m512i* lo) {
+  const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(f1, f0);
+  // hi back to fp32 (exact): bf16 bits << 16
+  const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+  const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+  *hi = h;
+  *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(f1, h1), _mm512_sub_ps(f0, h0));
+}
+
+// Stage weight rows n0 .. n0 + 31 as bf16 hi rows then lo rows (2, 32, kb = chunks * 32), zero past K and N.
+RSVLM_BF16X3 void bf16x3_stage(const Bf16x3Call& q, int n0, uint16_t* st) {
+  const int64_t kb = int64_t(q.chunks) * kBfChunk;
+  for (int r = 0; r < kAmxPairRows; ++r) {
+    uint16_t* hi = st + r * kb;
+    uint16_t* lo = st + (kAmxPairRows + r) * kb;
+    const int n = n0 + r;
+    if (n >= q.n) {
+      std::memset(hi, 0, size_t(kb) * 2);
+      std::memset(lo, 0, size_t(kb) * 2);
+      continue;
+    }
+    const uint16_t* row = q.w + int64_t(n) * q.k;
+    for (int i = 0; i < q.k; i += kBfChunk) {
+      const int left = q.k - i;
+      const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __mmask16 m1 = left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : 0;
+      const __m512 f0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, row + i));
+      const __m512 f1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, row + i + 16));
+      __m512i h, l;
+      split_bf16(f0, f1, &h, &l);
+      _mm512_storeu_si512(hi + i, h);
+      _mm512_storeu_si512(lo + i, l);
+    }
+  }
+}
+
+// Tile use. RB = 2: C t = panel * 2 + row block (0-3), A 4, 5 (panel 0, 1: hi, then lo), B 6, 7 (row block 0, 1:
+// hi, lo, hi again). RB = 1: C 0, 1 (panels), A 2, 3 (hi of panel 0, 1), 4, 5 (lo), B 6 (x hi), 7 (x lo).
+template <int RB>
+RSVLM_BF16X3 void bf16x3_step(const Bf16x3Call& q, const uint16_t* st, int64_t rb0, float (*c)[RB][kAmxTileRows][kAmxTileRows]) {
+  const int64_t kb = int64_t(q.chunks) * kBfChunk;
+  const int64_t lda = kb * 2;  // bytes per staged row
+  const uint16_t* hi0 = st;
+  const uint16_t* hi1 = st + kAmxTileRows * kb;
+  const uint16_t* lo0 = st + kAmxPairRows * kb;
+  const uint16_t* lo1 = lo0 + kAmxTileRows * kb;
+  const int64_t rb_bytes = int64_t(q.chunks) * 2 * kBfBTileBytes;  // one row block's B tiles
+  const char* xb0 = reinterpret_cast<const char*>(q.xb) + rb0 * rb_bytes;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (RB > 1) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int ch = 0; ch < q.chunks; ++ch) {
+    const int64_t a_off = int64_t(ch) * kBfChunk;
+    const char* xhi = xb0 + int64_t(ch) * 2 * kBfBTileBytes;  // row block rb0; rb0 + 1 is rb_bytes further
+    const char* xlo = xhi + kBfBTileBytes;
+    if constexpr (RB > 1) {
+      _tile_loadd(4, hi0 + a_off, lda);
+      _tile_loadd(6, xhi, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(5, hi1 + a_off, lda);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_loadd(7, xhi + rb_bytes, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+      _tile_loadd(6, xlo, 64);  // w_hi . x_lo
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_loadd(7, xlo + rb_bytes, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+      _tile_loadd(4, lo0 + a_off, lda);  // w_lo . x_hi
+      _tile_loadd(6, xhi, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_loadd(5, lo1 + a_off, lda);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_loadd(7, xhi + rb_bytes, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    } else {
+      _tile_loadd(2, hi0 + a_off, lda);
+      _tile_loadd(6, xhi, 64);
+      _tile_loadd(3, hi1 + a_off, lda);
+      _tile_loadd(7, xlo, 64);
+      _tile_loadd(4, lo0 + a_off, lda);
+      _tile_loadd(5, lo1 + a_off, lda);
+      _tile_dpbf16ps(0, 2, 6);
+      _tile_dpbf16ps(1, 3, 6);
+      _tile_dpbf16ps(0, 2, 7);
+      _tile_dpbf16ps(1, 3, 7);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 5, 6);
+    }
+  }
+  constexpr int ldc = kAmxTileRows * int(sizeof(float));
+  if constexpr (RB > 1) {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[0][1], ldc);
+    _tile_stored(2, c[1][0], ldc);
+    _tile_stored(3, c[1][1], ldc);
+  } else {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[1][0], ldc);
+  }
+}
+
+// Work item: weight rows pair * 32 .. + 31 against the row blocks of span `span_index` (see cpu::amx_for_items).
+RSVLM_BF16X3 void bf16x3_item(const Bf16x3Call& q, int pair, int64_t span_index, int next_pair, int worker) {
+  cpu::amx_configure_16x64();
+  const int n0 = pair * kAmxPairRows;
+  const int64_t kb = int64_t(q.chunks) * kBfChunk;
+  uint16_t* st = q.stage + int64_t(worker) * 2 * kAmxPairRows * kb;
+  bf16x3_stage(q, n0, st);
+  if (next_pair >= 0 && next_pair != pair) {  // the next pair's fp16 rows into L2 (one sequential stream)
+    const int next_n0 = next_pair * kAmxPairRows;
+    const char* next = reinterpret_cast<const char*>(q.w + int64_t(next_n0) * q.k);
+    const int64_t bytes = int64_t(std::min(kAmxPairRows, q.n - next_n0)) * q.k * 2;
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T1);
+  }
+  const int64_t rb_begin = span_index * q.grid.span, rb_end = std::min(q.grid.row_blocks, rb_begin + q.grid.span);
+  const int rows = std::min(kAmxPairRows, q.n - n0);
+  for (int64_t rb = rb_begin; rb < rb_end; rb += cpu::kAmxStepBlocks) {
+    alignas(64) float c[2][2][kAmxTileRows][kAmxTileRows];  // [panel][row block][weight row][row of x]
+    const int rbs = rb + 1 < rb_end ? 2 : 1;
+    if (rbs == 2)
+      bf16x3_step<2>(q, st, rb, c);
+    else {
+      alignas(64) float c1[2][1][kAmxTileRows][kAmxTileRows];
+      bf16x3_step<1>(q, st, rb, c1);
+      std::memcpy(c[0][0], c1[0][0], sizeof(c1[0][0]));
+      std::memcpy(c[1][0], c1[1][0], sizeof(c1[1][0]));
+    }
+    for (int j = 0; j < rbs; ++j) {
+      const int64_t m0 = (rb + j) * kAmxTileRows;
+      const int cols = int(std::min<int64_t>(kAmxTileRows, q.m - m0));
+      for (int r = 0; r < rows; ++r) {
+        const float bias = q.bias ? q.bias[n0 + r] : 0.f;
+        const float* cr = c[r / kAmxTileRows][j][r % kAmxTileRows];
+        for (int col = 0; col < cols; ++col) q.out[(m0 + col) * q.n + n0 + r] = cr[col] + bias;
+      }
+    }
+  }
+  _tile_release();
+}
+
+// Row m of x (K) split into hi / lo bf16 in the B layout of xb: input pair j of chunk c of row m -> the int32 at
+// byte ((m / 16) * chunks + c) * 2 KiB + part * 1 KiB + j * 64 + (m % 16) * 4 (part 0 hi, 1 lo), zero past K.
+RSVLM_BF16X3 void bf16x3_split_row(const Bf16x3Call& q, const float* row, int64_t m, uint16_t* xb) {
+  const int64_t rb_bytes = int64_t(q.chunks) * 2 * kBfBTileBytes;
+  char* base = reinterpret_cast<char*>(xb) + (m / kAmxTileRows) * rb_bytes + (m % kAmxTileRows) * 4;
+  const __m512i pair_offsets = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(64));
+  for (int ch = 0; ch < q.chunks; ++ch) {
+    const int i = ch * kBfChunk, left = q.k - i;
+    const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : 0;
+    __m512i h, l;
+    split_bf16(_mm512_maskz_loadu_ps(m0, row + i), _mm512_maskz_loadu_ps(m1, row + i + 16), &h, &l);
+    char* dst = base + int64_t(ch) * 2 * kBfBTileBytes;
+    _mm512_i32scatter_epi32(dst, pair_offsets, h, 1);
+    _mm512_i32scatter_epi32(dst + kBfBTileBytes, pair_offsets, l, 1);
+  }
+}
+
+// linear_cpu for fp16 weights on the amx kernel set with the bf16x3 permission (p validated, M >= 1).
+Status linear_bf16x3(const LinearParams& p) {
+  Bf16x3Call q;
+  q.w = static_cast<const uint16_t*>(p.w);
+  q.bias = static_cast<const float*>(p.bias);
+  q.out = static_cast<float*>(p.out);
+  q.m = p.m;
+  q.n = p.n;
+  q.k = p.k;
+  q.chunks = (p.k + kBfChunk - 1) / kBfChunk;
+  const int64_t rb_bytes = int64_t(q.chunks) * 2 * kBfBTileBytes;
+  q.grid = cpu::amx_grid(q.m, q.n, rb_bytes, kBfSpanBytes);
+  const int threads = host::max_threads();
+  std::vector<uint16_t> xb, stage;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xb, rb_bytes / 2, q.grid.row_blocks, "linear"));  // zero: the padding
+  RSVLM_RETURN_IF_ERROR(
+      host::alloc_scratch(stage, int64_t(2) * kAmxPairRows * q.chunks * kBfChunk, threads, "linear"));
+  // x split into the B layout: input pair j of chunk c of row m -> int32 at
+  // ((m / 16) * chunks + c) * 2 KiB + part * 1 KiB + j * 64 + (m % 16) * 4
+  const float* x = static_cast<const float*>(p.x);
+  uint16_t* const xbd = xb.data();
+  host::parallel_for(q.m, kAmxTileRows, threads, [&](int64_t m, int) { bf16x3_split_row(q, x + m * q.k, m, xbd); });
+  q.xb = xb.data();
+  q.stage = stage.data();
+  cpu::amx_for_items(q.grid, threads, [&](int pair, int64_t span_index, int next_pair, int worker) {
+    bf16x3_item(q, pair, span_index, next_pair, worker);
+  });
+  return Status::Ok();
+}
+}  // namespace
+#endif
+
 Status linear_cpu(const LinearParams& p) {
   Status st = linear_validate(p, false);
   if (!st.ok()) return st;
@@ -529,6 +764,7 @@ Status linear_cpu(const LinearParams& p) {
   };
 
 #if RSVLM_X86
+  if (p.bf16x3 && wk == kF16 && m >= kBf16x3MinRows && cpu_kernels() == CpuKernels::amx) return linear_bf16x3(p);
   if (cpu_kernels() >= CpuKernels::avx512vnni && m >= kDot512MinRows)
     return linear_avx512(x, out, m, n, k, wk, wsize, w_at, finish);
 #endif

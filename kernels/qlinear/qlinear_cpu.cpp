@@ -525,13 +525,12 @@ void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, i
 using cpu::kAmxTileBytes;                                     // 64 inputs per tile product
 using cpu::kAmxTileRows;                                      // 16 weight rows (A) / rows of x (B) per tile
 constexpr int kAmxHalves = kQActBlock / kAmxTileBytes;         // 2 tile products per activation block
-constexpr int kAmxPanels = 2;                                 // weight panels (A tiles 4, 5) per step
-constexpr int kAmxRowBlocks = 2;                              // blocks of 16 rows of x (B tiles 6, 7) per step
-constexpr int kAmxStepRows = kAmxPanels * kAmxTileRows;       // 32 weight rows per work item
+constexpr int kAmxPanels = 2;                                 // weight panels (16 rows) per pair
+constexpr int kAmxRowBlocks = cpu::kAmxStepBlocks;            // blocks of 16 rows of x per step
+constexpr int kAmxStepRows = cpu::kAmxPairRows;               // 32 weight rows per work item
 constexpr int kAmxStepCols = kAmxRowBlocks * kAmxTileRows;    // 32 rows of x per step
 constexpr int kAmxBBlockBytes = kAmxTileRows * kQActBlock;    // 2 KiB: one row block's B tiles for one block
 constexpr int64_t kAmxSpanBBytes = int64_t(768) << 10;        // B bytes of one span (kept in L2 across panels)
-constexpr int kAmxChunksPerThread = 4;                        // chunks of consecutive work items per thread
 
 // What the work items of one AMX qlinear call share.
 struct QAmxCall {
@@ -546,8 +545,7 @@ struct QAmxCall {
   float* out = nullptr;        // (M, N)
   int64_t m = 0;
   int n = 0, k = 0, blocks = 0, group = 0, groups = 1;
-  int64_t row_blocks = 0, span = 0, spans = 0;  // row blocks of x; row blocks per work item
-  int pairs = 0;                                 // work items per span: panels of 32 weight rows
+  cpu::AmxGrid grid;
   bool direct = false;                           // A tiles straight from w (i8, K % 128 == 0): full pairs
 };
 
@@ -702,7 +700,7 @@ RSVLM_QLAMX void amx_item(const QAmxCall& q, int pair, int64_t span_index, int n
     next_bytes = int64_t(std::min(kAmxStepRows, q.n - next_n0)) * row_bytes;
   }
   const int kpad = q.blocks * kQActBlock;
-  const int64_t rb_begin = span_index * q.span, rb_end = std::min(q.row_blocks, rb_begin + q.span);
+  const int64_t rb_begin = span_index * q.grid.span, rb_end = std::min(q.grid.row_blocks, rb_begin + q.grid.span);
   // The weights: straight from w (i8, K % 128 == 0, a full pair); else staged, just in time per block when
   // the item has one step of row blocks (decode), else the whole pair once (its steps reuse it)
   const int8_t* a = nullptr;
@@ -752,22 +750,17 @@ Status qlinear_amx(const QLinearParams& p, const int8_t* xq, const float* sx, in
   q.w_scale = p.w_scale;
   q.bias = static_cast<const float*>(p.bias);
   q.out = static_cast<float*>(p.out);
-  q.row_blocks = (q.m + kAmxTileRows - 1) / kAmxTileRows;
   const int kpad = q.blocks * kQActBlock;
   const int64_t block_bytes = int64_t(q.blocks) * kAmxBBlockBytes;  // one row block's B tiles
-  // span: row blocks (an even number) whose B tiles fit kAmxSpanBBytes, so that they stay in L2 while a
-  // thread walks the weight panels
-  q.span = std::max<int64_t>(kAmxRowBlocks, (kAmxSpanBBytes / block_bytes) / kAmxRowBlocks * kAmxRowBlocks);
-  q.spans = (q.row_blocks + q.span - 1) / q.span;
-  q.pairs = (q.n + kAmxStepRows - 1) / kAmxStepRows;
+  q.grid = cpu::amx_grid(q.m, q.n, block_bytes, kAmxSpanBBytes);
 
   std::vector<int8_t> xb, stage;
   std::vector<float> sxt;
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xb, block_bytes, q.row_blocks, "qlinear"));  // zero: the padding
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sxt, int64_t(q.blocks) * kAmxTileRows, q.row_blocks, "qlinear"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xb, block_bytes, q.grid.row_blocks, "qlinear"));  // zero: the padding
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(sxt, int64_t(q.blocks) * kAmxTileRows, q.grid.row_blocks, "qlinear"));
   // per thread: a whole staged pair (32 x kpad) or, for one step of row blocks, two staged blocks
   const bool need_stage = !q.direct || q.n % kAmxStepRows != 0;
-  const bool whole_pairs = q.span > kAmxRowBlocks && q.row_blocks > kAmxRowBlocks;  // some item has several steps
+  const bool whole_pairs = cpu::amx_items_have_steps(q.grid);
   q.stage_per_thread =
       need_stage ? int64_t(kAmxStepRows) * std::max(whole_pairs ? kpad : 0, 2 * kQActBlock) : 0;
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(stage, q.stage_per_thread, threads, "qlinear"));
@@ -791,13 +784,8 @@ Status qlinear_amx(const QLinearParams& p, const int8_t* xq, const float* sx, in
   q.sxt = sxt.data();
   q.stage = need_stage ? stage.data() : nullptr;
   // span-major: the threads work on one span's B tiles (in their L2) while they walk the weight panels
-  // Chunks of consecutive items (about kAmxChunksPerThread per thread): a thread knows its next item's
-  // weights and fetches them while it computes.
-  const int64_t items = q.spans * q.pairs;
-  const int64_t chunk = std::max<int64_t>(1, items / (int64_t(threads) * kAmxChunksPerThread));
-  host::parallel_chunks(items, chunk, threads, [&](int64_t i0, int64_t i1, int worker) {
-    for (int64_t item = i0; item < i1; ++item)
-      amx_item(q, int(item % q.pairs), item / q.pairs, item + 1 < i1 ? int((item + 1) % q.pairs) : -1, worker);
+  cpu::amx_for_items(q.grid, threads, [&](int pair, int64_t span_index, int next_pair, int worker) {
+    amx_item(q, pair, span_index, next_pair, worker);
   });
   return Status::Ok();
 }

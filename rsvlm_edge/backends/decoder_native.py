@@ -24,8 +24,12 @@ def _flat(out: np.ndarray | None, cols: int) -> np.ndarray | None:
 
 
 def native_ops() -> SimpleNamespace:
-    """The native kernels as an op set (raises ImportError when the extension is not built)."""
+    """The native kernels as an op set (raises ImportError when the extension is not built). fp16 linears of 32
+    rows and more (prefill) may run as three bf16 products on AMX tiles (``native.fp16_gemm_bf16x3``)."""
+    from ..native import fp16_gemm_bf16x3
+
     _C = _ext()
+    bf16x3 = fp16_gemm_bf16x3()
 
     def rms_norm(x, weight, eps=1e-6, out=None):
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
@@ -52,11 +56,11 @@ def native_ops() -> SimpleNamespace:
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         if w.ndim == 3:  # column blocks (prepare_weight): one call per block, summed
             ks = w.shape[2]
-            y = _C.linear(np.ascontiguousarray(x2[:, :ks]), w[0], bias, out=_flat(out, n))
+            y = _C.linear(np.ascontiguousarray(x2[:, :ks]), w[0], bias, out=_flat(out, n), bf16x3=bf16x3)
             for s in range(1, w.shape[0]):
-                y += _C.linear(np.ascontiguousarray(x2[:, s * ks:(s + 1) * ks]), w[s])
+                y += _C.linear(np.ascontiguousarray(x2[:, s * ks:(s + 1) * ks]), w[s], bf16x3=bf16x3)
         else:
-            y = _C.linear(x2, w, bias, w_scale=w_scale, out=_flat(out, n))
+            y = _C.linear(x2, w, bias, w_scale=w_scale, out=_flat(out, n), bf16x3=bf16x3)
         return out if out is not None else y.reshape(*x.shape[:-1], n)
 
     def qlinear(x, w, w_scale, bias=None, out=None):
