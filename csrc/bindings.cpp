@@ -20,6 +20,7 @@ void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
 void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
 void bind_threads(py::module_& m);       // csrc/bind_threads.cpp
+void bind_device_array(py::module_& m);  // csrc/bind_device_array.cpp
 
 namespace {
 
@@ -67,4 +68,5 @@ PYBIND11_MODULE(_C, m) {
   bind_swiglu(m);
   bind_cuda_decoder(m);
   bind_threads(m);
+  bind_device_array(m);
 }

@@ -652,8 +652,8 @@ def _resign(plan: Path) -> None:
 def test_auto_prefers_trt_when_tensorrt_and_a_gpu_are_present(fakes, fp32_bundle, int8_src):
     part = open_bundle(fp32_bundle).manifest.parts["image"]
     assert registry.choose("graph", "auto", part, "image").name == "trt"
-    assert [s.name for s in registry.all_backends("graph")][:5] == ["trt", "ort-tensorrt", "ort-cuda", "native-vit",
-                                                                     "ort-cpu"]
+    assert [s.name for s in registry.all_backends("graph")][:6] == ["trt", "ort-tensorrt", "ort-cuda", "cuda-vit",
+                                                                     "native-vit", "ort-cpu"]
     int8 = open_bundle(int8_src).manifest.parts["image"]
     assert registry.choose("graph", "auto", int8, "image").name == "trt"  # it has the S8S8 variant
     u8s8_only = int8.model_copy(update={"variants": {}})

@@ -114,24 +114,43 @@ class NativeVisionTower:
                               f"{'/'.join(np.dtype(d).name for d in dtypes)} {shape}", "re-export the bundle")
         return arr
 
-    def _linear(self, t: dict[str, np.ndarray], w: str, b: str | None, n: int, k: int,
-                rows: slice | None = None) -> _Linear:
-        """The linear layer of weight ``w`` (N_total, K) (rows ``rows`` of it: in_proj's q/k/v)."""
+    def _linear_tensors(self, t: dict[str, np.ndarray], w: str, b: str | None, n: int, k: int, rows: slice | None
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(weight (N, K): int8 / fp16 / fp32 as stored, its per-row scales (N,) for ``w8`` else None, bias (N,)
+        or None) of the linear layer of weight ``w`` (N_total, K): rows ``rows`` of it (in_proj's q/k/v), checked."""
         n_total = n if rows is None else 3 * n
         rows = rows or slice(0, n)
         bias = None if b is None else self._tensor(t, b, (n_total,), (np.float32,))[rows]
         if self.precision == "w8":
-            weight = self._tensor(t, w, (n_total, k), (np.int8,))
+            weight = self._tensor(t, w, (n_total, k), (np.int8,))[rows]
             scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows]
             if not np.isfinite(scale).all() or (scale < 0).any():
                 raise BundleError(f"'{self.path}': '{w}.scale' has negative or non-finite scales", "re-export the bundle")
-            try:  # qgemm_pack checks the values itself (-128 is outside the w8 format)
-                packed = self._c.qgemm_pack(weight[rows], scale)
-            except ValueError as e:
-                raise BundleError(f"'{self.path}': tensor '{w}' cannot be packed ({e})", "re-export the bundle") from None
-            return _Linear(None, bias, packed=packed)
+            return weight, scale, bias
         weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
-        return _Linear(weight[rows], bias)
+        return weight[rows], None, bias
+
+    def _linear(self, t: dict[str, np.ndarray], w: str, b: str | None, n: int, k: int,
+                rows: slice | None = None) -> _Linear:
+        """The linear layer of weight ``w`` (N_total, K) (rows ``rows`` of it: in_proj's q/k/v)."""
+        weight, scale, bias = self._linear_tensors(t, w, b, n, k, rows)
+        if scale is None:
+            return _Linear(weight, bias)
+        try:  # qgemm_pack checks the values itself (-128 is outside the w8 format)
+            packed = self._c.qgemm_pack(weight, scale)
+        except ValueError as e:
+            raise BundleError(f"'{self.path}': tensor '{w}' cannot be packed ({e})", "re-export the bundle") from None
+        return _Linear(None, bias, packed=packed)
+
+    def _patch_conv(self, conv: np.ndarray) -> np.ndarray:
+        """conv1's weight (W, 3, P, P) fp32 as ``patch_embed`` takes it here: as it is, or for a ``w8`` tower in
+        W8A8 too (int8 per output channel, packed for qgemm)."""
+        if self.precision != "w8":
+            return conv
+        if not np.isfinite(conv).all():
+            raise BundleError(f"'{self.path}': 'conv1.weight' has non-finite values", "re-export the bundle")
+        q, scale = self._c.quantize_weight_int8(np.ascontiguousarray(conv.reshape(conv.shape[0], -1)))
+        return self._c.qgemm_pack(q, scale)
 
     def _load(self, t: dict[str, np.ndarray], part: Any) -> None:
         f32 = (np.float32,)
@@ -147,12 +166,7 @@ class NativeVisionTower:
         tokens = 1 + grid * grid
         embed = int(part.outputs[0].shape[1])
         self.width, self.patch, self.size, self.tokens, self.head_dim = width, patch, size, tokens, width // self.heads
-        self.conv = self._tensor(t, "conv1.weight", (width, 3, patch, patch), f32)
-        if self.precision == "w8":  # the patch conv in W8A8 too: int8 per output channel, packed for qgemm
-            if not np.isfinite(self.conv).all():
-                raise BundleError(f"'{self.path}': 'conv1.weight' has non-finite values", "re-export the bundle")
-            q, scale = self._c.quantize_weight_int8(np.ascontiguousarray(self.conv.reshape(width, -1)))
-            self.conv = self._c.qgemm_pack(q, scale)
+        self.conv = self._patch_conv(self._tensor(t, "conv1.weight", (width, 3, patch, patch), f32))
         self.cls = self._tensor(t, "class_embedding", (width,), f32)
         self.pos = self._tensor(t, "positional_embedding", (tokens, width), f32)
         self.ln_pre = (self._tensor(t, "ln_pre.weight", (width,), f32), self._tensor(t, "ln_pre.bias", (width,), f32))
