@@ -12,9 +12,10 @@
 #              qlinear w8/w4, norms, RoPE, SwiGLU, patch embedding) checked against the references
 #   bench      GEMV vs copy bandwidth and cuBLAS, decode attention at context 512/2048/8192 as % of the
 #              measured bandwidth, patch embedding vs torch, decode peers (HF eager, static cache +
-#              torch.compile), per-kernel device time of a decode step (bench/profile_decoder_cuda.py)
+#              torch.compile), per-kernel device time of a decode step (bench/profile_decoder_cuda.py), the
+#              CLIP ViT-B/32 image tower on our CUDA kernels (cuda-vit) vs open_clip fp16 (bench/bench_vit_cuda.py)
 # REPORT_DIR gets gpu-check.log (all output), gpu-check.json and gpu-check.md (scripts/gpu_report.py),
-# junit.xml. GPU_CHECK_BENCHES (default "gemv attention patch-embed profile decoder") picks the benches and
+# junit.xml. GPU_CHECK_BENCHES (default "gemv attention patch-embed profile decoder vit") picks the benches and
 # GPU_CHECK_DECODER_ARGS adds options to bench_decoder_cuda.py (e.g. "--peers eager --ours fp16").
 # Exit status: 0 when build, pytest and every sanitizer tool passed, else 1.
 set -uo pipefail
@@ -73,7 +74,7 @@ if [ $built -eq 0 ]; then
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     step "sanitize-$tool" 120 compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 3 build/dev/rsvlm_cuda_smoke
   done
-  benches=" ${GPU_CHECK_BENCHES:-gemv attention patch-embed profile decoder} "
+  benches=" ${GPU_CHECK_BENCHES:-gemv attention patch-embed profile decoder vit} "
   want() { [[ $benches == *" $1 "* ]]; }
   want gemv && step bench-gemv 90 "$py" bench/bench_gemv_cuda.py --json "$work/gemv.json"
   bw=$("$py" -c "import json; print(round(json.load(open('$work/gemv.json'))['copy_bandwidth_gbs']))" 2>/dev/null || echo 3000)
@@ -86,6 +87,7 @@ if [ $built -eq 0 ]; then
   # shellcheck disable=SC2086
   want profile && step profile-decoder 90 "$py" bench/profile_decoder_cuda.py --json "$work/profile_decoder.json"
   want decoder && step bench-decoder 300 "$py" bench/bench_decoder_cuda.py --json "$work/decoder.json" ${GPU_CHECK_DECODER_ARGS:-}
+  want vit && step bench-vit 150 "$py" bench/bench_vit_cuda.py --json "$work/vit_cuda.json" --workdir "$work/vit" --iters 10
 fi
 
 "$py" scripts/gpu_report.py --work "$work" --log "$log" --junit "$report_dir/junit.xml" \

@@ -103,6 +103,12 @@ def bench_markdown(work: Path) -> tuple[dict, list[str]]:
 
         results["decoder"] = json.loads(dec.read_text())
         md += ["### Decode (TinyLlama-1.1B shape)", "", dec_md(results["decoder"]), ""]
+    vit = work / "vit_cuda.json"
+    if vit.exists():
+        from bench_vit_cuda import markdown as vit_md
+
+        results["vit_cuda"] = json.loads(vit.read_text())
+        md += ["### CLIP image tower on our CUDA kernels (cuda-vit) vs open_clip fp16", "", vit_md(results["vit_cuda"]), ""]
     return results, md
 
 

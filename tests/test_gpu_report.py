@@ -50,6 +50,10 @@ def report(tmp_path: Path, pytest_rc: int, failures: int) -> tuple[int, str, dic
              dict(step="sanitize-memcheck", rc=0, seconds=1.0), dict(step="profile-decoder", rc=0, seconds=31.0)]
     (work / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     (work / "profile_decoder.json").write_text(json.dumps(dict(runs=[profile_run("w8", 8)])))
+    (work / "vit_cuda.json").write_text(json.dumps(dict(
+        arch="ViT-B-32", device="NVIDIA H100 80GB HBM3", when="2026-11-27T06:00+00:00", notes=["seeded weights"],
+        rows=[dict(batch=8, ours_ms=2.5, ours_img_s=3200.0, peer_ms=3.0, peer_img_s=2666.7, speedup_vs_peer=1.2,
+                   min_cosine_vs_fp32=0.99971)])))
     failed = ('<testcase classname="tests.test_b" name="test_bad"><failure message="assert 0.81 &gt;= 0.999"/>'
               "</testcase>") if failures else ""
     (tmp_path / "junit.xml").write_text(JUNIT.format(f=failures, t=2 + failures, failed=failed))
@@ -72,6 +76,8 @@ def test_report_passes_with_the_profile_section(tmp_path):
     assert "### Where a decode step's time goes (TinyLlama-1.1B shape, per kernel)" in md
     assert "**w8, batch 8** (context 608)" in md
     assert js["benches"]["profile_decoder"]["runs"][0]["kernels"][0]["us_per_step"] == 980.8
+    assert "### CLIP image tower on our CUDA kernels (cuda-vit) vs open_clip fp16" in md
+    assert "| 8 | 2.50 | 3200.0 | 3.00 | 2666.7 | 1.20x | 0.999710 |" in md
 
 
 def test_report_fails_and_names_the_failed_test(tmp_path):
