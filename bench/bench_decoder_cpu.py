@@ -177,6 +177,9 @@ def run_ours(a: argparse.Namespace) -> dict:
                         max_position_embeddings=cfg_json["max_position_embeddings"], attention_bias=False,
                         bos_token_id=1, eos_token_id=2)
     ops = OpProfile(open_decoder(a.backend))
+    from rsvlm_edge.native import _c
+
+    kernels = _c().set_cpu_kernels(a.cpu_kernels)
     batch_max = max(a.batch)
     max_seq = max(a.prompt, a.bs8_prompt) + a.new + 1
     t0 = time.perf_counter()
@@ -186,7 +189,7 @@ def run_ours(a: argparse.Namespace) -> dict:
     del tensors
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    row: dict = {"precision": a.worker, "backend": ops.name, "weight_bytes_per_token": decoder.weight_bytes,
+    row: dict = {"precision": a.worker, "backend": ops.name, "cpu_kernels": kernels, "weight_bytes_per_token": decoder.weight_bytes,
                  "weight_bytes": weight_bytes,  # every tensor of decoder.safetensors (embeddings too)
                  "kv_cache_bytes": int(sum(k.nbytes + v.nbytes for k, v in zip(decoder.cache.k, decoder.cache.v))),
                  "load_s": load_s}
@@ -324,6 +327,12 @@ def _best(old: dict | None, new: dict) -> dict:
     return merged
 
 
+def _kernels_note(result: dict) -> str:
+    """'; our kernel set: X' from the workers' rows (runs saved before the field: nothing)."""
+    sets = sorted({ours["cpu_kernels"] for ours in result["ours"].values() if "cpu_kernels" in ours})
+    return f"; our CPU kernel set: {', '.join(sets)}" if sets else ""
+
+
 def markdown(result: dict) -> str:
     readings = [bw for ours in result["ours"].values() for bw in ours.get("read_bandwidth_gb_s", [])]
     readings = readings or [result["read_bandwidth_gb_s"]]  # runs saved before per-precision readings
@@ -332,7 +341,8 @@ def markdown(result: dict) -> str:
              f"{result['threads']} threads both sides, {result['date']}; prompt {result['prompt']} tokens "
              f"(batch 8: {result['bs8_prompt']} per sequence), {result['new']} new tokens, best of {result['repeats']}"
              f"{f' x {rounds} rounds' if rounds > 1 else ''}; read bandwidth {min(readings):.1f}-{max(readings):.1f} GB/s "
-             "(bench/native/read_bandwidth.c, before each precision; % below: of the highest reading).", "",
+             "(bench/native/read_bandwidth.c, before each precision; % below: of the highest reading)"
+             f"{_kernels_note(result)}.", "",
              "| precision (ours / llama.cpp) | prefill tok/s | decode bs1 tok/s | decode bs8 tok/s | "
              "bs1 weights GB/s (% of read bw) | peak RSS MiB (weights + KV MiB, RSS over them) |",
              "|---|---|---|---|---|---|"]
@@ -377,6 +387,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="native")
+    ap.add_argument("--cpu-kernels", default="auto",
+                    help="our CPU micro-kernel set (auto | amx | avx512vnni | avx2 | portable): e.g. avx512vnni on an AMX "
+                         "machine times what a CPU without AMX runs")
     ap.add_argument("--peer", choices=["none", "llamacpp"], default="none")
     ap.add_argument("--workdir", type=Path, default=HERE / "out" / "decoder-cpu")
     ap.add_argument("--llamacpp-dir", type=Path, default=HERE / "out" / "llamacpp")
@@ -420,7 +433,8 @@ def main() -> None:
             r = subprocess.run([sys.executable, __file__, "--worker", p, "--checkpoint", str(ckpt), "--decoder-file",
                                 str(dfile), "--batch", ",".join(map(str, a.batch)), "--prompt", str(a.prompt),
                                 "--bs8-prompt", str(a.bs8_prompt), "--new", str(a.new), "--repeats", str(a.repeats),
-                                "--backend", a.backend], capture_output=True, text=True, env=env)
+                                "--backend", a.backend, "--cpu-kernels", a.cpu_kernels], capture_output=True, text=True,
+                               env=env)
             if r.returncode != 0:
                 sys.exit(f"error: our {p} worker failed: {r.stderr[-2000:]}")
             row = json.loads(r.stdout.strip().splitlines()[-1])

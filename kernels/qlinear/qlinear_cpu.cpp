@@ -13,13 +13,14 @@
 //    GEMV (M < 4: decode, bandwidth-bound): the thread pool over weight rows, one row kernel per row (R <= 3 rows
 //         of x); each thread reads its contiguous range of rows front to back as one stream, each
 //         weight byte once for every row of x.
-//    GEMM (M >= 4: prefill, batched decode): the thread pool over panels of 32 weight rows (32 x K bytes stay in
-//         L2) and, inside, tiles of 3 rows of x times 4 weight rows; on the amx kernel set instead AMX-INT8
+//    GEMM (M >= 4: prefill, batched decode): the thread pool over chunks of panels of 32 weight rows (32 x K
+//         bytes stay in L2; the first pass over a panel fetches the next one into L2) and, inside, tiles of 3 rows
+//         of x times 4 weight rows; on the amx kernel set instead AMX-INT8
 //         tile products (qlinear_amx below: weights as the A operand straight from their rows, x in AMX's B
 //         layout, one C tile per 16 x 16 outputs and 64 inputs, scaled per block; bit-identical to avx512vnni).
 // Micro-kernels (the active set follows cpu_kernels(), see rsvlm_edge/linear.h):
 //    avx2        vpmaddubsw + vpmaddwd (u8 x s8 -> s16 pairs -> s32; no saturation: |pair| <= 2*127*127)
-//    avx512vnni  vpdpbusd on 256-bit registers (512-bit in the i4 GEMV row); i8 weights meet
+//    avx512vnni  vpdpbusd on 512-bit registers (GEMM tile, i4 GEMV row; 256-bit in the i8 GEMV row); i8 weights meet
 //                xq + 128 (unsigned) and the 128 * sum(w) this adds is taken off per block
 //                (vpdpbusd against ones), instead of the sign trick's extra instruction per product
 //    amx         the GEMM on the AMX tile unit (tdpbssd: signed x signed, no offset); GEMV as avx512vnni
@@ -69,8 +70,6 @@ struct QRows {
 struct QCols {
   const void* w[kQC];         // i8: (K) int8; i4: (K / 2) packed bytes
   const float* sw[kQC];       // (G) scales
-  const int32_t* wsum[kQC];   // (blocks) i8 with offset_a kernels: per block, the sum of w over the inputs
-                              // of the 32-wide vector steps (the block rounded down to a multiple of 32)
 };
 
 // acc[r * kQC + c] = sum_b sx[r][b] * sw[c][g(b)] * dot_b(xq[r], q[c])  for r < R, c < kQC.
@@ -194,80 +193,63 @@ RSVLM_QAVX2 inline __m128i hsum4_epi32(const __m256i* a) {
   return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-// One tile; DOT is dot_u8s8_avx2 or dot_u8s8_vnni. Per block: int32 lane accumulators per (r, c),
-// reduced to 4 sums per row of x, scaled by sx[r][b] * sw[c][g] and added to 4 fp32 sums per row.
-// Operand ranges (maddubs never saturates): i8: |xq| <= 127 times sign-adjusted w in [-128, 127];
-// i4: nibbles 0..15 times xq in [-127, 127], two products per pair, 2 pairs added in int16 (<= 7620).
-#define RSVLM_DEFINE_QTILE_X86(NAME, TARGET, DOT, OFFSET)                                                  \
-  template <int R, QWeight F>                                                                              \
-  TARGET void NAME(const QRows& x, const QCols& w, int k, int group, float* acc) {                         \
-    __m128 f[R];                                                                                           \
-    for (int r = 0; r < R; ++r) f[r] = _mm_setzero_ps();                                                   \
-    const __m256i low4 = _mm256_set1_epi8(0x0F);                                                           \
-    for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {                                               \
-      const int k1 = std::min(k, k0 + kQActBlock);                                                         \
-      __m256i ai[R][kQC];                                                                                  \
-      for (int c = 0; c < kQC; ++c)                                                                        \
-        for (int r = 0; r < R; ++r) ai[r][c] = _mm256_setzero_si256();                                     \
-      int kk = k0;                                                                                         \
-      if (F == QWeight::i8 && OFFSET) { /* x.a = xq + 128: dot(xq, w) = dot(x.a, w) - 128 sum(w) */        \
-        for (; kk + 32 <= k1; kk += 32) {                                                                  \
-          __m256i xu[R];                                                                                   \
-          for (int r = 0; r < R; ++r) xu[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk)); \
-          for (int c = 0; c < kQC; ++c) {                                                                  \
-            const __m256i wv =                                                                             \
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(w.w[c]) + kk)); \
-            for (int r = 0; r < R; ++r) ai[r][c] = DOT(ai[r][c], xu[r], wv);                               \
-          }                                                                                                \
-        }                                                                                                  \
-      } else if (F == QWeight::i8) {                                                                       \
-        for (; kk + 32 <= k1; kk += 32)                                                                    \
-          for (int c = 0; c < kQC; ++c) {                                                                  \
-            const int8_t* wp = static_cast<const int8_t*>(w.w[c]) + kk;                                    \
-            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                   \
-            for (int r = 0; r < R; ++r) {                                                                  \
-              const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk));       \
-              const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk));       \
-              ai[r][c] = DOT(ai[r][c], xa, _mm256_sign_epi8(wv, xv));                                      \
-            }                                                                                              \
-          }                                                                                                \
-      } else {                                                                                             \
-        for (; kk + kChunk4 <= k1; kk += kChunk4) /* half h: bytes 32h.. <-> evens 32h.., odds 64 + 32h.. */ \
-          for (int h = 0; h < 2; ++h)                                                                      \
-            for (int c = 0; c < kQC; ++c) {                                                                \
-              const uint8_t* wp = static_cast<const uint8_t*>(w.w[c]) + kk / 2 + 32 * h;                   \
-              const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));                 \
-              const __m256i lo = _mm256_and_si256(wb, low4);                                               \
-              const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);                         \
-              for (int r = 0; r < R; ++r) {                                                                \
-                const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 32 * h)); \
-                const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 64 + 32 * h)); \
-                ai[r][c] = DOT(DOT(ai[r][c], lo, xe), hi, xo);                                             \
-              }                                                                                            \
-            }                                                                                              \
-      }                                                                                                    \
-      const int g = group == k ? 0 : group == kQActBlock ? b : k0 / group;                                 \
-      const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);                       \
-      /* x.a = xq + 128 added 128 * sum(w) over the inputs of the vector steps (wsum: exactly those) */  \
-      const __m128i offset = F == QWeight::i8 && OFFSET                                                    \
-          ? _mm_slli_epi32(_mm_setr_epi32(w.wsum[0][b], w.wsum[1][b], w.wsum[2][b], w.wsum[3][b]), 7)     \
-          : _mm_setzero_si128();                                                                           \
-      for (int r = 0; r < R; ++r) {                                                                        \
-        __m128i s = _mm_sub_epi32(hsum4_epi32(ai[r]), offset);                                             \
-        if (F == QWeight::i4) s = _mm_sub_epi32(s, _mm_set1_epi32(8 * x.sum[r][b]));                       \
-        if (kk < k1) { /* a short last block: the inputs the vector steps did not cover */                 \
-          alignas(16) int32_t tail[kQC];                                                                   \
-          for (int c = 0; c < kQC; ++c) tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k);                \
-          s = _mm_add_epi32(s, _mm_load_si128(reinterpret_cast<__m128i*>(tail)));                          \
-        }                                                                                                  \
-        f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);           \
-      }                                                                                                    \
-    }                                                                                                      \
-    for (int r = 0; r < R; ++r) _mm_storeu_ps(acc + r * kQC, f[r]);                                        \
+// The avx2 GEMM tile (R rows of x x 4 weight rows). Per block: int32 lane accumulators per (r, c), reduced to
+// 4 sums per row of x, scaled by sw[c][g] * sx[r][b] and added to 4 fp32 sums per row (the avx512vnni and amx
+// tiles do the same float operations). Operand ranges (maddubs never saturates): i8: |xq| <= 127 times
+// sign-adjusted w in [-128, 127]; i4: nibbles 0..15 times xq in [-127, 127], two products per pair, 2 pairs
+// added in int16 (<= 7620).
+template <int R, QWeight F>
+RSVLM_QAVX2 void qtile_avx2(const QRows& x, const QCols& w, int k, int group, float* acc) {
+  __m128 f[R];
+  for (int r = 0; r < R; ++r) f[r] = _mm_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    const int k1 = std::min(k, k0 + kQActBlock);
+    __m256i ai[R][kQC];
+    for (int c = 0; c < kQC; ++c)
+      for (int r = 0; r < R; ++r) ai[r][c] = _mm256_setzero_si256();
+    int kk = k0;
+    if (F == QWeight::i8) {
+      for (; kk + 32 <= k1; kk += 32)
+        for (int c = 0; c < kQC; ++c) {
+          const int8_t* wp = static_cast<const int8_t*>(w.w[c]) + kk;
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+          for (int r = 0; r < R; ++r) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk));
+            const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.a[r] + kk));
+            ai[r][c] = dot_u8s8_avx2(ai[r][c], xa, _mm256_sign_epi8(wv, xv));
+          }
+        }
+    } else {
+      for (; kk + kChunk4 <= k1; kk += kChunk4)  // half h: bytes 32h.. <-> evens 32h.., odds 64 + 32h..
+        for (int h = 0; h < 2; ++h)
+          for (int c = 0; c < kQC; ++c) {
+            const uint8_t* wp = static_cast<const uint8_t*>(w.w[c]) + kk / 2 + 32 * h;
+            const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+            const __m256i lo = _mm256_and_si256(wb, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low4);
+            for (int r = 0; r < R; ++r) {
+              const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 32 * h));
+              const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q[r] + kk + 64 + 32 * h));
+              ai[r][c] = dot_u8s8_avx2(dot_u8s8_avx2(ai[r][c], lo, xe), hi, xo);
+            }
+          }
+    }
+    const int g = k0 / group;
+    const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);
+    for (int r = 0; r < R; ++r) {
+      __m128i s = hsum4_epi32(ai[r]);
+      if (F == QWeight::i4) s = _mm_sub_epi32(s, _mm_set1_epi32(8 * x.sum[r][b]));
+      if (kk < k1) {  // a short last block: the inputs the vector steps did not cover
+        alignas(16) int32_t tail[kQC];
+        for (int c = 0; c < kQC; ++c) tail[c] = dot_scalar<F>(x.q[r], w.w[c], kk, k1, k);
+        s = _mm_add_epi32(s, _mm_load_si128(reinterpret_cast<__m128i*>(tail)));
+      }
+      f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);
+    }
   }
-
-RSVLM_DEFINE_QTILE_X86(qtile_avx2, RSVLM_QAVX2, dot_u8s8_avx2, false)
-RSVLM_DEFINE_QTILE_X86(qtile_vnni, RSVLM_QVNNI, dot_u8s8_vnni, true)
+  for (int r = 0; r < R; ++r) _mm_storeu_ps(acc + r * kQC, f[r]);
+}
 
 // quantize_activations, vectorised: the same float operations (|x| max, x * (127 / amax), round half to
 // even, clamp) on 8 lanes, so the result is identical bit for bit. Full blocks of 128 finite inputs take
@@ -450,7 +432,73 @@ RSVLM_QVNNI void qrow_vnni512_i4(const QRows& x, const void* wrow, const float* 
   for (int r = 0; r < R; ++r) acc[r] = _mm512_reduce_add_ps(fl[r]) + f[r];
 }
 
-const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni, QWeight::i8), RSVLM_QTILES(qtile_vnni, QWeight::i4)},
+// The sums of the 16 int32 lanes of s[0..3], as one vector of 4 (exact: integer adds in any order).
+RSVLM_QVNNI inline __m128i hsum4_epi32_512(const __m512i* s) {
+  const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(s[0], s[1]), _mm512_unpackhi_epi32(s[0], s[1]));
+  const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2], s[3]), _mm512_unpackhi_epi32(s[2], s[3]));
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));  // per 128-bit lane
+  const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+// avx512vnni GEMM tile (R rows of x x 4 weight rows): a full block's products on 512-bit registers (i8: two
+// 64-byte halves, x.a = xq + 128 against w, and w against ones for the 128 * sum(w) to take off; i4: the
+// block's 64 packed bytes, low / high nibbles against its first / last 64 slots), the 16 lanes of each
+// (row, weight row) summed exactly to one int32 per block, then the same float operations as every tile:
+// f = fma(float(dot_b), sw[c][g] * sx[r][b], f). A short last block runs the definition.
+template <int R, QWeight F>
+RSVLM_QVNNI void qtile_vnni512(const QRows& x, const QCols& w, int k, int group, float* acc) {
+  const __m512i ones = _mm512_set1_epi8(1), low4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+  __m128 f[R];
+  for (int r = 0; r < R; ++r) f[r] = _mm_setzero_ps();
+  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
+    const int k1 = std::min(k, k0 + kQActBlock), g = k0 / group;
+    const __m128 sw = _mm_setr_ps(w.sw[0][g], w.sw[1][g], w.sw[2][g], w.sw[3][g]);
+    __m128i dot[R];
+    if (k1 - k0 == kQActBlock) {
+      __m512i a[R][kQC];
+      if constexpr (F == QWeight::i8) {
+        __m512i ws[kQC];
+        for (int h = 0; h < 2; ++h) {
+          __m512i xa[R];
+          for (int r = 0; r < R; ++r) xa[r] = _mm512_loadu_si512(x.a[r] + k0 + 64 * h);
+          for (int c = 0; c < kQC; ++c) {
+            const __m512i wv = _mm512_loadu_si512(static_cast<const int8_t*>(w.w[c]) + k0 + 64 * h);
+            ws[c] = _mm512_dpbusd_epi32(h ? ws[c] : zero, ones, wv);
+            for (int r = 0; r < R; ++r) a[r][c] = _mm512_dpbusd_epi32(h ? a[r][c] : zero, xa[r], wv);
+          }
+        }
+        const __m128i off = _mm_slli_epi32(hsum4_epi32_512(ws), 7);  // 128 * sum(w) per weight row
+        for (int r = 0; r < R; ++r) dot[r] = _mm_sub_epi32(hsum4_epi32_512(a[r]), off);
+      } else {
+        __m512i xe[R], xo[R];
+        for (int r = 0; r < R; ++r) {
+          xe[r] = _mm512_loadu_si512(x.q[r] + k0);
+          xo[r] = _mm512_loadu_si512(x.q[r] + k0 + 64);
+        }
+        for (int c = 0; c < kQC; ++c) {
+          const __m512i wb = _mm512_loadu_si512(static_cast<const uint8_t*>(w.w[c]) + k0 / 2);
+          const __m512i lo = _mm512_and_si512(wb, low4), hi = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low4);
+          for (int r = 0; r < R; ++r) a[r][c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xe[r]), hi, xo[r]);
+        }
+        for (int r = 0; r < R; ++r)
+          dot[r] = _mm_sub_epi32(hsum4_epi32_512(a[r]), _mm_set1_epi32(8 * x.sum[r][b]));
+      }
+    } else {  // a short last block: the definition (exact)
+      for (int r = 0; r < R; ++r) {
+        alignas(16) int32_t d[kQC];
+        for (int c = 0; c < kQC; ++c)
+          d[c] = dot_scalar<F>(x.q[r], w.w[c], k0, k1, k) - (F == QWeight::i4 ? 8 * x.sum[r][b] : 0);
+        dot[r] = _mm_load_si128(reinterpret_cast<const __m128i*>(d));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      f[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(dot[r]), _mm_mul_ps(sw, _mm_set1_ps(x.s[r][b])), f[r]);
+  }
+  for (int r = 0; r < R; ++r) _mm_storeu_ps(acc + r * kQC, f[r]);
+}
+
+const QKernelSet kQVnni = {{RSVLM_QTILES(qtile_vnni512, QWeight::i8), RSVLM_QTILES(qtile_vnni512, QWeight::i4)},
                            {RSVLM_QTILES(qrow_vnni, QWeight::i8), {nullptr, qrow_vnni512_i4<1>, qrow_vnni512_i4<2>,
                                                                    qrow_vnni512_i4<3>}},
                            true, quantize_activations_avx2};
@@ -469,17 +517,6 @@ const QKernelSet& active_qkernels() {
   }
 #endif
   return kQPortable;
-}
-
-// wsum[b] = sum of w[k0 .. k0 + covered) per block b, covered = the block's length rounded down to 32
-// (what QCols::wsum holds).
-void vector_wsum(const int8_t* w, int k, int32_t* wsum) {
-  for (int k0 = 0, b = 0; k0 < k; k0 += kQActBlock, ++b) {
-    const int len = std::min(kQActBlock, k - k0), covered = len - len % 32;
-    int32_t s = 0;
-    for (int i = 0; i < covered; ++i) s += w[k0 + i];
-    wsum[b] = s;
-  }
 }
 
 // Row m of x quantised into the kernel layout (see the file comment); xa (i8) and xsum (i4) are skipped when
@@ -842,15 +879,13 @@ Status qlinear_cpu(const QLinearParams& p) {
   };
   // Tile of weight rows n0 .. n0 + nt - 1 (nt <= 4; missing rows repeat the last, their sums dropped)
   // against rows m0 .. m0 + rows - 1 of x, written to out.
-  // wsum: the tile's rows' per-block weight sums, (nt, blocks) row-major, or nullptr.
-  auto run_tile = [&](const QRows& xr, int64_t m0, int rows, int n0, const int32_t* wsum) {
+  auto run_tile = [&](const QRows& xr, int64_t m0, int rows, int n0) {
     const int nt = std::min(kQC, n - n0);
     QCols wc{};
     for (int c = 0; c < kQC; ++c) {
       const int row = n0 + std::min(c, nt - 1);
       wc.w[c] = static_cast<const uint8_t*>(p.w) + int64_t(row) * w_row_bytes;
       wc.sw[c] = p.w_scale + int64_t(row) * p.groups;
-      wc.wsum[c] = wsum ? wsum + int64_t(std::min(c, nt - 1)) * blocks : nullptr;
     }
     float acc[kQR * kQC];
     ks.tile[fmt][rows](xr, wc, k, group, acc);
@@ -882,22 +917,25 @@ Status qlinear_cpu(const QLinearParams& p) {
     return Status::Ok();
   }
   const int panels = (n + kPanel - 1) / kPanel;
-  // Per thread: the panel's per-block weight sums (offset_a kernels, i8), allocated before the region.
-  const bool need_wsum = i8 && ks.offset_a;
+  // Chunks of consecutive panels (about 4 per thread): while a thread's first pass over rows of x reads a panel
+  // (the tiles walk 4 weight rows at once, which the hardware prefetchers follow poorly), it fetches its next
+  // panel into L2 in address order, a tile's share at a time.
   const int threads = host::max_threads();
-  std::vector<int32_t> wsum_buf;
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(wsum_buf, need_wsum ? int64_t(kPanel) * blocks : 0, threads, "qlinear"));
-  host::parallel_for(panels, 1, threads, [&](int64_t pi, int worker) {
-    int32_t* const wsum = need_wsum ? wsum_buf.data() + int64_t(worker) * kPanel * blocks : nullptr;
-    const int n_begin = int(pi) * kPanel, n_end = std::min(n, n_begin + kPanel);
-    if (need_wsum)
-      for (int j = n_begin; j < n_end; ++j)
-        vector_wsum(static_cast<const int8_t*>(p.w) + int64_t(j) * k, k, wsum + int64_t(j - n_begin) * blocks);
-    for (int64_t m0 = 0; m0 < m; m0 += kQR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
-      const QRows xr = rows_at(m0, rows);
-      for (int n0 = n_begin; n0 < n_end; n0 += kQC)
-        run_tile(xr, m0, rows, n0, need_wsum ? wsum + int64_t(n0 - n_begin) * blocks : nullptr);
+  const int64_t chunk = std::max<int64_t>(1, panels / (int64_t(threads) * 4));
+  host::parallel_chunks(panels, chunk, threads, [&](int64_t p0, int64_t p1, int) {
+    for (int64_t pi = p0; pi < p1; ++pi) {
+      const int n_begin = int(pi) * kPanel, n_end = std::min(n, n_begin + kPanel);
+      const int next_rows = pi + 1 < p1 ? std::min(kPanel, n - n_end) : 0;
+      const char* next = static_cast<const char*>(p.w) + int64_t(n_end) * w_row_bytes;
+      for (int64_t m0 = 0; m0 < m; m0 += kQR) {
+        const int rows = static_cast<int>(std::min<int64_t>(kQR, m - m0));
+        const QRows xr = rows_at(m0, rows);
+        for (int n0 = n_begin; n0 < n_end; n0 += kQC) {
+          if (m0 == 0 && n0 - n_begin < next_rows)
+            prefetch_l2(next + int64_t(n0 - n_begin) * w_row_bytes, int64_t(std::min(kQC, next_rows - (n0 - n_begin))) * w_row_bytes);
+          run_tile(xr, m0, rows, n0);
+        }
+      }
     }
   });
   return Status::Ok();
