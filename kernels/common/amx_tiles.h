@@ -39,6 +39,23 @@ __attribute__((target("amx-tile"))) inline void amx_configure_16x64() {
   _tile_loadconfig(&cfg);
 }
 
+// Store the C tiles of a weight-stationary step (see below): tiles t = panel * RB + row block into
+// c[panel][row block] (16 x 16 int32 or fp32 each, rows = weight rows). RB = 1: tiles 0, 1; RB = 2: tiles 0-3.
+template <int RB, typename T>
+__attribute__((target("amx-tile"))) inline void amx_store_c(T (*c)[RB][kAmxTileRows][kAmxTileRows]) {
+  static_assert(sizeof(T) == 4, "C tiles hold 32-bit elements");
+  constexpr int ldc = kAmxTileRows * int(sizeof(T));  // 64 bytes
+  if constexpr (RB > 1) {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[0][1], ldc);
+    _tile_stored(2, c[1][0], ldc);
+    _tile_stored(3, c[1][1], ldc);
+  } else {
+    _tile_stored(0, c[0][0], ldc);
+    _tile_stored(1, c[1][0], ldc);
+  }
+}
+
 // Work items of the weight-stationary AMX GEMMs (kernels/qlinear: qlinear_amx; kernels/linear: the fp16 bf16x3
 // GEMM): y (M, N) = x (M, K) . W (N, K)^T with weight rows as the A operand, in pairs of two 16-row panels
 // (32 weight rows), and rows of x as the B operand, in blocks of 16. An item is one pair against one span of

@@ -641,16 +641,7 @@ RSVLM_BF16X3 void bf16x3_step(const Bf16x3Call& q, const uint16_t* st, int64_t r
       _tile_dpbf16ps(1, 5, 6);
     }
   }
-  constexpr int ldc = kAmxTileRows * int(sizeof(float));
-  if constexpr (RB > 1) {
-    _tile_stored(0, c[0][0], ldc);
-    _tile_stored(1, c[0][1], ldc);
-    _tile_stored(2, c[1][0], ldc);
-    _tile_stored(3, c[1][1], ldc);
-  } else {
-    _tile_stored(0, c[0][0], ldc);
-    _tile_stored(1, c[1][0], ldc);
-  }
+  cpu::amx_store_c<RB>(c);
 }
 
 // Work item: weight rows pair * 32 .. + 31 against the row blocks of span `span_index` (see cpu::amx_for_items).

@@ -655,21 +655,6 @@ RSVLM_QLAMX inline void amx_issue(const QAmxCall& q, const int8_t* ab, int64_t l
   }
 }
 
-// Store the C tiles of the block last issued: c (2 panels, RB row blocks, 16 weight rows, 16 rows of x).
-template <int RB>
-RSVLM_QLAMX inline void amx_store(int32_t (*c)[RB][kAmxTileRows][kAmxTileRows]) {
-  constexpr int ldc = kAmxTileRows * int(sizeof(int32_t));
-  if constexpr (RB > 1) {
-    _tile_stored(0, c[0][0], ldc);
-    _tile_stored(1, c[0][1], ldc);
-    _tile_stored(2, c[1][0], ldc);
-    _tile_stored(3, c[1][1], ldc);
-  } else {
-    _tile_stored(0, c[0][0], ldc);
-    _tile_stored(1, c[1][0], ldc);
-  }
-}
-
 // Add block b's stored dots c into f: f[n][m] = fma(float(dot), sw[n][g] * sx[m][b], f[n][m]).
 // f (32, 32) fp32, row = weight row n0 + row, column = row of x.
 template <int RB>
@@ -716,7 +701,7 @@ RSVLM_QLAMX void amx_pair(const QAmxCall& q, const int8_t* a, int64_t lda, int8_
   for (int b = 0; b < q.blocks; ++b) {
     for (int64_t o = b * per_block; o < std::min(next_bytes, (b + 1) * per_block); o += 64)
       _mm_prefetch(next + o, _MM_HINT_T1);
-    amx_store<RB>(c);
+    cpu::amx_store_c<RB>(c);  // block b's C tiles
     if (b + 1 < q.blocks) issue(b + 1);
     amx_scale_add<RB>(q, c, n0, rb0, b, f);
   }

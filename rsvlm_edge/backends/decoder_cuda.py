@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BackendError
 from ..models.llava.decoder import check_prompts, check_room
 from .decoder_numpy import OP_NAMES
-from .registry import BackendSpec, Probe, register
+from .registry import BackendSpec, Probe, probe_cuda_ext, register
 
 CUDA_HEAD_DIMS = (64, 80, 96, 128)  # head dims the CUDA attention kernel is compiled for
 
@@ -118,17 +118,7 @@ def cuda_ops() -> SimpleNamespace:
 
 
 def _probe() -> Probe:
-    try:
-        _C = _ext()
-    except ImportError as e:
-        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
-                     fix="build it: scripts/dev-build.sh (RSVLM_CUDA=ON with nvcc)")
-    if not hasattr(_C, "CudaDecoder") or not _C.built_with_cuda():
-        return Probe(False, "rsvlm_edge._C was built without CUDA kernels",
-                     fix="rebuild on a machine with nvcc: RSVLM_CUDA=ON scripts/dev-build.sh")
-    if _C.cuda_device_count() < 1:
-        return Probe(False, "no CUDA device is visible", fix="check nvidia-smi / CUDA_VISIBLE_DEVICES")
-    return Probe(True, versions=f"rsvlm_edge._C {_C.version()}", device="cuda")
+    return probe_cuda_ext(("CudaDecoder",))
 
 
 def _supports(config: Any) -> str | None:

@@ -25,17 +25,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
-from .graph_native import LN_EPS, REQUIRED_OPS, NativeVisionTower, _Block, _Linear, _serves
-from .registry import BackendSpec, Probe, register
+from .graph_native import LN_EPS, REQUIRED_OPS, NativeVisionTower, _Block, _Linear, _serves, _supports
+from .registry import BackendSpec, Probe, probe_cuda_ext, register
 
 NAME = "cuda-vit"
 CUDA_HEAD_DIMS = (64, 80, 96, 128)  # kernels/kv_attention/kv_attention.cu
-
-
-def _ext() -> Any:
-    from ..native import _c
-
-    return _c()
 
 
 @dataclass(frozen=True)
@@ -114,6 +108,9 @@ class CudaVisionTower(NativeVisionTower):
 
     # ---- running ----------------------------------------------------------------------------------------
 
+    def _bf16_attention(self) -> bool:
+        return False  # the CUDA attention computes in fp16 with fp32 accumulation whatever the tower's precision
+
     def _buffers(self, b: int) -> _Buffers:
         if self._buf is None or self._buf.batch < b:
             self._buf = None  # free the smaller set first
@@ -138,26 +135,11 @@ class CudaVisionTower(NativeVisionTower):
         c.patch_embed(pix, self.d_conv, None, self.d_cls, self.d_pos, self.mean, self.std, self.d_ln_pre[0],
                       self.d_ln_pre[1], LN_EPS, out=x)
         x2 = view(buf.x, rows, w)
-        hn, q, k, v, o, a, m = (view(arr, rows, w) for arr in (buf.hn, buf.q, buf.k, buf.v, buf.o, buf.a, buf.m))
-        f = view(buf.f, rows, self.mlp)
-        k_cache, v_cache = view(buf.k_cache, b, h, t, d), view(buf.v_cache, b, h, t, d)
-        lens, start = view(buf.lens, b), view(buf.start, b)
-        for i, blk in enumerate(self.d_blocks):
-            if i == 0:
-                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], eps=LN_EPS, out=hn)
-            else:  # x += the previous block's MLP output, then LN1
-                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], add=m, eps=LN_EPS, out=hn)
-            blk.q(c, hn, q)
-            blk.k(c, hn, k)
-            blk.v(c, hn, v)
-            c.kv_append(k_cache, v_cache, k.reshape((b, t, h, d)), v.reshape((b, t, h, d)), start)
-            c.attention_prefill(q.reshape((b, t, h, d)), k_cache, v_cache, lens, lens, out=o.reshape((b, t, h, d)),
-                                causal=False)
-            blk.o(c, o, a)
-            c.layer_norm(x2, blk.ln2[0], blk.ln2[1], add=a, eps=LN_EPS, out=hn)  # x += attention, then LN2
-            blk.fc(c, hn, f)
-            c.gelu(f, kind=self.gelu_kind)
-            blk.proj(c, f, m)
+        act = (*(view(arr, rows, w) for arr in (buf.hn, buf.q, buf.k, buf.v, buf.o, buf.a, buf.m)),
+               view(buf.f, rows, self.mlp))
+        attn = (view(buf.k_cache, b, h, t, d), view(buf.v_cache, b, h, t, d), view(buf.lens, b), view(buf.start, b))
+        self._run_blocks(self.d_blocks, b, x2, act, attn)
+        hn, m = act[0], act[6]
         # the last residual add and LN_post over every row (cheap next to the blocks), then the projection
         c.layer_norm(x2, self.d_ln_post[0], self.d_ln_post[1], add=m, eps=LN_EPS, out=hn)
         emb = view(buf.emb, rows, self.embed)
@@ -173,30 +155,7 @@ class CudaVisionTower(NativeVisionTower):
 
 
 def _probe() -> Probe:
-    try:
-        _C = _ext()
-    except ImportError as e:
-        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
-                     fix="build it: scripts/dev-build.sh (RSVLM_CUDA=ON with nvcc)")
-    except BackendError as e:
-        return Probe(False, e.message, fix=e.fix or "")
-    missing = [op for op in (*REQUIRED_OPS, "DeviceArray") if not hasattr(_C, op)]
-    if missing:
-        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}", fix="rebuild the extension")
-    if not _C.built_with_cuda():
-        return Probe(False, "rsvlm_edge._C was built without CUDA kernels",
-                     fix="rebuild on a machine with nvcc: RSVLM_CUDA=ON scripts/dev-build.sh")
-    if _C.cuda_device_count() < 1:
-        return Probe(False, "no CUDA device is visible", fix="check nvidia-smi / CUDA_VISIBLE_DEVICES")
-    return Probe(True, versions=f"rsvlm_edge._C {_C.version()}", device="cuda")
-
-
-def _supports(part: Any) -> str | None:
-    native = getattr(part, "native", None)
-    if native is None:
-        return ("this part has no native weights (only CLIP image towers exported by this version of "
-                "`rsvlm-edge export clip` carry them)")
-    return None
+    return probe_cuda_ext((*REQUIRED_OPS, "DeviceArray"))
 
 
 def _auto_for(part: Any) -> bool:

@@ -217,6 +217,36 @@ class NativeVisionTower:
         with self._lock:
             return [self._forward(np.ascontiguousarray(pixels))]
 
+    # bf16 products in the attention (AMX-BF16 where the CPU has it): for W8A8 towers
+    def _bf16_attention(self) -> bool:
+        return self.precision == "w8"
+
+    def _run_blocks(self, blocks: list[_Block], b: int, x2: Any, act: tuple, attn: tuple) -> None:
+        """The residual blocks over the tokens x2 (B*T, W), updated in place, with the caller's buffers (numpy
+        arrays here, device arrays for cuda-vit): act = (hn, q, k, v, o, a (B*T, W), m (B*T, W): the MLP output,
+        f (B*T, mlp)), attn = (k_cache, v_cache (B, H, T, D), lens (B,) = T, start (B,) = 0). The last block's MLP
+        output is left in m (not yet added to x2)."""
+        c = self._c
+        hn, q, k, v, o, a, m, f = act
+        k_cache, v_cache, lens, start = attn
+        heads = (b, self.tokens, self.heads, self.head_dim)
+        for i, blk in enumerate(blocks):
+            if i == 0:
+                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], eps=LN_EPS, out=hn)
+            else:  # x += the previous block's MLP output, then LN1
+                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], add=m, eps=LN_EPS, out=hn)
+            blk.q(c, hn, q)
+            blk.k(c, hn, k)
+            blk.v(c, hn, v)
+            c.kv_append(k_cache, v_cache, k.reshape(heads), v.reshape(heads), start)
+            c.attention_prefill(q.reshape(heads), k_cache, v_cache, lens, lens, out=o.reshape(heads), causal=False,
+                                bf16_products=self._bf16_attention())
+            blk.o(c, o, a)
+            c.layer_norm(x2, blk.ln2[0], blk.ln2[1], add=a, eps=LN_EPS, out=hn)  # x += attention, then LN2
+            blk.fc(c, hn, f)
+            c.gelu(f, kind=self.gelu_kind)
+            blk.proj(c, f, m)
+
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         c = self._c
         b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim
@@ -234,22 +264,7 @@ class NativeVisionTower:
         v_cache = np.empty((b, h, t, d), np.float32)
         lens = np.full(b, t, np.int32)
         start = np.zeros(b, np.int32)
-        for i, blk in enumerate(self.blocks):
-            if i == 0:
-                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], eps=LN_EPS, out=hn)
-            else:  # x += the previous block's MLP output, then LN1
-                c.layer_norm(x2, blk.ln1[0], blk.ln1[1], add=m, eps=LN_EPS, out=hn)
-            blk.q(c, hn, q)
-            blk.k(c, hn, k)
-            blk.v(c, hn, v)
-            c.kv_append(k_cache, v_cache, k.reshape(b, t, h, d), v.reshape(b, t, h, d), start)
-            c.attention_prefill(q.reshape(b, t, h, d), k_cache, v_cache, lens, lens, out=o.reshape(b, t, h, d),
-                                causal=False, bf16_products=self.precision == "w8")
-            blk.o(c, o, a)
-            c.layer_norm(x2, blk.ln2[0], blk.ln2[1], add=a, eps=LN_EPS, out=hn)  # x += attention, then LN2
-            blk.fc(c, hn, f)
-            c.gelu(f, kind=self.gelu_kind)
-            blk.proj(c, f, m)
+        self._run_blocks(self.blocks, b, x2, (hn, q, k, v, o, a, m, f), (k_cache, v_cache, lens, start))
         cls = np.ascontiguousarray(x[:, 0]) + m.reshape(b, t, w)[:, 0]  # the last residual add, class rows only
         pooled = np.empty((b, w), np.float32)
         c.layer_norm(cls, self.ln_post[0], self.ln_post[1], eps=LN_EPS, out=pooled)

@@ -109,6 +109,30 @@ def probe_native_ops(required: tuple[str, ...]) -> Probe:
                  device=f"cpu ({kernels} kernels)")
 
 
+def probe_cuda_ext(required: tuple[str, ...]) -> Probe:
+    """The probe of a backend that runs on a GPU through ``rsvlm_edge._C``'s CUDA kernels: the extension imports
+    (and its environment is valid), has every attribute in ``required``, was built with CUDA, and sees a device."""
+    from ..errors import BackendError
+    from ..native import _c
+
+    try:
+        ext = _c()
+    except ImportError as e:
+        return Probe(False, f"the native extension rsvlm_edge._C is not built ({e})",
+                     fix="build it: scripts/dev-build.sh (RSVLM_CUDA=ON with nvcc)")
+    except BackendError as e:
+        return Probe(False, e.message, fix=e.fix or "")
+    missing = [n for n in required if not hasattr(ext, n)]
+    if missing:
+        return Probe(False, f"this build of rsvlm_edge._C lacks {', '.join(missing)}", fix="rebuild rsvlm-edge")
+    if not ext.built_with_cuda():
+        return Probe(False, "rsvlm_edge._C was built without CUDA kernels",
+                     fix="rebuild on a machine with nvcc: RSVLM_CUDA=ON scripts/dev-build.sh")
+    if ext.cuda_device_count() < 1:
+        return Probe(False, "no CUDA device is visible", fix="check nvidia-smi / CUDA_VISIBLE_DEVICES")
+    return Probe(True, versions=f"rsvlm_edge._C {ext.version()}", device="cuda")
+
+
 def register(spec: BackendSpec) -> None:
     if spec.name in _REGISTRY or spec.name in ALIASES:
         raise ValueError(f"backend '{spec.name}' is registered twice")
