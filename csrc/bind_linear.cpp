@@ -131,8 +131,9 @@ each product within about 2^-15 of x * w relatively; elsewhere it changes nothin
       "Naive reference of linear (kernels/linear/linear_ref.cpp: plain loops, fp64 accumulation), CPU only: "
       "float32 x, float32 / float16 / int8 w; same arguments and checks as linear.");
   m.def("cpu_kernels", &cpu_kernels,
-        "Micro-kernels the CPU linear ops run: 'amx' (avx512vnni plus AMX-INT8 tiles for qgemm), 'avx512vnni' (avx2 "
-        "plus AVX512-VNNI int8 dot products for qlinear), 'avx2' (x86-64 with AVX2+FMA+F16C, detected at run time) or "
+        "Micro-kernels the CPU linear ops run: 'amx' (avx512vnni plus AMX tiles: INT8 for qgemm and qlinear's GEMM, "
+        "BF16 for bf16-product attention and bf16x3 fp16 linears), 'avx512vnni' (avx2 plus AVX512-VNNI int8 dot "
+        "products for qlinear), 'avx2' (x86-64 with AVX2+FMA+F16C, detected at run time) or "
         "'portable'.");
   m.def("set_cpu_kernels", &set_cpu_kernels, py::arg("name"),
         "Force the CPU linear's micro-kernels process-wide: 'auto' (best supported), 'amx', 'avx512vnni', 'avx2' or "

@@ -52,8 +52,9 @@ Status linear_cuda(const LinearParams& p, void* stream);
 
 // Micro-kernels the CPU linear ops run: avx2 (x86-64 CPUs with AVX2, FMA and F16C, detected at run
 // time; the library is not built with -mavx2), avx512vnni (avx2, plus AVX512-VNNI/VL integer dot
-// products on 256-bit registers for qlinear), amx (avx512vnni, plus the AMX tile unit: INT8 for qgemm and
-// qlinear's GEMM (M >= 4), BF16 for attention_prefill with bf16_products; Sapphire Rapids and later Xeons, with the kernel's
+// products on 256- and 512-bit registers for qlinear), amx (avx512vnni, plus the AMX tile unit: INT8 for qgemm and
+// qlinear's GEMM (M >= 4), BF16 for attention_prefill with bf16_products and for fp16 linears with bf16x3;
+// Sapphire Rapids and later Xeons, with the kernel's
 // permission to use tile data; every other op runs its avx512vnni body) or portable (plain C++: aarch64, older x86-64). The sets are ordered: each runs
 // on a CPU that runs the next one up. The default is the best this CPU supports (best_cpu_kernels);
 // set_cpu_kernels forces one process-wide (tests, benchmarks) and returns an error when this CPU cannot
