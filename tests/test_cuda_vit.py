@@ -102,3 +102,23 @@ def test_cuda_tower_matches_open_clip_and_the_cpu_tower(cuda_device, model_and_c
         assert cosines(got, cpu.encode_images(px, normalize=False)).min() >= min_cos
     (empty,) = gpu._image.run({"pixels": np.zeros((0, 64, 64, 3), np.uint8)})
     assert empty.shape == (0, bundle.manifest.model.embed_dim)
+
+
+@pytest.mark.campaign("cli")
+def test_the_cli_refuses_cuda_vit_where_it_cannot_run_in_one_error_line(bundles, tmp_path):  # noqa: F811
+    """`--backend graph=cuda-vit` without a CUDA build or a device: one error: line naming the backend and why,
+    one fix: line, exit 2, nothing written."""
+    if GPU:
+        pytest.skip("a GPU is visible: the backend runs")
+    from PIL import Image
+    from util import run_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(synthetic_rs_images(1, 64, seed=0)[0]).save(images / "a.png")
+    out = tmp_path / "e.npz"
+    proc = run_cli("embed", str(bundles["fp32"].path), str(images), "-o", str(out), "--backend", "graph=cuda-vit")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: backend 'cuda-vit' is not available") and lines[1].strip().startswith("fix:")
+    assert "Traceback" not in proc.stderr and not out.exists()
