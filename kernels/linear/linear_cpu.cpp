@@ -544,6 +544,12 @@ struct Bf16x3Call {
   cpu::AmxGrid grid;
 };
 
+// Load masks of a chunk of 32 inputs with `left` of them before the row's end (left >= 1): inputs 0-15, 16-31.
+inline void chunk_masks(int left, __mmask16* m0, __mmask16* m1) {
+  *m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  *m1 = left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : __mmask16(0);
+}
+
 // 32 fp32 (two vectors, inputs 0-15 and 16-31) -> hi, lo: 32 bf16 each, in input order.
 RSVLM_BF16X3 inline void split_bf16(__m512 f0, __m512 f1, __m512i* hi, __m512i* lo) {
   const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(f1, f0);
@@ -568,9 +574,8 @@ RSVLM_BF16X3 void bf16x3_stage(const Bf16x3Call& q, int n0, uint16_t* st) {
     }
     const uint16_t* row = q.w + int64_t(n) * q.k;
     for (int i = 0; i < q.k; i += kBfChunk) {
-      const int left = q.k - i;
-      const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-      const __mmask16 m1 = left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : 0;
+      __mmask16 m0, m1;
+      chunk_masks(q.k - i, &m0, &m1);
       const __m512 f0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, row + i));
       const __m512 f1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, row + i + 16));
       __m512i h, l;
@@ -644,6 +649,23 @@ RSVLM_BF16X3 void bf16x3_step(const Bf16x3Call& q, const uint16_t* st, int64_t r
   cpu::amx_store_c<RB>(c);
 }
 
+// Weight rows n0 .. n0 + 31 (staged at st) against row blocks rb0 .. rb0 + RB - 1 of x, written to out.
+template <int RB>
+RSVLM_BF16X3 void bf16x3_block(const Bf16x3Call& q, const uint16_t* st, int n0, int64_t rb0) {
+  alignas(64) float c[2][RB][kAmxTileRows][kAmxTileRows];  // [panel][row block][weight row][row of x]
+  bf16x3_step<RB>(q, st, rb0, c);
+  const int rows = std::min(kAmxPairRows, q.n - n0);
+  for (int j = 0; j < RB; ++j) {
+    const int64_t m0 = (rb0 + j) * kAmxTileRows;
+    const int cols = int(std::min<int64_t>(kAmxTileRows, q.m - m0));
+    for (int r = 0; r < rows; ++r) {
+      const float bias = q.bias ? q.bias[n0 + r] : 0.f;
+      const float* cr = c[r / kAmxTileRows][j][r % kAmxTileRows];
+      for (int col = 0; col < cols; ++col) q.out[(m0 + col) * q.n + n0 + r] = cr[col] + bias;
+    }
+  }
+}
+
 // Work item: weight rows pair * 32 .. + 31 against the row blocks of span `span_index` (see cpu::amx_for_items).
 RSVLM_BF16X3 void bf16x3_item(const Bf16x3Call& q, int pair, int64_t span_index, int next_pair, int worker) {
   cpu::amx_configure_16x64();
@@ -658,27 +680,11 @@ RSVLM_BF16X3 void bf16x3_item(const Bf16x3Call& q, int pair, int64_t span_index,
     for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T1);
   }
   const int64_t rb_begin = span_index * q.grid.span, rb_end = std::min(q.grid.row_blocks, rb_begin + q.grid.span);
-  const int rows = std::min(kAmxPairRows, q.n - n0);
   for (int64_t rb = rb_begin; rb < rb_end; rb += cpu::kAmxStepBlocks) {
-    alignas(64) float c[2][2][kAmxTileRows][kAmxTileRows];  // [panel][row block][weight row][row of x]
-    const int rbs = rb + 1 < rb_end ? 2 : 1;
-    if (rbs == 2)
-      bf16x3_step<2>(q, st, rb, c);
-    else {
-      alignas(64) float c1[2][1][kAmxTileRows][kAmxTileRows];
-      bf16x3_step<1>(q, st, rb, c1);
-      std::memcpy(c[0][0], c1[0][0], sizeof(c1[0][0]));
-      std::memcpy(c[1][0], c1[1][0], sizeof(c1[1][0]));
-    }
-    for (int j = 0; j < rbs; ++j) {
-      const int64_t m0 = (rb + j) * kAmxTileRows;
-      const int cols = int(std::min<int64_t>(kAmxTileRows, q.m - m0));
-      for (int r = 0; r < rows; ++r) {
-        const float bias = q.bias ? q.bias[n0 + r] : 0.f;
-        const float* cr = c[r / kAmxTileRows][j][r % kAmxTileRows];
-        for (int col = 0; col < cols; ++col) q.out[(m0 + col) * q.n + n0 + r] = cr[col] + bias;
-      }
-    }
+    if (rb + 1 < rb_end)
+      bf16x3_block<2>(q, st, n0, rb);
+    else
+      bf16x3_block<1>(q, st, n0, rb);
   }
   _tile_release();
 }
@@ -691,9 +697,9 @@ RSVLM_BF16X3 void bf16x3_split_row(const Bf16x3Call& q, const float* row, int64_
   const __m512i pair_offsets = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(64));
   for (int ch = 0; ch < q.chunks; ++ch) {
-    const int i = ch * kBfChunk, left = q.k - i;
-    const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    const __mmask16 m1 = left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : 0;
+    const int i = ch * kBfChunk;
+    __mmask16 m0, m1;
+    chunk_masks(q.k - i, &m0, &m1);
     __m512i h, l;
     split_bf16(_mm512_maskz_loadu_ps(m0, row + i), _mm512_maskz_loadu_ps(m1, row + i + 16), &h, &l);
     char* dst = base + int64_t(ch) * 2 * kBfBTileBytes;
@@ -719,8 +725,6 @@ Status linear_bf16x3(const LinearParams& p) {
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(xb, rb_bytes / 2, q.grid.row_blocks, "linear"));  // zero: the padding
   RSVLM_RETURN_IF_ERROR(
       host::alloc_scratch(stage, int64_t(2) * kAmxPairRows * q.chunks * kBfChunk, threads, "linear"));
-  // x split into the B layout: input pair j of chunk c of row m -> int32 at
-  // ((m / 16) * chunks + c) * 2 KiB + part * 1 KiB + j * 64 + (m % 16) * 4
   const float* x = static_cast<const float*>(p.x);
   uint16_t* const xbd = xb.data();
   host::parallel_for(q.m, kAmxTileRows, threads, [&](int64_t m, int) { bf16x3_split_row(q, x + m * q.k, m, xbd); });

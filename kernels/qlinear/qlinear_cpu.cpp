@@ -553,8 +553,9 @@ void quantize_row(const QKernelSet& ks, const float* x, int k, QWeight format, i
 //     f[n][m] = fma(float(dot_b), sw[n][g] * sx[m][b], f[n][m])
 // the same float operations, in the same order, as the avx512vnni tile (so the result is bit-identical
 // to it); y[m][n] = f[n][m] + bias[n]. Both operands are signed (tdpbssd): no +128 offset, no weight sums.
-// i4 weights, a partial last block and a partial last panel of rows go through a per-thread stage:
-// the pair's rows unpacked / copied to signed int8 (nibble v -> v - 8), zero past K and past N.
+// i4 weights, a partial last block and a partial last pair of rows go through a per-thread stage (stage_block:
+// unpacked / copied to signed int8, nibble v -> v - 8, zero past K and past N): one block at a time, just in time,
+// for an item of one step of row blocks (decode), else the whole pair once, reused by the item's steps.
 
 #define RSVLM_QLAMX \
   __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,amx-tile,amx-int8")))
