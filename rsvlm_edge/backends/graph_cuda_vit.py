@@ -120,9 +120,7 @@ class CudaVisionTower(NativeVisionTower):
 
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         c = self._c
-        b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim
-        if b == 0:
-            return np.zeros((0, self.embed), np.float32)
+        b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim  # b >= 1 (run)
         rows = b * t
         buf = self._buffers(b)
 

@@ -214,6 +214,8 @@ class NativeVisionTower:
             got = f"{pixels.dtype} {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
             raise InputError(f"native image tower: input '{self.input_names[0]}' must be uint8 (batch, {s}, {s}, 3), "
                              f"got {got}", "pass images at the bundle's resolution (ClipRuntime.pixels)")
+        if pixels.shape[0] == 0:
+            return [np.zeros((0, self.embed), np.float32)]
         with self._lock:
             return [self._forward(np.ascontiguousarray(pixels))]
 
@@ -249,9 +251,7 @@ class NativeVisionTower:
 
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         c = self._c
-        b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim
-        if b == 0:
-            return np.zeros((0, self.embed), np.float32)
+        b, t, w, h, d = pixels.shape[0], self.tokens, self.width, self.heads, self.head_dim  # b >= 1 (run)
         rows = b * t
         x = np.empty((b, t, w), np.float32)
         c.patch_embed(pixels, self.conv, None, self.cls, self.pos, self.mean, self.std, self.ln_pre[0],
