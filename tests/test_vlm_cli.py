@@ -89,12 +89,18 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
     assert proc.returncode == 2 and "is a clip bundle" in " ".join(proc.stderr.split())
 
 
-def test_a_wrong_thread_wait_policy_is_one_error_and_fix(exported):
+@pytest.mark.parametrize("env, error, fix", [
+    ({"RSVLM_EDGE_THREAD_WAIT": "busy"}, "RSVLM_EDGE_THREAD_WAIT='busy' is not one of auto, spin, passive",
+     "unset RSVLM_EDGE_THREAD_WAIT"),
+    ({"RSVLM_EDGE_FP16_GEMM": "fast"}, "RSVLM_EDGE_FP16_GEMM='fast' is not one of bf16x3, fp32",
+     "unset RSVLM_EDGE_FP16_GEMM"),
+], ids=["thread-wait", "fp16-gemm"])
+def test_a_wrong_native_environment_value_is_one_error_and_fix(exported, env, error, fix):
     from util import assert_contract
 
     r = run_cli("ask", str(exported / "tiny.rsvlm"), str(exported / "imgs" / "tile0.png"), "hi",
-                "--backend", "decoder=native", env={"RSVLM_EDGE_THREAD_WAIT": "busy"})
-    assert_contract(r, "RSVLM_EDGE_THREAD_WAIT='busy' is not one of auto, spin, passive", "unset RSVLM_EDGE_THREAD_WAIT")
+                "--backend", "decoder=native", env=env)
+    assert_contract(r, error, fix)
 
 
 def test_generic_bench_command_runs_a_vlm_bundle(exported):
