@@ -16,6 +16,18 @@ from .errors import BackendError
 from .images import OPENAI_MEAN as CLIP_MEAN
 from .images import OPENAI_STD as CLIP_STD
 
+
+def env_choice(var: str, choices: tuple[str, ...], default: str | None, fix: str) -> str | None:
+    """The value of environment variable ``var`` (``default`` when unset); BackendError naming the variable
+    and its choices, with ``fix``, when it is set to anything else."""
+    import os
+
+    value = os.environ.get(var, default)
+    if value is not None and value not in choices:
+        raise BackendError(f"{var}='{value}' is not one of {', '.join(choices)}", fix)
+    return value
+
+
 THREAD_WAIT_ENV = "RSVLM_EDGE_THREAD_WAIT"
 THREAD_WAITS = ("auto", "spin", "passive")
 
@@ -23,12 +35,8 @@ THREAD_WAITS = ("auto", "spin", "passive")
 def check_thread_wait_env() -> None:
     """BackendError when ``RSVLM_EDGE_THREAD_WAIT`` (the CPU thread pool's wait policy between
     parallel loops, read once by the native library) is set to something it does not know."""
-    import os
-
-    value = os.environ.get(THREAD_WAIT_ENV)
-    if value is not None and value not in THREAD_WAITS:
-        raise BackendError(f"{THREAD_WAIT_ENV}='{value}' is not one of {', '.join(THREAD_WAITS)}",
-                           f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
+    env_choice(THREAD_WAIT_ENV, THREAD_WAITS, None,
+               f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
 
 
 FP16_GEMM_ENV = "RSVLM_EDGE_FP16_GEMM"
@@ -40,13 +48,22 @@ def fp16_gemm_bf16x3() -> bool:
     (``_C.linear(..., bf16x3=True)``: CPUs with AMX-BF16, 32 rows of x and more). ``RSVLM_EDGE_FP16_GEMM``:
     ``bf16x3`` (default) or ``fp32`` (every product exact in fp32, as on CPUs without AMX); BackendError
     for anything else."""
-    import os
+    return env_choice(FP16_GEMM_ENV, FP16_GEMMS, "bf16x3",
+                      f"unset {FP16_GEMM_ENV} (bf16x3 on AMX CPUs) or set it to fp32 (exact fp32 products)") == "bf16x3"
 
-    value = os.environ.get(FP16_GEMM_ENV, "bf16x3")
-    if value not in FP16_GEMMS:
-        raise BackendError(f"{FP16_GEMM_ENV}='{value}' is not one of {', '.join(FP16_GEMMS)}",
-                           f"unset {FP16_GEMM_ENV} (bf16x3 on AMX CPUs) or set it to fp32 (exact fp32 products)")
-    return value == "bf16x3"
+
+WEIGHT_MEMORY_ENV = "RSVLM_EDGE_WEIGHT_MEMORY"
+WEIGHT_MEMORIES = ("copy", "mapped")
+
+
+def weight_memory_copy() -> bool:
+    """Whether the native decoder copies its weights out of the bundle's file map into anonymous memory on
+    huge pages (``backends/host_memory.py``; batch-1 decode reads them about 25 % faster).
+    ``RSVLM_EDGE_WEIGHT_MEMORY``: ``copy`` (default) or ``mapped`` (the weights stay views of the file: no copy
+    at load, pages shared with the page cache and with other processes mapping the same bundle);
+    BackendError for anything else."""
+    return env_choice(WEIGHT_MEMORY_ENV, WEIGHT_MEMORIES, "copy",
+                      f"unset {WEIGHT_MEMORY_ENV} (copy) or set it to mapped (weights read from the file map)") == "copy"
 
 
 @functools.cache

@@ -94,7 +94,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(exported, tmp_path):
      "unset RSVLM_EDGE_THREAD_WAIT"),
     ({"RSVLM_EDGE_FP16_GEMM": "fast"}, "RSVLM_EDGE_FP16_GEMM='fast' is not one of bf16x3, fp32",
      "unset RSVLM_EDGE_FP16_GEMM"),
-], ids=["thread-wait", "fp16-gemm"])
+    ({"RSVLM_EDGE_WEIGHT_MEMORY": "huge"}, "RSVLM_EDGE_WEIGHT_MEMORY='huge' is not one of copy, mapped",
+     "unset RSVLM_EDGE_WEIGHT_MEMORY"),
+], ids=["thread-wait", "fp16-gemm", "weight-memory"])
 def test_a_wrong_native_environment_value_is_one_error_and_fix(exported, env, error, fix):
     from util import assert_contract
 

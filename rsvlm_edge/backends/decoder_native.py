@@ -5,11 +5,12 @@ flattened here; ``out=`` buffers are passed through to the kernels)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .decoder_numpy import OP_NAMES
+from .host_memory import HugePageArena
 from .registry import BackendSpec, Probe, probe_native_ops, register
 
 
@@ -26,10 +27,11 @@ def _flat(out: np.ndarray | None, cols: int) -> np.ndarray | None:
 def native_ops() -> SimpleNamespace:
     """The native kernels as an op set (raises ImportError when the extension is not built). fp16 linears of 32
     rows and more (prefill) may run as three bf16 products on AMX tiles (``native.fp16_gemm_bf16x3``)."""
-    from ..native import fp16_gemm_bf16x3
+    from ..native import fp16_gemm_bf16x3, weight_memory_copy
 
     _C = _ext()
     bf16x3 = fp16_gemm_bf16x3()
+    copy_weights = weight_memory_copy()
 
     def rms_norm(x, weight, eps=1e-6, out=None):
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
@@ -54,7 +56,7 @@ def native_ops() -> SimpleNamespace:
     def linear(x, w, bias=None, w_scale=None, out=None):
         n = w.shape[-2]
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
-        if w.ndim == 3:  # column blocks (prepare_weight): one call per block, summed
+        if w.ndim == 3:  # column blocks (NativeWeights.linear_weight): one call per block, summed
             ks = w.shape[2]
             y = _C.linear(np.ascontiguousarray(x2[:, :ks]), w[0], bias, out=_flat(out, n), bf16x3=bf16x3)
             for s in range(1, w.shape[0]):
@@ -85,7 +87,27 @@ def native_ops() -> SimpleNamespace:
     ops = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, linear=linear, qlinear=qlinear, kv_append=kv_append,
                attention_prefill=attention_prefill, attention_decode=attention_decode)
     assert set(ops) == set(OP_NAMES)
-    return SimpleNamespace(name="native", half_weights=True, prepare_weight=column_blocks, **ops)
+    return SimpleNamespace(name="native", half_weights=True, weight_placement=lambda: NativeWeights(copy_weights),
+                           **ops)
+
+
+class NativeWeights:
+    """Where one decoder's weights live for the native kernels (the op set's ``weight_placement`` makes one
+    per weight set): wide float linear weights as column blocks (``column_blocks``); with ``copy``
+    (``RSVLM_EDGE_WEIGHT_MEMORY``, default) every linear weight and scale copied out of the bundle's file map
+    into a ``HugePageArena`` (its mapped pages released), else the views as they are."""
+
+    def __init__(self, copy: bool) -> None:
+        self.arena = HugePageArena() if copy else None
+
+    def linear_weight(self, w: np.ndarray) -> np.ndarray:
+        blocks = column_blocks(w, self.arena.empty if self.arena is not None else np.empty)
+        if blocks is not w or self.arena is None:
+            return blocks
+        return self.arena.copy(w)
+
+    def array(self, a: np.ndarray) -> np.ndarray:
+        return a if self.arena is None else self.arena.copy(a)
 
 
 # A float weight row is dotted with the whole fp32 input row x, which the GEMV reads once per weight row: past
@@ -95,12 +117,13 @@ def native_ops() -> SimpleNamespace:
 MAX_BLOCK_INPUTS = 3072
 
 
-def column_blocks(w: np.ndarray) -> np.ndarray:
+def column_blocks(w: np.ndarray, empty: Callable[..., np.ndarray] = np.empty) -> np.ndarray:
     """A float linear weight (N, K) with K > MAX_BLOCK_INPUTS as contiguous column blocks (S, N, K / S): the
     fewest blocks of at most MAX_BLOCK_INPUTS inputs, a multiple of 16 each, that divide K (S <= 16; else
     ``w`` as it is). ``linear`` then runs one GEMV per block, its slice of x staying in L1, and sums them
     (y = sum_s x[:, s K/S : (s + 1) K/S] @ w[s].T, the same sum in another order). The copy replaces the
-    mapped tensor in resident memory (its pages are released). Quantised (int8 / uint8) weights pass through."""
+    mapped tensor in resident memory (its pages are released); ``empty(shape, dtype)`` allocates it. Quantised
+    (int8 / uint8) weights pass through."""
     from ..bundle.safetensors_mmap import release_pages
 
     if w.ndim != 2 or w.dtype not in (np.float16, np.float32) or w.shape[1] <= MAX_BLOCK_INPUTS:
@@ -108,7 +131,9 @@ def column_blocks(w: np.ndarray) -> np.ndarray:
     n, k = w.shape
     for s in range(-(-k // MAX_BLOCK_INPUTS), 17):
         if k % s == 0 and (k // s) % 16 == 0:
-            blocks = np.ascontiguousarray(w.reshape(n, s, k // s).transpose(1, 0, 2))
+            blocks = empty((s, n, k // s), w.dtype)
+            np.copyto(blocks, w.reshape(n, s, k // s).transpose(1, 0, 2))
+            blocks.flags.writeable = False
             release_pages(w)
             return blocks
     return w

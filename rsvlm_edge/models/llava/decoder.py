@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,8 +36,9 @@ class Linear:
     """A linear layer's weight ``w`` (out, in): fp32 or fp16; int8 with a per-output-channel
     ``scale`` (out, 1) (w8); or packed int4 (out, in/2) with per-group ``scale`` (out, in/group) (w4,
     see ``quant.py``). Quantised layers run as ``qlinear`` (int8 activations, integer dots). An op set's
-    ``prepare_weight`` may rearrange a float ``w`` for its kernels (native: wide weights as column
-    blocks (S, out, in / S)); ``w.shape[-2]`` is always ``out``."""
+    ``weight_placement`` may rearrange a float ``w`` for its kernels (native: wide weights as column
+    blocks (S, out, in / S)) and copy weights and scales to where its kernels read them fastest (native:
+    anonymous memory on huge pages); ``w.shape[-2]`` is always ``out``."""
 
     w: np.ndarray
     scale: np.ndarray | None = None
@@ -54,6 +55,16 @@ class Linear:
     @property
     def nbytes(self) -> int:
         return self.w.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+
+class WeightPlacement(Protocol):
+    """Where an op set keeps one decoder's weights (``ops.weight_placement()``, one per weight set)."""
+
+    def linear_weight(self, w: np.ndarray) -> np.ndarray:
+        """``w`` (out, in) arranged and placed for the op set's linear kernels (see ``Linear``)."""
+
+    def array(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (a quantised weight's scales) placed for the kernels, values and shape unchanged."""
 
 
 @dataclass
@@ -86,9 +97,9 @@ class DecoderWeights:
 
     @classmethod
     def from_tensors(cls, config: DecoderConfig, tensors: dict[str, np.ndarray], half_weights: bool,
-                     prepare_weight: Callable[[np.ndarray], np.ndarray] | None = None) -> "DecoderWeights":
+                     placement: WeightPlacement | None = None) -> "DecoderWeights":
         """Check every tensor's presence, dtype and shape against ``config`` and arrange them;
-        ``prepare_weight``: the op set's rearrangement of float linear weights (see ``Linear``)."""
+        ``placement``: the op set's arrangement of linear weights and scales (see ``Linear``)."""
         c, kvd, qd, inter = config.hidden_size, config.num_kv_heads * config.head_dim, \
             config.num_heads * config.head_dim, config.intermediate_size
 
@@ -102,6 +113,8 @@ class DecoderWeights:
             return t
 
         floats = (np.float32, np.float16)
+        place_w = placement.linear_weight if placement is not None else (lambda a: a)
+        place = placement.array if placement is not None else (lambda a: a)
 
         def norm(name: str) -> np.ndarray:
             return np.ascontiguousarray(get(name, (c,), floats), dtype=np.float32)
@@ -115,18 +128,18 @@ class DecoderWeights:
                 if q.size and int(q.min()) < -127:  # the symmetric format never stores -128 (qlinear.h)
                     raise BundleError(f"decoder tensor '{name}.weight' holds -128, outside the w8 range [-127, 127]",
                                       "re-export the bundle with rsvlm-edge export llava --weights w8")
-                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s).reshape(out_f, 1))
+                lin = Linear(place_w(np.ascontiguousarray(q)), place(np.ascontiguousarray(s).reshape(out_f, 1)))
             elif w is not None and w.dtype == np.uint8:  # w4
                 q = get(f"{name}.weight", (out_f, in_f // 2), (np.uint8,))
                 s = get(f"{name}.weight_scale", (out_f, in_f // w4_group_size(in_f)), (np.float32,))
-                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s))
+                lin = Linear(place_w(np.ascontiguousarray(q)), place(np.ascontiguousarray(s)))
             else:
                 if scale is not None:
                     raise BundleError(f"decoder tensor '{name}.weight_scale' goes with a float weight", "re-export the bundle")
                 w = get(f"{name}.weight", (out_f, in_f), floats)
                 keep = w.dtype == np.float16 and half_weights
                 w = np.ascontiguousarray(w, dtype=None if keep else np.float32)
-                lin = Linear(prepare_weight(w) if prepare_weight is not None else w)
+                lin = Linear(place_w(w))
             if bias or f"{name}.bias" in tensors:  # required where the config says so; applied wherever present
                 lin.bias = np.ascontiguousarray(get(f"{name}.bias", (out_f,), floats), dtype=np.float32)
             return lin
@@ -341,8 +354,9 @@ class LlamaDecoder:
 
         self.config = config
         self.ops = ops if ops is not None else open_decoder(backend)
+        placement = getattr(self.ops, "weight_placement", None)
         self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights,
-                                                   getattr(self.ops, "prepare_weight", None))
+                                                   placement() if placement is not None else None)
         self.cache = KVCache.allocate(config, max_batch, max_seq)
         self.buffers = DecodeBuffers.allocate(config, max_batch)
 
