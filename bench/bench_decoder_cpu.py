@@ -334,6 +334,8 @@ def _best(old: dict | None, new: dict) -> dict:
                 profile = key.replace("_tok_s", "").replace("decode_bs1", "decode") + "_profile"
                 if profile in new:
                     merged[profile] = new[profile]
+                if key in new.get("load_mode", {}):  # llama.cpp rows: the load mode of the winning run
+                    merged["load_mode"] = {**old.get("load_mode", {}), key: new["load_mode"][key]}
         elif key == "peak_rss_bytes":
             merged[key] = min(old.get(key, value), value)
         elif key == "read_bandwidth_gb_s":
@@ -376,6 +378,12 @@ def markdown(result: dict) -> str:
                      f"{cell('decode_bs8_tok_s')} | {gbs:.1f} ({100 * gbs / bw:.0f}%) | {mem} "
                      f"({(resident + ours['kv_cache_bytes']) / 2**20:.0f}, "
                      f"{100 * ours['peak_rss_bytes'] / (resident + ours['kv_cache_bytes']) - 100:+.0f}%) |")
+    modes = [f"{p} {k.replace('_tok_s', '')}" for p, row in result.get("llamacpp", {}).items()
+             for k, m in row.get("load_mode", {}).items() if m != "mmap"]
+    if result.get("llamacpp"):
+        lines += ["", "llama.cpp: the faster of its load modes per number (`--load-mode mmap`, its default, and `none`: "
+                  "weights read into its own memory, as ours are copied onto huge pages); `none` won: "
+                  f"{', '.join(modes) if modes else 'nowhere'}."]
     no_repack = [p for p, row in result.get("llamacpp", {}).items() if row.get("repack") is False]
     if no_repack:
         lines += ["", f"llama.cpp ran {', '.join(no_repack)} with `--repack 0` / `--no-repack`: with its default "

@@ -7,6 +7,8 @@ wrong value of that variable is a BackendError naming it."""
 from __future__ import annotations
 
 import mmap
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -69,11 +71,23 @@ def test_a_chunk_lives_while_an_array_placed_in_it_lives():
     np.testing.assert_array_equal(kept, np.arange(1000, dtype=np.int32))
 
 
+def _resident_file_mib() -> float:
+    """This process's resident file-backed memory (MiB), from /proc/self/status."""
+    status = open("/proc/self/status").read()
+    return int(re.search(r"RssFile:\s+(\d+) kB", status).group(1)) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_a_copy_releases_the_mapped_pages_and_the_view_reads_the_same(tmp_path):
-    w = np.random.default_rng(1).integers(-127, 128, (256, 4096), dtype=np.int8)
+    w = np.random.default_rng(1).integers(-127, 128, (4096, 8192), dtype=np.int8)  # 32 MiB
     save_file({"w": w}, str(tmp_path / "t.safetensors"))
     view = map_tensors(tmp_path / "t.safetensors")["w"]
+    before = _resident_file_mib()
+    assert int(view.astype(np.int64).sum()) == int(w.astype(np.int64).sum())  # every page of the view touched
+    touched = _resident_file_mib()
     got = HugePageArena().copy(view)
+    released = _resident_file_mib()
+    assert touched - before > 24 and touched - released > 24, (before, touched, released)  # the copy's source left RSS
     assert _in_file_map(view, tmp_path / "t.safetensors") and not _in_file_map(got, tmp_path / "t.safetensors")
     np.testing.assert_array_equal(got, w)
     np.testing.assert_array_equal(view, w)  # faulted back in from the file

@@ -92,6 +92,8 @@ def release_pages(view: np.ndarray) -> None:
     base = view
     while isinstance(base, np.ndarray):
         base = base.base
+    if isinstance(base, memoryview):  # numpy 2's np.frombuffer keeps a memoryview of the map
+        base = base.obj
     if not isinstance(base, mmap.mmap) or view.nbytes == 0:
         return
     start_addr = view.__array_interface__["data"][0]
