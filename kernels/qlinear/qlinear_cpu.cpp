@@ -56,6 +56,8 @@ constexpr int64_t kPrefetchAheadBytes = 8192;  // i4 GEMV: how far ahead in the 
 // rows: the matrix is contiguous; a prefetch past its end does not fault). Measured on the AMX Xeon, 2 threads,
 // 1.2 GB of TinyLlama down_proj-shaped weights (GB/s): none 19.2-20.0, 2048 24.8-25.3, 6144 24.9-25.9,
 // 12288 24.3-25.3 (fp16 rows on the same machine: 30.5-32.6). A whole row fetched one row ahead was slower on Zen 4.
+// Again with the weights on huge pages (backends/host_memory.py): 27-30 GB/s for 6144 and within noise of it for
+// 2-24 KiB ahead, T0 instead of T1, and a 512-bit row (fp16 rows 32-34, the read benchmark 33).
 constexpr int kI8RowPrefetchAhead = 6144;
 
 // Up to kQR rows of quantised activations, in the kernel layout.
