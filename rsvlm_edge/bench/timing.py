@@ -16,10 +16,37 @@ import numpy as np
 
 from ..atomic import write_json_atomic
 
+CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
-def measure_read_gb_s(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+
+def last_level_cache_bytes(root: Path = CACHE_SYSFS) -> int | None:
+    """Size of the largest CPU cache level (Linux sysfs ``index*/level`` and ``size``, e.g. ``491520K``), or
+    None where sysfs does not say."""
+    best: tuple[int, int] | None = None
+    for index in root.glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip().upper()
+            nbytes = int(size.rstrip("KMG")) * _SIZE_UNITS[size[-1] if size[-1] in "KMG" else ""]
+        except (OSError, ValueError):
+            continue
+        if best is None or level > best[0]:
+            best = (level, nbytes)
+    return best[1] if best else None
+
+
+def read_buffer_bytes(llc: int | None) -> int:
+    """Bytes ``measure_read_gb_s`` streams: twice the last-level cache, at least 256 MiB, at most 2 GiB (a
+    buffer the cache holds measures the cache: 480 MiB L3s exist)."""
+    return min(max(2 * (llc or 0), 256 << 20), 2 << 30)
+
+
+def measure_read_gb_s(nbytes: int | None = None, repeats: int = 5) -> float:
     """Weight-streaming bandwidth of this machine: best of ``repeats`` fp32 matrix-vector products
-    over a ``nbytes`` matrix (BLAS, all threads) - the reference for the decode bandwidth floor."""
+    over a matrix of ``nbytes`` (default ``read_buffer_bytes``: larger than the caches; BLAS, all threads) -
+    the reference for the decode bandwidth floor."""
+    nbytes = nbytes if nbytes is not None else read_buffer_bytes(last_level_cache_bytes())
     cols = 8192
     w = np.ones((nbytes // 4 // cols, cols), dtype=np.float32)
     x = np.ones(cols, dtype=np.float32)
