@@ -117,7 +117,8 @@ class NativeVisionTower:
     def _linear_tensors(self, t: dict[str, np.ndarray], w: str, b: str | None, n: int, k: int, rows: slice | None
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(weight (N, K): int8 / fp16 / fp32 as stored, its per-row scales (N,) for ``w8`` else None, bias (N,)
-        or None) of the linear layer of weight ``w`` (N_total, K): rows ``rows`` of it (in_proj's q/k/v), checked."""
+        or None) of the linear layer of weight ``w`` (N_total, K): rows ``rows`` of it (in_proj's q/k/v), checked (w8: finite,
+        non-negative scales and no -128, for every tower before it packs or uploads anything)."""
         n_total = n if rows is None else 3 * n
         rows = rows or slice(0, n)
         bias = None if b is None else self._tensor(t, b, (n_total,), (np.float32,))[rows]
@@ -126,6 +127,9 @@ class NativeVisionTower:
             scale = self._tensor(t, f"{w}.scale", (n_total,), (np.float32,))[rows]
             if not np.isfinite(scale).all() or (scale < 0).any():
                 raise BundleError(f"'{self.path}': '{w}.scale' has negative or non-finite scales", "re-export the bundle")
+            if weight.size and int(weight.min()) < -127:  # every tower, before packing or upload
+                raise BundleError(f"'{self.path}': tensor '{w}' holds -128, outside the w8 range [-127, 127]",
+                                  "re-export the bundle")
             return weight, scale, bias
         weight = self._tensor(t, w, (n_total, k), (np.float16,) if self.precision == "fp16" else (np.float32,))
         return weight[rows], None, bias
@@ -136,7 +140,7 @@ class NativeVisionTower:
         weight, scale, bias = self._linear_tensors(t, w, b, n, k, rows)
         if scale is None:
             return _Linear(weight, bias)
-        try:  # qgemm_pack checks the values itself (-128 is outside the w8 format)
+        try:  # qgemm_pack checks the values again itself
             packed = self._c.qgemm_pack(weight, scale)
         except ValueError as e:
             raise BundleError(f"'{self.path}': tensor '{w}' cannot be packed ({e})", "re-export the bundle") from None
