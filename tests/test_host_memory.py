@@ -115,6 +115,33 @@ def test_copied_weights_give_the_mapped_decoders_logits_bit_for_bit(tmp_path, mo
         assert copied.down.w.shape == mapped.down.w.shape == (2, 64, 1600)
     else:
         assert not _in_file_map(copied.q.scale, path) and not _in_file_map(copied.down.w, path)
+    # copied: q / k / v and gate / up fused (one GEMV each), the parts views of its rows; mapped: apart
+    assert mapped.qkv is None and mapped.gate_up is None
+    assert copied.qkv.out_features == 64 + 2 * 32 and copied.gate_up.out_features == 2 * 3200
+    for part in (copied.q, copied.k, copied.v):
+        assert np.shares_memory(part.w, copied.qkv.w)
+    assert np.shares_memory(copied.up.w, copied.gate_up.w) and (copied.up.scale is None) == (fmt == "fp16")
+    np.testing.assert_array_equal(copied.v.w, mapped.v.w)
+
+
+def test_projections_of_different_formats_are_not_fused(tmp_path, monkeypatch):
+    """A w8 bundle whose k_proj is fp16 (formats may differ per tensor): q / k / v run apart, same logits."""
+    tensors = small_tensors(CFG, "w8", seed=4)
+    fp16 = small_tensors(CFG, "fp16", seed=4)
+    for layer in range(CFG.num_layers):
+        name = f"layers.{layer}.k_proj"
+        tensors[name + ".weight"] = fp16[name + ".weight"]
+        del tensors[name + ".weight_scale"]
+    save_file(tensors, str(tmp_path / "decoder.safetensors"))
+    cpu_decoder_ops("native")
+    ids = np.random.default_rng(5).integers(3, CFG.vocab_size, (1, 5))
+    logits = {}
+    for memory in ("copy", "mapped"):
+        monkeypatch.setenv("RSVLM_EDGE_WEIGHT_MEMORY", memory)
+        dec = LlamaDecoder(CFG, load_weights(tmp_path / "decoder.safetensors"), max_batch=1, max_seq=8, backend="native")
+        assert dec.layers[0].qkv is None and (dec.layers[0].gate_up is not None) == (memory == "copy")
+        logits[memory] = np.stack([dec.prefill(dec.embed_tokens(ids), np.array([5])), dec.decode(np.array([7]))])
+    np.testing.assert_array_equal(logits["copy"], logits["mapped"])
 
 
 def test_a_wrong_weight_memory_value_is_a_backend_error(monkeypatch):

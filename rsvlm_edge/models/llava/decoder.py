@@ -66,6 +66,10 @@ class WeightPlacement(Protocol):
     def array(self, a: np.ndarray) -> np.ndarray:
         """``a`` (a quantised weight's scales) placed for the kernels, values and shape unchanged."""
 
+    # Optional: ``fused(arrays)``: ``arrays`` (each (out_i, ...), one dtype and trailing shape: the weights, or the
+    # scales, of linears with one input) as one placed array (sum out_i, ...), their rows in order; None where the
+    # op set keeps them apart.
+
 
 @dataclass
 class Layer:
@@ -78,6 +82,8 @@ class Layer:
     gate: Linear
     up: Linear
     down: Linear
+    qkv: Linear | None = None  # q, k, v as one linear (their rows in that order) where the op set fuses them;
+    gate_up: Linear | None = None  # gate, up likewise. Then q / k / v / gate / up are views of these rows.
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -119,7 +125,8 @@ class DecoderWeights:
         def norm(name: str) -> np.ndarray:
             return np.ascontiguousarray(get(name, (c,), floats), dtype=np.float32)
 
-        def linear(name: str, out_f: int, in_f: int, bias: bool = False) -> Linear:
+        def checked(name: str, out_f: int, in_f: int, bias: bool = False) -> Linear:
+            """The linear layer ``name`` as stored (views of ``tensors``), checked; not placed yet."""
             w = tensors.get(f"{name}.weight")
             scale = tensors.get(f"{name}.weight_scale")
             if w is not None and w.dtype == np.int8:  # w8
@@ -128,36 +135,59 @@ class DecoderWeights:
                 if q.size and int(q.min()) < -127:  # the symmetric format never stores -128 (qlinear.h)
                     raise BundleError(f"decoder tensor '{name}.weight' holds -128, outside the w8 range [-127, 127]",
                                       "re-export the bundle with rsvlm-edge export llava --weights w8")
-                lin = Linear(place_w(np.ascontiguousarray(q)), place(np.ascontiguousarray(s).reshape(out_f, 1)))
+                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s).reshape(out_f, 1))
             elif w is not None and w.dtype == np.uint8:  # w4
                 q = get(f"{name}.weight", (out_f, in_f // 2), (np.uint8,))
                 s = get(f"{name}.weight_scale", (out_f, in_f // w4_group_size(in_f)), (np.float32,))
-                lin = Linear(place_w(np.ascontiguousarray(q)), place(np.ascontiguousarray(s)))
+                lin = Linear(np.ascontiguousarray(q), np.ascontiguousarray(s))
             else:
                 if scale is not None:
                     raise BundleError(f"decoder tensor '{name}.weight_scale' goes with a float weight", "re-export the bundle")
                 w = get(f"{name}.weight", (out_f, in_f), floats)
                 keep = w.dtype == np.float16 and half_weights
-                w = np.ascontiguousarray(w, dtype=None if keep else np.float32)
-                lin = Linear(place_w(w))
+                lin = Linear(np.ascontiguousarray(w, dtype=None if keep else np.float32))
             if bias or f"{name}.bias" in tensors:  # required where the config says so; applied wherever present
                 lin.bias = np.ascontiguousarray(get(f"{name}.bias", (out_f,), floats), dtype=np.float32)
             return lin
+
+        def placed(lin: Linear) -> Linear:
+            return Linear(place_w(lin.w), None if lin.scale is None else place(lin.scale), lin.bias)
+
+        def linear(name: str, out_f: int, in_f: int, bias: bool = False) -> Linear:
+            return placed(checked(name, out_f, in_f, bias))
+
+        def fused(parts: list[Linear]) -> tuple[Linear | None, list[Linear]]:
+            """``parts`` (same input, same format) as one placed linear whose output rows are theirs in order, and
+            each part as a view of its rows; (None, the parts placed one by one) where the op set does not fuse
+            them (``WeightPlacement.fused``) or their formats differ."""
+            fuse = getattr(placement, "fused", None)
+            same = len({(p.w.dtype, p.w.shape[1:], None if p.scale is None else p.scale.shape[1:], p.bias is None)
+                        for p in parts}) == 1
+            w = fuse([p.w for p in parts]) if fuse is not None and same else None
+            if w is None:
+                return None, [placed(p) for p in parts]
+            scale = None if parts[0].scale is None else fuse([p.scale for p in parts])
+            bias = None if parts[0].bias is None else np.concatenate([p.bias for p in parts])
+            whole, views, row = Linear(w, scale, bias), [], 0
+            for p in parts:
+                rows = slice(row, row + p.out_features)
+                views.append(Linear(w[rows], None if scale is None else scale[rows], None if bias is None else bias[rows]))
+                row = rows.stop
+            return whole, views
 
         embed = get("embed_tokens.weight", (config.vocab_size, c), floats)
         layers = []
         for i in range(config.num_layers):
             p = f"layers.{i}."
+            qkv, (q, k, v) = fused([checked(p + "q_proj", qd, c, config.attention_bias),
+                                    checked(p + "k_proj", kvd, c, config.attention_bias),
+                                    checked(p + "v_proj", kvd, c, config.attention_bias)])
+            gate_up, (gate, up) = fused([checked(p + "gate_proj", inter, c), checked(p + "up_proj", inter, c)])
             layers.append(Layer(
                 input_norm=norm(p + "input_layernorm.weight"),
                 post_norm=norm(p + "post_attention_layernorm.weight"),
-                q=linear(p + "q_proj", qd, c, config.attention_bias),
-                k=linear(p + "k_proj", kvd, c, config.attention_bias),
-                v=linear(p + "v_proj", kvd, c, config.attention_bias),
-                o=linear(p + "o_proj", c, qd),
-                gate=linear(p + "gate_proj", inter, c),
-                up=linear(p + "up_proj", inter, c),
-                down=linear(p + "down_proj", c, inter),
+                q=q, k=k, v=v, o=linear(p + "o_proj", c, qd), gate=gate, up=up, down=linear(p + "down_proj", c, inter),
+                qkv=qkv, gate_up=gate_up,
             ))
         return cls(embed=np.ascontiguousarray(embed), norm=norm("norm.weight"),
                    lm_head=linear("lm_head", config.vocab_size, c), layers=layers)
@@ -190,6 +220,8 @@ class DecodeBuffers:
     gate: np.ndarray  # (B_max, I)
     up: np.ndarray  # (B_max, I)
     act: np.ndarray  # (B_max, I)
+    qkv: np.ndarray  # (B_max, H D + 2 K D) a fused q/k/v projection's output (Layer.qkv)
+    gate_up: np.ndarray  # (B_max, 2 I) a fused gate/up projection's output (Layer.gate_up)
     positions: np.ndarray  # (B_max,) int64
     ones: np.ndarray  # (B_max,) int64
 
@@ -201,7 +233,8 @@ class DecodeBuffers:
         return cls(x=np.zeros((b, c), f32), h=np.zeros((b, c), f32), q=np.zeros((b, h, d), f32),
                    k=np.zeros((b, k, d), f32), v=np.zeros((b, k, d), f32), attn=np.zeros((b, h, d), f32),
                    proj=np.zeros((b, c), f32), gate=np.zeros((b, i), f32), up=np.zeros((b, i), f32),
-                   act=np.zeros((b, i), f32), positions=np.zeros(b, np.int64), ones=np.ones(b, np.int64))
+                   act=np.zeros((b, i), f32), qkv=np.zeros((b, (h + 2 * k) * d), f32), gate_up=np.zeros((b, 2 * i), f32),
+                   positions=np.zeros(b, np.int64), ones=np.ones(b, np.int64))
 
 
 def _linear(ops: Any, x: np.ndarray, lin: Linear, out: np.ndarray | None = None) -> np.ndarray:
@@ -302,21 +335,33 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     positions[...] = cache.lengths
     cache.lengths += 1
     x[...] = weights.embed_tokens(np.asarray(token_ids, dtype=np.int64))
+    qd, kvd, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    qkv, gate_up = buf.qkv[:batch], buf.gate_up[:batch]
     for i, layer in enumerate(weights.layers):
         k_cache, v_cache = cache.k[i], cache.v[i]
         ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, out=h)
-        _linear(ops, h, layer.q, out=q.reshape(batch, -1))
-        _linear(ops, h, layer.k, out=k.reshape(batch, -1))
-        _linear(ops, h, layer.v, out=v.reshape(batch, -1))
-        ops.rope(q, k, positions, cfg.rope_theta)
-        ops.kv_append(k_cache, v_cache, k[:, None], v[:, None], positions, new_lens=ones)
-        ops.attention_decode(q, k_cache, v_cache, cache.lengths, out=attn)
+        if layer.qkv is not None:  # one GEMV, q / k / v its column ranges (contiguous at batch 1)
+            _linear(ops, h, layer.qkv, out=qkv)
+            lq = qkv[:, :qd].reshape(q.shape)
+            lk, lv = qkv[:, qd:qd + kvd].reshape(k.shape), qkv[:, qd + kvd:].reshape(v.shape)
+        else:
+            lq, lk, lv = q, k, v
+            _linear(ops, h, layer.q, out=q.reshape(batch, -1))
+            _linear(ops, h, layer.k, out=k.reshape(batch, -1))
+            _linear(ops, h, layer.v, out=v.reshape(batch, -1))
+        ops.rope(lq, lk, positions, cfg.rope_theta)
+        ops.kv_append(k_cache, v_cache, lk[:, None], lv[:, None], positions, new_lens=ones)
+        ops.attention_decode(lq, k_cache, v_cache, cache.lengths, out=attn)
         _linear(ops, attn.reshape(batch, -1), layer.o, out=proj)
         np.add(x, proj, out=x)
         ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, out=h)
-        _linear(ops, h, layer.gate, out=gate)
-        _linear(ops, h, layer.up, out=up)
-        ops.swiglu(gate, up, out=act)
+        if layer.gate_up is not None:
+            _linear(ops, h, layer.gate_up, out=gate_up)
+            ops.swiglu(gate_up[:, :inter], gate_up[:, inter:], out=act)
+        else:
+            _linear(ops, h, layer.gate, out=gate)
+            _linear(ops, h, layer.up, out=up)
+            ops.swiglu(gate, up, out=act)
         _linear(ops, act, layer.down, out=proj)
         np.add(x, proj, out=x)
     ops.rms_norm(x, weights.norm, cfg.rms_norm_eps, out=h)
