@@ -152,3 +152,27 @@ def test_a_wrong_weight_memory_value_is_a_backend_error(monkeypatch):
     with pytest.raises(BackendError, match=r"RSVLM_EDGE_WEIGHT_MEMORY='huge' is not one of copy, mapped") as e:
         native_ops()
     assert "mapped" in e.value.fix
+
+
+def test_weights_are_not_fused_without_their_scales(tmp_path, monkeypatch):
+    """A placement that fuses weights but not scales (``fused`` answering None for them): every projection runs
+    apart, with its own scales, and the logits are the unfused ones."""
+    from types import SimpleNamespace
+
+    from rsvlm_edge.backends.decoder_native import NativeWeights
+
+    class WeightsOnly(NativeWeights):
+        def fused(self, arrays):
+            return None if arrays[0].dtype == np.float32 else super().fused(arrays)
+
+    save_file(small_tensors(CFG, "w8", seed=6), str(tmp_path / "decoder.safetensors"))
+    ops = cpu_decoder_ops("native")
+    ids = np.random.default_rng(7).integers(3, CFG.vocab_size, (1, 5))
+    logits = {}
+    for name, placement in (("weights-only", lambda: WeightsOnly(True)), ("apart", lambda: NativeWeights(False))):
+        custom = SimpleNamespace(**{**vars(ops), "weight_placement": placement})
+        dec = LlamaDecoder(CFG, load_weights(tmp_path / "decoder.safetensors"), max_batch=1, max_seq=8, ops=custom)
+        assert dec.layers[0].qkv is None and dec.layers[0].gate_up is None
+        assert dec.layers[0].k.scale.shape == (32, 1)
+        logits[name] = np.stack([dec.prefill(dec.embed_tokens(ids), np.array([5])), dec.decode(np.array([9]))])
+    np.testing.assert_array_equal(logits["weights-only"], logits["apart"])
