@@ -119,14 +119,7 @@ class NativeWeights:
         blocked = first.dtype in (np.float16, np.float32) and first.shape[1] > MAX_BLOCK_INPUTS  # see column_blocks
         if self.arena is None or first.ndim != 2 or blocked:
             return None
-        out = self.arena.empty((sum(a.shape[0] for a in arrays), first.shape[1]), first.dtype)
-        row = 0
-        for a in arrays:
-            out[row:row + a.shape[0]] = a
-            release_pages(a)
-            row += a.shape[0]
-        out.flags.writeable = False
-        return out
+        return self.arena.concat(arrays)
 
 
 # A float weight row is dotted with the whole fp32 input row x, which the GEMV reads once per weight row: past

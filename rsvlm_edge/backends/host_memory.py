@@ -20,6 +20,8 @@ import mmap
 
 import numpy as np
 
+from ..bundle.safetensors_mmap import release_pages
+
 HUGE_PAGE = 2 << 20
 ARRAY_ALIGN = 4096  # each array starts on a 4 KiB boundary of its chunk
 
@@ -66,12 +68,19 @@ class HugePageArena:
         return out
 
     def copy(self, src: np.ndarray) -> np.ndarray:
-        """A read-only copy of ``src`` in the arena; when ``src`` is a view of a bundle's file map, its pages
-        are released from this process's resident memory (they stay in the page cache)."""
-        from ..bundle.safetensors_mmap import release_pages
+        """A read-only copy of ``src`` (at least 1-D) in the arena; when ``src`` is a view of a bundle's file map,
+        its pages are released from this process's resident memory (they stay in the page cache)."""
+        return self.concat([src])
 
-        out = self.empty(src.shape, src.dtype)
-        np.copyto(out, src, casting="no")
+    def concat(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """``arrays`` (each (n_i, ...), one dtype and trailing shape) as one read-only array (sum n_i, ...) in the
+        arena, their rows in order; the mapped pages of each source are released once it is copied."""
+        first = arrays[0]
+        out = self.empty((sum(a.shape[0] for a in arrays), *first.shape[1:]), first.dtype)
+        row = 0
+        for a in arrays:
+            np.copyto(out[row:row + a.shape[0]], a, casting="no")
+            release_pages(a)
+            row += a.shape[0]
         out.flags.writeable = False
-        release_pages(src)
         return out

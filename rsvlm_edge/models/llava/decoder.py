@@ -163,9 +163,11 @@ class DecoderWeights:
             fuse = getattr(placement, "fused", None)
             same = len({(p.w.dtype, p.w.shape[1:], None if p.scale is None else p.scale.shape[1:], p.bias is None)
                         for p in parts}) == 1
-            scale = None if not same or fuse is None or parts[0].scale is None else fuse([p.scale for p in parts])
-            w = None if not same or fuse is None or (parts[0].scale is not None and scale is None) \
-                else fuse([p.w for p in parts])
+            scale = w = None
+            if fuse is not None and same:
+                scale = None if parts[0].scale is None else fuse([p.scale for p in parts])
+                if parts[0].scale is None or scale is not None:  # never weights without their scales
+                    w = fuse([p.w for p in parts])
             if w is None:
                 return None, [placed(p) for p in parts]
             bias = None if parts[0].bias is None else np.concatenate([p.bias for p in parts])
