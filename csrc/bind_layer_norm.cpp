@@ -18,14 +18,6 @@ void check_act(ArgChecker& c, const TensorArg& t, std::initializer_list<Dim> dim
     c.check(t, dims, {DType::f32});
 }
 
-// The (contiguous, checked) arrays `a` and `b` share memory.
-bool overlap(const TensorArg& a, const TensorArg& b) {
-  const int64_t na = a.numel() * rsvlm_edge::dtype_size(a.dtype), nb = b.numel() * rsvlm_edge::dtype_size(b.dtype);
-  if (a.data == nullptr || b.data == nullptr || na <= 0 || nb <= 0) return false;
-  const uintptr_t x = reinterpret_cast<uintptr_t>(a.data), y = reinterpret_cast<uintptr_t>(b.data);
-  return x < y + static_cast<uint64_t>(nb) && y < x + static_cast<uint64_t>(na);
-}
-
 py::object layer_norm(Impl impl, py::handle x_obj, py::handle g_obj, py::handle b_obj, py::handle add_obj, double eps,
                       py::handle out_obj, int64_t stream) {
   ArgChecker c(rsvlm_edge::bind::op_name("layer_norm", impl));
@@ -46,11 +38,11 @@ py::object layer_norm(Impl impl, py::handle x_obj, py::handle g_obj, py::handle 
   p.d = c.dim_int("D", x, 1);
   py::object result = rsvlm_edge::bind::output(c, out_obj, out, x, {"M", "D"}, x.shape);  // out: (M, D)
   for (const TensorArg* other : {&x, &add, &gamma, &beta})
-    RSVLM_CHECK(c, !overlap(out, *other),
+    RSVLM_CHECK(c, !rsvlm_edge::bind::overlap(out, *other),
                 "argument 'out' shares memory with '" + other->name + "'; pass a separate output array");
   if (has_add)
     for (const TensorArg* other : {&add, &gamma, &beta})
-      RSVLM_CHECK(c, !overlap(x, *other),
+      RSVLM_CHECK(c, !rsvlm_edge::bind::overlap(x, *other),
                   "argument 'x' (updated in place by the add) shares memory with '" + other->name + "'");
   p.x = x.data;
   p.add = has_add ? add.data : nullptr;

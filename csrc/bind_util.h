@@ -35,6 +35,14 @@ inline bool on_cuda(const TensorArg& t) { return t.device.type == DeviceType::cu
 // `&t` for ArgChecker::same_device when the optional argument `t` was given, else nullptr.
 inline const TensorArg* maybe(const TensorArg& t, bool given) { return given ? &t : nullptr; }
 
+// The (contiguous, checked) arrays `a` and `b` share memory.
+inline bool overlap(const TensorArg& a, const TensorArg& b) {
+  const int64_t na = a.numel() * rsvlm_edge::dtype_size(a.dtype), nb = b.numel() * rsvlm_edge::dtype_size(b.dtype);
+  if (a.data == nullptr || b.data == nullptr || na <= 0 || nb <= 0) return false;
+  const uintptr_t x = reinterpret_cast<uintptr_t>(a.data), y = reinterpret_cast<uintptr_t>(b.data);
+  return x < y + static_cast<uint64_t>(nb) && y < x + static_cast<uint64_t>(na);
+}
+
 // CPU float32 activations, CUDA float16 / bfloat16.
 inline void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<Dim> dims) {
   if (on_cuda(t))

@@ -1,5 +1,5 @@
 // Small device helpers shared by the CUDA kernels: fp32/fp16/bf16/int8 <-> fp32 conversion, warp
-// reductions, and 8-element vector loads.
+// reductions, and 8-element vector loads and stores.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -70,6 +70,17 @@ __device__ __forceinline__ void load8(const int8_t* p, float v[8]) {
   const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
 #pragma unroll
   for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(q[i]);
+}
+
+// 8 fp32 values rounded to T (fp16/bf16) and stored with one 16-byte store; `p` 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float v[8]) {
+  static_assert(sizeof(T) == 2, "store8 writes fp16 / bf16");
+  uint4 raw;
+  T* h = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h[i] = from_float<T>(v[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
 }
 
 }  // namespace cuda

@@ -12,12 +12,14 @@ namespace rsvlm_edge {
 namespace host {
 
 struct RmsNormArrays {
-  const float* x;       // (T, D)
+  float* x;             // (T, D); updated in place when add is given
+  const float* add;     // (T, D) or nullptr
   const float* weight;  // (D)
-  float* out;           // (T, D), may alias x
+  float* out;           // (T, D), may alias x (without add)
 
   explicit RmsNormArrays(const RmsNormParams& p)
-      : x(static_cast<const float*>(p.x)),
+      : x(static_cast<float*>(p.x)),
+        add(static_cast<const float*>(p.add)),
         weight(static_cast<const float*>(p.weight)),
         out(static_cast<float*>(p.out)) {}
 };

@@ -49,6 +49,13 @@ inline int64_t checked_mul(int64_t a, int64_t b) {
   return a * b;
 }
 
+// The byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte (false when either is empty).
+inline bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
+  if (a == nullptr || b == nullptr || a_bytes <= 0 || b_bytes <= 0) return false;
+  const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + static_cast<uint64_t>(b_bytes) && pb < pa + static_cast<uint64_t>(a_bytes);
+}
+
 // Threads a parallel loop of this process uses: OMP_NUM_THREADS, else the CPUs (1 without OpenMP).
 inline int max_threads() {
 #ifdef _OPENMP

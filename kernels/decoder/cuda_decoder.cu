@@ -325,9 +325,11 @@ struct CudaDecoder::Impl {
     return Status::Ok();
   }
 
-  Status rms_norm(const __half* x, const __half* w, int64_t rows, __half* out) const {
+  // out = RMSNorm(x) * w over `rows` rows; with `add`, x += add first (the residual add fused in).
+  Status rms_norm(__half* x, const __half* add, const __half* w, int64_t rows, __half* out) const {
     RmsNormParams p;
     p.x = x;
+    p.add = add;
     p.weight = w;
     p.out = out;
     p.rows = rows;
@@ -346,15 +348,18 @@ struct CudaDecoder::Impl {
   // One transformer layer over `b.rows`-sized buffers holding `batch` sequences of `t` rows each
   // (decode: t = 1). positions (batch * t), start (batch): first cache row written, new_lens (batch)
   // or nullptr (= t), kv_lens (batch): tokens cached after the append.
+  // Residual adds are fused into the RMSNorm after them: the layer leaves its MLP output in b.proj,
+  // not yet added into b.x, and with `proj_pending` it adds the previous layer's first (the caller
+  // adds the last layer's: into the final norm, or with add()).
   Status layer(int i, const StepBuffers& buffers, int batch, int t, const int32_t* start, const int32_t* new_lens,
-               const int32_t* kv_lens, int max_batch, int max_seq) const {
+               const int32_t* kv_lens, int max_batch, int max_seq, bool proj_pending) const {
     const DevLayer& L = layers[i];
     const int64_t rows = int64_t(batch) * t;
     if (rows > buffers.rows) return Status::Invalid("decoder step of " + std::to_string(rows) + " rows in buffers of " +
                                                     std::to_string(buffers.rows));
     const StepBuffers b = buffers.first_rows(rows, int64_t(s.num_heads) * s.head_dim,
                                              int64_t(s.num_kv_heads) * s.head_dim, s.intermediate_size);
-    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.input_norm, rows, b.h));
+    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, proj_pending ? b.proj : nullptr, L.input_norm, rows, b.h));
     RSVLM_RETURN_IF_ERROR(grouped(L.qkv, {{&L.q, b.q}, {&L.k, b.k}, {&L.v, b.v}}, b.h, rows));
     RopeParams r;
     r.q = b.q;
@@ -395,8 +400,7 @@ struct CudaDecoder::Impl {
     }
     RSVLM_RETURN_IF_ERROR(attention_cuda(at, stream));
     RSVLM_RETURN_IF_ERROR(linear(L.o, b.attn, rows, b.proj));
-    RSVLM_RETURN_IF_ERROR(add(b.x, b.proj, rows * s.hidden_size));
-    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, L.post_norm, rows, b.h));
+    RSVLM_RETURN_IF_ERROR(rms_norm(b.x, b.proj, L.post_norm, rows, b.h));
     RSVLM_RETURN_IF_ERROR(grouped(L.gate_up, {{&L.gate, b.gate}, {&L.up, b.up}}, b.h, rows));
     SwiGluParams g;
     g.gate = b.gate;
@@ -405,8 +409,15 @@ struct CudaDecoder::Impl {
     g.n = rows * s.intermediate_size;
     g.dtype = DType::f16;
     RSVLM_RETURN_IF_ERROR(swiglu_cuda(g, stream));
-    RSVLM_RETURN_IF_ERROR(linear(L.down, b.gate, rows, b.proj));
-    return add(b.x, b.proj, rows * s.hidden_size);
+    return linear(L.down, b.gate, rows, b.proj);  // added into b.x by the next norm (or the caller)
+  }
+
+  // Every layer of a step in turn; the last layer's MLP output is left in b.proj (see layer()).
+  Status layers_of_step(const StepBuffers& b, int batch, int t, const int32_t* start, const int32_t* new_lens,
+                        const int32_t* kv_lens, int max_batch, int max_seq) const {
+    for (int i = 0; i < s.num_layers; ++i)
+      RSVLM_RETURN_IF_ERROR(layer(i, b, batch, t, start, new_lens, kv_lens, max_batch, max_seq, i > 0));
+    return Status::Ok();
   }
 
   // Forget the weight_allocs entry of `slot` (its memory moved into a fused group).
@@ -499,9 +510,10 @@ struct CudaDecoder::Impl {
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 32})));
   }
 
-  // The final norm, lm_head, fp32 logits and argmax for `batch` rows of `x` (batch, C).
-  Status head(const __half* x, int batch, __half* h) const {
-    RSVLM_RETURN_IF_ERROR(rms_norm(x, final_norm, batch, h));
+  // The final norm, lm_head, fp32 logits and argmax for `batch` rows of `x` (batch, C); with `add`
+  // (batch, C), x += add first (the last layer's pending MLP output).
+  Status head(__half* x, const __half* add, int batch, __half* h) const {
+    RSVLM_RETURN_IF_ERROR(rms_norm(x, add, final_norm, batch, h));
     RSVLM_RETURN_IF_ERROR(linear(lm_head, h, batch, logits_h));
     RSVLM_CUDA_CHECK(cudaMemsetAsync(argmax_keys, 0, sizeof(unsigned long long) * batch, stream));
     const int chunks = std::max(1, std::min(64, (s.vocab_size + 4 * kThreads - 1) / (4 * kThreads)));
@@ -520,9 +532,8 @@ struct CudaDecoder::Impl {
     RSVLM_CUDA_CHECK(cudaGetLastError());
     advance_kernel<<<1, std::max(32, ((batch + 31) / 32) * 32), 0, stream>>>(lengths, dec.positions, batch);
     RSVLM_CUDA_CHECK(cudaGetLastError());
-    for (int i = 0; i < s.num_layers; ++i)
-      RSVLM_RETURN_IF_ERROR(layer(i, dec, batch, 1, dec.positions, nullptr, lengths, max_batch, max_seq));
-    return head(dec.x, batch, dec.h);
+    RSVLM_RETURN_IF_ERROR(layers_of_step(dec, batch, 1, dec.positions, nullptr, lengths, max_batch, max_seq));
+    return head(dec.x, s.num_layers > 0 ? dec.proj : nullptr, batch, dec.h);
   }
 };
 
@@ -858,12 +869,12 @@ Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int bat
   RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.lengths, lens.data(), sizeof(int32_t) * batch, cudaMemcpyHostToDevice, st));
   prefill_positions_kernel<<<blocks_for(rows), kThreads, 0, st>>>(m.pre.positions, tokens, rows);
   RSVLM_CUDA_CHECK(cudaGetLastError());
-  for (int i = 0; i < s.num_layers; ++i)
-    RSVLM_RETURN_IF_ERROR(m.layer(i, m.pre, batch, tokens, m.zeros, m.lengths, m.lengths, max_batch_, max_seq_));
+  RSVLM_RETURN_IF_ERROR(m.layers_of_step(m.pre, batch, tokens, m.zeros, m.lengths, m.lengths, max_batch_, max_seq_));
+  if (s.num_layers > 0) RSVLM_RETURN_IF_ERROR(m.add(m.pre.x, m.pre.proj, rows * s.hidden_size));  // the last MLP's
   gather_last_kernel<<<blocks_for(int64_t(batch) * s.hidden_size), kThreads, 0, st>>>(m.pre.x, m.lengths, batch, tokens,
                                                                                      s.hidden_size, m.last);
   RSVLM_CUDA_CHECK(cudaGetLastError());
-  RSVLM_RETURN_IF_ERROR(m.head(m.last, batch, m.dec.h));
+  RSVLM_RETURN_IF_ERROR(m.head(m.last, nullptr, batch, m.dec.h));
   if (logits)
     RSVLM_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits_f, sizeof(float) * batch * s.vocab_size, cudaMemcpyDeviceToHost, st));
   RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -6,17 +6,6 @@
 #include "rsvlm_edge/layer_norm.h"
 
 namespace rsvlm_edge {
-namespace {
-
-// The byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte (false when either is empty).
-bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
-  if (a == nullptr || b == nullptr || a_bytes <= 0 || b_bytes <= 0) return false;
-  const uintptr_t x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
-  return x < y + static_cast<uint64_t>(b_bytes) && y < x + static_cast<uint64_t>(a_bytes);
-}
-
-}  // namespace
-
 Status layer_norm_validate(const LayerNormParams& p, bool cuda) {
   if (p.m < 0 || p.d <= 0)
     return Status::Invalid("layer_norm: needs M >= 0 rows and D >= 1, got M=" + std::to_string(p.m) +
@@ -38,12 +27,12 @@ Status layer_norm_validate(const LayerNormParams& p, bool cuda) {
   // Rows are read after they are written (x += add, then the statistics) and out is written while
   // x, add, gamma and beta are still read: no written array may share memory with another one.
   const int64_t vec_bytes = int64_t(p.d) * dtype_size(p.dtype);
-  if (overlaps(p.out, rows_bytes, p.x, rows_bytes) || overlaps(p.out, rows_bytes, p.add, rows_bytes) ||
-      overlaps(p.out, rows_bytes, p.gamma, vec_bytes) || overlaps(p.out, rows_bytes, p.beta, vec_bytes))
+  if (host::overlaps(p.out, rows_bytes, p.x, rows_bytes) || host::overlaps(p.out, rows_bytes, p.add, rows_bytes) ||
+      host::overlaps(p.out, rows_bytes, p.gamma, vec_bytes) || host::overlaps(p.out, rows_bytes, p.beta, vec_bytes))
     return Status::Invalid("layer_norm: out must not overlap x, add, gamma or beta; pass a separate output buffer");
   if (p.add != nullptr &&
-      (overlaps(p.x, rows_bytes, p.add, rows_bytes) || overlaps(p.x, rows_bytes, p.gamma, vec_bytes) ||
-       overlaps(p.x, rows_bytes, p.beta, vec_bytes)))
+      (host::overlaps(p.x, rows_bytes, p.add, rows_bytes) || host::overlaps(p.x, rows_bytes, p.gamma, vec_bytes) ||
+       host::overlaps(p.x, rows_bytes, p.beta, vec_bytes)))
     return Status::Invalid("layer_norm: x (updated in place by the add) must not overlap add, gamma or beta");
   return Status::Ok();
 }

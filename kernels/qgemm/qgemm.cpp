@@ -40,13 +40,6 @@ uint32_t fnv1a(const void* data, size_t bytes) {
 
 uint32_t header_checksum(const QGemmHeader& h) { return fnv1a(&h, offsetof(QGemmHeader, checksum)); }
 
-// [a, a + a_bytes) and [b, b + b_bytes) share a byte.
-bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
-  if (a == nullptr || b == nullptr || a_bytes <= 0 || b_bytes <= 0) return false;
-  const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + uint64_t(b_bytes) && pb < pa + uint64_t(a_bytes);
-}
-
 std::string dims(int64_t m, int64_t n, int64_t k) {
   return "M=" + std::to_string(m) + ", N=" + std::to_string(n) + ", K=" + std::to_string(k);
 }
@@ -82,7 +75,7 @@ Status qgemm_pack(const int8_t* w, const float* w_scale, int n, int k, uint8_t* 
     return Status::Invalid("qgemm_pack: argument 'packed' must have qgemm_packed_bytes(N=" + std::to_string(n) +
                            ", K=" + std::to_string(k) + ") = " + std::to_string(l.total) + " bytes, got " +
                            std::to_string(packed_bytes));
-  if (overlaps(packed, packed_bytes, w, int64_t(n) * k) || overlaps(packed, packed_bytes, w_scale, int64_t(n) * 4))
+  if (host::overlaps(packed, packed_bytes, w, int64_t(n) * k) || host::overlaps(packed, packed_bytes, w_scale, int64_t(n) * 4))
     return Status::Invalid("qgemm_pack: argument 'packed' must not overlap w or w_scale");
   for (int64_t i = 0; i < int64_t(n) * k; ++i)
     if (w[i] == -128)
@@ -167,11 +160,11 @@ Status qgemm_validate(const QGemmParams& p, bool packed) {
   }
   if (p.m > 0 && (p.x == nullptr || p.out == nullptr))
     return Status::Invalid(std::string(op) + ": x and out must be given");
-  if (overlaps(p.out, out_bytes, p.x, x_bytes))
+  if (host::overlaps(p.out, out_bytes, p.x, x_bytes))
     return Status::Invalid(std::string(op) + ": argument 'out' must not overlap x (no in-place qgemm)");
-  if (overlaps(p.out, out_bytes, p.bias, int64_t(p.n) * 4))
+  if (host::overlaps(p.out, out_bytes, p.bias, int64_t(p.n) * 4))
     return Status::Invalid(std::string(op) + ": argument 'out' must not overlap bias");
-  if (packed && overlaps(p.out, out_bytes, p.packed, p.packed_bytes))
+  if (packed && host::overlaps(p.out, out_bytes, p.packed, p.packed_bytes))
     return Status::Invalid("qgemm: argument 'out' must not overlap packed");
   return Status::Ok();
 }

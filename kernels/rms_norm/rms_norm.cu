@@ -1,4 +1,7 @@
-// rms_norm CUDA path (fp16/bf16, fp32 accumulation): a block of 256 threads per row. Tested against
+// rms_norm CUDA path (fp16/bf16, fp32 accumulation), optionally with the residual add fused in front
+// (x += add; out = norm(x)): a block of 256 threads per row. Rows of D % 8 == 0 elements (16-byte
+// aligned, D <= 8192) stay in registers between the sum of squares and the output: x and add are read
+// once, x and out written once. Other rows take the strided loop, which reads x again. Tested against
 // rms_norm_reference (see rsvlm_edge/rms_norm.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,40 +21,104 @@ namespace rsvlm_edge {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kVecsPerThread = 4;                          // 8-element vectors a thread keeps in registers
+constexpr int kMaxRegisterDim = kThreads * kVecsPerThread * 8;  // 8192
 
+using cuda::block_sum;
 using cuda::from_float;
+using cuda::load8;
+using cuda::store8;
 using cuda::to_float;
-using cuda::warp_sum;
 
-// grid (T), block 256: one row per block.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* x,       // (T, D)
+// grid (T), block 256: one row per block, held in registers. D % 8 == 0, D <= 8192, rows 16-byte aligned.
+// With kAdd each stored x is the sum rounded to T, and the statistics are those of the stored values.
+template <typename T, bool kAdd>
+__global__ void __launch_bounds__(kThreads) rms_norm_vec_kernel(T* x,             // (T, D), in place with kAdd
+                                                                const T* add,     // (T, D) or nullptr
+                                                                const T* weight,  // (D)
+                                                                T* out,           // (T, D)
+                                                                int dim, float eps) {
+  __shared__ float sh[32];  // block_sum's scratch
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
+  const int vecs = dim / 8;
+  float v[kVecsPerThread][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int u = 0; u < kVecsPerThread; ++u) {
+    const int vi = threadIdx.x + u * kThreads;
+    if (vi >= vecs) break;
+    load8(x + base + int64_t(vi) * 8, v[u]);
+    if (kAdd) {
+      float a[8];
+      load8(add + base + int64_t(vi) * 8, a);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[u][i] = to_float(from_float<T>(v[u][i] + a[i]));
+      store8(x + base + int64_t(vi) * 8, v[u]);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) ss += v[u][i] * v[u][i];
+  }
+  const float inv = rsqrtf(block_sum(ss, sh) / float(dim) + eps);
+#pragma unroll
+  for (int u = 0; u < kVecsPerThread; ++u) {
+    const int vi = threadIdx.x + u * kThreads;
+    if (vi >= vecs) break;
+    float w[8], y[8];
+    load8(weight + int64_t(vi) * 8, w);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y[i] = v[u][i] * inv * w[i];
+    store8(out + base + int64_t(vi) * 8, y);
+  }
+}
+
+// grid (T), block 256: one row per block, any D. With kAdd each thread reads back only what it wrote.
+template <typename T, bool kAdd>
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(T* x,             // (T, D), in place with kAdd
+                                                            const T* add,     // (T, D) or nullptr
                                                             const T* weight,  // (D)
-                                                            T* out,           // (T, D), may alias x
+                                                            T* out,           // (T, D), may alias x without kAdd
                                                             int dim, float eps) {
-  __shared__ float warp_sums[kThreads / 32];
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * dim;
+  __shared__ float sh[32];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   float ss = 0.f;
   for (int i = threadIdx.x; i < dim; i += kThreads) {
-    const float v = to_float(xr[i]);
+    float v = to_float(x[base + i]);
+    if (kAdd) {
+      const T r = from_float<T>(v + to_float(add[base + i]));
+      x[base + i] = r;
+      v = to_float(r);
+    }
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-  const float inv = rsqrtf(total / float(dim) + eps);
+  const float inv = rsqrtf(block_sum(ss, sh) / float(dim) + eps);
   for (int i = threadIdx.x; i < dim; i += kThreads)
-    out[row * dim + i] = from_float<T>(to_float(xr[i]) * inv * to_float(weight[i]));
+    out[base + i] = from_float<T>(to_float(x[base + i]) * inv * to_float(weight[i]));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T, bool kAdd>
+void launch_variant(const RmsNormParams& p, cudaStream_t stream) {
+  T* x = static_cast<T*>(p.x);
+  const T* add = static_cast<const T*>(p.add);
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out);
+  const unsigned rows = static_cast<unsigned>(p.rows);
+  const bool vec = p.dim % 8 == 0 && p.dim <= kMaxRegisterDim && aligned16(x) && aligned16(w) && aligned16(out) &&
+                   (!kAdd || aligned16(add));
+  if (vec)
+    rms_norm_vec_kernel<T, kAdd><<<rows, kThreads, 0, stream>>>(x, add, w, out, p.dim, p.eps);
+  else
+    rms_norm_kernel<T, kAdd><<<rows, kThreads, 0, stream>>>(x, add, w, out, p.dim, p.eps);
 }
 
 template <typename T>
 Status launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.rows > 0x7fffffff) return Status::Invalid("rms_norm: too many rows for one launch");
-  rms_norm_kernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(
-      static_cast<const T*>(p.x), static_cast<const T*>(p.weight), static_cast<T*>(p.out), p.dim, p.eps);
+  if (p.add != nullptr)
+    launch_variant<T, true>(p, stream);
+  else
+    launch_variant<T, false>(p, stream);
   RSVLM_CUDA_CHECK(cudaGetLastError());
   return Status::Ok();
 }

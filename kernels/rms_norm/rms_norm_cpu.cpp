@@ -1,4 +1,4 @@
-// rms_norm fast CPU path: the thread pool over rows, fp32 with 8 partial sums (see rsvlm_edge/rms_norm.h).
+// rms_norm fast CPU path: the thread pool over rows, fp32 with 8 partial sums, the residual add first (see rsvlm_edge/rms_norm.h).
 #include <cmath>
 
 #include "common/cpu_math.h"
@@ -14,7 +14,11 @@ Status rms_norm_cpu(const RmsNormParams& p) {
   const host::RmsNormArrays a(p);
   const int d = p.dim;
   host::parallel_for(p.rows, 8, host::threads_for(p.rows * int64_t(d)), [&](int64_t r, int) {
-    const float* xr = a.x + r * d;
+    float* xr = a.x + r * d;
+    if (a.add != nullptr) {
+      const float* ar = a.add + r * d;
+      for (int i = 0; i < d; ++i) xr[i] += ar[i];
+    }
     const float inv = 1.f / std::sqrt(cpu::dot(xr, xr, d) / float(d) + p.eps);
     float* o = a.out + r * d;
     for (int i = 0; i < d; ++i) o[i] = xr[i] * inv * a.weight[i];

@@ -11,7 +11,9 @@ Status rms_norm_reference(const RmsNormParams& p) {
   RSVLM_RETURN_IF_ERROR(rms_norm_validate(p, /*cuda=*/false));
   const host::RmsNormArrays a(p);
   for (int64_t t = 0; t < p.rows; ++t) {
-    const float* x = a.x + t * p.dim;
+    float* x = a.x + t * p.dim;
+    if (a.add != nullptr)
+      for (int i = 0; i < p.dim; ++i) x[i] = float(double(x[i]) + double(a.add[t * p.dim + i]));
     double ss = 0.0;
     for (int i = 0; i < p.dim; ++i) ss += double(x[i]) * double(x[i]);
     const double inv = 1.0 / std::sqrt(ss / double(p.dim) + double(p.eps));

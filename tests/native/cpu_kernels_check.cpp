@@ -160,7 +160,8 @@ void qgemm_cases() {
 
 void elementwise_cases() {
   for (auto [t, d] : std::vector<std::array<int, 2>>{{1, 2048}, {3, 67}, {40, 1000}}) {
-    const std::vector<float> x = randn(size_t(t) * d), w = randn(d);
+    std::vector<float> x = randn(size_t(t) * d);
+    const std::vector<float> w = randn(d);
     re::RmsNormParams p;
     p.x = x.data(), p.weight = w.data(), p.rows = t, p.dim = d, p.eps = 1e-5f;
     std::vector<float> got = poisoned(x.size()), want = poisoned(x.size());

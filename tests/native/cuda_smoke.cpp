@@ -229,13 +229,21 @@ bool report(const std::vector<float>& got, const std::vector<float>& want, doubl
 
 // ---------------------------------------------------------------- rms_norm
 
-void test_rms_norm(int64_t rows, int dim, bool in_place, uint32_t seed) {
-  begin_case("rms_norm f16 T=" + std::to_string(rows) + " D=" + std::to_string(dim) + (in_place ? " in-place" : ""));
+// mode: 0 = separate out, 1 = in place (out = x), 2 = fused residual add (x += add, separate out).
+void test_rms_norm(int64_t rows, int dim, int mode, uint32_t seed) {
+  const bool in_place = mode == 1, with_add = mode == 2;
+  begin_case("rms_norm f16 T=" + std::to_string(rows) + " D=" + std::to_string(dim) +
+             (in_place ? " in-place" : with_add ? " +add" : ""));
   Rng rng(seed);
   const std::vector<float> x = rng.f16(size_t(rows) * dim, -2.f, 2.f), w = rng.f16(size_t(dim), 0.5f, 1.5f);
+  const std::vector<float> add = with_add ? rng.f16(x.size(), -1.f, 1.f) : std::vector<float>();
+  // The reference of the fused add normalises the sum as the GPU stores it: rounded to fp16.
+  std::vector<float> x_ref = x;
+  if (with_add)
+    for (size_t i = 0; i < x.size(); ++i) x_ref[i] = from_half(to_half(std::vector<float>{x[i] + add[i]}))[0];
   std::vector<float> want(x.size());
   re::RmsNormParams r;
-  r.x = x.data();
+  r.x = x_ref.data();
   r.weight = w.data();
   r.out = want.data();
   r.rows = rows;
@@ -244,13 +252,15 @@ void test_rms_norm(int64_t rows, int dim, bool in_place, uint32_t seed) {
   r.dtype = re::DType::f32;
   if (!status_ok("rms_norm_reference", re::rms_norm_reference(r))) return;
 
-  DeviceBuffer dx(to_half(x)), dw(to_half(w)), dout;
+  DeviceBuffer dx(to_half(x)), dw(to_half(w)), dout, dadd;
   if (!in_place) {
     dout = DeviceBuffer(x.size() * sizeof(uint16_t));
     dout.fill(0xFF);
   }
+  if (with_add) dadd = DeviceBuffer(to_half(add));
   re::RmsNormParams p = r;
   p.x = dx.get();
+  p.add = with_add ? dadd.get() : nullptr;
   p.weight = dw.get();
   p.out = in_place ? dx.get() : dout.get();
   p.dtype = re::DType::f16;
@@ -856,8 +866,11 @@ void test_kv_attention(bool paged, bool int8, uint32_t seed) {
 
 void run_all() {
   uint32_t seed = 1000;
-  test_rms_norm(5, 333, false, seed++);
-  test_rms_norm(3, 1000, true, seed++);
+  test_rms_norm(5, 333, 0, seed++);
+  test_rms_norm(3, 1000, 1, seed++);
+  test_rms_norm(3, 2048, 2, seed++);  // the register-resident kernel, fused add
+  test_rms_norm(2, 2048, 1, seed++);  // the register-resident kernel, in place
+  test_rms_norm(4, 77, 2, seed++);    // the strided kernel, fused add
 
   test_rope(5, 6, 2, 64, 10000.f, true, seed++);
   test_rope(3, 5, 0, 34, 500000.f, false, seed++);
