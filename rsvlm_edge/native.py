@@ -39,6 +39,18 @@ def check_thread_wait_env() -> None:
                f"unset {THREAD_WAIT_ENV} (auto) or set it to spin (dedicated cores) or passive")
 
 
+CUDA_PDL_ENV = "RSVLM_EDGE_CUDA_PDL"
+CUDA_PDLS = ("on", "off")
+
+
+def check_cuda_pdl_env() -> None:
+    """BackendError when ``RSVLM_EDGE_CUDA_PDL`` is set to something else than on / off. It is read once by
+    the native library: ``on`` (default) lets the CUDA linears start on their weights while the kernel ahead
+    of them still runs (programmatic dependent launch, compute capability 9.0 and up); ``off`` launches
+    every kernel after the one before it has finished (to compare, or to rule it out)."""
+    env_choice(CUDA_PDL_ENV, CUDA_PDLS, None, f"unset {CUDA_PDL_ENV} (on) or set it to off")
+
+
 FP16_GEMM_ENV = "RSVLM_EDGE_FP16_GEMM"
 FP16_GEMMS = ("bf16x3", "fp32")
 
@@ -69,8 +81,10 @@ def weight_memory_copy() -> bool:
 @functools.cache
 def _c() -> ModuleType:
     """``rsvlm_edge._C``, after checking the environment it reads (BackendError if unusable); once per
-    process: the library reads that environment once, when its thread pool starts."""
+    process: the library reads that environment once (the thread pool's when it starts, the CUDA
+    launch mode at the first CUDA linear)."""
     check_thread_wait_env()
+    check_cuda_pdl_env()
     try:
         from . import _C
     except ImportError as e:  # pragma: no cover - depends on the build

@@ -8,10 +8,14 @@ The GPU tests (marker ``cuda``) run wherever rsvlm_edge._C has CUDA and a device
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from decoder_fixtures import small_tensors
+from util import package_env
 
 from rsvlm_edge.backends import registry
 from rsvlm_edge.backends.decoder_cuda import CUDA_HEAD_DIMS, _supports, canonical_names
@@ -170,6 +174,46 @@ def test_graph_replay_equals_direct_launches_and_greedy_ids_equal_argmax():
         runs.append(np.stack(seq))
         assert list(gpu.device.lengths) == [17, 36, 10]
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+# Prefill and six graph-replayed decode steps of the small decoder (fp16 and w8) into an .npz: run once with
+# programmatic dependent launch on and once off (RSVLM_EDGE_CUDA_PDL is read once per process).
+PDL_RUN = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from decoder_fixtures import small_tensors
+from test_cuda_decoder import prompts, small_config
+from rsvlm_edge.models.llava.decoder import open_llama_decoder
+out = {}
+for fmt in ("fp16", "w8"):
+    cfg = small_config()
+    gpu = open_llama_decoder(cfg, small_tensors(cfg, fmt), 3, 64, "cuda")
+    ids, lens, _ = prompts(cfg, [11, 30, 4])
+    logits = [gpu.prefill(gpu.embed_tokens(ids), lens)]
+    for _ in range(6):
+        logits.append(gpu.decode(logits[-1].argmax(axis=1)))
+    out[fmt] = np.stack(logits)
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_programmatic_launch_changes_no_number(tmp_path):
+    """The linears may start on their weights before the kernel ahead of them ends (PDL, sm_90+); they read
+    their input only after it has: the logits are bit for bit those of plain launches."""
+    runs = {}
+    for mode in ("on", "off"):
+        dest = tmp_path / f"{mode}.npz"
+        proc = subprocess.run([sys.executable, "-c", PDL_RUN, str(dest), str(Path(__file__).parent)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env={**package_env(), "RSVLM_EDGE_CUDA_PDL": mode})
+        assert proc.returncode == 0, proc.stderr
+        runs[mode] = np.load(dest)
+    for fmt in ("fp16", "w8"):
+        assert np.isfinite(runs["on"][fmt]).all()
+        np.testing.assert_array_equal(runs["on"][fmt], runs["off"][fmt], err_msg=fmt)
 
 
 @pytest.mark.cuda

@@ -121,6 +121,17 @@ def test_a_wrong_wait_policy_is_a_backend_error(tmp_path):
     assert proc.returncode != 0 and "RSVLM_EDGE_THREAD_WAIT='busy' is not one of auto, spin, passive" in proc.stderr
 
 
+def test_a_wrong_cuda_launch_mode_is_a_backend_error(tmp_path):
+    code = "from rsvlm_edge import native\nnative._c()\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**package_env(), "RSVLM_EDGE_CUDA_PDL": "maybe"})
+    assert proc.returncode != 0 and "RSVLM_EDGE_CUDA_PDL='maybe' is not one of on, off" in proc.stderr
+    for value in ("on", "off"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**package_env(), "RSVLM_EDGE_CUDA_PDL": value})
+        assert proc.returncode == 0, proc.stderr
+
+
 
 @pytest.mark.parametrize("policy", ["auto", "spin", "passive"])
 def test_the_pool_is_clean_under_thread_sanitizer(policy, tmp_path_factory):

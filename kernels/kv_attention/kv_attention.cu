@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/kv_attention.h"
 
@@ -109,6 +110,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float k_s[kKeyTile][D + 1];  // +1: lane j reading row j hits distinct banks
   __shared__ float v_s[kKeyTile][D + 1];
 
+  cuda::allow_dependent_launch();  // the output projection may start on its weights
   const KvCacheView& c = p.cache;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int hk = blockIdx.y;
@@ -244,6 +246,7 @@ __global__ void combine_kernel(const float* partial_o,   // (B, H, num_splits, D
                                const float* partial_ml,  // (B, H, num_splits, 2)
                                int num_heads, int head_dim, int num_splits,
                                TA* out) {  // (B, H, D)
+  cuda::allow_dependent_launch();
   const int h = blockIdx.x, b = blockIdx.y, t = threadIdx.x;
   const int64_t base = (int64_t(b) * num_heads + h) * num_splits;
   float mx = -INFINITY;

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/linear.h"
 
@@ -32,6 +33,8 @@ using cuda::warp_sum;
 // grid (ceil(N / 4), ceil(M / 4)), block 128: warp w computes out[m0 .. m0+3, n0 + w].
 // Lanes stride K; each weight element is loaded once per block and used for up to 4 rows of x.
 // kVec8 (K % 8 == 0 and 16-byte aligned x, w): each lane loads 8 consecutive elements at a time.
+// Launched programmatically (cuda_launch.cuh): the warp's weight row starts into L2 while the kernel
+// ahead (the norm, attention or SwiGLU that writes x) still runs; x is read after the wait.
 template <typename TA, typename TW, bool kVec8>
 __global__ void __launch_bounds__(kLinearWarps * 32) linear_kernel(LinearParams p) {
   const int lane = threadIdx.x % 32;
@@ -40,6 +43,8 @@ __global__ void __launch_bounds__(kLinearWarps * 32) linear_kernel(LinearParams 
   if (n >= p.n) return;
   const TA* x = static_cast<const TA*>(p.x);
   const TW* w = static_cast<const TW*>(p.w) + int64_t(n) * p.k;
+  if (blockIdx.y == 0) cuda::prefetch_l2(w, int64_t(p.k) * sizeof(TW), lane);  // weights: written by no kernel
+  cuda::wait_for_prior_grids();
   const int rows = int(min(int64_t(kLinearRows), p.m - m0));
   float acc[kLinearRows] = {0.f, 0.f, 0.f, 0.f};
   if constexpr (kVec8) {
@@ -172,10 +177,9 @@ Status launch_linear(const LinearParams& p, cudaStream_t stream) {
   const bool vec8 =
       p.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
   if (vec8)
-    linear_kernel<TA, TW, true><<<grid, kLinearWarps * 32, 0, stream>>>(p);
+    RSVLM_CUDA_CHECK(cuda::launch_programmatic(linear_kernel<TA, TW, true>, grid, dim3(kLinearWarps * 32), 0, stream, p));
   else
-    linear_kernel<TA, TW, false><<<grid, kLinearWarps * 32, 0, stream>>>(p);
-  RSVLM_CUDA_CHECK(cudaGetLastError());
+    RSVLM_CUDA_CHECK(cuda::launch_programmatic(linear_kernel<TA, TW, false>, grid, dim3(kLinearWarps * 32), 0, stream, p));
   return Status::Ok();
 }
 

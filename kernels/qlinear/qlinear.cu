@@ -7,7 +7,8 @@
 // warp w computes out[m0 .. m0 + 1, n0 + w]: each lane takes 16 consecutive inputs per step when
 // K % 16 == 0 (else 4 of every block), one __dp4a per 4, scales its integer partial by sx * sw in fp32,
 // and the warp sums the lanes once at the end. Decode-shaped (small M); x is re-quantised per block of outputs (K reads from L2
-// against 8 K weight bytes from memory).
+// against 8 K weight bytes from memory). Launched programmatically (cuda_launch.cuh): each warp's weight
+// row starts into L2 while the kernel ahead still runs; x is read after the wait.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "common/cuda_check.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
 #include "rsvlm_edge/qlinear.h"
 
@@ -101,6 +103,11 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   const int64_t m0 = int64_t(blockIdx.y) * kRows;
   const int rows = int(min(int64_t(kRows), p.m - m0));
   const TA* x = static_cast<const TA*>(p.x);
+  const int64_t row_bytes = F == QWeight::i8 ? p.k : p.k / 2;
+  const int n = blockIdx.x * kWarps + warp;
+  if (blockIdx.y == 0 && n < p.n)  // weights: written by no kernel
+    cuda::prefetch_l2(static_cast<const uint8_t*>(p.w) + int64_t(n) * row_bytes, row_bytes, lane);
+  cuda::wait_for_prior_grids();
 
   // 1. quantise rows m0 .. m0 + rows - 1 (one warp per (row, block); lane i holds inputs 4i .. 4i + 3)
   for (int task = warp; task < rows * blocks; task += kWarps) {
@@ -127,9 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32) qlinear_kernel(QLinearParams p) {
   __syncthreads();
 
   // 2. one warp per output feature
-  const int n = blockIdx.x * kWarps + warp;
   if (n >= p.n) return;
-  const int64_t row_bytes = F == QWeight::i8 ? p.k : p.k / 2;
   const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + int64_t(n) * row_bytes;
   const int group = p.k / p.groups;
   float acc[kRows] = {0.f, 0.f};
@@ -186,13 +191,10 @@ Status launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
   const dim3 grid((p.n + kWarps - 1) / kWarps, static_cast<unsigned>(row_blocks));
   const bool aligned = p.k % 4 == 0 && reinterpret_cast<uintptr_t>(p.w) % 4 == 0;
   const bool vec16 = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
-  if (vec16)
-    qlinear_kernel<TA, F, true, true><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
-  else if (aligned)
-    qlinear_kernel<TA, F, true, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
-  else
-    qlinear_kernel<TA, F, false, false><<<grid, kWarps * 32, static_cast<size_t>(shared), stream>>>(p);
-  RSVLM_CUDA_CHECK(cudaGetLastError());
+  void (*kernel)(QLinearParams) = vec16     ? qlinear_kernel<TA, F, true, true>
+                                  : aligned ? qlinear_kernel<TA, F, true, false>
+                                            : qlinear_kernel<TA, F, false, false>;
+  RSVLM_CUDA_CHECK(cuda::launch_programmatic(kernel, grid, dim3(kWarps * 32), static_cast<size_t>(shared), stream, p));
   return Status::Ok();
 }
 

@@ -39,6 +39,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_vec_kernel(T* x,           
                                                                 T* out,           // (T, D)
                                                                 int dim, float eps) {
   __shared__ float sh[32];  // block_sum's scratch
+  cuda::allow_dependent_launch();  // the linear after the norm may start on its weights
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   const int vecs = dim / 8;
   float v[kVecsPerThread][8];
@@ -79,6 +80,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(T* x,             //
                                                             T* out,           // (T, D), may alias x without kAdd
                                                             int dim, float eps) {
   __shared__ float sh[32];
+  cuda::allow_dependent_launch();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   float ss = 0.f;
   for (int i = threadIdx.x; i < dim; i += kThreads) {

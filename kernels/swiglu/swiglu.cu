@@ -23,6 +23,7 @@ using cuda::to_float;
 template <typename T>
 __global__ void __launch_bounds__(cuda::kGridStrideThreads)
     swiglu_kernel(const T* gate, const T* up, T* out, int64_t n) {
+  cuda::allow_dependent_launch();  // the down projection may start on its weights
   cuda::grid_stride_loop(n, [&](int64_t i) {
     const float g = to_float(gate[i]);
     out[i] = from_float<T>(g / (1.f + expf(-g)) * to_float(up[i]));

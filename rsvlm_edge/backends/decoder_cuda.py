@@ -25,9 +25,9 @@ CUDA_HEAD_DIMS = (64, 80, 96, 128)  # head dims the CUDA attention kernel is com
 
 
 def _ext() -> Any:
-    from .. import _C
+    from ..native import _c  # checks the environment the library reads (RSVLM_EDGE_CUDA_PDL among it)
 
-    return _C
+    return _c()
 
 
 def canonical_names(config: Any, tensors: dict[str, np.ndarray]) -> list[str]:
