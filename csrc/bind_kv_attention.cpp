@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <string>
 
 #include "bind_util.h"
@@ -109,7 +110,8 @@ void check_activation(ArgChecker& c, const TensorArg& t, std::initializer_list<D
 
 void kv_append(Impl impl, py::handle k_cache, py::handle v_cache, py::handle k_new_obj, py::handle v_new_obj,
                py::handle start_pos_obj, py::handle new_lens_obj, py::handle page_table, py::handle k_scale,
-               py::handle v_scale, int64_t stream) {
+               py::handle v_scale, py::handle rope_pos_obj, py::handle rope_q_obj, double rope_theta,
+               int64_t stream) {
   ArgChecker c(rsvlm_edge::bind::op_name("kv_append", impl));
   TensorArg k_new = rsvlm_edge::tensor_arg(k_new_obj, "k_new", stream);
   TensorArg v_new = rsvlm_edge::tensor_arg(v_new_obj, "v_new", stream);
@@ -117,15 +119,22 @@ void kv_append(Impl impl, py::handle k_cache, py::handle v_cache, py::handle k_n
   TensorArg start_pos = rsvlm_edge::index_arg(start_pos_obj, "start_pos", stream);
   const bool has_new_lens = !new_lens_obj.is_none();
   TensorArg new_lens = has_new_lens ? rsvlm_edge::index_arg(new_lens_obj, "new_lens", stream) : TensorArg{};
+  const bool has_rope = !rope_pos_obj.is_none(), has_rope_q = !rope_q_obj.is_none();
+  TensorArg rope_pos = has_rope ? rsvlm_edge::index_arg(rope_pos_obj, "rope_positions", stream, /*min_value=*/0)
+                                : TensorArg{};
+  TensorArg rope_q = has_rope_q ? rsvlm_edge::tensor_arg(rope_q_obj, "rope_q", stream) : TensorArg{};
+  RSVLM_CHECK(c, has_rope || !has_rope_q, "argument 'rope_q' needs 'rope_positions' (the positions to rotate at)");
   rsvlm_edge::bind::check_devices(
       c, impl,
       {&k_new, &v_new, &a.k, &a.v, maybe(a.k_scale, a.has_k_scale), maybe(a.v_scale, a.has_v_scale),
-       maybe(a.page_table, a.paged), &start_pos, maybe(new_lens, has_new_lens)});
+       maybe(a.page_table, a.paged), &start_pos, maybe(new_lens, has_new_lens), maybe(rope_pos, has_rope),
+       maybe(rope_q, has_rope_q)});
   const bool cuda = k_new.device.type == DeviceType::cuda;
-  // Decode form (B, H_kv, D) = (B, 1, H_kv, D).
+  // Decode form (B, H_kv, D) = (B, 1, H_kv, D); likewise rope_q (B, H, D) and rope_positions (B,).
   const bool decode_form = k_new.ndim() == 3;
-  for (TensorArg* t : {&k_new, &v_new}) {
-    if (!decode_form || t->ndim() != 3) continue;
+  for (TensorArg* t : {&k_new, &v_new, &rope_q, &rope_pos}) {
+    const int64_t rank = t == &rope_pos ? 1 : 3;
+    if (!decode_form || t->ndim() != rank) continue;
     t->shape.insert(t->shape.begin() + 1, 1);
     t->strides.insert(t->strides.begin() + 1, t->strides[0]);
   }
@@ -143,6 +152,27 @@ void kv_append(Impl impl, py::handle k_cache, py::handle v_cache, py::handle k_n
   p.act_dtype = k_new.dtype;
   p.batch = c.dim_int("B", k_new);
   p.s_new = c.dim_int("S_new", k_new);
+  if (has_rope) {
+    c.check(rope_pos, {"B", "S_new"}, {DType::i32});  // rope_positions: (B, S_new) (host: any integer dtype, >= 0)
+    RSVLM_CHECK(c, p.cache.head_dim % 2 == 0,
+                "rotary embedding needs an even head_dim D, got D=" + std::to_string(p.cache.head_dim));
+    RSVLM_CHECK(c, rope_theta > 0.0 && std::isfinite(rope_theta),
+                "argument 'rope_theta' must be > 0, got " + std::to_string(rope_theta));
+    p.rope.positions = rope_pos.ptr<const int32_t>();
+    p.rope.theta = static_cast<float>(rope_theta);
+  }
+  if (has_rope_q) {
+    c.check(rope_q, {"B", "S_new", "H", "D"}, {k_new.dtype});  // rope_q: (B, S_new, H, D), rotated in place
+    c.writable(rope_q);
+    p.rope.num_heads = c.dim_int("H", rope_q, 1);
+    RSVLM_CHECK(c, p.rope.num_heads % p.cache.num_kv_heads == 0,
+                "argument 'rope_q' has H=" + std::to_string(p.rope.num_heads) + " heads, not a multiple of H_kv=" +
+                    std::to_string(p.cache.num_kv_heads));
+    for (const TensorArg* other : {&k_new, &v_new})
+      RSVLM_CHECK(c, !rsvlm_edge::bind::overlap(rope_q, *other),
+                  "argument 'rope_q' (rotated in place) shares memory with '" + other->name + "'");
+    p.rope.q = rope_q.data;
+  }
   rsvlm_edge::bind::run(
       "kv_append", impl, k_new, stream, [&] { return rsvlm_edge::kv_append_cpu(p); },
       [&] { return rsvlm_edge::kv_append_reference(p); }, [&](void* st) { return rsvlm_edge::kv_append_cuda(p, st); });
@@ -228,6 +258,10 @@ Paged cache: k_cache, v_cache (num_pages, H_kv, 16, D) and page_table (B, max_pa
 position p of sequence b is row p % 16 of page page_table[b, p // 16].
 INT8 cache: k_cache/v_cache int8 plus k_scale/v_scale float32 (B_cache, H_kv, S_max) or
 (num_pages, H_kv, 16): one symmetric scale per (KV head, token), set here (scale = max|row| / 127).
+RoPE fused in (optional): rope_positions (B, S_new) (or (B,)), int32 >= 0: each K row is stored rotated
+at its position (rope's rotate-half with rope_theta; k_new itself is not changed), and rope_q
+(B, S_new, H, D) (or (B, H, D)), H a multiple of H_kv, is rotated in place at the same positions, every
+row of it: what rope(q, k, positions) followed by kv_append does, in one call (one CUDA launch).
 CPU: float32 activations (cache float32 or int8). CUDA tensors: float16/bfloat16 (cache same dtype
 or int8); `stream` is a cudaStream_t as an integer (0 = legacy default).)doc";
 
@@ -261,12 +295,16 @@ void bind_kv_attention(py::module_& m) {
     m.def(
         rsvlm_edge::bind::op_name("kv_append", impl).c_str(),
         [impl](py::handle k_cache, py::handle v_cache, py::handle k_new, py::handle v_new, py::handle start_pos,
-               py::handle new_lens, py::handle page_table, py::handle k_scale, py::handle v_scale, int64_t stream) {
-          kv_append(impl, k_cache, v_cache, k_new, v_new, start_pos, new_lens, page_table, k_scale, v_scale, stream);
+               py::handle new_lens, py::handle page_table, py::handle k_scale, py::handle v_scale,
+               py::handle rope_positions, py::handle rope_q, double rope_theta, int64_t stream) {
+          kv_append(impl, k_cache, v_cache, k_new, v_new, start_pos, new_lens, page_table, k_scale, v_scale,
+                    rope_positions, rope_q, rope_theta, stream);
         },
         py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"), py::arg("start_pos"), py::kw_only(),
         py::arg("new_lens") = py::none(), py::arg("page_table") = py::none(), py::arg("k_scale") = py::none(),
-        py::arg("v_scale") = py::none(), py::arg("stream") = 0, ref ? (ref_doc + "kv_append.").c_str() : kAppendDoc);
+        py::arg("v_scale") = py::none(), py::arg("rope_positions") = py::none(), py::arg("rope_q") = py::none(),
+        py::arg("rope_theta") = 10000.0, py::arg("stream") = 0,
+        ref ? (ref_doc + "kv_append.").c_str() : kAppendDoc);
     m.def(
         rsvlm_edge::bind::op_name("attention_prefill", impl).c_str(),
         [impl](py::handle q, py::handle k_cache, py::handle v_cache, py::handle q_lens, py::handle kv_lens,

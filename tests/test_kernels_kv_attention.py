@@ -426,6 +426,102 @@ def test_append_rejects_bad_arguments():
         C.kv_append(ro, k.copy(), kn, kn, [0, 0])
 
 
+# ---------------------------------------------------------------- kv_append with the RoPE fused in
+
+ROPE_CASES = [  # (H, H_kv, D), S_new, new_lens, start_pos
+    ((4, 2, 64), 5, [5, 2, 0], [0, 7, 3]),
+    ((8, 1, 96), 1, [1, 1], [0, 40]),
+    ((6, 3, 18), 3, [3], [11]),
+]
+
+
+def rope_inputs(heads, s_new, lens, starts, seed=5):
+    h, h_kv, d = heads
+    rng = np.random.default_rng(seed)
+    batch = len(lens)
+    q = rng.standard_normal((batch, s_new, h, d)).astype(np.float32)
+    kn = rng.standard_normal((batch, s_new, h_kv, d)).astype(np.float32)
+    vn = rng.standard_normal((batch, s_new, h_kv, d)).astype(np.float32)
+    positions = (np.asarray(starts)[:, None] + np.arange(s_new)[None, :] + 3).astype(np.int32)  # not start_pos
+    return q, kn, vn, positions
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: f"H{c[0][0]}-Hkv{c[0][1]}-D{c[0][2]}-S{c[1]}")
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.int8], ids=["fp32", "int8"])
+def test_append_with_rope_equals_rope_then_append(case, paged, cache_dtype):
+    """rope_positions / rope_q: the cache gets rotated K rows (k_new untouched), q is rotated in place, every
+    row of it: what rope followed by kv_append gives, bit for bit, in the reference and the fast CPU path."""
+    heads, s_new, lens, starts = case
+    h, h_kv, d = heads
+    q, kn, vn, positions = rope_inputs(heads, s_new, lens, starts)
+    batch = len(lens)
+    capacity = max(starts) + s_new + 1
+    for append, rope in ((C.kv_append, C.rope), (C.kv_append_reference, C.rope_reference)):
+        cache_fused = make_cache(batch, h_kv, d, capacity, paged, cache_dtype)
+        cache_split = copy_cache(cache_fused)
+        extra = dict(page_table=cache_fused["page_table"], new_lens=np.array(lens, np.int32))
+        q_fused, kn_before = q.copy(), kn.copy()
+        append(cache_fused["k_cache"], cache_fused["v_cache"], kn, vn, np.array(starts, np.int32),
+               k_scale=cache_fused.get("k_scale"), v_scale=cache_fused.get("v_scale"),
+               rope_positions=positions, rope_q=q_fused, rope_theta=500000.0, **extra)
+        np.testing.assert_array_equal(kn, kn_before)  # k_new itself is not rotated
+        q_split, k_split = q.copy(), kn.copy()
+        rope(q_split.reshape(-1, h, d), k_split.reshape(-1, h_kv, d), positions.reshape(-1), 500000.0)
+        append(cache_split["k_cache"], cache_split["v_cache"], k_split, vn, np.array(starts, np.int32),
+               k_scale=cache_split.get("k_scale"), v_scale=cache_split.get("v_scale"), **extra)
+        np.testing.assert_array_equal(q_fused, q_split)
+        assert_caches_equal(cache_fused, cache_split)
+
+
+def test_append_with_rope_rotates_k_alone_and_takes_the_decode_form():
+    heads, lens, starts = (4, 2, 64), [1, 1], [3, 9]
+    q, kn, vn, positions = rope_inputs(heads, 1, lens, starts)
+    cache = make_cache(2, 2, 64, 16, False)
+    want = copy_cache(cache)
+    C.kv_append(cache["k_cache"], cache["v_cache"], kn[:, 0], vn[:, 0], np.array(starts, np.int32),
+                rope_positions=positions[:, 0])  # decode form (B, H_kv, D), positions (B,), no q
+    k_rot = kn.copy()
+    C.rope(k_rot.reshape(-1, 2, 64), None, positions.reshape(-1), 10000.0)
+    C.kv_append(want["k_cache"], want["v_cache"], k_rot, vn, np.array(starts, np.int32))
+    assert_caches_equal(cache, want)
+
+
+def test_append_with_rope_rejects_bad_arguments():
+    k = np.full((2, 2, 8, 64), np.nan, np.float32)
+    kn = np.zeros((2, 3, 2, 64), np.float32)
+    pos = np.zeros((2, 3), np.int32)
+    q = np.zeros((2, 3, 4, 64), np.float32)
+    for fn in (C.kv_append, C.kv_append_reference):
+        with pytest.raises(ValueError, match=r"argument 'rope_q' needs 'rope_positions'"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_q=q)
+        with pytest.raises(ValueError, match=r"argument 'rope_positions' must have shape \(B=2, S_new=3\) int32"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_positions=np.zeros((2, 2), np.int32))
+        with pytest.raises(ValueError, match=r"rope_positions"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_positions=np.full((2, 3), -1, np.int64))
+        with pytest.raises(ValueError, match=r"argument 'rope_theta' must be > 0"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_positions=pos, rope_theta=0.0)
+        with pytest.raises(ValueError, match=r"argument 'rope_q' has H=3 heads, not a multiple of H_kv=2"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_positions=pos, rope_q=np.zeros((2, 3, 3, 64), np.float32))
+        with pytest.raises(ValueError, match=r"argument 'rope_q' \(rotated in place\) shares memory with 'k_new'"):
+            big = np.zeros((2, 3, 2, 64), np.float32)
+            fn(k, k.copy(), big, kn, [0, 0], rope_positions=pos, rope_q=big.reshape(2, 3, 2, 64))
+        ro = q.copy()
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match=r"argument 'rope_q' is read-only"):
+            fn(k, k.copy(), kn, kn, [0, 0], rope_positions=pos, rope_q=ro)
+        # A refused call leaves q and the cache as they were.
+        q_before, k_before = q.copy(), k.copy()
+        with pytest.raises(ValueError, match=r"needs 9 cache positions"):
+            fn(k, k.copy(), kn, kn, [0, 6], rope_positions=pos, rope_q=q)
+        np.testing.assert_array_equal(q, q_before)
+        np.testing.assert_array_equal(k, k_before)
+    kodd = np.zeros((1, 1, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"rotary embedding needs an even head_dim D, got D=5"):
+        C.kv_append(kodd, kodd.copy(), np.zeros((1, 1, 1, 5), np.float32), np.zeros((1, 1, 1, 5), np.float32), [0],
+                    rope_positions=np.zeros((1, 1), np.int32))
+
+
 class FakeCudaArray:
     """Exposes __cuda_array_interface__ without memory behind it: argument checks run before any
     kernel or device access, so mixed-device and dtype errors can be tested without a GPU."""
@@ -558,3 +654,72 @@ def test_cuda_int8_cache_within_tolerance(torch_cuda, dtype_name, decode):
     got, ref = _cuda_run(torch_cuda, dtype, (8, 2, 128), q_lens, past, paged=False, int8=True, decode=decode)
     # The reference reads a host int8 cache quantised from the same rounded values.
     np.testing.assert_allclose(got, ref, atol=INT8_ATOL + CUDA_TOL[dtype_name], rtol=0)
+
+
+@cuda_dtype_test
+@pytest.mark.parametrize("int8", [False, True], ids=["cache-dtype", "int8"])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_cuda_append_with_rope_matches_rope_then_append(torch_cuda, dtype_name, int8, paged):
+    """One launch rotating q in place and storing rotated K rows: the same values as the rope kernel then
+    kv_append on the GPU (the two share their arithmetic; compared within one rounding of the dtype), and as
+    the reference on the same rounded inputs within the dtype's tolerance."""
+    torch = torch_cuda
+    dtype = getattr(torch, dtype_name)
+    (h, h_kv, d), s_new, lens, starts = (8, 2, 64), 5, [5, 2, 0], [0, 7, 3]
+    q, kn, vn, positions = rope_inputs((h, h_kv, d), s_new, lens, starts)
+    q, kn, vn = (torch.from_numpy(a).to(dtype).float().numpy() for a in (q, kn, vn))  # representable inputs
+    host = make_cache(3, h_kv, d, 16, paged, np.int8 if int8 else np.float32)
+    dev = "cuda"
+
+    def device_cache():
+        cache_dtype = torch.int8 if int8 else dtype
+        k = torch.zeros(host["k_cache"].shape, dtype=cache_dtype, device=dev)
+        v = torch.zeros_like(k)
+        extra = {}
+        if int8:
+            extra = dict(k_scale=torch.full(host["k_scale"].shape, float("nan"), device=dev),
+                         v_scale=torch.full(host["k_scale"].shape, float("nan"), device=dev))
+        else:
+            k.fill_(float("nan"))
+            v.fill_(float("nan"))
+        return k, v, extra
+
+    table = None if host["page_table"] is None else torch.from_numpy(host["page_table"]).to(dev)
+    ints = lambda x: torch.tensor(np.asarray(x), dtype=torch.int32, device=dev)  # noqa: E731
+    gpu = lambda a: torch.from_numpy(a).to(dev, dtype)  # noqa: E731
+    kf, vf, sf = device_cache()
+    q_fused = gpu(q)
+    C.kv_append(kf, vf, gpu(kn), gpu(vn), ints(starts), new_lens=ints(lens), page_table=table,
+                rope_positions=ints(positions), rope_q=q_fused, rope_theta=10000.0, **sf)
+    ks, vs, ss = device_cache()
+    q_split, k_split = gpu(q), gpu(kn)
+    C.rope(q_split.view(-1, h, d), k_split.view(-1, h_kv, d), ints(positions.reshape(-1)), 10000.0)
+    C.kv_append(ks, vs, k_split, gpu(vn), ints(starts), new_lens=ints(lens), page_table=table, **ss)
+    torch.cuda.synchronize()
+    ulp = CUDA_TOL[dtype_name]
+    np.testing.assert_allclose(q_fused.float().cpu().numpy(), q_split.float().cpu().numpy(), rtol=ulp, atol=ulp)
+    # The reference: rope_reference then kv_append_reference on the host (fp32), the same rounded inputs.
+    q_ref, k_ref = q.copy(), kn.copy()
+    C.rope_reference(q_ref.reshape(-1, h, d), k_ref.reshape(-1, h_kv, d), positions.reshape(-1), 10000.0)
+    C.kv_append_reference(host["k_cache"], host["v_cache"], k_ref, vn, np.array(starts, np.int32),
+                          new_lens=np.array(lens, np.int32), page_table=host["page_table"],
+                          k_scale=host.get("k_scale"), v_scale=host.get("v_scale"))
+    np.testing.assert_allclose(q_fused.float().cpu().numpy(), q_ref, rtol=CUDA_TOL[dtype_name], atol=CUDA_TOL[dtype_name])
+    if int8:
+        written = ~np.isnan(host["k_scale"])
+        for name in ("k_scale", "v_scale"):
+            np.testing.assert_allclose(sf[name].cpu().numpy()[written], host[name][written], rtol=2 * CUDA_TOL[dtype_name])
+        kq = kf.cpu().numpy().astype(np.float32) * sf["k_scale"].cpu().numpy()[..., None]
+        kq_ref = host["k_cache"].astype(np.float32) * host["k_scale"][..., None]
+        np.testing.assert_allclose(kq[written], kq_ref[written], atol=0.05)
+        # against rope then kv_append on the GPU: at most one quantisation step apart
+        steps = np.abs(kf.cpu().numpy().astype(np.int32) - ks.cpu().numpy().astype(np.int32))
+        assert steps[written].max() <= 1
+    else:
+        got = kf.float().cpu().numpy()
+        written = ~np.isnan(host["k_cache"])
+        assert (np.isnan(got) == ~written).all()  # the same rows written, nothing else
+        np.testing.assert_allclose(got[written], host["k_cache"][written], rtol=CUDA_TOL[dtype_name],
+                                   atol=CUDA_TOL[dtype_name])
+        np.testing.assert_allclose(got[written], ks.float().cpu().numpy()[written], rtol=ulp, atol=ulp)
+        np.testing.assert_array_equal(vf.float().cpu().numpy()[written], vs.float().cpu().numpy()[written])

@@ -60,6 +60,17 @@ struct KvCacheView {
   int64_t capacity() const { return paged() ? int64_t(max_pages_per_seq) * kKvPageSize : s_max; }
 };
 
+// Optional rotary embedding fused into kv_append (the rotation of rope.h, bit for bit its CUDA kernel's
+// arithmetic): with `positions`, each k_new row is stored rotated at its position (k_new itself is left
+// as it is) and `q`, when given, is rotated in place at the same positions, every (b, s) row of it
+// (padding rows too, as rope over B * S_new tokens would). One launch where rope + kv_append were two.
+struct KvAppendRope {
+  const int32_t* positions = nullptr;  // (B, S_new) absolute position of each new row, >= 0; nullptr = none
+  void* q = nullptr;                   // (B, S_new, H, D) activation dtype, rotated in place; nullptr = k only
+  int num_heads = 0;                   // H (with q), a positive multiple of H_kv
+  float theta = 10000.f;               // rope_theta, > 0; D must be even
+};
+
 // Write k_new/v_new rows of each sequence at positions [start_pos[b], start_pos[b] + new_lens[b]).
 struct KvAppendParams {
   const void* k_new = nullptr;         // (B, S_new, H_kv, D), activation dtype
@@ -70,6 +81,7 @@ struct KvAppendParams {
   int batch = 0;                       // B
   int s_new = 0;                       // S_new
   KvCacheView cache;
+  KvAppendRope rope;                   // optional rotation of k (and q) before the append
 };
 
 // Attention of q over the cache, causal unless `causal` is false (prefill; decode uses s_q = 1).
@@ -127,6 +139,13 @@ Status attention_check_lengths(const AttentionParams& p);
 // <op>_validate(p, /*cuda=*/false), then, when that passed, <op>_check_lengths(p).
 Status kv_append_validate_host(const KvAppendParams& p);
 Status attention_validate_host(const AttentionParams& p);
+
+// The host launchers' fused RoPE (p.rope.positions set): after kv_append_validate_host, k_new is copied
+// and rotated together with q by `rope` (rope_reference or rope_cpu), then `append` (the same launcher)
+// stores the rotated copy. fp32 host arrays.
+struct RopeParams;
+Status kv_append_with_rope(const KvAppendParams& p, Status (*rope)(const RopeParams&),
+                           Status (*append)(const KvAppendParams&));
 
 // Head dims the CUDA attention kernel is compiled for.
 inline bool kv_attention_cuda_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }

@@ -1,7 +1,7 @@
 // CudaDecoder (rsvlm_edge/cuda_decoder.h): a LLaMA-family decoder on one CUDA device, built from the
-// library's CUDA launchers (rms_norm, linear, qlinear, rope, kv_append, attention, swiglu) plus the
-// small step kernels below (embedding gather, residual add, positions, last-row gather, logits +
-// argmax). The reference is the CPU decoder (rsvlm_edge/models/llava/decoder.py):
+// library's CUDA launchers (rms_norm with the residual add, linear, qlinear, kv_append with RoPE, attention,
+// swiglu) plus the small step kernels below (embedding gather, residual add, positions, last-row gather,
+// logits + argmax). The reference is the CPU decoder (rsvlm_edge/models/llava/decoder.py):
 // tests/test_cuda_decoder.py compares logits and greedy tokens on a GPU.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -19,7 +19,6 @@
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/qlinear.h"
 #include "rsvlm_edge/rms_norm.h"
-#include "rsvlm_edge/rope.h"
 #include "rsvlm_edge/swiglu.h"
 
 #define RSVLM_RETURN_IF_ERROR(expr)     \
@@ -361,17 +360,7 @@ struct CudaDecoder::Impl {
                                              int64_t(s.num_kv_heads) * s.head_dim, s.intermediate_size);
     RSVLM_RETURN_IF_ERROR(rms_norm(b.x, proj_pending ? b.proj : nullptr, L.input_norm, rows, b.h));
     RSVLM_RETURN_IF_ERROR(grouped(L.qkv, {{&L.q, b.q}, {&L.k, b.k}, {&L.v, b.v}}, b.h, rows));
-    RopeParams r;
-    r.q = b.q;
-    r.k = b.k;
-    r.positions = b.positions;
-    r.tokens = rows;
-    r.num_heads = s.num_heads;
-    r.num_kv_heads = s.num_kv_heads;
-    r.head_dim = s.head_dim;
-    r.theta = s.rope_theta;
-    r.dtype = DType::f16;
-    RSVLM_RETURN_IF_ERROR(rope_cuda(r, stream));
+    // RoPE fused into the append: q rotated in place, k stored rotated (one launch).
     const KvCacheView view = cache_view(i, max_batch, max_seq);
     KvAppendParams a;
     a.k_new = b.k;
@@ -382,6 +371,10 @@ struct CudaDecoder::Impl {
     a.batch = batch;
     a.s_new = t;
     a.cache = view;
+    a.rope.positions = b.positions;
+    a.rope.q = b.q;
+    a.rope.num_heads = s.num_heads;
+    a.rope.theta = s.rope_theta;
     RSVLM_RETURN_IF_ERROR(kv_append_cuda(a, stream));
     AttentionParams at;
     at.q = b.q;

@@ -1,10 +1,14 @@
 // kv_attention: argument checks shared by every implementation (sizes, dtypes, head ratio), the
 // host-side length / position / page-table checks of the reference and CPU paths (and both together:
 // <op>_validate_host), and the CUDA stubs of CPU-only builds. See rsvlm_edge/kv_attention.h.
+#include <cmath>
+#include <new>
 #include <string>
+#include <vector>
 
 #include "common/host_checks.h"
 #include "rsvlm_edge/kv_attention.h"
+#include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {
 namespace {
@@ -68,7 +72,21 @@ Status kv_append_validate(const KvAppendParams& p, bool cuda) {
   if (p.batch > 0 && p.start_pos == nullptr) return Status::Invalid("kv_append: start_pos must be given");
   if (p.batch > 0 && p.s_new > 0 && (p.k_new == nullptr || p.v_new == nullptr))
     return Status::Invalid("kv_append: k_new and v_new must be given");
-  return check_cache("kv_append", p.cache, p.act_dtype, cuda);
+  RSVLM_RETURN_IF_ERROR(check_cache("kv_append", p.cache, p.act_dtype, cuda));
+  const KvAppendRope& r = p.rope;
+  if (r.positions == nullptr) {
+    if (r.q != nullptr) return Status::Invalid("kv_append: rope q given without rope positions");
+    return Status::Ok();
+  }
+  if (p.cache.head_dim % 2 != 0)
+    return Status::Invalid("kv_append: rope needs an even head_dim, got D=" + std::to_string(p.cache.head_dim));
+  if (!(r.theta > 0.f) || !std::isfinite(r.theta)) return Status::Invalid("kv_append: rope theta must be > 0 and finite");
+  if (r.q != nullptr && (r.num_heads <= 0 || r.num_heads % p.cache.num_kv_heads != 0))
+    return Status::Invalid("kv_append: rope num_heads (" + std::to_string(r.num_heads) +
+                           ") must be a positive multiple of num_kv_heads (" + std::to_string(p.cache.num_kv_heads) + ")");
+  if (r.q != nullptr && (r.q == p.k_new || r.q == p.v_new))
+    return Status::Invalid("kv_append: rope q must not be k_new or v_new");
+  return Status::Ok();
 }
 
 Status attention_validate(const AttentionParams& p, bool cuda) {
@@ -119,7 +137,40 @@ Status attention_check_lengths(const AttentionParams& p) {
 
 Status kv_append_validate_host(const KvAppendParams& p) {
   RSVLM_RETURN_IF_ERROR(kv_append_validate(p, /*cuda=*/false));
+  if (p.rope.positions != nullptr)
+    for (int64_t i = 0; i < int64_t(p.batch) * p.s_new; ++i)
+      if (p.rope.positions[i] < 0)
+        return Status::Invalid("kv_append: rope positions[" + std::to_string(i / p.s_new) + ", " +
+                               std::to_string(i % p.s_new) + "] = " + std::to_string(p.rope.positions[i]) +
+                               " is negative");
   return kv_append_check_lengths(p);
+}
+
+Status kv_append_with_rope(const KvAppendParams& p, Status (*rope)(const RopeParams&),
+                           Status (*append)(const KvAppendParams&)) {
+  RSVLM_RETURN_IF_ERROR(kv_append_validate_host(p));  // everything checked before q or the cache is written
+  const int64_t rows = int64_t(p.batch) * p.s_new, kv_elems = rows * p.cache.num_kv_heads * p.cache.head_dim;
+  std::vector<float> k_rotated;
+  try {
+    k_rotated.assign(static_cast<const float*>(p.k_new), static_cast<const float*>(p.k_new) + kv_elems);
+  } catch (const std::bad_alloc&) {
+    return Status::Invalid("kv_append: out of memory for the rotated k rows (" + std::to_string(kv_elems) + " floats)");
+  }
+  RopeParams r;
+  r.q = p.rope.q != nullptr ? p.rope.q : k_rotated.data();  // q = nullptr: rotate k alone (as q, with H = H_kv)
+  r.k = p.rope.q != nullptr ? k_rotated.data() : nullptr;
+  r.positions = p.rope.positions;
+  r.tokens = rows;
+  r.num_heads = p.rope.q != nullptr ? p.rope.num_heads : p.cache.num_kv_heads;
+  r.num_kv_heads = p.cache.num_kv_heads;
+  r.head_dim = p.cache.head_dim;
+  r.theta = p.rope.theta;
+  r.dtype = DType::f32;
+  RSVLM_RETURN_IF_ERROR(rope(r));
+  KvAppendParams plain = p;
+  plain.k_new = k_rotated.data();
+  plain.rope = KvAppendRope{};
+  return append(plain);
 }
 
 Status attention_validate_host(const AttentionParams& p) {

@@ -23,6 +23,7 @@
 #include "common/cuda_check.cuh"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
+#include "rope/rope_math.cuh"
 #include "rsvlm_edge/kv_attention.h"
 
 namespace rsvlm_edge {
@@ -59,8 +60,22 @@ __device__ __forceinline__ int64_t row_index(const KvCacheView& c, int b, int h,
 
 // ---------------------------------------------------------------- append
 
+// Element t of a new row `src` (D elements) as stored: rotated at `pos` (rope.h; rounded to TA, as the
+// rope kernel stores it) when `rotate`, else as is.
+template <typename TA>
+__device__ __forceinline__ TA row_element(const TA* src, int t, int d, bool rotate, int32_t pos, float theta) {
+  if (!rotate) return src[t];
+  const int half = d / 2, i = t < half ? t : t - half;
+  float c, s;
+  cuda::rope_cos_sin(i, d, theta, pos, &c, &s);
+  const float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
+  return from_float<TA>(t < half ? cuda::rope_first(x1, x2, c, s) : cuda::rope_second(x1, x2, c, s));
+}
+
 // One warp per new row (b, s, h): copy it into the cache, or quantise it (int8, one scale per row).
 // Rows past new_lens[b] or outside the cache are skipped (the CPU path reports them as errors).
+// With p.rope.positions the K row is stored rotated, and the warp first rotates the G query heads of
+// KV head h of token (b, s) in place when p.rope.q is given (every token, valid or not).
 template <typename TA, typename TC>
 __global__ void __launch_bounds__(kThreads) append_kernel(KvAppendParams p) {
   const KvCacheView& c = p.cache;
@@ -71,6 +86,22 @@ __global__ void __launch_bounds__(kThreads) append_kernel(KvAppendParams p) {
   const int h = int(r % hk);
   const int s = int((r / hk) % p.s_new);
   const int b = int(r / (int64_t(hk) * p.s_new));
+  const bool rotate = p.rope.positions != nullptr;
+  const int64_t token = int64_t(b) * p.s_new + s;
+  const int32_t rope_pos = rotate ? p.rope.positions[token] : 0;
+  if (rotate && p.rope.q != nullptr) {  // q (B, S_new, H, D): heads h * G .. h * G + G - 1 of this token
+    const int group = p.rope.num_heads / hk, half = d / 2;
+    TA* q0 = static_cast<TA*>(p.rope.q) + (token * p.rope.num_heads + int64_t(h) * group) * d;
+    for (int idx = lane; idx < group * half; idx += 32) {
+      TA* x = q0 + int64_t(idx / half) * d;
+      const int i = idx % half;
+      float cs, sn;
+      cuda::rope_cos_sin(i, d, p.rope.theta, rope_pos, &cs, &sn);
+      const float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
+      x[i] = from_float<TA>(cuda::rope_first(x1, x2, cs, sn));
+      x[i + half] = from_float<TA>(cuda::rope_second(x1, x2, cs, sn));
+    }
+  }
   const int n = p.new_lens ? p.new_lens[b] : p.s_new;
   const int64_t pos = int64_t(p.start_pos[b]) + s;
   if (s >= n || pos < 0 || pos >= capacity(c) || (!c.page_table && b >= c.slots)) return;
@@ -79,18 +110,20 @@ __global__ void __launch_bounds__(kThreads) append_kernel(KvAppendParams p) {
   for (int which = 0; which < 2; ++which) {
     const TA* src = static_cast<const TA*>(which ? p.v_new : p.k_new) + r * d;
     TC* out = static_cast<TC*>(which ? c.v : c.k) + dst * d;
+    const bool rot = rotate && which == 0;
     if constexpr (std::is_same<TC, int8_t>::value) {
       float amax = 0.f;
-      for (int t = lane; t < d; t += 32) amax = fmaxf(amax, fabsf(to_float(src[t])));
+      for (int t = lane; t < d; t += 32)
+        amax = fmaxf(amax, fabsf(to_float(row_element(src, t, d, rot, rope_pos, p.rope.theta))));
       amax = warp_max(amax);
       const float inv = amax > 0.f ? 127.f / amax : 0.f;
       for (int t = lane; t < d; t += 32) {
-        const float q = rintf(to_float(src[t]) * inv);
+        const float q = rintf(to_float(row_element(src, t, d, rot, rope_pos, p.rope.theta)) * inv);
         out[t] = static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, q)));
       }
       if (lane == 0) (which ? c.v_scale : c.k_scale)[dst] = amax / 127.f;
     } else {
-      for (int t = lane; t < d; t += 32) out[t] = src[t];
+      for (int t = lane; t < d; t += 32) out[t] = row_element(src, t, d, rot, rope_pos, p.rope.theta);
     }
   }
 }

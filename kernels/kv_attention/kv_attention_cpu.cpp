@@ -23,6 +23,7 @@
 #include "common/host_checks.h"
 #include "common/thread_pool.h"
 #include "rsvlm_edge/kv_attention.h"
+#include "rsvlm_edge/rope.h"
 #include "rsvlm_edge/linear.h"
 
 namespace rsvlm_edge {
@@ -303,6 +304,7 @@ AttendFn choose_attend(const KvCacheView& c) {
 }  // namespace
 
 Status kv_append_cpu(const KvAppendParams& p) {
+  if (p.rope.positions != nullptr) return kv_append_with_rope(p, rope_cpu, kv_append_cpu);
   RSVLM_RETURN_IF_ERROR(kv_append_validate_host(p));
   const KvCacheView& c = p.cache;
   const int hk = c.num_kv_heads, d = c.head_dim;

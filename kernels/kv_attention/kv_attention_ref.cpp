@@ -8,6 +8,7 @@
 
 #include "common/host_checks.h"
 #include "rsvlm_edge/kv_attention.h"
+#include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {
 
@@ -35,6 +36,7 @@ double cache_at(const KvCacheView& c, int which, int64_t row, int64_t t) {
 }  // namespace
 
 Status kv_append_reference(const KvAppendParams& p) {
+  if (p.rope.positions != nullptr) return kv_append_with_rope(p, rope_reference, kv_append_reference);
   RSVLM_RETURN_IF_ERROR(kv_append_validate_host(p));
   const KvCacheView& c = p.cache;
   const int64_t hk = c.num_kv_heads, d = c.head_dim;

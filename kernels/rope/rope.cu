@@ -12,6 +12,7 @@
 #include "common/cuda_check.cuh"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
+#include "rope/rope_math.cuh"
 #include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {
@@ -31,12 +32,11 @@ __global__ void __launch_bounds__(cuda::kGridStrideThreads) rope_kernel(RopePara
     const int64_t t = idx / (int64_t(half) * heads);
     T* x = h < p.num_heads ? static_cast<T*>(p.q) + (t * p.num_heads + h) * p.head_dim
                            : static_cast<T*>(p.k) + (t * p.num_kv_heads + (h - p.num_heads)) * p.head_dim;
-    const float inv_freq = 1.f / powf(p.theta, float(2 * i) / float(p.head_dim));
-    const float a = float(p.positions[t]) * inv_freq;
-    const float c = cosf(a), s = sinf(a);
+    float c, s;
+    cuda::rope_cos_sin(i, p.head_dim, p.theta, p.positions[t], &c, &s);
     const float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
-    x[i] = from_float<T>(x1 * c - x2 * s);
-    x[i + half] = from_float<T>(x2 * c + x1 * s);
+    x[i] = from_float<T>(cuda::rope_first(x1, x2, c, s));
+    x[i + half] = from_float<T>(cuda::rope_second(x1, x2, c, s));
   });
 }
 

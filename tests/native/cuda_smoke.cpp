@@ -599,7 +599,7 @@ KvLayout make_layout(bool paged, bool int8) {
     return l;
   }
   // 11 pages, handed out in a scrambled order; capacity 33 * 16 = 528 tokens per sequence, of which
-  // at most 74 (5 pages) are used.
+  // at most 75 (5 pages) are used.
   l.slots = 11;
   l.s_max = re::kKvPageSize;
   l.max_pages = 33;
@@ -607,7 +607,7 @@ KvLayout make_layout(bool paged, bool int8) {
   const int order[11] = {7, 2, 10, 4, 0, 9, 5, 1, 8, 3, 6};
   int next = 0;
   for (int b = 0; b < kB; ++b) {
-    const int tokens = kPast[b] + kQNew[b] + 1;
+    const int tokens = kPast[b] + kQNew[b] + 2;  // the prefill, then two decode tokens
     for (int i = 0; i < (tokens + re::kKvPageSize - 1) / re::kKvPageSize; ++i)
       l.page_table[size_t(b) * l.max_pages + i] = order[next++];
   }
@@ -711,9 +711,12 @@ struct DevCache {
 };
 
 // Appends k_new / v_new (B, s_new, H_kv, D) at start_pos on both sides. new_lens empty = all s_new.
+// With rope_positions (B, s_new): the RoPE fused in, rotating *q (B, s_new, H, D) too when given (on the
+// host in place; the device's rotated q is returned in *q_device).
 bool append_both(const KvLayout& l, HostCache& hc, DevCache& dc, const std::vector<float>& k_new,
                  const std::vector<float>& v_new, int s_new, const std::vector<int32_t>& start_pos,
-                 const std::vector<int32_t>& new_lens) {
+                 const std::vector<int32_t>& new_lens, const std::vector<int32_t>* rope_positions = nullptr,
+                 std::vector<float>* q = nullptr, std::vector<float>* q_device = nullptr) {
   re::KvAppendParams r;
   r.k_new = k_new.data();
   r.v_new = v_new.data();
@@ -723,10 +726,23 @@ bool append_both(const KvLayout& l, HostCache& hc, DevCache& dc, const std::vect
   r.batch = kB;
   r.s_new = s_new;
   r.cache = hc.view(l);
+  DeviceBuffer dq, dpos;
+  if (rope_positions) {
+    r.rope.positions = rope_positions->data();
+    r.rope.q = q ? q->data() : nullptr;
+    r.rope.num_heads = kH;
+    r.rope.theta = 10000.f;
+    dpos = DeviceBuffer(*rope_positions);
+    if (q) dq = DeviceBuffer(to_half(*q));
+  }
   if (!status_ok("kv_append_reference", re::kv_append_reference(r))) return false;
 
   DeviceBuffer dk(to_half(k_new)), dv(to_half(v_new)), dstart(start_pos), dlens(new_lens);
   re::KvAppendParams p = r;
+  if (rope_positions) {
+    p.rope.positions = dpos.as<int32_t>();
+    p.rope.q = q ? dq.get() : nullptr;
+  }
   p.k_new = dk.get();
   p.v_new = dv.get();
   p.start_pos = dstart.as<int32_t>();
@@ -735,6 +751,7 @@ bool append_both(const KvLayout& l, HostCache& hc, DevCache& dc, const std::vect
   p.cache = dc.view(l);
   if (!status_ok("kv_append_cuda", re::kv_append_cuda(p, g_stream))) return false;
   sync();
+  if (q && q_device) *q_device = from_half(dq.download<uint16_t>());
   return true;
 }
 
@@ -844,6 +861,21 @@ void test_kv_attention(bool paged, bool int8, uint32_t seed) {
     const std::vector<float> v_dec = rng.f16(k_dec.size(), -1.5f, 1.5f);
     if (!append_both(l, hc, dc, k_dec, v_dec, 1, kv_lens, {})) return;
     report(dc.values(l), hc.values(l), tol);
+  }
+
+  // 3b. one more decode token with the RoPE fused into the append (q rotated in place, k stored rotated).
+  begin_case("kv_append " + cache + " decode with RoPE (S_new 1, q rotated)");
+  {
+    const std::vector<float> k_dec = rng.f16(size_t(kB) * kHkv * kD, -1.5f, 1.5f);
+    const std::vector<float> v_dec = rng.f16(k_dec.size(), -1.5f, 1.5f);
+    std::vector<float> q_rot = rng.f16(size_t(kB) * kH * kD, -1.5f, 1.5f), q_dev;
+    std::vector<int32_t> positions(seq_lens);  // the token after the decode token above
+    if (!append_both(l, hc, dc, k_dec, v_dec, 1, seq_lens, {}, &positions, &q_rot, &q_dev)) return;
+    std::vector<float> got = dc.values(l), want = hc.values(l);
+    got.insert(got.end(), q_dev.begin(), q_dev.end());
+    want.insert(want.end(), q_rot.begin(), q_rot.end());
+    report(got, want, tol);
+    for (int b = 0; b < kB; ++b) ++seq_lens[b];
   }
 
   // 4. decode attention (S_q = 1, seq_lens count the new token) unsplit, split with an explicit
