@@ -155,16 +155,6 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kv_len = min(int64_t(max(p.kv_lens[b], q_len)), capacity(c));
   const int64_t past = max(kv_len - q_len, int64_t(0));
 
-  // Stage this block's query rows (pre-scaled) in shared memory; invalid rows are zero.
-  for (int idx = tid; idx < kRowsPerBlock * D; idx += kThreads) {
-    const int r = idx / D, t = idx % D, row = row0 + r;
-    const int i = row / group, h = hk * group + row % group;
-    float x = 0.f;
-    if (row < n_rows && i < q_len)
-      x = to_float(static_cast<const TA*>(p.q)[((int64_t(b) * p.s_q + i) * p.num_heads + h) * D + t]) * scale;
-    q_s[r][t] = x;
-  }
-
   // Keys this block needs: up to the causal limit of its last valid row (all keys when not causal),
   // then this split's chunk.
   const int last_i = min((row0 + kRowsPerBlock - 1) / group, q_len - 1);
@@ -172,6 +162,82 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t chunk = ((key_end + num_splits - 1) / num_splits + kKeyTile - 1) / kKeyTile * kKeyTile;
   const int64_t key_begin = min(int64_t(split) * chunk, key_end);
   const int64_t key_stop = min(key_begin + chunk, key_end);
+
+  // K/V tiles go through registers: the loads of tile n + 1 are issued before tile n's scores and
+  // weighted sums, so their latency hides behind that work. Each thread holds kVecsPerThread vectors of
+  // 8 consecutive elements of K and of V (D % 8 == 0; rows are 16-byte aligned), raw as stored.
+  constexpr int kVecs = kKeyTile * D / 8;
+  constexpr int kVecsPerThread = (kVecs + kThreads - 1) / kThreads;
+  using Raw = typename std::conditional<sizeof(TC) == 1, uint2, uint4>::type;  // 8 elements of TC
+  Raw k_raw[kVecsPerThread], v_raw[kVecsPerThread];
+  float k_sc[kVecsPerThread], v_sc[kVecsPerThread];
+  bool have[kVecsPerThread];
+  auto fetch = [&](int64_t tile) {  // issue the loads of the tile starting at key `tile`
+#pragma unroll
+    for (int u = 0; u < kVecsPerThread; ++u) {
+      const int idx = tid + u * kThreads;
+      const int j = idx / (D / 8), t0 = idx % (D / 8) * 8;
+      const int64_t pos = tile + j;
+      const int64_t row = idx < kVecs && pos < key_stop ? row_index(c, b, hk, pos) : -1;
+      have[u] = row >= 0;
+      if (have[u]) {
+        k_raw[u] = *reinterpret_cast<const Raw*>(static_cast<const TC*>(c.k) + row * D + t0);
+        v_raw[u] = *reinterpret_cast<const Raw*>(static_cast<const TC*>(c.v) + row * D + t0);
+        if constexpr (std::is_same<TC, int8_t>::value) {
+          k_sc[u] = c.k_scale[row];
+          v_sc[u] = c.v_scale[row];
+        }
+      }
+    }
+  };
+  auto stage = [&]() {  // the fetched tile into k_s / v_s as fp32 (zeros for keys past the split)
+#pragma unroll
+    for (int u = 0; u < kVecsPerThread; ++u) {
+      const int idx = tid + u * kThreads;
+      if (idx >= kVecs) break;
+      const int j = idx / (D / 8), t0 = idx % (D / 8) * 8;
+      float kx[8] = {}, vx[8] = {};
+      if (have[u]) {
+        load8(reinterpret_cast<const TC*>(&k_raw[u]), kx);
+        load8(reinterpret_cast<const TC*>(&v_raw[u]), vx);
+        if constexpr (std::is_same<TC, int8_t>::value) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            kx[i] *= k_sc[u];
+            vx[i] *= v_sc[u];
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        k_s[j][t0 + i] = kx[i];
+        v_s[j][t0 + i] = vx[i];
+      }
+    }
+  };
+  if (key_begin < key_stop) fetch(key_begin);  // the first tile's loads overlap the q staging
+
+  // Stage this block's query rows (pre-scaled) in shared memory; invalid rows are zero. 8 elements per
+  // load when q is 16-byte aligned (its rows are: D % 8 == 0), else one at a time.
+  const TA* q = static_cast<const TA*>(p.q);
+  if (reinterpret_cast<uintptr_t>(q) % 16 == 0) {
+    for (int idx = tid; idx < kRowsPerBlock * D / 8; idx += kThreads) {
+      const int r = idx / (D / 8), t0 = idx % (D / 8) * 8, row = row0 + r;
+      const int i = row / group, h = hk * group + row % group;
+      float x[8] = {};
+      if (row < n_rows && i < q_len) load8(q + ((int64_t(b) * p.s_q + i) * p.num_heads + h) * D + t0, x);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q_s[r][t0 + k] = x[k] * scale;
+    }
+  } else {
+    for (int idx = tid; idx < kRowsPerBlock * D; idx += kThreads) {
+      const int r = idx / D, t = idx % D, row = row0 + r;
+      const int i = row / group, h = hk * group + row % group;
+      float x = 0.f;
+      if (row < n_rows && i < q_len) x = to_float(q[((int64_t(b) * p.s_q + i) * p.num_heads + h) * D + t]) * scale;
+      q_s[r][t] = x;
+    }
+  }
 
   // Per-row state of this warp. qpos = absolute position of the row's query (-1: invalid row).
   int64_t qpos[kRowsPerWarp];
@@ -189,31 +255,9 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t tile = key_begin; tile < key_stop; tile += kKeyTile) {
     __syncthreads();  // q_s written / previous tile consumed
-    // 8 consecutive elements per thread and load (D % 8 == 0; rows are 16-byte aligned).
-    for (int idx = tid; idx < kKeyTile * D / 8; idx += kThreads) {
-      const int j = idx / (D / 8), t0 = idx % (D / 8) * 8;
-      const int64_t pos = tile + j;
-      float kx[8] = {}, vx[8] = {};
-      const int64_t row = pos < key_stop ? row_index(c, b, hk, pos) : -1;
-      if (row >= 0) {
-        load8(static_cast<const TC*>(c.k) + row * D + t0, kx);
-        load8(static_cast<const TC*>(c.v) + row * D + t0, vx);
-        if constexpr (std::is_same<TC, int8_t>::value) {
-          const float ks = c.k_scale[row], vs = c.v_scale[row];
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            kx[i] *= ks;
-            vx[i] *= vs;
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        k_s[j][t0 + i] = kx[i];
-        v_s[j][t0 + i] = vx[i];
-      }
-    }
+    stage();
     __syncthreads();
+    if (tile + kKeyTile < key_stop) fetch(tile + kKeyTile);  // in flight during this tile's work
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = rr * kWarps + warp;
