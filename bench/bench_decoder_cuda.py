@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -192,7 +193,8 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     meta = dict(bench="decoder_cuda", host=platform.node(), device=torch.cuda.get_device_name(),
                 torch=torch.__version__, layers=args.layers, copy_bandwidth_gbs=bw, step_weight_bytes=step_bytes,
-                bandwidth_floor_tok_s_batch1=bw * 1e9 / step_bytes, rows=rows)
+                bandwidth_floor_tok_s_batch1=bw * 1e9 / step_bytes,
+                programmatic_launch=os.environ.get("RSVLM_EDGE_CUDA_PDL", "on"), rows=rows)
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +233,8 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"Decode, TinyLlama-1.1B shape ({result['layers']} layers, fp16, random weights) on {result['device']}; "
              f"copy bandwidth {result['copy_bandwidth_gbs']:.0f} GB/s; batch-1 bandwidth floor "
-             f"{result['bandwidth_floor_tok_s_batch1']:.0f} tok/s.", "",
+             f"{result['bandwidth_floor_tok_s_batch1']:.0f} tok/s; programmatic dependent launch "
+             f"{result.get('programmatic_launch', 'on')} (sm_90+).", "",
              "| runtime | batch | prompt | TTFT ms | decode tok/s | ms/step | % of its bandwidth floor (bs1) |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "error" in r:

@@ -12,8 +12,9 @@
 #              qlinear w8/w4, norms, RoPE, SwiGLU, patch embedding) checked against the references
 #   bench      GEMV vs copy bandwidth and cuBLAS, decode attention at context 512/2048/8192 as % of the
 #              measured bandwidth, patch embedding vs torch, decode peers (HF eager, static cache +
-#              torch.compile), per-kernel device time of a decode step (bench/profile_decoder_cuda.py), the
-#              CLIP ViT-B/32 image tower on our CUDA kernels (cuda-vit) vs open_clip fp16 (bench/bench_vit_cuda.py)
+#              torch.compile; ours again with RSVLM_EDGE_CUDA_PDL=off), per-kernel device time of a decode
+#              step (bench/profile_decoder_cuda.py), the CLIP ViT-B/32 image tower on our CUDA kernels
+#              (cuda-vit) vs open_clip fp16 (bench/bench_vit_cuda.py)
 # REPORT_DIR gets gpu-check.log (all output), gpu-check.json and gpu-check.md (scripts/gpu_report.py),
 # junit.xml. GPU_CHECK_BENCHES (default "gemv attention patch-embed profile decoder vit") picks the benches and
 # GPU_CHECK_DECODER_ARGS adds options to bench_decoder_cuda.py (e.g. "--peers eager --ours fp16").
@@ -87,6 +88,9 @@ if [ $built -eq 0 ]; then
   # shellcheck disable=SC2086
   want profile && step profile-decoder 90 "$py" bench/profile_decoder_cuda.py --json "$work/profile_decoder.json"
   want decoder && step bench-decoder 300 "$py" bench/bench_decoder_cuda.py --json "$work/decoder.json" ${GPU_CHECK_DECODER_ARGS:-}
+  # ours at fp16 / w8 without programmatic dependent launch: what PDL gains, measured in the same run
+  want decoder && step bench-decoder-nopdl 120 env RSVLM_EDGE_CUDA_PDL=off "$py" bench/bench_decoder_cuda.py \
+    --json "$work/decoder_nopdl.json" --peers --ours fp16 w8
   want vit && step bench-vit 150 "$py" bench/bench_vit_cuda.py --json "$work/vit_cuda.json" --workdir "$work/vit" --iters 10
 fi
 

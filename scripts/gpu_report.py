@@ -103,6 +103,13 @@ def bench_markdown(work: Path) -> tuple[dict, list[str]]:
 
         results["decoder"] = json.loads(dec.read_text())
         md += ["### Decode (TinyLlama-1.1B shape)", "", dec_md(results["decoder"]), ""]
+    nopdl = work / "decoder_nopdl.json"
+    if nopdl.exists():
+        from bench_decoder_cuda import markdown as dec_md
+
+        results["decoder_nopdl"] = json.loads(nopdl.read_text())
+        md += ["### Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above", "",
+               dec_md(results["decoder_nopdl"]), ""]
     vit = work / "vit_cuda.json"
     if vit.exists():
         from bench_vit_cuda import markdown as vit_md

@@ -50,6 +50,12 @@ def report(tmp_path: Path, pytest_rc: int, failures: int) -> tuple[int, str, dic
              dict(step="sanitize-memcheck", rc=0, seconds=1.0), dict(step="profile-decoder", rc=0, seconds=31.0)]
     (work / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     (work / "profile_decoder.json").write_text(json.dumps(dict(runs=[profile_run("w8", 8)])))
+    decoder = dict(layers=22, device="NVIDIA H100 80GB HBM3", copy_bandwidth_gbs=2973.0, step_weight_bytes=2.07e9,
+                   bandwidth_floor_tok_s_batch1=1436.0,
+                   rows=[dict(peer="rsvlm-edge fp16", batch=1, prompt=608, ttft_ms=22.7, decode_tok_s=549.0,
+                              ms_per_step=1.82)])
+    (work / "decoder.json").write_text(json.dumps(decoder))
+    (work / "decoder_nopdl.json").write_text(json.dumps({**decoder, "programmatic_launch": "off"}))
     (work / "vit_cuda.json").write_text(json.dumps(dict(
         arch="ViT-B-32", device="NVIDIA H100 80GB HBM3", when="2026-11-27T06:00+00:00", notes=["seeded weights"],
         rows=[dict(batch=8, ours_ms=2.5, ours_img_s=3200.0, peer_ms=3.0, peer_img_s=2666.7, speedup_vs_peer=1.2,
@@ -77,6 +83,9 @@ def test_report_passes_with_the_profile_section(tmp_path):
     assert "**w8, batch 8** (context 608)" in md
     assert js["benches"]["profile_decoder"]["runs"][0]["kernels"][0]["us_per_step"] == 980.8
     assert "### CLIP image tower on our CUDA kernels (cuda-vit) vs open_clip fp16" in md
+    assert "### Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above" in md
+    assert "programmatic dependent launch off (sm_90+)" in md and "programmatic dependent launch on" in md
+    assert "| rsvlm-edge fp16 | 1 | 608 | 22.7 | 549 | 1.82 | 38 |" in md
     assert "| 8 | 2.50 | 3200.0 | 3.00 | 2666.7 | 1.20x | 0.999710 |" in md
 
 
