@@ -115,7 +115,10 @@ def run_generation(
     stream: StreamCallback | None = None,
     seed: int = 0,
 ) -> GenerationResult:
-    """Prefill ``embeds`` (B, T, C) with ``lengths`` (B,) and decode up to ``max_new_tokens``."""
+    """Prefill ``embeds`` (B, T, C) with ``lengths`` (B,) and decode up to ``max_new_tokens``.
+
+    Greedy decoding (``temperature == 0``) on a decoder with ``decode_greedy`` (the CUDA decoder: argmax on
+    the device) takes the next ids from it, so that only ids, not (B, vocab) logits, come back per step."""
     check_sampling(temperature, top_p, max_new_tokens)
     check_seed(seed)
     batch = embeds.shape[0]
@@ -131,8 +134,10 @@ def run_generation(
     logits = decoder.prefill(embeds, lengths)
     stats.prefill_s = time.perf_counter() - t1
     t2 = time.perf_counter()
+    decode_greedy = getattr(decoder, "decode_greedy", None) if temperature <= 0.0 else None
+    device_ids: np.ndarray | None = None  # the next ids when decode_greedy gave them
     for step in range(max_new_tokens):
-        next_ids = sample_next(logits, temperature, top_p, rng)
+        next_ids = device_ids if device_ids is not None else sample_next(logits, temperature, top_p, rng)
         for b in np.flatnonzero(~done):
             tok = int(next_ids[b])
             generated[b].append(tok)
@@ -154,7 +159,10 @@ def run_generation(
         if done.all() or step == max_new_tokens - 1:
             break
         # Finished sequences keep decoding a dummy token (their output is already fixed).
-        logits = decoder.decode(np.where(done, 0, next_ids))
+        if decode_greedy is not None:
+            device_ids = np.asarray(decode_greedy(np.where(done, 0, next_ids)), dtype=np.int64)
+        else:
+            logits = decoder.decode(np.where(done, 0, next_ids))
         stats.decode_steps += 1
     stats.decode_s = time.perf_counter() - t2
     stats.new_tokens = [len(g) for g in generated]
