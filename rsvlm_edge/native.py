@@ -51,6 +51,18 @@ def check_cuda_pdl_env() -> None:
     env_choice(CUDA_PDL_ENV, CUDA_PDLS, None, f"unset {CUDA_PDL_ENV} (on) or set it to off")
 
 
+KV_CACHE_ENV = "RSVLM_EDGE_KV_CACHE"
+KV_CACHES = ("auto", "int8")
+
+
+def kv_cache_int8() -> bool:
+    """Whether the decoder's KV cache is int8 (``RSVLM_EDGE_KV_CACHE=int8``: one fp32 scale per cached K / V
+    row, about half the bytes of fp16; the cuda decoder backend) rather than the activation dtype
+    (``auto``, the default: fp32 on the CPU, fp16 on a GPU); BackendError for anything else."""
+    return env_choice(KV_CACHE_ENV, KV_CACHES, "auto",
+                      f"unset {KV_CACHE_ENV} (the activation dtype) or set it to int8 (GPU decoder)") == "int8"
+
+
 FP16_GEMM_ENV = "RSVLM_EDGE_FP16_GEMM"
 FP16_GEMMS = ("bf16x3", "fp32")
 

@@ -7,7 +7,9 @@
 //             fp16 at upload), w8 int8 (N, K) + fp32 scales (N, 1), w4 packed uint8 (N, K/2) + fp32
 //             scales (N, K/128); the quantised ones run as qlinear (int8 activations, __dp4a), never
 //             widened in memory. Norm weights, biases and the embedding table in fp16.
-//   KV cache  contiguous fp16 (layers, max_batch, H_kv, max_seq, D) for K and V, and the int32 lengths.
+//   KV cache  contiguous (layers, max_batch, H_kv, max_seq, D) for K and V, fp16 or int8 (the kv_attention.h
+//             INT8 cache: one fp32 scale per (layer, sequence, KV head, token), set by the append; about half
+//             the bytes at D = 64-128), and the int32 lengths.
 //   buffers   every activation of a step, sized for max_batch (decode) or grown to the largest prompt
 //             seen (prefill), so that a decode step allocates nothing.
 // Activations are fp16 with fp32 accumulation in every kernel (the CPU path computes in fp32).
@@ -54,9 +56,11 @@ Status decoder_shape_validate(const DecoderShape& s);
 
 class CudaDecoder {
  public:
-  // Allocates the KV cache and the decode buffers on the current CUDA device.
-  // kNotCompiled in a build without CUDA; kCudaError when there is no device or not enough memory.
-  static Status create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out);
+  // Allocates the KV cache (kv_dtype: DType::f16 or DType::i8) and the decode buffers on the current
+  // CUDA device. kNotCompiled in a build without CUDA; kCudaError when there is no device or not enough
+  // memory; kInvalidArgument for another kv_dtype.
+  static Status create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out,
+                       DType kv_dtype = DType::f16);
   // CUDA devices visible to this process (0 without CUDA in this build, or when the query fails).
   static int device_count();
   ~CudaDecoder();
@@ -82,6 +86,7 @@ class CudaDecoder {
   const DecoderShape& shape() const { return shape_; }
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
+  DType kv_dtype() const { return kv_dtype_; }
   int batch() const { return batch_; }
   const std::vector<int64_t>& lengths() const { return lengths_; }  // tokens cached per sequence
   int64_t weight_bytes() const { return weight_bytes_; }            // device bytes of the weights
@@ -94,6 +99,7 @@ class CudaDecoder {
   CudaDecoder() = default;
   DecoderShape shape_{};
   int max_batch_ = 0, max_seq_ = 0, batch_ = 0;
+  DType kv_dtype_ = DType::f16;
   bool use_graphs_ = true;
   std::vector<int64_t> lengths_;
   int64_t weight_bytes_ = 0, device_bytes_ = 0;

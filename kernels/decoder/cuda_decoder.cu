@@ -200,7 +200,9 @@ struct CudaDecoder::Impl {
   std::vector<DevLayer> layers;
   std::vector<std::pair<void**, int64_t>> weight_allocs;  // (slot, bytes) of uploaded tensors
   // KV cache: (L, max_batch, H_kv, max_seq, D) fp16 each
-  __half *k_cache = nullptr, *v_cache = nullptr;
+  void *k_cache = nullptr, *v_cache = nullptr;   // fp16 or int8 (kv_dtype)
+  float *k_scale = nullptr, *v_scale = nullptr;  // int8 only: (L, max_batch, H_kv, max_seq)
+  DType kv_dtype = DType::f16;
   int32_t* lengths = nullptr;      // (max_batch) device
   int32_t* zeros = nullptr;        // (max_batch) device, all 0 (prefill start positions)
   float* attn_ws = nullptr;        // split-KV workspace
@@ -263,10 +265,15 @@ struct CudaDecoder::Impl {
   // The KV cache view of layer `i`.
   KvCacheView cache_view(int i, int max_batch, int max_seq) const {
     KvCacheView v;
-    const int64_t per_layer = int64_t(max_batch) * s.num_kv_heads * max_seq * s.head_dim;
-    v.k = k_cache + per_layer * i;
-    v.v = v_cache + per_layer * i;
-    v.dtype = DType::f16;
+    const int64_t rows_per_layer = int64_t(max_batch) * s.num_kv_heads * max_seq;
+    const int64_t layer_bytes = rows_per_layer * s.head_dim * dtype_size(kv_dtype);
+    v.k = static_cast<char*>(k_cache) + layer_bytes * i;
+    v.v = static_cast<char*>(v_cache) + layer_bytes * i;
+    if (kv_dtype == DType::i8) {
+      v.k_scale = k_scale + rows_per_layer * i;
+      v.v_scale = v_scale + rows_per_layer * i;
+    }
+    v.dtype = kv_dtype;
     v.num_kv_heads = s.num_kv_heads;
     v.head_dim = s.head_dim;
     v.slots = max_batch;
@@ -580,8 +587,11 @@ Status upload_raw(const void* host, int64_t bytes, cudaStream_t stream, void** d
 
 }  // namespace
 
-Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out) {
+Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out,
+                           DType kv_dtype) {
   RSVLM_RETURN_IF_ERROR(decoder_shape_validate(shape));
+  if (kv_dtype != DType::f16 && kv_dtype != DType::i8)
+    return Status::Invalid(std::string("the KV cache is float16 or int8, got ") + dtype_name(kv_dtype));
   if (max_batch < 1 || max_batch > 4096) return Status::Invalid("max_batch must be in [1, 4096], got " + std::to_string(max_batch));
   if (max_seq < 1 || max_seq > (1 << 24)) return Status::Invalid("max_seq must be in [1, 16777216], got " + std::to_string(max_seq));
   if (!kv_attention_cuda_head_dim(shape.head_dim))
@@ -593,9 +603,11 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   d->shape_ = shape;
   d->max_batch_ = max_batch;
   d->max_seq_ = max_seq;
+  d->kv_dtype_ = kv_dtype;
   d->impl_ = std::make_unique<Impl>();
   Impl& m = *d->impl_;
   m.s = shape;
+  m.kv_dtype = kv_dtype;
   RSVLM_CUDA_CHECK(cudaGetDevice(&m.device));
   RSVLM_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, m.device));
   RSVLM_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
@@ -613,9 +625,23 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   m.lm_head.n = n;
   m.lm_head.k = k;
   int64_t* bytes = &d->device_bytes_;
-  const int64_t cache = int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq * shape.head_dim;
-  RSVLM_RETURN_IF_ERROR(m.alloc(&m.k_cache, cache, m.owned, bytes));
-  RSVLM_RETURN_IF_ERROR(m.alloc(&m.v_cache, cache, m.owned, bytes));
+  const int64_t cache_rows = int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq;
+  const int64_t cache = cache_rows * shape.head_dim;
+  if (kv_dtype == DType::i8) {
+    int8_t *k8 = nullptr, *v8 = nullptr;
+    RSVLM_RETURN_IF_ERROR(m.alloc(&k8, cache, m.owned, bytes));
+    RSVLM_RETURN_IF_ERROR(m.alloc(&v8, cache, m.owned, bytes));
+    m.k_cache = k8;
+    m.v_cache = v8;
+    RSVLM_RETURN_IF_ERROR(m.alloc(&m.k_scale, cache_rows, m.owned, bytes));
+    RSVLM_RETURN_IF_ERROR(m.alloc(&m.v_scale, cache_rows, m.owned, bytes));
+  } else {
+    __half *k16 = nullptr, *v16 = nullptr;
+    RSVLM_RETURN_IF_ERROR(m.alloc(&k16, cache, m.owned, bytes));
+    RSVLM_RETURN_IF_ERROR(m.alloc(&v16, cache, m.owned, bytes));
+    m.k_cache = k16;
+    m.v_cache = v16;
+  }
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.lengths, max_batch, m.owned, bytes));
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.zeros, max_batch, m.owned, bytes));
   RSVLM_CUDA_CHECK(cudaMemsetAsync(m.lengths, 0, sizeof(int32_t) * max_batch, m.stream));

@@ -63,8 +63,11 @@ class CudaLlamaDecoder:
                      intermediate_size=config.intermediate_size, num_layers=config.num_layers,
                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
                      rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta)
+        from ..native import kv_cache_int8
+
+        kv_cache = "int8" if kv_cache_int8() else "fp16"
         try:
-            self.device = _ext().CudaDecoder(shape, int(max_batch), int(max_seq))
+            self.device = _ext().CudaDecoder(shape, int(max_batch), int(max_seq), kv_cache=kv_cache)
             for name in canonical_names(config, tensors):
                 self.device.set_tensor(name, tensors[name])
             self.device.check_complete()

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...errors import BundleError, InputError
+from ...errors import BackendError, BundleError, InputError
 from .config import DecoderConfig
 from .kv_cache import KVCache
 from .quant import w4_group_size
@@ -399,9 +399,14 @@ class LlamaDecoder:
     def __init__(self, config: DecoderConfig, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int,
                  backend: str = "auto", ops: Any = None) -> None:
         from ...backends import open_decoder
+        from ...native import KV_CACHE_ENV, kv_cache_int8
 
         self.config = config
         self.ops = ops if ops is not None else open_decoder(backend)
+        if kv_cache_int8():
+            raise BackendError(f"{KV_CACHE_ENV}=int8: the {self.ops.name} decoder backend keeps its KV cache in float32 "
+                               "(the int8 cache is the cuda backend's)",
+                               f"unset {KV_CACHE_ENV}, or decode on a GPU (--backend cuda)")
         placement = getattr(self.ops, "weight_placement", None)
         self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights,
                                                    placement() if placement is not None else None)
