@@ -72,9 +72,20 @@ def check_seed(seed: int, what: str = "seed") -> None:
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """Greedy when ``temperature == 0``; else softmax(logits / T) restricted to the top-p nucleus.
+    """Greedy when ``temperature == 0``; else softmax(logits / T) restricted to the top-p nucleus, one
+    ``rng.random()`` draw per row (``sample_with_uniforms``).
 
     A temperature so small that ``logits / T`` overflows is the greedy limit and is decoded greedily."""
+    if temperature <= 0.0:
+        return np.argmax(logits, axis=-1)
+    return sample_with_uniforms(logits, temperature, top_p, rng.random(logits.shape[0]))
+
+
+def sample_with_uniforms(logits: np.ndarray, temperature: float, top_p: float, uniforms: np.ndarray) -> np.ndarray:
+    """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): the tokens by probability,
+    descending (ties by index), the smallest prefix whose mass reaches ``top_p``, then the first of them whose
+    share of the nucleus' mass, summed in that order, exceeds the row's draw (numpy's ``Generator.choice``).
+    The native ``top_p_sample`` (CPU and CUDA, ``include/rsvlm_edge/sampling.h``) implements this rule."""
     if temperature <= 0.0:
         return np.argmax(logits, axis=-1)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -91,8 +102,9 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
         sorted_p = probs[b, order]
         keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1) if top_p < 1.0 else len(order)
         keep = min(keep, len(order))
-        nucleus = sorted_p[:keep] / sorted_p[:keep].sum()
-        out[b] = order[rng.choice(keep, p=nucleus)]
+        cdf = np.cumsum(sorted_p[:keep] / sorted_p[:keep].sum())
+        cdf /= cdf[-1]
+        out[b] = order[min(int(np.searchsorted(cdf, uniforms[b], side="right")), keep - 1)]
     return out
 
 

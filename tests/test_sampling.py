@@ -1,0 +1,136 @@
+"""top_p_sample (kernels/sampling/, csrc/bind_sampling.cpp): the fast CPU path and the naive reference against
+the numpy definition (models/llava/generation.py: sample_with_uniforms, what the runtime samples with), on
+peaked, flat, tied and overflowing logits; the CUDA kernel against the reference on a GPU (draws placed at the
+middle of the chosen token's cdf step, so that fp32 sums cannot move it); bad arguments refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rsvlm_edge.models.llava.generation import sample_next, sample_with_uniforms
+
+C = pytest.importorskip("rsvlm_edge._C")
+
+
+def logits_of(kind: str, batch: int, vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "peaked":
+        x = rng.standard_normal((batch, vocab)) * 4.0
+    elif kind == "flat":
+        x = rng.standard_normal((batch, vocab)) * 0.05
+    elif kind == "ties":
+        x = rng.integers(0, 3, (batch, vocab)).astype(np.float64)
+    else:
+        raise ValueError(kind)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["peaked", "flat", "ties"])
+@pytest.mark.parametrize("vocab", [1, 7, 1000, 32000])
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (1.0, 1.0), (1.5, 0.3), (0.2, 0.999), (1.0, 1e-6)])
+def test_native_sampling_matches_the_numpy_rule(kind, vocab, temperature, top_p):
+    logits = logits_of(kind, 6, vocab, seed=vocab)
+    u = np.random.default_rng(1).random(6).astype(np.float32)
+    want = sample_with_uniforms(logits, temperature, top_p, u.astype(np.float64))
+    for fn in (C.top_p_sample, C.top_p_sample_reference):
+        out = np.full(6, -7, np.int64)
+        assert fn(logits, u, temperature, top_p, out=out) is out
+        np.testing.assert_array_equal(out, want, err_msg=fn.__name__)
+
+
+def test_greedy_and_the_greedy_limit_are_numpys_argmax():
+    logits = logits_of("peaked", 4, 50)
+    logits[1, [3, 9]] = logits[1].max() + 1.0  # a tie at the maximum: the first
+    logits[2, 17] = np.nan  # numpy's argmax: the first NaN
+    logits[3, 5] = np.inf
+    for fn in (C.top_p_sample, C.top_p_sample_reference):
+        np.testing.assert_array_equal(fn(logits, None, 0.0), np.argmax(logits, axis=1))
+        u = np.full(4, 0.5, np.float32)
+        np.testing.assert_array_equal(fn(logits, u, 1e-30, 0.9), sample_with_uniforms(logits, 1e-30, 0.9, u))
+        # a NaN or +inf logit: the softmax is not finite, the row takes numpy's argmax
+        assert list(fn(logits, u, 0.8, 0.9)[2:]) == [17, 5]
+    all_masked = np.full((1, 8), -np.inf, np.float32)
+    assert C.top_p_sample(all_masked, np.array([0.3], np.float32), 1.0)[0] == 0 == sample_next(
+        all_masked, 1.0, 1.0, np.random.default_rng(0))[0]
+
+
+def test_the_draw_walks_the_nucleus_in_probability_order():
+    logits = np.log(np.array([[0.1, 0.5, 0.15, 0.25]], np.float32))
+    picks = {float(u): int(C.top_p_sample(logits, np.array([u], np.float32), 1.0, 0.7)[0])
+             for u in (0.0, 0.6, 0.66, 0.7, 0.99)}
+    # nucleus: 0.5 (token 1) + 0.25 (token 3) >= 0.7; cdf over it: 0.667, 1.0
+    assert picks == {0.0: 1, 0.6: 1, 0.66: 1, 0.7: 3, 0.99: 3}
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab=st.integers(1, 300), temperature=st.floats(0.05, 5.0), top_p=st.floats(1e-3, 1.0),
+       seed=st.integers(0, 2**31), scale=st.sampled_from([0.01, 1.0, 30.0]))
+def test_property_fast_path_reference_and_numpy_agree(vocab, temperature, top_p, seed, scale):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((3, vocab)) * scale).astype(np.float32)
+    u = rng.random(3).astype(np.float32)
+    want = sample_with_uniforms(logits, temperature, top_p, u.astype(np.float64))
+    np.testing.assert_array_equal(C.top_p_sample(logits, u, temperature, top_p), want)
+    np.testing.assert_array_equal(C.top_p_sample_reference(logits, u, temperature, top_p), want)
+
+
+def test_bad_arguments_are_refused():
+    logits = logits_of("peaked", 2, 10)
+    u = np.array([0.1, 0.2], np.float32)
+    for fn in (C.top_p_sample, C.top_p_sample_reference):
+        with pytest.raises(ValueError, match=r"argument 'uniforms' \(one draw in \[0, 1\) per row\) is required"):
+            fn(logits, None, 1.0)
+        with pytest.raises(ValueError, match=r"argument 'uniforms' must have shape \(B=2,\) float32"):
+            fn(logits, np.array([0.1], np.float32), 1.0)
+        with pytest.raises(ValueError, match=r"must hold draws in \[0, 1\), got 1\.0+ at row 1"):
+            fn(logits, np.array([0.1, 1.0], np.float32), 1.0)
+        with pytest.raises(ValueError, match=r"must hold draws in \[0, 1\), got nan"):
+            fn(logits, np.array([np.nan, 0.1], np.float32), 1.0)
+        with pytest.raises(ValueError, match=r"argument 'top_p' must be in \(0, 1\]"):
+            fn(logits, u, 1.0, 0.0)
+        with pytest.raises(ValueError, match=r"argument 'top_p' must be in \(0, 1\]"):
+            fn(logits, u, 1.0, 1.5)
+        with pytest.raises(ValueError, match=r"argument 'temperature' is NaN"):
+            fn(logits, u, float("nan"))
+        with pytest.raises(ValueError, match=r"argument 'logits' must have shape \(B, V\) float32"):
+            fn(logits.astype(np.float16), u, 1.0)
+        with pytest.raises(ValueError, match=r"argument 'out' must have shape \(B=2,\) int64"):
+            fn(logits, u, 1.0, out=np.zeros(2, np.int32))
+        assert fn(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), 1.0).shape == (0,)
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["peaked", "flat", "ties"])
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (1.0, 1.0), (1.3, 0.4), (0.0, 1.0)])
+def test_cuda_sampling_matches_the_reference(cuda_device, kind, temperature, top_p):
+    from kernel_testing import cuda_torch
+
+    torch = cuda_torch()
+    batch, vocab = 5, 32000
+    logits = logits_of(kind, batch, vocab, seed=3)
+    logits[4, 11] = np.nan  # the greedy limit on this row
+    # Draws in the middle of a cdf step of the reference's order: fp32 sums on the GPU cannot cross a step.
+    u = np.empty(batch, np.float32)
+    rng = np.random.default_rng(5)
+    for b in range(batch):
+        z = logits[b].astype(np.float64) / max(temperature, 1e-9)
+        p = np.exp(z - np.nanmax(z))
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = min(int(np.searchsorted(cum, top_p) + 1), vocab) if top_p < 1 else vocab
+        cdf = cum[:keep] / cum[keep - 1]
+        j = int(rng.integers(0, keep))
+        lo = cdf[j - 1] if j else 0.0
+        u[b] = np.float32((lo + cdf[j]) / 2)
+    want = C.top_p_sample_reference(logits, u, temperature, top_p)
+    out = torch.full((batch,), -1, dtype=torch.int64, device="cuda")
+    C.top_p_sample(torch.from_numpy(logits).cuda(), torch.from_numpy(u).cuda(), temperature, top_p, out=out)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), want)
