@@ -124,6 +124,29 @@ py::tuple decode(CudaDecoder& d, const IdArray& ids, bool want_logits) {
   return py::make_tuple(logits, next);
 }
 
+py::array_t<int64_t> decode_sample(CudaDecoder& d, const IdArray& ids, double temperature, double top_p,
+                                   const py::array_t<float, py::array::c_style | py::array::forcecast>& uniforms) {
+  if (ids.ndim() != 1) throw std::invalid_argument("CudaDecoder.decode_sample: token_ids must be (B,)");
+  const int64_t b = ids.shape(0);
+  if (b != d.batch())
+    throw std::invalid_argument("CudaDecoder.decode_sample: got " + std::to_string(b) + " token ids for a batch of " +
+                                std::to_string(d.batch()) + (d.batch() == 0 ? " (run prefill first)" : ""));
+  if (uniforms.ndim() != 1 || uniforms.shape(0) != b)
+    throw std::invalid_argument("CudaDecoder.decode_sample: uniforms must be (B=" + std::to_string(b) +
+                                ",) draws in [0, 1)");
+  py::array_t<int64_t> next(b);
+  const int64_t* in = ids.data();
+  const float* u = uniforms.data();
+  int64_t* nx = next.mutable_data();
+  Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = d.decode_sample(in, static_cast<int>(b), static_cast<float>(temperature), static_cast<float>(top_p), u, nx);
+  }
+  rsvlm_edge::throw_if_error(s);
+  return next;
+}
+
 }  // namespace
 
 void bind_cuda_decoder(py::module_& m) {
@@ -143,6 +166,10 @@ activations with fp32 accumulation, each decode step replayed from a CUDA graph.
            "Right-padded prompts embeds (B, T, C) float32, lengths (B,): fp32 logits (B, V) at each last position.")
       .def("decode", &decode, py::arg("token_ids"), py::kw_only(), py::arg("logits") = true,
            "One token per sequence: (logits (B, V) float32 or None when logits=False, greedy next ids (B,) int64).")
+      .def("decode_sample", &decode_sample, py::arg("token_ids"), py::arg("temperature"), py::arg("top_p"),
+           py::arg("uniforms"),
+           "One token per sequence, then nucleus sampling on the device (rsvlm_edge._C.top_p_sample's rule) with "
+           "one draw in [0, 1) per sequence: the sampled next ids (B,) int64; the logits stay on the device.")
       .def_property("use_graphs", &CudaDecoder::use_graphs, &CudaDecoder::set_use_graphs,
                     "Replay each decode step from a CUDA graph captured per batch size (default True).")
       .def_property_readonly("max_batch", &CudaDecoder::max_batch)

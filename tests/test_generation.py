@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rsvlm_edge.models.llava.generation import run_generation
+from rsvlm_edge.models.llava.generation import run_generation, sample_with_uniforms
 
 VOCAB = 13
 EOS = 12
@@ -45,6 +45,15 @@ class GreedyDecoder(LogitsDecoder):
         return self.logits_for(np.asarray(token_ids)).argmax(axis=1)
 
 
+class SamplingDecoder(GreedyDecoder):
+    """decode_sample as the CUDA decoder does it: the step, then the nucleus draw with the given uniforms."""
+
+    def decode_sample(self, token_ids: np.ndarray, temperature: float, top_p: float, uniforms: np.ndarray):
+        self.fed.append([int(t) for t in token_ids])
+        self.lengths += 1
+        return sample_with_uniforms(self.logits_for(np.asarray(token_ids)), temperature, top_p, uniforms)
+
+
 def generate(decoder, temperature: float = 0.0):
     embeds = np.zeros((3, 4, 8), np.float32)
     return run_generation(decoder, lambda ids: " ".join(map(str, ids)), embeds, np.array([4, 2, 3]), 12,
@@ -60,8 +69,13 @@ def test_greedy_ids_from_the_decoder_give_the_same_tokens_without_fetching_logit
     assert greedy.logits_calls == 0 and plain.logits_calls == len(plain.fed) > 0
 
 
-def test_sampling_still_reads_logits():
+def test_sampling_reads_logits_unless_the_decoder_samples():
     greedy = GreedyDecoder()
+    want = generate(LogitsDecoder(), temperature=0.8)
     out = generate(greedy, temperature=0.8)
     assert greedy.logits_calls == len(greedy.fed) > 0
-    assert out.tokens == generate(LogitsDecoder(), temperature=0.8).tokens  # same seed, same draws
+    assert out.tokens == want.tokens  # same seed, same draws
+    sampler = SamplingDecoder()
+    got = generate(sampler, temperature=0.8)
+    assert sampler.logits_calls == 0 and len(sampler.fed) > 0
+    assert got.tokens == want.tokens  # the device draw takes the host path's uniforms, one per sequence per step

@@ -46,6 +46,10 @@ Status CudaDecoder::prefill(const float*, const int64_t*, int, int, float*) {
   return Status::NotCompiled("no CUDA in this build");
 }
 Status CudaDecoder::decode(const int64_t*, int, float*, int64_t*) { return Status::NotCompiled("no CUDA in this build"); }
+Status CudaDecoder::decode_sample(const int64_t*, int, float, float, const float*, int64_t*) {
+  return Status::NotCompiled("no CUDA in this build");
+}
+Status CudaDecoder::run_step(const int64_t*, int) { return Status::NotCompiled("no CUDA in this build"); }
 int64_t CudaDecoder::step_weight_bytes() const { return 0; }
 #endif
 

@@ -19,6 +19,7 @@
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/qlinear.h"
 #include "rsvlm_edge/rms_norm.h"
+#include "rsvlm_edge/sampling.h"
 #include "rsvlm_edge/swiglu.h"
 
 #define RSVLM_RETURN_IF_ERROR(expr)     \
@@ -219,6 +220,11 @@ struct CudaDecoder::Impl {
   int32_t* host_argmax = nullptr;  // pinned (max_batch)
   __half* last = nullptr;          // (max_batch, C)
   std::vector<cudaGraphExec_t> graphs;  // per batch size, captured on first use
+  // device sampling (decode_sample): the draws, the sampled ids and top_p_sample's workspace (grown on use)
+  float* uniforms = nullptr;         // (max_batch)
+  int64_t* sampled = nullptr;        // (max_batch)
+  void* sample_ws = nullptr;
+  size_t sample_ws_bytes = 0;
   // prefill (grown to the largest prompt batch seen)
   StepBuffers pre;
   float* pre_embeds = nullptr;  // (rows, C) f32 staging
@@ -232,6 +238,7 @@ struct CudaDecoder::Impl {
       if (*slot) cudaFree(*slot);
     for (void* p : owned) cudaFree(p);
     for (void* p : pre_owned) cudaFree(p);
+    if (sample_ws) cudaFree(sample_ws);
     if (host_tokens) cudaFreeHost(host_tokens);
     if (host_argmax) cudaFreeHost(host_argmax);
     if (stream) cudaStreamDestroy(stream);
@@ -654,6 +661,8 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.logits_f, int64_t(max_batch) * shape.vocab_size, m.owned, bytes));
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.argmax, max_batch, m.owned, bytes));
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.argmax_keys, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.uniforms, max_batch, m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&m.sampled, max_batch, m.owned, bytes));
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.last, int64_t(max_batch) * shape.hidden_size, m.owned, bytes));
   RSVLM_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.host_tokens), sizeof(int32_t) * max_batch));
   RSVLM_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.host_argmax), sizeof(int32_t) * max_batch));
@@ -903,6 +912,63 @@ Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int bat
 }
 
 Status CudaDecoder::decode(const int64_t* token_ids, int batch, float* logits, int64_t* argmax) {
+  RSVLM_RETURN_IF_ERROR(run_step(token_ids, batch));
+  Impl& m = *impl_;
+  cudaStream_t st = m.stream;
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.host_argmax, m.argmax, sizeof(int32_t) * batch, cudaMemcpyDeviceToHost, st));
+  if (logits)
+    RSVLM_CUDA_CHECK(
+        cudaMemcpyAsync(logits, m.logits_f, sizeof(float) * batch * shape_.vocab_size, cudaMemcpyDeviceToHost, st));
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (int b = 0; b < batch; ++b) {
+    lengths_[b] += 1;
+    if (argmax) argmax[b] = m.host_argmax[b];
+  }
+  return Status::Ok();
+}
+
+Status CudaDecoder::decode_sample(const int64_t* token_ids, int batch, float temperature, float top_p,
+                                  const float* uniforms, int64_t* ids) {
+  // The sampling arguments first: nothing runs when they are wrong.
+  Impl& m = *impl_;
+  cudaStream_t st = m.stream;
+  if (ids == nullptr) return Status::Invalid("decode_sample: ids must be given");
+  TopPSampleParams p;
+  p.logits = m.logits_f;
+  p.out = m.sampled;
+  p.uniforms = uniforms;
+  p.batch = batch;
+  p.vocab = shape_.vocab_size;
+  p.temperature = temperature;
+  p.top_p = top_p;
+  RSVLM_RETURN_IF_ERROR(top_p_sample_validate(p));
+  if (temperature > 0.f)
+    for (int b = 0; b < batch; ++b)
+      if (!(uniforms[b] >= 0.f && uniforms[b] < 1.f))
+        return Status::Invalid("decode_sample: uniforms[" + std::to_string(b) + "] = " + std::to_string(uniforms[b]) +
+                               " is outside [0, 1)");
+  const size_t need = top_p_sample_cuda_workspace(batch, shape_.vocab_size);
+  if (need > m.sample_ws_bytes) {
+    if (m.sample_ws) RSVLM_CUDA_CHECK(cudaFree(m.sample_ws));
+    m.sample_ws = nullptr;
+    m.sample_ws_bytes = 0;
+    RSVLM_CUDA_CHECK(cudaMalloc(&m.sample_ws, need));
+    m.sample_ws_bytes = need;
+  }
+  RSVLM_RETURN_IF_ERROR(run_step(token_ids, batch));
+  if (temperature > 0.f)
+    RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.uniforms, uniforms, sizeof(float) * batch, cudaMemcpyHostToDevice, st));
+  p.uniforms = temperature > 0.f ? m.uniforms : nullptr;
+  p.workspace = m.sample_ws;
+  p.workspace_bytes = m.sample_ws_bytes;
+  RSVLM_RETURN_IF_ERROR(top_p_sample_cuda(p, st));
+  RSVLM_CUDA_CHECK(cudaMemcpyAsync(ids, m.sampled, sizeof(int64_t) * batch, cudaMemcpyDeviceToHost, st));
+  RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (int b = 0; b < batch; ++b) lengths_[b] += 1;
+  return Status::Ok();
+}
+
+Status CudaDecoder::run_step(const int64_t* token_ids, int batch) {
   Impl& m = *impl_;
   const DecoderShape& s = shape_;
   if (batch_ == 0) return Status::Invalid("decode before prefill: run a prompt first");
@@ -938,14 +1004,6 @@ Status CudaDecoder::decode(const int64_t* token_ids, int batch, float* logits, i
     RSVLM_CUDA_CHECK(cudaGraphLaunch(exec, st));
   } else {
     RSVLM_RETURN_IF_ERROR(m.decode_step(batch, max_batch_, max_seq_));
-  }
-  RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.host_argmax, m.argmax, sizeof(int32_t) * batch, cudaMemcpyDeviceToHost, st));
-  if (logits)
-    RSVLM_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits_f, sizeof(float) * batch * s.vocab_size, cudaMemcpyDeviceToHost, st));
-  RSVLM_CUDA_CHECK(cudaStreamSynchronize(st));
-  for (int b = 0; b < batch; ++b) {
-    lengths_[b] += 1;
-    if (argmax) argmax[b] = m.host_argmax[b];
   }
   return Status::Ok();
 }

@@ -105,6 +105,14 @@ class CudaLlamaDecoder:
         check_room(self.device.lengths, self.max_seq)
         return self.device.decode(np.asarray(token_ids, dtype=np.int64), logits=False)[1]
 
+    def decode_sample(self, token_ids: np.ndarray, temperature: float, top_p: float,
+                      uniforms: np.ndarray) -> np.ndarray:
+        """One step, then nucleus sampling on the device with the draws ``uniforms`` (B,) in [0, 1)
+        (``generation.sample_with_uniforms``' rule): the sampled ids (B,) int64; the logits stay on the device."""
+        check_room(self.device.lengths, self.max_seq)
+        return self.device.decode_sample(np.asarray(token_ids, dtype=np.int64), float(temperature), float(top_p),
+                                         np.asarray(uniforms, dtype=np.float32))
+
 
 def cuda_ops() -> SimpleNamespace:
     """The backend object: no op set (``decoder.py``'s step functions do not run here) but

@@ -129,8 +129,10 @@ def run_generation(
 ) -> GenerationResult:
     """Prefill ``embeds`` (B, T, C) with ``lengths`` (B,) and decode up to ``max_new_tokens``.
 
-    Greedy decoding (``temperature == 0``) on a decoder with ``decode_greedy`` (the CUDA decoder: argmax on
-    the device) takes the next ids from it, so that only ids, not (B, vocab) logits, come back per step."""
+    On a decoder with ``decode_greedy`` / ``decode_sample`` (the CUDA decoder: argmax, or the nucleus draw of
+    ``sample_with_uniforms`` on the device with the draws this function takes from its generator) the next ids
+    come from it, so that only ids, not (B, vocab) logits, come back per step; the draws are the same as on
+    the host path (one per sequence per step)."""
     check_sampling(temperature, top_p, max_new_tokens)
     check_seed(seed)
     batch = embeds.shape[0]
@@ -147,7 +149,8 @@ def run_generation(
     stats.prefill_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     decode_greedy = getattr(decoder, "decode_greedy", None) if temperature <= 0.0 else None
-    device_ids: np.ndarray | None = None  # the next ids when decode_greedy gave them
+    decode_sample = getattr(decoder, "decode_sample", None) if temperature > 0.0 else None
+    device_ids: np.ndarray | None = None  # the next ids when the decoder gave them
     for step in range(max_new_tokens):
         next_ids = device_ids if device_ids is not None else sample_next(logits, temperature, top_p, rng)
         for b in np.flatnonzero(~done):
@@ -173,6 +176,9 @@ def run_generation(
         # Finished sequences keep decoding a dummy token (their output is already fixed).
         if decode_greedy is not None:
             device_ids = np.asarray(decode_greedy(np.where(done, 0, next_ids)), dtype=np.int64)
+        elif decode_sample is not None:
+            draws = rng.random(batch)
+            device_ids = np.asarray(decode_sample(np.where(done, 0, next_ids), temperature, top_p, draws), dtype=np.int64)
         else:
             logits = decoder.decode(np.where(done, 0, next_ids))
         stats.decode_steps += 1
