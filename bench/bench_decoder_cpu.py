@@ -143,9 +143,10 @@ class OpProfile:
     """Wraps an op set: wall time per op over the calls made while `active`."""
 
     def __init__(self, ops) -> None:
+        from rsvlm_edge.backends.decoder_numpy import OP_NAMES
+
         self.ops, self.seconds, self.calls, self.active = ops, {}, {}, False
-        for name in ("rms_norm", "rope", "swiglu", "linear", "qlinear", "kv_append", "attention_prefill",
-                     "attention_decode"):
+        for name in OP_NAMES:  # every op of the op-set contract
             setattr(self, name, self._timed(name, getattr(ops, name)))
         self.name, self.half_weights = ops.name, ops.half_weights
         self.weight_placement = getattr(ops, "weight_placement", None)  # as the runtime places the weights

@@ -134,3 +134,42 @@ def test_cuda_sampling_matches_the_reference(cuda_device, kind, temperature, top
     C.top_p_sample(torch.from_numpy(logits).cuda(), torch.from_numpy(u).cuda(), temperature, top_p, out=out)
     torch.cuda.synchronize()
     np.testing.assert_array_equal(out.cpu().numpy(), want)
+
+
+def test_the_native_op_set_samples_by_the_numpy_rule_and_takes_float64_draws():
+    from rsvlm_edge.backends import open_decoder
+    from rsvlm_edge.backends.decoder_numpy import top_p_sample
+
+    native = open_decoder("native")
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((4, 2000)) * 2).astype(np.float32)
+    u = rng.random(4).astype(np.float32).astype(np.float64)  # representable in float32: no rounding at the kernel
+    np.testing.assert_array_equal(native.top_p_sample(logits, u, 0.9, 0.8), top_p_sample(logits, u, 0.9, 0.8))
+    just_below_one = np.full(4, np.nextafter(1.0, 0.0))  # float64: would round up to 1.0 in float32
+    np.testing.assert_array_equal(native.top_p_sample(logits, just_below_one, 0.9, 0.8),
+                                  top_p_sample(logits, just_below_one, 0.9, 0.8))
+    np.testing.assert_array_equal(native.top_p_sample(logits, None, 0.0, 1.0), np.argmax(logits, axis=1))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_cpu_decoder_samples_its_own_logits(backend):
+    """LlamaDecoder.decode_sample: the step, then the op set's top_p_sample (what run_generation calls when
+    sampling): the same ids as decode + the numpy rule on a decoder in lockstep."""
+    from decoder_fixtures import small_tensors
+    from test_cuda_decoder import prompts, small_config
+
+    from rsvlm_edge.models.llava.decoder import LlamaDecoder
+
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    ids, lens, _ = prompts(cfg, [9, 14])
+    a, b = (LlamaDecoder(cfg, tensors, 2, 48, backend=backend) for _ in range(2))
+    embeds = a.embed_tokens(ids)
+    nxt = a.prefill(embeds, lens).argmax(axis=1)
+    b.prefill(embeds, lens)
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        u = rng.random(2).astype(np.float32).astype(np.float64)
+        want = sample_with_uniforms(a.decode(nxt), 0.7, 0.95, u)
+        np.testing.assert_array_equal(b.decode_sample(nxt, 0.7, 0.95, u), want)
+        nxt = want

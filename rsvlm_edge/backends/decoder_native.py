@@ -85,8 +85,15 @@ def native_ops() -> SimpleNamespace:
         return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache,
                                    np.ascontiguousarray(seq_lens, dtype=np.int64), out=out)
 
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+
+    def top_p_sample(logits, uniforms, temperature, top_p):
+        # float32 draws for the kernel: a float64 draw just under 1 would round up to 1.0
+        u = None if uniforms is None else np.minimum(np.asarray(uniforms, dtype=np.float32), below_one)
+        return _C.top_p_sample(np.ascontiguousarray(logits, dtype=np.float32), u, float(temperature), float(top_p))
+
     ops = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, linear=linear, qlinear=qlinear, kv_append=kv_append,
-               attention_prefill=attention_prefill, attention_decode=attention_decode)
+               attention_prefill=attention_prefill, attention_decode=attention_decode, top_p_sample=top_p_sample)
     assert set(ops) == set(OP_NAMES)
     return SimpleNamespace(name="native", half_weights=True, weight_placement=lambda: NativeWeights(copy_weights),
                            **ops)

@@ -25,6 +25,9 @@ CUDA graph by a GPU backend).
   causal over the cache; query i of sequence b sits at kv_lens[b] - q_lens[b] + i
 * ``attention_decode(q[B, H, D], k_cache, v_cache, seq_lens[B]) -> [B, H, D]``
   (GQA everywhere: query head h reads KV head h // (H / K)).
+* ``top_p_sample(logits[B, V], uniforms[B] | None, temperature, top_p) -> ids[B]`` int64: the next tokens by
+  the nucleus rule with the draws given (this module's ``top_p_sample`` is its definition; the native one is
+  ``include/rsvlm_edge/sampling.h``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import numpy as np
 
 from .registry import BackendSpec, Probe, register
 
-OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "qlinear", "kv_append", "attention_prefill", "attention_decode")
+OP_NAMES = ("rms_norm", "rope", "swiglu", "linear", "qlinear", "kv_append", "attention_prefill", "attention_decode",
+            "top_p_sample")
 QACT_BLOCK = 128  # inputs per activation quantisation block (kQActBlock)
 
 
@@ -206,6 +210,34 @@ def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, se
 
 # half_weights: linear takes float16 dense weights as they are (numpy could too, but x @ w.T on
 # float16 is slow, so the decoder widens them to float32 at load for the numpy ops).
+def top_p_sample(logits: np.ndarray, uniforms: np.ndarray | None, temperature: float, top_p: float) -> np.ndarray:
+    """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): softmax(logits / T) in fp64, the
+    tokens by probability, descending (ties by index), the smallest prefix whose mass reaches ``top_p``, then
+    the first of them whose share of the nucleus' mass, summed in that order, exceeds the row's draw (numpy's
+    ``Generator.choice``). ``temperature <= 0``, or a softmax that is not finite (logits / T overflowed): the
+    argmax."""
+    if temperature <= 0.0:
+        return np.argmax(logits, axis=-1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = logits.astype(np.float64) / temperature
+        z -= z.max(axis=-1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    for b in range(logits.shape[0]):
+        if not np.isfinite(probs[b]).all():
+            out[b] = int(np.argmax(logits[b]))
+            continue
+        order = np.argsort(-probs[b], kind="stable")
+        sorted_p = probs[b, order]
+        keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1) if top_p < 1.0 else len(order)
+        keep = min(keep, len(order))
+        cdf = np.cumsum(sorted_p[:keep] / sorted_p[:keep].sum())
+        cdf /= cdf[-1]
+        out[b] = order[min(int(np.searchsorted(cdf, uniforms[b], side="right")), keep - 1)]
+    return out
+
+
 NUMPY = SimpleNamespace(name="numpy", half_weights=False, **{n: globals()[n] for n in OP_NAMES})
 
 register(BackendSpec(

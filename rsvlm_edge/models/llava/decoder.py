@@ -428,3 +428,9 @@ class LlamaDecoder:
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
         return decode_step(self.config, self.weights, self.ops, self.cache, token_ids, self.buffers)
+
+    def decode_sample(self, token_ids: np.ndarray, temperature: float, top_p: float,
+                      uniforms: np.ndarray) -> np.ndarray:
+        """One step, then the op set's ``top_p_sample`` on its logits with the draws ``uniforms`` (B,) in [0, 1)
+        (``generation.sample_with_uniforms``' rule): the sampled ids (B,) int64."""
+        return self.ops.top_p_sample(self.decode(token_ids), uniforms, temperature, top_p)

@@ -82,30 +82,12 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
 
 
 def sample_with_uniforms(logits: np.ndarray, temperature: float, top_p: float, uniforms: np.ndarray) -> np.ndarray:
-    """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): the tokens by probability,
-    descending (ties by index), the smallest prefix whose mass reaches ``top_p``, then the first of them whose
-    share of the nucleus' mass, summed in that order, exceeds the row's draw (numpy's ``Generator.choice``).
-    The native ``top_p_sample`` (CPU and CUDA, ``include/rsvlm_edge/sampling.h``) implements this rule."""
-    if temperature <= 0.0:
-        return np.argmax(logits, axis=-1)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        z = logits.astype(np.float64) / temperature
-        z -= z.max(axis=-1, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=-1, keepdims=True)
-    out = np.empty(logits.shape[0], dtype=np.int64)
-    for b in range(logits.shape[0]):
-        if not np.isfinite(probs[b]).all():
-            out[b] = int(np.argmax(logits[b]))
-            continue
-        order = np.argsort(-probs[b], kind="stable")
-        sorted_p = probs[b, order]
-        keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1) if top_p < 1.0 else len(order)
-        keep = min(keep, len(order))
-        cdf = np.cumsum(sorted_p[:keep] / sorted_p[:keep].sum())
-        cdf /= cdf[-1]
-        out[b] = order[min(int(np.searchsorted(cdf, uniforms[b], side="right")), keep - 1)]
-    return out
+    """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): the numpy op set's
+    ``top_p_sample`` (``backends/decoder_numpy.py``), which the native ``top_p_sample`` (CPU and CUDA,
+    ``include/rsvlm_edge/sampling.h``) implements too."""
+    from ...backends.decoder_numpy import top_p_sample
+
+    return top_p_sample(logits, uniforms, temperature, top_p)
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
