@@ -14,7 +14,7 @@
 // Implementations (kernels/sampling/):
 //   top_p_sample_reference  sampling_ref.cpp  naive: fp64 softmax and sums, std::stable_sort
 //   top_p_sample_cpu        sampling_cpu.cpp  the thread pool over rows, fp64 sums, the nucleus found
-//                                             by partial sorts of growing prefixes
+//                                             by partial sorts of growing prefixes (a full sort past V / 8)
 //   top_p_sample_cuda       sampling.cu       fp32: a block per row for the softmax, a segmented radix
 //                                             sort (CUB), a block scan per row for the nucleus and the draw
 // fp32 on the GPU against fp64 on the host: the same token unless u[b] falls within ~1e-6 of a cdf step.

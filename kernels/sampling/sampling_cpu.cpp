@@ -1,7 +1,8 @@
 // top_p_sample fast CPU path (see rsvlm_edge/sampling.h): the thread pool over rows; per row the fp64
 // softmax, then only as much of the order as the draw needs: partial sorts of the first 64, 256, 1024, ...
 // tokens (probability descending, ties by index: the stable order) until their prefix sums settle the
-// nucleus and the draw. A peaked distribution (the usual case) sorts 64 of V tokens, not all of them.
+// nucleus and the draw, the whole rest sorted at once past V / 8. A peaked distribution (the usual case)
+// sorts a few hundred of V tokens, not all of them.
 #include <algorithm>
 #include <numeric>
 #include <string>
@@ -39,7 +40,13 @@ Status top_p_sample_cpu(const TopPSampleParams& p) {
     int64_t sorted = 0;
     double run = 0.0;
     for (int64_t want = std::min<int64_t>(64, p.vocab);; want = std::min<int64_t>(want * 4, p.vocab)) {
-      std::partial_sort(order + sorted, order + want, order + p.vocab, before);
+      // A heap-based partial sort pays off for a small prefix; past an eighth of the tokens the rest is sorted
+      // whole (a flat distribution's nucleus can hold most of them).
+      if (want > p.vocab / 8) want = p.vocab;
+      if (want == p.vocab)
+        std::sort(order + sorted, order + p.vocab, before);
+      else
+        std::partial_sort(order + sorted, order + want, order + p.vocab, before);
       for (int64_t j = sorted; j < want; ++j) cum[j] = run += prob[order[j]];
       sorted = want;
       const int64_t j = sampling::draw_in_prefix(cum, sorted, p.vocab, double(p.top_p), total, double(p.uniforms[b]));
