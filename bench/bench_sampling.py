@@ -91,11 +91,16 @@ def main() -> None:
                   date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
-    print("| impl | batch | V | ms / call | vs numpy | same tokens | nucleus sizes |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['impl']} | {r['batch']} | {r['vocab']} | {r['ms']:.3f} | {r['speedup_vs_numpy']:.2f}x | "
-              f"{r['same_tokens_as_numpy']} | {min(r['nucleus_tokens'])}-{max(r['nucleus_tokens'])} |")
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Temperature {result['temperature']}, top_p {result['top_p']}, logits sd {result['scale']}.", "",
+             "| impl | batch | V | ms / call | vs numpy | same tokens | nucleus sizes |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['impl']} | {r['batch']} | {r['vocab']} | {r['ms']:.3f} | {r['speedup_vs_numpy']:.2f}x | "
+                     f"{r['same_tokens_as_numpy']} | {min(r['nucleus_tokens'])}-{max(r['nucleus_tokens'])} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@
 #              measured bandwidth, patch embedding vs torch, decode peers (HF eager, static cache +
 #              torch.compile; ours again with RSVLM_EDGE_CUDA_PDL=off), per-kernel device time of a decode
 #              step (bench/profile_decoder_cuda.py), the CLIP ViT-B/32 image tower on our CUDA kernels
-#              (cuda-vit) vs open_clip fp16 (bench/bench_vit_cuda.py)
+#              (cuda-vit) vs open_clip fp16 (bench/bench_vit_cuda.py), top-p sampling numpy / CPU / CUDA
+#              (bench/bench_sampling.py)
 # REPORT_DIR gets gpu-check.log (all output), gpu-check.json and gpu-check.md (scripts/gpu_report.py),
-# junit.xml. GPU_CHECK_BENCHES (default "gemv attention patch-embed profile decoder vit") picks the benches and
+# junit.xml. GPU_CHECK_BENCHES (default "gemv attention patch-embed profile decoder sampling vit") picks the benches and
 # GPU_CHECK_DECODER_ARGS adds options to bench_decoder_cuda.py (e.g. "--peers eager --ours fp16").
 # Exit status: 0 when build, pytest and every sanitizer tool passed, else 1.
 set -uo pipefail
@@ -75,7 +76,7 @@ if [ $built -eq 0 ]; then
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     step "sanitize-$tool" 120 compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 3 build/dev/rsvlm_cuda_smoke
   done
-  benches=" ${GPU_CHECK_BENCHES:-gemv attention patch-embed profile decoder vit} "
+  benches=" ${GPU_CHECK_BENCHES:-gemv attention patch-embed profile decoder sampling vit} "
   want() { [[ $benches == *" $1 "* ]]; }
   want gemv && step bench-gemv 90 "$py" bench/bench_gemv_cuda.py --json "$work/gemv.json"
   bw=$("$py" -c "import json; print(round(json.load(open('$work/gemv.json'))['copy_bandwidth_gbs']))" 2>/dev/null || echo 3000)
@@ -91,6 +92,7 @@ if [ $built -eq 0 ]; then
   # ours at fp16 / w8 without programmatic dependent launch: what PDL gains, measured in the same run
   want decoder && step bench-decoder-nopdl 120 env RSVLM_EDGE_CUDA_PDL=off "$py" bench/bench_decoder_cuda.py \
     --json "$work/decoder_nopdl.json" --peers --ours fp16 w8
+  want sampling && step bench-sampling 60 "$py" bench/bench_sampling.py --batches 1 8 --iters 10 --json "$work/sampling.json"
   want vit && step bench-vit 150 "$py" bench/bench_vit_cuda.py --json "$work/vit_cuda.json" --workdir "$work/vit" --iters 10
 fi
 

@@ -110,6 +110,13 @@ def bench_markdown(work: Path) -> tuple[dict, list[str]]:
         results["decoder_nopdl"] = json.loads(nopdl.read_text())
         md += ["### Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above", "",
                dec_md(results["decoder_nopdl"]), ""]
+    sampling = work / "sampling.json"
+    if sampling.exists():
+        from bench_sampling import markdown as sampling_md
+
+        results["sampling"] = json.loads(sampling.read_text())
+        md += ["### Nucleus sampling of one token: numpy, native CPU, CUDA (top_p_sample)", "",
+               sampling_md(results["sampling"]), ""]
     vit = work / "vit_cuda.json"
     if vit.exists():
         from bench_vit_cuda import markdown as vit_md

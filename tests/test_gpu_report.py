@@ -56,6 +56,9 @@ def report(tmp_path: Path, pytest_rc: int, failures: int) -> tuple[int, str, dic
                               ms_per_step=1.82)])
     (work / "decoder.json").write_text(json.dumps(decoder))
     (work / "decoder_nopdl.json").write_text(json.dumps({**decoder, "programmatic_launch": "off"}))
+    (work / "sampling.json").write_text(json.dumps(dict(temperature=0.8, top_p=0.9, scale=3.0, rows=[
+        dict(impl="cuda", batch=8, vocab=32000, ms=0.081, speedup_vs_numpy=241.6, same_tokens_as_numpy=True,
+             nucleus_tokens=[334, 559])])))
     (work / "vit_cuda.json").write_text(json.dumps(dict(
         arch="ViT-B-32", device="NVIDIA H100 80GB HBM3", when="2026-11-27T06:00+00:00", notes=["seeded weights"],
         rows=[dict(batch=8, ours_ms=2.5, ours_img_s=3200.0, peer_ms=3.0, peer_img_s=2666.7, speedup_vs_peer=1.2,
@@ -86,6 +89,8 @@ def test_report_passes_with_the_profile_section(tmp_path):
     assert "### Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above" in md
     assert "programmatic dependent launch off (sm_90+)" in md and "programmatic dependent launch on" in md
     assert "| rsvlm-edge fp16 | 1 | 608 | 22.7 | 549 | 1.82 | 38 |" in md
+    assert "### Nucleus sampling of one token: numpy, native CPU, CUDA (top_p_sample)" in md
+    assert "| cuda | 8 | 32000 | 0.081 | 241.60x | True | 334-559 |" in md
     assert "| 8 | 2.50 | 3200.0 | 3.00 | 2666.7 | 1.20x | 0.999710 |" in md
 
 
