@@ -8,6 +8,7 @@ and every sanitizer tool passed (benches are measurements, not pass/fail), else 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -90,39 +91,18 @@ def bench_markdown(work: Path) -> tuple[dict, list[str]]:
             md.append(f"| {model} | {batch} | {x['ms']:.4f} | {t['ms']:.4f} | {t['ms'] / x['ms']:.2f}x | "
                       f"{x['max_abs_diff_vs_torch']:.2e} |")
         md.append("")
-    prof = work / "profile_decoder.json"
-    if prof.exists():
-        from profile_decoder_cuda import markdown as prof_md
-
-        results["profile_decoder"] = json.loads(prof.read_text())
-        md += ["### Where a decode step's time goes (TinyLlama-1.1B shape, per kernel)", "",
-               prof_md(results["profile_decoder"]), ""]
-    dec = work / "decoder.json"
-    if dec.exists():
-        from bench_decoder_cuda import markdown as dec_md
-
-        results["decoder"] = json.loads(dec.read_text())
-        md += ["### Decode (TinyLlama-1.1B shape)", "", dec_md(results["decoder"]), ""]
-    nopdl = work / "decoder_nopdl.json"
-    if nopdl.exists():
-        from bench_decoder_cuda import markdown as dec_md
-
-        results["decoder_nopdl"] = json.loads(nopdl.read_text())
-        md += ["### Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above", "",
-               dec_md(results["decoder_nopdl"]), ""]
-    sampling = work / "sampling.json"
-    if sampling.exists():
-        from bench_sampling import markdown as sampling_md
-
-        results["sampling"] = json.loads(sampling.read_text())
-        md += ["### Nucleus sampling of one token: numpy, native CPU, CUDA (top_p_sample)", "",
-               sampling_md(results["sampling"]), ""]
-    vit = work / "vit_cuda.json"
-    if vit.exists():
-        from bench_vit_cuda import markdown as vit_md
-
-        results["vit_cuda"] = json.loads(vit.read_text())
-        md += ["### CLIP image tower on our CUDA kernels (cuda-vit) vs open_clip fp16", "", vit_md(results["vit_cuda"]), ""]
+    # (file stem, section title, the bench module whose markdown() renders it)
+    sections = [("profile_decoder", "Where a decode step's time goes (TinyLlama-1.1B shape, per kernel)", "profile_decoder_cuda"),
+                ("decoder", "Decode (TinyLlama-1.1B shape)", "bench_decoder_cuda"),
+                ("decoder_nopdl", "Decode with plain launches (RSVLM_EDGE_CUDA_PDL=off), to compare with the table above",
+                 "bench_decoder_cuda"),
+                ("sampling", "Nucleus sampling of one token: numpy, native CPU, CUDA (top_p_sample)", "bench_sampling"),
+                ("vit_cuda", "CLIP image tower on our CUDA kernels (cuda-vit) vs open_clip fp16", "bench_vit_cuda")]
+    for stem, title, module in sections:
+        path = work / f"{stem}.json"
+        if path.exists():
+            results[stem] = json.loads(path.read_text())
+            md += [f"### {title}", "", importlib.import_module(module).markdown(results[stem]), ""]
     return results, md
 
 

@@ -29,3 +29,10 @@ struct Status {
 };
 
 }  // namespace rsvlm_edge
+
+// Returns the Status of `expr` from the enclosing function when it is not ok.
+#define RSVLM_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::rsvlm_edge::Status rsvlm_status_ = (expr);   \
+    if (!rsvlm_status_.ok()) return rsvlm_status_; \
+  } while (0)

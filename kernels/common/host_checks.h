@@ -1,5 +1,5 @@
 // Host-side helpers shared by the op folders: activation dtype checks, the kNotCompiled stub of a
-// CUDA launcher (RSVLM_NO_CUDA_LAUNCHER), RSVLM_RETURN_IF_ERROR, checked sizes and per-worker scratch
+// CUDA launcher (RSVLM_NO_CUDA_LAUNCHER), checked sizes and per-worker scratch
 // buffers for parallel loops (common/thread_pool.h).
 //
 // Rule for every CPU launcher: a C++ exception must never escape a parallel loop's body (that is
@@ -111,12 +111,6 @@ Status alloc_scratch(std::vector<T>& buf, int64_t per_thread, int64_t threads, c
 }  // namespace host
 }  // namespace rsvlm_edge
 
-// Returns the Status of `expr` from the enclosing launcher when it is not ok.
-#define RSVLM_RETURN_IF_ERROR(expr)                \
-  do {                                             \
-    ::rsvlm_edge::Status rsvlm_status_ = (expr);   \
-    if (!rsvlm_status_.ok()) return rsvlm_status_; \
-  } while (0)
 
 // Defines the CUDA launcher `Status <op>_cuda(const Params&, void*)` of a build without CUDA (it
 // returns host::no_cuda); expands to nothing when the CUDA kernels are compiled (<op>.cu defines it).

@@ -22,12 +22,6 @@
 #include "rsvlm_edge/sampling.h"
 #include "rsvlm_edge/swiglu.h"
 
-#define RSVLM_RETURN_IF_ERROR(expr)     \
-  do {                                  \
-    ::rsvlm_edge::Status st_ = (expr);  \
-    if (!st_.ok()) return st_;          \
-  } while (0)
-
 namespace rsvlm_edge {
 namespace {
 
@@ -634,20 +628,14 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   int64_t* bytes = &d->device_bytes_;
   const int64_t cache_rows = int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq;
   const int64_t cache = cache_rows * shape.head_dim;
+  char *k_bytes = nullptr, *v_bytes = nullptr;  // fp16 or int8 elements
+  RSVLM_RETURN_IF_ERROR(m.alloc(&k_bytes, cache * dtype_size(kv_dtype), m.owned, bytes));
+  RSVLM_RETURN_IF_ERROR(m.alloc(&v_bytes, cache * dtype_size(kv_dtype), m.owned, bytes));
+  m.k_cache = k_bytes;
+  m.v_cache = v_bytes;
   if (kv_dtype == DType::i8) {
-    int8_t *k8 = nullptr, *v8 = nullptr;
-    RSVLM_RETURN_IF_ERROR(m.alloc(&k8, cache, m.owned, bytes));
-    RSVLM_RETURN_IF_ERROR(m.alloc(&v8, cache, m.owned, bytes));
-    m.k_cache = k8;
-    m.v_cache = v8;
     RSVLM_RETURN_IF_ERROR(m.alloc(&m.k_scale, cache_rows, m.owned, bytes));
     RSVLM_RETURN_IF_ERROR(m.alloc(&m.v_scale, cache_rows, m.owned, bytes));
-  } else {
-    __half *k16 = nullptr, *v16 = nullptr;
-    RSVLM_RETURN_IF_ERROR(m.alloc(&k16, cache, m.owned, bytes));
-    RSVLM_RETURN_IF_ERROR(m.alloc(&v16, cache, m.owned, bytes));
-    m.k_cache = k16;
-    m.v_cache = v16;
   }
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.lengths, max_batch, m.owned, bytes));
   RSVLM_RETURN_IF_ERROR(m.alloc(&m.zeros, max_batch, m.owned, bytes));

@@ -16,12 +16,6 @@
 #include "common/cuda_check.cuh"
 #include "rsvlm_edge/sampling.h"
 
-#define RSVLM_RETURN_IF_ERROR(expr)     \
-  do {                                  \
-    ::rsvlm_edge::Status s_ = (expr);   \
-    if (!s_.ok()) return s_;            \
-  } while (0)
-
 namespace rsvlm_edge {
 namespace {
 
