@@ -23,7 +23,8 @@ int int_item(const py::dict& d, const char* key) {
   return py::cast<int>(d[key]);
 }
 
-std::unique_ptr<CudaDecoder> make(const py::dict& shape, int max_batch, int max_seq, const std::string& kv_cache) {
+std::unique_ptr<CudaDecoder> make(const py::dict& shape, int max_batch, int max_seq, const std::string& kv_cache,
+                                  int64_t kv_pool_tokens) {
   if (kv_cache != "fp16" && kv_cache != "int8")
     throw std::invalid_argument("CudaDecoder: kv_cache must be 'fp16' or 'int8', got '" + kv_cache + "'");
   DecoderShape s;
@@ -38,7 +39,7 @@ std::unique_ptr<CudaDecoder> make(const py::dict& shape, int max_batch, int max_
   s.rope_theta = shape.contains("rope_theta") ? py::cast<float>(shape["rope_theta"]) : 10000.f;
   std::unique_ptr<CudaDecoder> d;
   rsvlm_edge::throw_if_error(
-      CudaDecoder::create(s, max_batch, max_seq, &d, kv_cache == "int8" ? DType::i8 : DType::f16));
+      CudaDecoder::create(s, max_batch, max_seq, &d, kv_cache == "int8" ? DType::i8 : DType::f16, kv_pool_tokens));
   return d;
 }
 
@@ -154,9 +155,10 @@ void bind_cuda_decoder(py::module_& m) {
 (rsvlm_edge/cuda_decoder.h): weights uploaded once in their stored precision, a device KV cache, fp16
 activations with fp32 accumulation, each decode step replayed from a CUDA graph.)doc")
       .def(py::init(&make), py::arg("shape"), py::arg("max_batch"), py::arg("max_seq"), py::kw_only(),
-           py::arg("kv_cache") = "fp16",
+           py::arg("kv_cache") = "fp16", py::arg("kv_pool_tokens") = 0,
            "shape: dict with vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, "
-           "head_dim, rms_norm_eps, rope_theta; kv_cache: 'fp16' or 'int8' (one fp32 scale per cached K / V row). "
+           "head_dim, rms_norm_eps, rope_theta; kv_cache: 'fp16' or 'int8' (one fp32 scale per cached K / V row); "
+           "kv_pool_tokens > 0: a paged cache of that many tokens shared by the batch (0: max_batch x max_seq). "
            "RuntimeError without CUDA or a device.")
       .def("set_tensor", &set_tensor, py::arg("name"), py::arg("array"),
            "Upload one canonical tensor (decoder.safetensors name) from a host numpy array.")
@@ -179,6 +181,7 @@ activations with fp32 accumulation, each decode step replayed from a CUDA graph.
       .def_property_readonly("weight_bytes", &CudaDecoder::weight_bytes)
       .def_property_readonly("step_weight_bytes", &CudaDecoder::step_weight_bytes)
       .def_property_readonly("device_bytes", &CudaDecoder::device_bytes)
+      .def_property_readonly("kv_pool_tokens", &CudaDecoder::kv_pool_tokens)
       .def_property_readonly("kv_cache",
                              [](const CudaDecoder& d) { return d.kv_dtype() == DType::i8 ? "int8" : "fp16"; });
   m.def("cuda_device_count", &CudaDecoder::device_count,

@@ -63,6 +63,28 @@ def kv_cache_int8() -> bool:
                       f"unset {KV_CACHE_ENV} (the activation dtype) or set it to int8 (GPU decoder)") == "int8"
 
 
+KV_POOL_ENV = "RSVLM_EDGE_KV_POOL_TOKENS"
+
+
+def kv_pool_tokens() -> int:
+    """Tokens of a paged KV cache shared by the batch (``RSVLM_EDGE_KV_POOL_TOKENS``: a whole number >= 16,
+    rounded up to pages of 16; the cuda decoder backend), or 0 when unset: a contiguous cache of max_batch x
+    max_seq positions. BackendError for anything else."""
+    import os
+
+    raw = os.environ.get(KV_POOL_ENV, "").strip()
+    if not raw:
+        return 0
+    fix = f"unset {KV_POOL_ENV} (a contiguous cache) or set it to a number of tokens, e.g. 8192"
+    try:
+        tokens = int(raw)
+    except ValueError:
+        raise BackendError(f"{KV_POOL_ENV}='{raw}' is not a whole number of tokens", fix) from None
+    if not 16 <= tokens <= 2**31 - 16:
+        raise BackendError(f"{KV_POOL_ENV}={tokens} is outside [16, 2^31 - 16] tokens", fix)
+    return tokens
+
+
 FP16_GEMM_ENV = "RSVLM_EDGE_FP16_GEMM"
 FP16_GEMMS = ("bf16x3", "fp32")
 

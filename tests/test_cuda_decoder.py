@@ -250,6 +250,52 @@ def test_int8_kv_cache_tracks_the_fp16_cache(monkeypatch):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
+def test_a_paged_kv_cache_on_the_cpu_backends_and_bad_pool_sizes_are_refused(monkeypatch):
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    monkeypatch.setenv("RSVLM_EDGE_KV_POOL_TOKENS", "4096")
+    with pytest.raises(BackendError, match=r"RSVLM_EDGE_KV_POOL_TOKENS is set: the native decoder backend keeps a "
+                                           r"contiguous KV cache") as e:
+        LlamaDecoder(cfg, tensors, 2, 32, backend="native")
+    assert "--backend cuda" in e.value.fix
+    for value, message in (("lots", r"RSVLM_EDGE_KV_POOL_TOKENS='lots' is not a whole number of tokens"),
+                           ("8", r"RSVLM_EDGE_KV_POOL_TOKENS=8 is outside \[16, 2\^31 - 16\] tokens")):
+        monkeypatch.setenv("RSVLM_EDGE_KV_POOL_TOKENS", value)
+        with pytest.raises(BackendError, match=message) as e:
+            LlamaDecoder(cfg, tensors, 2, 32, backend="native")
+        assert "unset RSVLM_EDGE_KV_POOL_TOKENS" in e.value.fix
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_paged_kv_cache_gives_the_contiguous_caches_logits_and_refuses_past_its_pool(monkeypatch):
+    """RSVLM_EDGE_KV_POOL_TOKENS: pages of 16 tokens taken as sequences grow (the steps below cross page
+    boundaries at batch 3): bit for bit the contiguous cache's logits, on a pool smaller than max_batch x
+    max_seq; a prompt or a step past the pool is the user's InputError, and the decoder stays usable."""
+    from rsvlm_edge.errors import InputError
+
+    cfg = small_config()
+    tensors = small_tensors(cfg)
+    ids, lens, _ = prompts(cfg, [30, 17, 5])
+    contiguous = open_llama_decoder(cfg, tensors, 3, 96, "cuda")
+    monkeypatch.setenv("RSVLM_EDGE_KV_POOL_TOKENS", "112")  # 7 pages: 2 + 2 + 1 for the prompts, 2 spare
+    paged = open_llama_decoder(cfg, tensors, 3, 96, "cuda")
+    assert paged.device.kv_pool_tokens == 112 and contiguous.device.kv_pool_tokens == 0
+    assert paged.device.device_bytes < contiguous.device.device_bytes
+    embeds = contiguous.embed_tokens(ids)
+    tokens = greedy(contiguous, embeds, lens, 8)  # positions 30..36, 17..23, 5..11: pages 2 and 1 taken
+    np.testing.assert_array_equal(teacher_forced(paged, embeds, lens, tokens),
+                                  teacher_forced(contiguous, embeds, lens, tokens))
+    with pytest.raises(InputError, match=r"pool of 112 tokens is full: sequence 1 needs a page for position 32") as e:
+        for _ in range(12):
+            paged.decode(tokens[:, -1])
+    assert "RSVLM_EDGE_KV_POOL_TOKENS" in e.value.fix
+    long_ids, long_lens, _ = prompts(cfg, [90, 40, 5])
+    with pytest.raises(InputError, match=r"cannot hold these prompts"):
+        paged.prefill(paged.embed_tokens(long_ids), long_lens)
+    np.testing.assert_array_equal(paged.prefill(embeds, lens), contiguous.prefill(embeds, lens))
+
+
 def test_cli_ask_with_an_int8_kv_cache_on_the_cpu_is_one_error_and_fix(vlm64, tmp_path):
     from PIL import Image
     from util import assert_contract, run_cli

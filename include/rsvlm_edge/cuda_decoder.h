@@ -7,7 +7,8 @@
 //             fp16 at upload), w8 int8 (N, K) + fp32 scales (N, 1), w4 packed uint8 (N, K/2) + fp32
 //             scales (N, K/128); the quantised ones run as qlinear (int8 activations, __dp4a), never
 //             widened in memory. Norm weights, biases and the embedding table in fp16.
-//   KV cache  contiguous (layers, max_batch, H_kv, max_seq, D) for K and V, fp16 or int8 (the kv_attention.h
+//   KV cache  contiguous (layers, max_batch, H_kv, max_seq, D) or paged (layers, pages, H_kv, 16, D) with
+//             a page table, for K and V, fp16 or int8 (the kv_attention.h
 //             INT8 cache: one fp32 scale per (layer, sequence, KV head, token), set by the append; about half
 //             the bytes at D = 64-128), and the int32 lengths.
 //   buffers   every activation of a step, sized for max_batch (decode) or grown to the largest prompt
@@ -57,10 +58,13 @@ Status decoder_shape_validate(const DecoderShape& s);
 class CudaDecoder {
  public:
   // Allocates the KV cache (kv_dtype: DType::f16 or DType::i8) and the decode buffers on the current
-  // CUDA device. kNotCompiled in a build without CUDA; kCudaError when there is no device or not enough
-  // memory; kInvalidArgument for another kv_dtype.
+  // CUDA device. kv_pool_tokens > 0: a paged cache (kv_attention.h's pages of 16 tokens) of that many tokens
+  // (rounded up to a page) shared by the batch, pages taken as sequences grow and returned at each prefill,
+  // instead of max_batch x max_seq positions; a prefill or step that needs a page the pool no longer has is
+  // refused (kInvalidArgument). kNotCompiled in a build without CUDA; kCudaError when there is no device or
+  // not enough memory; kInvalidArgument for another kv_dtype.
   static Status create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out,
-                       DType kv_dtype = DType::f16);
+                       DType kv_dtype = DType::f16, int64_t kv_pool_tokens = 0);
   // CUDA devices visible to this process (0 without CUDA in this build, or when the query fails).
   static int device_count();
   ~CudaDecoder();
@@ -92,6 +96,7 @@ class CudaDecoder {
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
   DType kv_dtype() const { return kv_dtype_; }
+  int64_t kv_pool_tokens() const { return kv_pool_tokens_; }  // 0: contiguous cache
   int batch() const { return batch_; }
   const std::vector<int64_t>& lengths() const { return lengths_; }  // tokens cached per sequence
   int64_t weight_bytes() const { return weight_bytes_; }            // device bytes of the weights
@@ -107,6 +112,7 @@ class CudaDecoder {
   DecoderShape shape_{};
   int max_batch_ = 0, max_seq_ = 0, batch_ = 0;
   DType kv_dtype_ = DType::f16;
+  int64_t kv_pool_tokens_ = 0;
   bool use_graphs_ = true;
   std::vector<int64_t> lengths_;
   int64_t weight_bytes_ = 0, device_bytes_ = 0;

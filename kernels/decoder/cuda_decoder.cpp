@@ -33,7 +33,7 @@ Status decoder_shape_validate(const DecoderShape& s) {
 #ifndef RSVLM_WITH_CUDA
 struct CudaDecoder::Impl {};
 
-Status CudaDecoder::create(const DecoderShape&, int, int, std::unique_ptr<CudaDecoder>*, DType) {
+Status CudaDecoder::create(const DecoderShape&, int, int, std::unique_ptr<CudaDecoder>*, DType, int64_t) {
   return Status::NotCompiled("this build of rsvlm_edge has no CUDA kernels (rebuild with RSVLM_CUDA=ON)");
 }
 CudaDecoder::~CudaDecoder() = default;

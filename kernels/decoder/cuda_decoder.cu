@@ -196,8 +196,39 @@ struct CudaDecoder::Impl {
   std::vector<std::pair<void**, int64_t>> weight_allocs;  // (slot, bytes) of uploaded tensors
   // KV cache: (L, max_batch, H_kv, max_seq, D) fp16 each
   void *k_cache = nullptr, *v_cache = nullptr;   // fp16 or int8 (kv_dtype)
-  float *k_scale = nullptr, *v_scale = nullptr;  // int8 only: (L, max_batch, H_kv, max_seq)
+  float *k_scale = nullptr, *v_scale = nullptr;  // int8 only: one per cached row
   DType kv_dtype = DType::f16;
+  // Paged KV cache (num_pages > 0): per layer (num_pages, H_kv, 16, D) pools; a sequence holds the pages
+  // its positions need, taken from free_pages as it grows and all returned at the next prefill.
+  int num_pages = 0;                // 0: contiguous (L, max_batch, H_kv, max_seq, D)
+  int max_pages_per_seq = 0;        // ceil(max_seq / 16)
+  int32_t* page_table = nullptr;    // device (max_batch, max_pages_per_seq); -1 = no page
+  std::vector<int32_t> host_table;  // the host copy, uploaded before each step that changes it
+  std::vector<int32_t> free_pages;
+
+  void release_pages() {
+    std::fill(host_table.begin(), host_table.end(), -1);
+    free_pages.resize(static_cast<size_t>(num_pages));
+    for (int p = 0; p < num_pages; ++p) free_pages[static_cast<size_t>(p)] = num_pages - 1 - p;  // 0 first
+  }
+  // Pages for positions [0, upto) of sequence b; false when the pool has none left. *changed: a page was taken.
+  bool hold(int b, int64_t upto, bool* changed) {
+    const int64_t need = (upto + kKvPageSize - 1) / kKvPageSize;
+    for (int64_t p = 0; p < need; ++p) {
+      int32_t& slot = host_table[static_cast<size_t>(int64_t(b) * max_pages_per_seq + p)];
+      if (slot >= 0) continue;
+      if (free_pages.empty()) return false;
+      slot = free_pages.back();
+      free_pages.pop_back();
+      *changed = true;
+    }
+    return true;
+  }
+  Status upload_page_table() {
+    RSVLM_CUDA_CHECK(cudaMemcpyAsync(page_table, host_table.data(), sizeof(int32_t) * host_table.size(),
+                                     cudaMemcpyHostToDevice, stream));
+    return Status::Ok();
+  }
   int32_t* lengths = nullptr;      // (max_batch) device
   int32_t* zeros = nullptr;        // (max_batch) device, all 0 (prefill start positions)
   float* attn_ws = nullptr;        // split-KV workspace
@@ -266,7 +297,8 @@ struct CudaDecoder::Impl {
   // The KV cache view of layer `i`.
   KvCacheView cache_view(int i, int max_batch, int max_seq) const {
     KvCacheView v;
-    const int64_t rows_per_layer = int64_t(max_batch) * s.num_kv_heads * max_seq;
+    const int64_t rows_per_layer =
+        int64_t(num_pages > 0 ? num_pages : max_batch) * s.num_kv_heads * (num_pages > 0 ? kKvPageSize : max_seq);
     const int64_t layer_bytes = rows_per_layer * s.head_dim * dtype_size(kv_dtype);
     v.k = static_cast<char*>(k_cache) + layer_bytes * i;
     v.v = static_cast<char*>(v_cache) + layer_bytes * i;
@@ -277,8 +309,15 @@ struct CudaDecoder::Impl {
     v.dtype = kv_dtype;
     v.num_kv_heads = s.num_kv_heads;
     v.head_dim = s.head_dim;
-    v.slots = max_batch;
-    v.s_max = max_seq;
+    if (num_pages > 0) {
+      v.page_table = page_table;
+      v.slots = num_pages;
+      v.s_max = kKvPageSize;
+      v.max_pages_per_seq = max_pages_per_seq;
+    } else {
+      v.slots = max_batch;
+      v.s_max = max_seq;
+    }
     return v;
   }
 
@@ -589,10 +628,13 @@ Status upload_raw(const void* host, int64_t bytes, cudaStream_t stream, void** d
 }  // namespace
 
 Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out,
-                           DType kv_dtype) {
+                           DType kv_dtype, int64_t kv_pool_tokens) {
   RSVLM_RETURN_IF_ERROR(decoder_shape_validate(shape));
   if (kv_dtype != DType::f16 && kv_dtype != DType::i8)
     return Status::Invalid(std::string("the KV cache is float16 or int8, got ") + dtype_name(kv_dtype));
+  if (kv_pool_tokens < 0 || kv_pool_tokens > (int64_t(1) << 31) - kKvPageSize)
+    return Status::Invalid("kv_pool_tokens must be in [0, 2^31 - 16] (0: a contiguous cache), got " +
+                           std::to_string(kv_pool_tokens));
   if (max_batch < 1 || max_batch > 4096) return Status::Invalid("max_batch must be in [1, 4096], got " + std::to_string(max_batch));
   if (max_seq < 1 || max_seq > (1 << 24)) return Status::Invalid("max_seq must be in [1, 16777216], got " + std::to_string(max_seq));
   if (!kv_attention_cuda_head_dim(shape.head_dim))
@@ -609,6 +651,9 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   Impl& m = *d->impl_;
   m.s = shape;
   m.kv_dtype = kv_dtype;
+  m.num_pages = static_cast<int>((kv_pool_tokens + kKvPageSize - 1) / kKvPageSize);
+  m.max_pages_per_seq = (max_seq + kKvPageSize - 1) / kKvPageSize;
+  d->kv_pool_tokens_ = int64_t(m.num_pages) * kKvPageSize;
   RSVLM_CUDA_CHECK(cudaGetDevice(&m.device));
   RSVLM_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, m.device));
   RSVLM_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
@@ -626,7 +671,15 @@ Status CudaDecoder::create(const DecoderShape& shape, int max_batch, int max_seq
   m.lm_head.n = n;
   m.lm_head.k = k;
   int64_t* bytes = &d->device_bytes_;
-  const int64_t cache_rows = int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq;
+  const int64_t cache_rows =
+      m.num_pages > 0 ? int64_t(shape.num_layers) * m.num_pages * shape.num_kv_heads * kKvPageSize
+                      : int64_t(shape.num_layers) * max_batch * shape.num_kv_heads * max_seq;
+  if (m.num_pages > 0) {
+    RSVLM_RETURN_IF_ERROR(m.alloc(&m.page_table, int64_t(max_batch) * m.max_pages_per_seq, m.owned, bytes));
+    m.host_table.assign(static_cast<size_t>(int64_t(max_batch) * m.max_pages_per_seq), -1);
+    m.release_pages();
+    RSVLM_RETURN_IF_ERROR(m.upload_page_table());
+  }
   const int64_t cache = cache_rows * shape.head_dim;
   char *k_bytes = nullptr, *v_bytes = nullptr;  // fp16 or int8 elements
   RSVLM_RETURN_IF_ERROR(m.alloc(&k_bytes, cache * dtype_size(kv_dtype), m.owned, bytes));
@@ -877,6 +930,18 @@ Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int bat
       RSVLM_RETURN_IF_ERROR(m.alloc(&m.widened, std::max({qd * c, c * qd, i * c}), m.pre_owned, &scratch));
     }
   }
+  if (m.num_pages > 0) {  // a new batch: every page back to the pool, then the prompts' pages
+    m.release_pages();
+    bool changed = false;
+    for (int b = 0; b < batch; ++b)
+      if (!m.hold(b, lens[b], &changed)) {
+        batch_ = 0;  // the cache holds no batch now
+        return Status::Invalid("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
+                               " tokens cannot hold these prompts (sequence " + std::to_string(b) + " of " +
+                               std::to_string(lens[b]) + " tokens is past its end)");
+      }
+    RSVLM_RETURN_IF_ERROR(m.upload_page_table());
+  }
   cudaStream_t st = m.stream;
   const int64_t elems = rows * s.hidden_size;
   RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.pre_embeds, embeds, sizeof(float) * elems, cudaMemcpyHostToDevice, st));
@@ -969,6 +1034,15 @@ Status CudaDecoder::run_step(const int64_t* token_ids, int batch) {
     if (lengths_[b] >= max_seq_)
       return Status::Invalid("generation reached the KV cache limit of " + std::to_string(max_seq_) + " positions");
     m.host_tokens[b] = static_cast<int32_t>(token_ids[b]);
+  }
+  if (m.num_pages > 0) {  // the page of each sequence's new position
+    bool changed = false;
+    for (int b = 0; b < batch; ++b)
+      if (!m.hold(b, lengths_[b] + 1, &changed))
+        return Status::Invalid("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
+                               " tokens is full: sequence " + std::to_string(b) + " needs a page for position " +
+                               std::to_string(lengths_[b]));
+    if (changed) RSVLM_RETURN_IF_ERROR(m.upload_page_table());
   }
   cudaStream_t st = m.stream;
   RSVLM_CUDA_CHECK(cudaMemcpyAsync(m.tokens, m.host_tokens, sizeof(int32_t) * batch, cudaMemcpyHostToDevice, st));

@@ -63,11 +63,13 @@ class CudaLlamaDecoder:
                      intermediate_size=config.intermediate_size, num_layers=config.num_layers,
                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
                      rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta)
-        from ..native import kv_cache_int8
+        from ..native import kv_cache_int8, kv_pool_tokens
 
         kv_cache = "int8" if kv_cache_int8() else "fp16"
+        pool = kv_pool_tokens()
         try:
-            self.device = _ext().CudaDecoder(shape, int(max_batch), int(max_seq), kv_cache=kv_cache)
+            self.device = _ext().CudaDecoder(shape, int(max_batch), int(max_seq), kv_cache=kv_cache,
+                                             kv_pool_tokens=pool)
             for name in canonical_names(config, tensors):
                 self.device.set_tensor(name, tensors[name])
             self.device.check_complete()
@@ -93,25 +95,38 @@ class CudaLlamaDecoder:
 
     def prefill(self, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         lengths = check_prompts(embeds, lengths, self.max_batch, self.max_seq)
-        return self.device.prefill(np.ascontiguousarray(embeds, dtype=np.float32), lengths)
+        return self._on_device(self.device.prefill, np.ascontiguousarray(embeds, dtype=np.float32), lengths)
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
         check_room(self.device.lengths, self.max_seq)
-        logits, _ = self.device.decode(np.asarray(token_ids, dtype=np.int64))
+        logits, _ = self._on_device(self.device.decode, np.asarray(token_ids, dtype=np.int64))
         return logits
 
     def decode_greedy(self, token_ids: np.ndarray) -> np.ndarray:
         """One step returning only the greedy next ids (B,) int64: the logits stay on the device."""
         check_room(self.device.lengths, self.max_seq)
-        return self.device.decode(np.asarray(token_ids, dtype=np.int64), logits=False)[1]
+        return self._on_device(self.device.decode, np.asarray(token_ids, dtype=np.int64), logits=False)[1]
 
     def decode_sample(self, token_ids: np.ndarray, temperature: float, top_p: float,
                       uniforms: np.ndarray) -> np.ndarray:
         """One step, then nucleus sampling on the device with the draws ``uniforms`` (B,) in [0, 1)
         (``generation.sample_with_uniforms``' rule): the sampled ids (B,) int64; the logits stay on the device."""
         check_room(self.device.lengths, self.max_seq)
-        return self.device.decode_sample(np.asarray(token_ids, dtype=np.int64), float(temperature), float(top_p),
-                                         np.asarray(uniforms, dtype=np.float32))
+        return self._on_device(self.device.decode_sample, np.asarray(token_ids, dtype=np.int64), float(temperature),
+                               float(top_p), np.asarray(uniforms, dtype=np.float32))
+
+    def _on_device(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``; a paged cache whose pool ran out is the user's InputError (with its fix)."""
+        from ..errors import InputError
+        from ..native import KV_POOL_ENV
+
+        try:
+            return call(*args, **kwargs)
+        except ValueError as e:
+            if "paged KV cache's pool" not in str(e):
+                raise
+            raise InputError(str(e), f"raise {KV_POOL_ENV} (now {self.device.kv_pool_tokens}), or lower the batch "
+                                     "or max_new_tokens") from None
 
 
 def cuda_ops() -> SimpleNamespace:

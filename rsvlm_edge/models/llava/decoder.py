@@ -399,7 +399,7 @@ class LlamaDecoder:
     def __init__(self, config: DecoderConfig, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int,
                  backend: str = "auto", ops: Any = None) -> None:
         from ...backends import open_decoder
-        from ...native import KV_CACHE_ENV, kv_cache_int8
+        from ...native import KV_CACHE_ENV, KV_POOL_ENV, kv_cache_int8, kv_pool_tokens
 
         self.config = config
         self.ops = ops if ops is not None else open_decoder(backend)
@@ -407,6 +407,10 @@ class LlamaDecoder:
             raise BackendError(f"{KV_CACHE_ENV}=int8: the {self.ops.name} decoder backend keeps its KV cache in float32 "
                                "(the int8 cache is the cuda backend's)",
                                f"unset {KV_CACHE_ENV}, or decode on a GPU (--backend cuda)")
+        if kv_pool_tokens():
+            raise BackendError(f"{KV_POOL_ENV} is set: the {self.ops.name} decoder backend keeps a contiguous KV cache "
+                               "(the paged one is the cuda backend's)",
+                               f"unset {KV_POOL_ENV}, or decode on a GPU (--backend cuda)")
         placement = getattr(self.ops, "weight_placement", None)
         self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights,
                                                    placement() if placement is not None else None)
