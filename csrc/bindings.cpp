@@ -18,7 +18,7 @@ void bind_layer_norm(py::module_& m);    // csrc/bind_layer_norm.cpp
 void bind_gelu(py::module_& m);          // csrc/bind_gelu.cpp
 void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
-void bind_sampling(py::module_& m);      // csrc/bind_sampling.cpp
+void bind_top_p_sample(py::module_& m);      // csrc/bind_top_p_sample.cpp
 void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
 void bind_threads(py::module_& m);       // csrc/bind_threads.cpp
 void bind_device_array(py::module_& m);  // csrc/bind_device_array.cpp
@@ -67,7 +67,7 @@ PYBIND11_MODULE(_C, m) {
   bind_gelu(m);
   bind_rope(m);
   bind_swiglu(m);
-  bind_sampling(m);
+  bind_top_p_sample(m);
   bind_cuda_decoder(m);
   bind_threads(m);
   bind_device_array(m);

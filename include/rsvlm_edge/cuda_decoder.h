@@ -84,7 +84,7 @@ class CudaDecoder {
   // One token per sequence of the current batch: token_ids (B) host. Writes fp32 logits (B, V) to
   // `logits` (host, may be nullptr) and the greedy next ids (B) to `argmax` (host, may be nullptr).
   Status decode(const int64_t* token_ids, int batch, float* logits, int64_t* argmax);
-  // The same step, then nucleus sampling on the device (rsvlm_edge/sampling.h: temperature, top_p, one
+  // The same step, then nucleus sampling on the device (rsvlm_edge/top_p_sample.h: temperature, top_p, one
   // draw in [0, 1) per sequence in `uniforms`, host): only the sampled ids (B) come back to `ids` (host).
   // temperature <= 0: the greedy ids. The arguments are checked before the step runs.
   Status decode_sample(const int64_t* token_ids, int batch, float temperature, float top_p, const float* uniforms,

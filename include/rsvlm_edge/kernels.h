@@ -39,5 +39,8 @@
 #include "rsvlm_edge/rope.h"
 #include "rsvlm_edge/swiglu.h"
 
+// Nucleus (top-p) sampling of the next token from logits, with the draws given.
+#include "rsvlm_edge/top_p_sample.h"
+
 // W8A8 GEMM of encoders (CLIP ViT towers) over weights packed once (CPU only).
 #include "rsvlm_edge/qgemm.h"

@@ -19,7 +19,7 @@
 #include "rsvlm_edge/linear.h"
 #include "rsvlm_edge/qlinear.h"
 #include "rsvlm_edge/rms_norm.h"
-#include "rsvlm_edge/sampling.h"
+#include "rsvlm_edge/top_p_sample.h"
 #include "rsvlm_edge/swiglu.h"
 
 namespace rsvlm_edge {

@@ -12,7 +12,7 @@
 #include "common/cuda_check.cuh"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_math.cuh"
-#include "rope/rope_math.cuh"
+#include "common/rope_math.cuh"
 #include "rsvlm_edge/rope.h"
 
 namespace rsvlm_edge {

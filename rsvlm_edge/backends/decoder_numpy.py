@@ -27,7 +27,7 @@ CUDA graph by a GPU backend).
   (GQA everywhere: query head h reads KV head h // (H / K)).
 * ``top_p_sample(logits[B, V], uniforms[B] | None, temperature, top_p) -> ids[B]`` int64: the next tokens by
   the nucleus rule with the draws given (this module's ``top_p_sample`` is its definition; the native one is
-  ``include/rsvlm_edge/sampling.h``).
+  ``include/rsvlm_edge/top_p_sample.h``).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
 def sample_with_uniforms(logits: np.ndarray, temperature: float, top_p: float, uniforms: np.ndarray) -> np.ndarray:
     """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): the numpy op set's
     ``top_p_sample`` (``backends/decoder_numpy.py``), which the native ``top_p_sample`` (CPU and CUDA,
-    ``include/rsvlm_edge/sampling.h``) implements too."""
+    ``include/rsvlm_edge/top_p_sample.h``) implements too."""
     from ...backends.decoder_numpy import top_p_sample
 
     return top_p_sample(logits, uniforms, temperature, top_p)

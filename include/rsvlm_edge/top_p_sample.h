@@ -9,14 +9,14 @@
 //        keep  = the smallest k with p[order[0]] + ... + p[order[k-1]] >= top_p (all V when top_p >= 1);
 //        out[b] = order[j], j the first index < keep with cdf[j] > u[b], cdf = the kept prefix sums / their total
 //
-// which is models/llava/generation.py's sample_with_uniforms (numpy: argsort, cumsum, searchsorted).
+// which is the numpy op set's top_p_sample (backends/decoder_numpy.py; generation.sample_with_uniforms).
 //
-// Implementations (kernels/sampling/):
-//   top_p_sample_reference  sampling_ref.cpp  naive: fp64 softmax and sums, std::stable_sort
-//   top_p_sample_cpu        sampling_cpu.cpp  the thread pool over rows, fp64 sums, the nucleus found
-//                                             by partial sorts of growing prefixes (a full sort past V / 8)
-//   top_p_sample_cuda       sampling.cu       fp32: a block per row for the softmax, a segmented radix
-//                                             sort (CUB), a block scan per row for the nucleus and the draw
+// Implementations (kernels/top_p_sample/):
+//   top_p_sample_reference  top_p_sample_ref.cpp  naive: fp64 softmax and sums, std::stable_sort
+//   top_p_sample_cpu        top_p_sample_cpu.cpp  the thread pool over rows, fp64 sums, the nucleus found
+//                                                 by partial sorts of growing prefixes (a full sort past V / 8)
+//   top_p_sample_cuda       top_p_sample.cu       fp32: a block per row for the softmax, a segmented radix
+//                                                 sort (CUB), a block scan per row for the nucleus and the draw
 // fp32 on the GPU against fp64 on the host: the same token unless u[b] falls within ~1e-6 of a cdf step.
 #pragma once
 

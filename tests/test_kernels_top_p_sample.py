@@ -1,4 +1,4 @@
-"""top_p_sample (kernels/sampling/, csrc/bind_sampling.cpp): the fast CPU path and the naive reference against
+"""top_p_sample (kernels/top_p_sample/, csrc/bind_top_p_sample.cpp): the fast CPU path and the naive reference against
 the numpy definition (models/llava/generation.py: sample_with_uniforms, what the runtime samples with), on
 peaked, flat, tied and overflowing logits; the CUDA kernel against the reference on a GPU (draws placed at the
 middle of the chosen token's cdf step, so that fp32 sums cannot move it); bad arguments refused."""

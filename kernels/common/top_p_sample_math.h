@@ -1,4 +1,4 @@
-// Host helpers shared by the reference and the fast CPU path of top_p_sample (rsvlm_edge/sampling.h):
+// Host helpers shared by the reference and the fast CPU path of top_p_sample (rsvlm_edge/top_p_sample.h):
 // numpy's argmax and the softmax of one row at a temperature, in fp64.
 #pragma once
 

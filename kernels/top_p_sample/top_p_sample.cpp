@@ -3,7 +3,7 @@
 #include <string>
 
 #include "common/host_checks.h"
-#include "rsvlm_edge/sampling.h"
+#include "rsvlm_edge/top_p_sample.h"
 
 namespace rsvlm_edge {
 

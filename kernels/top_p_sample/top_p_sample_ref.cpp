@@ -1,4 +1,4 @@
-// top_p_sample naive reference (see rsvlm_edge/sampling.h): per row, the fp64 softmax, a stable sort of
+// top_p_sample naive reference (see rsvlm_edge/top_p_sample.h): per row, the fp64 softmax, a stable sort of
 // every token by probability, the prefix sums, then the nucleus and the draw. Single thread.
 #include <algorithm>
 #include <new>
@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "common/host_checks.h"
-#include "rsvlm_edge/sampling.h"
-#include "sampling/sampling_math.h"
+#include "rsvlm_edge/top_p_sample.h"
+#include "common/top_p_sample_math.h"
 
 namespace rsvlm_edge {
 

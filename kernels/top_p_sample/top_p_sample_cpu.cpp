@@ -1,4 +1,4 @@
-// top_p_sample fast CPU path (see rsvlm_edge/sampling.h): the thread pool over rows; per row the fp64
+// top_p_sample fast CPU path (see rsvlm_edge/top_p_sample.h): the thread pool over rows; per row the fp64
 // softmax, then only as much of the order as the draw needs: partial sorts of the first 64, 256, 1024, ...
 // tokens (probability descending, ties by index: the stable order) until their prefix sums settle the
 // nucleus and the draw, the whole rest sorted at once past V / 8. A peaked distribution (the usual case)
@@ -10,8 +10,8 @@
 
 #include "common/host_checks.h"
 #include "common/thread_pool.h"
-#include "rsvlm_edge/sampling.h"
-#include "sampling/sampling_math.h"
+#include "rsvlm_edge/top_p_sample.h"
+#include "common/top_p_sample_math.h"
 
 namespace rsvlm_edge {
 

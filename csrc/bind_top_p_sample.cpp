@@ -1,4 +1,4 @@
-// Python bindings of top_p_sample / top_p_sample_reference (C++ API: rsvlm_edge/sampling.h). Thin:
+// Python bindings of top_p_sample / top_p_sample_reference (C++ API: rsvlm_edge/top_p_sample.h). Thin:
 // validate every argument (tensor_arg.h), then call the launcher.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -7,7 +7,7 @@
 #include <string>
 
 #include "bind_util.h"
-#include "rsvlm_edge/sampling.h"
+#include "rsvlm_edge/top_p_sample.h"
 
 namespace {
 
@@ -67,7 +67,7 @@ tensors: fp32 math, out= required; `stream` is a cudaStream_t as an integer (0 =
 
 }  // namespace
 
-void bind_sampling(py::module_& m) {
+void bind_top_p_sample(py::module_& m) {
   m.def(
       "top_p_sample",
       [](py::handle logits, py::handle uniforms, double temperature, double top_p, py::handle out, int64_t stream) {
@@ -82,6 +82,6 @@ void bind_sampling(py::module_& m) {
       },
       py::arg("logits"), py::arg("uniforms"), py::arg("temperature"), py::arg("top_p") = 1.0, py::kw_only(),
       py::arg("out") = py::none(),
-      "Naive reference of top_p_sample (kernels/sampling/sampling_ref.cpp: fp64, a full stable sort per row), "
+      "Naive reference of top_p_sample (kernels/top_p_sample/top_p_sample_ref.cpp: fp64, a full stable sort per row), "
       "CPU only; same arguments and checks as top_p_sample.");
 }

@@ -1,11 +1,11 @@
-// top_p_sample CUDA path (see rsvlm_edge/sampling.h), fp32:
+// top_p_sample CUDA path (see rsvlm_edge/top_p_sample.h), fp32:
 //   1. softmax_kernel, a block of 1024 threads per row: the max and the sum of exp(x / T - max), then the
 //      probabilities and their token ids into the workspace; a row whose softmax is not finite (or T <= 0)
 //      writes its argmax (numpy's: the first NaN, else the first maximum) and is marked done.
 //   2. CUB's segmented radix sort, descending (stable: equal probabilities keep the index order).
 //   3. draw_kernel, a block per row: prefix sums of the sorted probabilities 1024 at a time (block scan),
 //      once to find the nucleus (the first prefix >= top_p) and once to find the first prefix > u * its mass.
-// Tested against top_p_sample_reference by tests/test_sampling.py on a GPU.
+// Tested against top_p_sample_reference by tests/test_kernels_top_p_sample.py on a GPU.
 #include <cub/cub.cuh>
 #include <cuda_runtime.h>
 
@@ -14,7 +14,7 @@
 #include <string>
 
 #include "common/cuda_check.cuh"
-#include "rsvlm_edge/sampling.h"
+#include "rsvlm_edge/top_p_sample.h"
 
 namespace rsvlm_edge {
 namespace {
