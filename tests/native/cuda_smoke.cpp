@@ -341,6 +341,43 @@ void test_swiglu(int64_t n, bool in_place, uint32_t seed) {
   report(from_half((in_place ? dg : dout).download<uint16_t>()), want, kTolF16);
 }
 
+// ---------------------------------------------------------------- top_p_sample
+
+// B rows of V distinct logits; draws that the rule decides away from any cdf step: a tiny top_p (the top
+// token), u = 0 with top_p 1 (the first token in probability order) and u just below 1 (the last one).
+void test_top_p_sample(int batch, int vocab, float temperature, float top_p, float u_value, uint32_t seed) {
+  begin_case("top_p_sample B=" + std::to_string(batch) + " V=" + std::to_string(vocab) + " T=" +
+             std::to_string(temperature) + " top_p=" + std::to_string(top_p) + " u=" + std::to_string(u_value));
+  Rng rng(seed);
+  std::vector<float> logits(size_t(batch) * vocab);
+  for (int b = 0; b < batch; ++b) {
+    std::vector<float> row = rng.f16(size_t(vocab), -3.f, 3.f);
+    for (int i = 0; i < vocab; ++i) logits[size_t(b) * vocab + i] = row[i] + 1e-3f * float(i % 7);  // no ties
+  }
+  const std::vector<float> u(size_t(batch), u_value);
+  std::vector<int64_t> want(size_t(batch), -1);
+  re::TopPSampleParams r;
+  r.logits = logits.data();
+  r.uniforms = u.data();
+  r.out = want.data();
+  r.batch = batch;
+  r.vocab = vocab;
+  r.temperature = temperature;
+  r.top_p = top_p;
+  if (!status_ok("top_p_sample_reference", re::top_p_sample_reference(r))) return;
+  DeviceBuffer dl(logits), du(u), dout(size_t(batch) * sizeof(int64_t));
+  dout.fill(0xFF);
+  re::TopPSampleParams p = r;
+  p.logits = dl.as<float>();
+  p.uniforms = du.as<float>();
+  p.out = dout.as<int64_t>();
+  if (!status_ok("top_p_sample_cuda", re::top_p_sample_cuda(p, g_stream))) return;
+  sync();
+  const std::vector<int64_t> got = dout.download<int64_t>();
+  std::vector<float> got_f(got.begin(), got.end()), want_f(want.begin(), want.end());
+  report(got_f, want_f, 0.0);
+}
+
 // ---------------------------------------------------------------- layer_norm
 
 void test_layer_norm(int64_t rows, int dim, bool with_add, bool with_beta, uint32_t seed) {
@@ -909,6 +946,11 @@ void run_all() {
 
   test_swiglu(1001, false, seed++);
   test_swiglu(33, true, seed++);
+
+  test_top_p_sample(3, 1000, 0.8f, 1e-6f, 0.5f, seed++);   // the top token
+  test_top_p_sample(2, 32000, 1.f, 1.f, 0.f, seed++);      // the first in probability order
+  test_top_p_sample(2, 777, 1.3f, 1.f, 0.999999f, seed++);  // the last
+  test_top_p_sample(3, 50, 0.f, 1.f, 0.5f, seed++);        // greedy
 
   // K = 37: scalar path; K = 264: 8-wide vector loads (K % 8 == 0), two strides of 256.
   for (bool int8 : {false, true})
