@@ -107,12 +107,15 @@ inline bool programmatic_launch_enabled() {
 }
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch where
-// programmatic_launch_enabled(). The kernel must follow the rule above (wait_for_prior_grids() before
-// touching anything earlier kernels write or read). Returns the launch's error.
+// programmatic_launch_enabled() and `stream` is a created stream (the legacy and per-thread default streams
+// launch plainly: their implicit synchronisation with other streams is left as it is). The kernel must follow
+// the rule above (wait_for_prior_grids() before touching anything earlier kernels write or read). Returns the
+// launch's error.
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_programmatic(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t shared_bytes,
                                 cudaStream_t stream, Args&&... args) {
-  if (!programmatic_launch_enabled()) {
+  const bool default_stream = stream == nullptr || stream == cudaStreamLegacy || stream == cudaStreamPerThread;
+  if (default_stream || !programmatic_launch_enabled()) {
     kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
     return cudaGetLastError();
   }
