@@ -116,15 +116,23 @@ def test_cuda_sampling_matches_the_reference(cuda_device, kind, temperature, top
     logits = logits_of(kind, batch, vocab, seed=3)
     logits[4, 11] = np.nan  # the greedy limit on this row
     # Draws in the middle of a cdf step of the reference's order: fp32 sums on the GPU cannot cross a step.
+    # Rows whose nucleus boundary lies within 1e-5 of top_p could keep one token more or less in fp32: those are
+    # left out of the comparison (flat rows have steps of ~3e-5).
     u = np.empty(batch, np.float32)
+    decided = np.ones(batch, bool)
     rng = np.random.default_rng(5)
     for b in range(batch):
+        if np.isnan(logits[b]).any():
+            u[b] = 0.5  # the row takes the argmax whatever the draw
+            continue
         z = logits[b].astype(np.float64) / max(temperature, 1e-9)
         p = np.exp(z - np.nanmax(z))
         p /= p.sum()
         order = np.argsort(-p, kind="stable")
         cum = np.cumsum(p[order])
         keep = min(int(np.searchsorted(cum, top_p) + 1), vocab) if top_p < 1 else vocab
+        if top_p < 1 and temperature > 0:
+            decided[b] = abs(cum[keep - 1] - top_p) > 1e-5 and (keep < 2 or abs(top_p - cum[keep - 2]) > 1e-5)
         cdf = cum[:keep] / cum[keep - 1]
         j = int(rng.integers(0, keep))
         lo = cdf[j - 1] if j else 0.0
@@ -133,7 +141,8 @@ def test_cuda_sampling_matches_the_reference(cuda_device, kind, temperature, top
     out = torch.full((batch,), -1, dtype=torch.int64, device="cuda")
     C.top_p_sample(torch.from_numpy(logits).cuda(), torch.from_numpy(u).cuda(), temperature, top_p, out=out)
     torch.cuda.synchronize()
-    np.testing.assert_array_equal(out.cpu().numpy(), want)
+    assert decided.sum() >= 3
+    np.testing.assert_array_equal(out.cpu().numpy()[decided], want[decided])
 
 
 def test_the_native_op_set_samples_by_the_numpy_rule_and_takes_float64_draws():
