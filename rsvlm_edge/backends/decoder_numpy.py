@@ -208,8 +208,6 @@ def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, se
 
 
 
-# half_weights: linear takes float16 dense weights as they are (numpy could too, but x @ w.T on
-# float16 is slow, so the decoder widens them to float32 at load for the numpy ops).
 def top_p_sample(logits: np.ndarray, uniforms: np.ndarray | None, temperature: float, top_p: float) -> np.ndarray:
     """The sampling rule with the draws given (``uniforms`` (B,) in [0, 1)): softmax(logits / T) in fp64, the
     tokens by probability, descending (ties by index), the smallest prefix whose mass reaches ``top_p``, then
@@ -238,6 +236,8 @@ def top_p_sample(logits: np.ndarray, uniforms: np.ndarray | None, temperature: f
     return out
 
 
+# half_weights: linear takes float16 dense weights as they are (numpy could too, but x @ w.T on
+# float16 is slow, so the decoder widens them to float32 at load for the numpy ops).
 NUMPY = SimpleNamespace(name="numpy", half_weights=False, **{n: globals()[n] for n in OP_NAMES})
 
 register(BackendSpec(
