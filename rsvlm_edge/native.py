@@ -57,10 +57,10 @@ KV_CACHES = ("auto", "int8")
 
 def kv_cache_int8() -> bool:
     """Whether the decoder's KV cache is int8 (``RSVLM_EDGE_KV_CACHE=int8``: one fp32 scale per cached K / V
-    row, about half the bytes of fp16; the cuda decoder backend) rather than the activation dtype
-    (``auto``, the default: fp32 on the CPU, fp16 on a GPU); BackendError for anything else."""
+    row; a quarter of the fp32 cache's bytes on the CPU, about half of fp16's on a GPU) rather than the
+    activation dtype (``auto``, the default: fp32 on the CPU, fp16 on a GPU); BackendError for anything else."""
     return env_choice(KV_CACHE_ENV, KV_CACHES, "auto",
-                      f"unset {KV_CACHE_ENV} (the activation dtype) or set it to int8 (GPU decoder)") == "int8"
+                      f"unset {KV_CACHE_ENV} (the activation dtype) or set it to int8 (a smaller cache)") == "int8"
 
 
 KV_POOL_ENV = "RSVLM_EDGE_KV_POOL_TOKENS"

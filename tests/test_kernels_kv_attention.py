@@ -522,6 +522,22 @@ def test_append_with_rope_rejects_bad_arguments():
                     rope_positions=np.zeros((1, 1), np.int32))
 
 
+def test_the_numpy_int8_cache_rows_are_the_kernels_bit_for_bit():
+    """backends/decoder_numpy.quantize_kv_rows (the numpy op set's int8 cache) against kv_append_reference's int8
+    rows and scales, zero rows included."""
+    from rsvlm_edge.backends.decoder_numpy import quantize_kv_rows
+
+    rng = np.random.default_rng(21)
+    kn = rng.standard_normal((2, 5, 2, 64)).astype(np.float32) * 3
+    kn[1, 2, 0] = 0.0
+    cache = make_cache(2, 2, 64, 8, False, np.int8)
+    C.kv_append_reference(cache["k_cache"], cache["v_cache"], kn, kn, np.array([0, 0], np.int32),
+                          k_scale=cache["k_scale"], v_scale=cache["v_scale"])
+    q, scale = quantize_kv_rows(kn.transpose(0, 2, 1, 3))  # (B, K, S, D)
+    np.testing.assert_array_equal(cache["k_cache"][:, :, :5], q)
+    np.testing.assert_array_equal(cache["k_scale"][:, :, :5], scale)
+
+
 class FakeCudaArray:
     """Exposes __cuda_array_interface__ without memory behind it: argument checks run before any
     kernel or device access, so mixed-device and dtype errors can be tested without a GPU."""

@@ -71,19 +71,21 @@ def native_ops() -> SimpleNamespace:
                        out=_flat(out, w.shape[0]))
         return out if out is not None else y.reshape(*x.shape[:-1], w.shape[0])
 
-    def kv_append(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None):
+    def kv_append(k_cache, v_cache, k_new, v_new, start_pos, new_lens=None, k_scale=None, v_scale=None):
         _C.kv_append(k_cache, v_cache, np.ascontiguousarray(k_new), np.ascontiguousarray(v_new),
                      np.ascontiguousarray(start_pos, dtype=np.int64),
-                     new_lens=None if new_lens is None else np.ascontiguousarray(new_lens, dtype=np.int64))
+                     new_lens=None if new_lens is None else np.ascontiguousarray(new_lens, dtype=np.int64),
+                     k_scale=k_scale, v_scale=v_scale)
 
-    def attention_prefill(q, k_cache, v_cache, q_lens, kv_lens):
+    def attention_prefill(q, k_cache, v_cache, q_lens, kv_lens, k_scale=None, v_scale=None):
         return _C.attention_prefill(np.ascontiguousarray(q), k_cache, v_cache,
                                     np.ascontiguousarray(q_lens, dtype=np.int64),
-                                    np.ascontiguousarray(kv_lens, dtype=np.int64))
+                                    np.ascontiguousarray(kv_lens, dtype=np.int64), k_scale=k_scale, v_scale=v_scale)
 
-    def attention_decode(q, k_cache, v_cache, seq_lens, out=None):
+    def attention_decode(q, k_cache, v_cache, seq_lens, out=None, k_scale=None, v_scale=None):
         return _C.attention_decode(np.ascontiguousarray(q), k_cache, v_cache,
-                                   np.ascontiguousarray(seq_lens, dtype=np.int64), out=out)
+                                   np.ascontiguousarray(seq_lens, dtype=np.int64), out=out, k_scale=k_scale,
+                                   v_scale=v_scale)
 
     below_one = np.nextafter(np.float32(1), np.float32(0))
 

@@ -19,8 +19,11 @@ CUDA graph by a GPU backend).
   or packed int4 ``w[O, I/2]`` uint8, the formats of ``models/llava/quant.py``) times int8
   activations quantised per block of 128 inputs on the fly, exact integer block dots (W8A8 / W4A8;
   the definition is ``include/rsvlm_edge/qlinear.h``, this module's ``qlinear`` its numpy twin)
-* ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B])``: caches are
-  ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b]
+* ``kv_append(k_cache, v_cache, k_new[B, T, K, D], v_new, start_pos[B], new_lens=[B], k_scale=, v_scale=)``:
+  caches are ``[B_cache, K, S, D]``; row t of sequence b goes to position start_pos[b] + t, t < new_lens[b].
+  With ``k_scale``/``v_scale`` (``[B_cache, K, S]`` float32) the caches are int8: each row stored as
+  round-half-even(x * 127 / max|x|) with its scale max|x| / 127 (``include/rsvlm_edge/kv_attention.h``), and the
+  attention ops below take the same two arguments
 * ``attention_prefill(q[B, T, H, D], k_cache, v_cache, q_lens[B], kv_lens[B]) -> [B, T, H, D]``:
   causal over the cache; query i of sequence b sits at kv_lens[b] - q_lens[b] + i
 * ``attention_decode(q[B, H, D], k_cache, v_cache, seq_lens[B]) -> [B, H, D]``
@@ -140,6 +143,22 @@ def qlinear(x: np.ndarray, w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray 
     return _store(y.astype(np.float32).reshape(*lead, o), out)
 
 
+def quantize_kv_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (..., D) float32 -> (int8 rows, float32 scales (...)): the int8 KV cache's symmetric per-row format,
+    in float32 as the C++ append computes it (scale = max|x| / 127, q = round-half-even(x * (127 / max|x|)))."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x).max(axis=-1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(x * inv[..., None]), -127, 127).astype(np.int8)
+    return q, (amax / np.float32(127)).astype(np.float32)
+
+
+def _cached(cache: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """A cache slice as float32: itself, or its int8 rows times their scales."""
+    return cache if scale is None else cache.astype(np.float32) * scale[..., None]
+
+
 def kv_append(
     k_cache: np.ndarray,
     v_cache: np.ndarray,
@@ -147,20 +166,22 @@ def kv_append(
     v_new: np.ndarray,
     start_pos: np.ndarray,
     new_lens: np.ndarray | None = None,
+    k_scale: np.ndarray | None = None,
+    v_scale: np.ndarray | None = None,
 ) -> None:
     if k_new.ndim == 3:  # decode: (B, K, D)
         k_new, v_new = k_new[:, None], v_new[:, None]
     batch, tokens = k_new.shape[:2]
-    if tokens == 1:
-        rows = np.arange(batch)
-        k_cache[rows, :, start_pos] = k_new[:, 0]
-        v_cache[rows, :, start_pos] = v_new[:, 0]
-        return
     lens = np.full(batch, tokens) if new_lens is None else np.asarray(new_lens)
+    parts = [(k_cache, k_scale, k_new), (v_cache, v_scale, v_new)]
     for b in range(batch):
         s0, n = int(start_pos[b]), int(lens[b])
-        k_cache[b, :, s0 : s0 + n] = k_new[b, :n].transpose(1, 0, 2)
-        v_cache[b, :, s0 : s0 + n] = v_new[b, :n].transpose(1, 0, 2)
+        for cache, scale, new in parts:
+            rows = new[b, :n].transpose(1, 0, 2)  # (K, n, D)
+            if scale is None:
+                cache[b, :, s0 : s0 + n] = rows
+            else:
+                cache[b, :, s0 : s0 + n], scale[b, :, s0 : s0 + n] = quantize_kv_rows(rows)
 
 
 def _softmax_masked(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -172,14 +193,15 @@ def _softmax_masked(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def attention_prefill(
-    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_lens: np.ndarray, kv_lens: np.ndarray
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_lens: np.ndarray, kv_lens: np.ndarray,
+    k_scale: np.ndarray | None = None, v_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     batch, tokens, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
     q_lens, kv_lens = np.asarray(q_lens), np.asarray(kv_lens)
     span = int(kv_lens.max())
-    keys = k_cache[:batch, :, :span][:, :, None]  # B,K,1,S,D
-    values = v_cache[:batch, :, :span][:, :, None]
+    keys = _cached(k_cache[:batch, :, :span], None if k_scale is None else k_scale[:batch, :, :span])[:, :, None]
+    values = _cached(v_cache[:batch, :, :span], None if v_scale is None else v_scale[:batch, :, :span])[:, :, None]
     qg = q.transpose(0, 2, 1, 3).reshape(batch, kv_heads, heads // kv_heads, tokens, dim)
     scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,T,S
     qpos = (kv_lens - q_lens)[:, None] + np.arange(tokens)[None, :]  # B,T absolute query positions
@@ -192,20 +214,19 @@ def attention_prefill(
 
 
 def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, seq_lens: np.ndarray,
-                     out: np.ndarray | None = None) -> np.ndarray:
+                     out: np.ndarray | None = None, k_scale: np.ndarray | None = None,
+                     v_scale: np.ndarray | None = None) -> np.ndarray:
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
     seq_lens = np.asarray(seq_lens)
     span = int(seq_lens.max())
-    keys = k_cache[:batch, :, :span]  # B,K,S,D
-    values = v_cache[:batch, :, :span]
+    keys = _cached(k_cache[:batch, :, :span], None if k_scale is None else k_scale[:batch, :, :span])  # B,K,S,D
+    values = _cached(v_cache[:batch, :, :span], None if v_scale is None else v_scale[:batch, :, :span])
     qg = q.reshape(batch, kv_heads, heads // kv_heads, dim)
     scores = (qg @ keys.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(dim))  # B,K,G,S
     valid = np.arange(span)[None, :] < seq_lens[:, None]  # B,S
     probs = _softmax_masked(scores, valid[:, None, None])
     return _store((probs @ values).reshape(batch, heads, dim), out)
-
-
 
 
 def top_p_sample(logits: np.ndarray, uniforms: np.ndarray | None, temperature: float, top_p: float) -> np.ndarray:

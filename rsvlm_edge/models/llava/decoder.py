@@ -248,19 +248,21 @@ def _linear(ops: Any, x: np.ndarray, lin: Linear, out: np.ndarray | None = None)
 
 def _prefill_block(cfg: DecoderConfig, ops: Any, layer: Layer, k_cache: np.ndarray, v_cache: np.ndarray,
                    x: np.ndarray, positions: np.ndarray, lengths: np.ndarray,
-                   kv_lens: np.ndarray | None = None) -> np.ndarray:
+                   kv_lens: np.ndarray | None = None, k_scale: np.ndarray | None = None,
+                   v_scale: np.ndarray | None = None) -> np.ndarray:
     """One transformer layer over right-padded x[B, T, C] at ``positions`` [B, T]: ``lengths`` [B] rows
     of each sequence are valid; they are cached from position ``positions[:, 0]`` on and attend to the
     ``kv_lens`` [B] cached positions up to and including their own (default ``lengths``: a whole prompt;
-    a later chunk of a prompt attends to the chunks before it too)."""
+    a later chunk of a prompt attends to the chunks before it too). ``k_scale``/``v_scale``: an int8 cache's."""
+    scales = {} if k_scale is None else dict(k_scale=k_scale, v_scale=v_scale)
     batch, tokens, _ = x.shape
     h = ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
     q = _linear(ops, h, layer.q).reshape(batch, tokens, cfg.num_heads, cfg.head_dim)
     k = _linear(ops, h, layer.k).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
     v = _linear(ops, h, layer.v).reshape(batch, tokens, cfg.num_kv_heads, cfg.head_dim)
     ops.rope(q, k, positions, cfg.rope_theta)
-    ops.kv_append(k_cache, v_cache, k, v, positions[:, 0], new_lens=lengths)
-    attn = ops.attention_prefill(q, k_cache, v_cache, lengths, lengths if kv_lens is None else kv_lens)
+    ops.kv_append(k_cache, v_cache, k, v, positions[:, 0], new_lens=lengths, **scales)
+    attn = ops.attention_prefill(q, k_cache, v_cache, lengths, lengths if kv_lens is None else kv_lens, **scales)
     x = x + _linear(ops, attn.reshape(batch, tokens, -1), layer.o)
     h = ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
     return x + _linear(ops, ops.swiglu(_linear(ops, h, layer.gate), _linear(ops, h, layer.up)), layer.down)
@@ -318,7 +320,9 @@ def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCach
         positions = np.ascontiguousarray(np.broadcast_to(np.arange(t0, t1, dtype=np.int64), (batch, t1 - t0)))
         x = np.ascontiguousarray(embeds[:, t0:t1], dtype=np.float32)
         for i, layer in enumerate(weights.layers):
-            x = _prefill_block(cfg, ops, layer, cache.k[i], cache.v[i], x, positions, new_lens, kv_lens)
+            kv = cache.layer(i)
+            x = _prefill_block(cfg, ops, layer, kv.pop("k_cache"), kv.pop("v_cache"), x, positions, new_lens, kv_lens,
+                               **kv)
         ends = np.flatnonzero((lengths > t0) & (lengths <= t1))  # sequences whose last prompt row is here
         last[ends] = x[ends, lengths[ends] - 1 - t0]
     cache.lengths = lengths.copy()
@@ -341,7 +345,8 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     qd, kvd, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     qkv, gate_up = buf.qkv[:batch], buf.gate_up[:batch]
     for i, layer in enumerate(weights.layers):
-        k_cache, v_cache = cache.k[i], cache.v[i]
+        kv = cache.layer(i)
+        k_cache, v_cache = kv.pop("k_cache"), kv.pop("v_cache")  # kv: the int8 cache's scales, or empty
         ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, out=h)
         if layer.qkv is not None:  # one GEMV, q / k / v its column ranges (contiguous at batch 1)
             _linear(ops, h, layer.qkv, out=qkv)
@@ -353,8 +358,8 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
             _linear(ops, h, layer.k, out=k.reshape(batch, -1))
             _linear(ops, h, layer.v, out=v.reshape(batch, -1))
         ops.rope(lq, lk, positions, cfg.rope_theta)
-        ops.kv_append(k_cache, v_cache, lk[:, None], lv[:, None], positions, new_lens=ones)
-        ops.attention_decode(lq, k_cache, v_cache, cache.lengths, out=attn)
+        ops.kv_append(k_cache, v_cache, lk[:, None], lv[:, None], positions, new_lens=ones, **kv)
+        ops.attention_decode(lq, k_cache, v_cache, cache.lengths, out=attn, **kv)
         _linear(ops, attn.reshape(batch, -1), layer.o, out=proj)
         np.add(x, proj, out=x)
         ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, out=h)
@@ -399,14 +404,10 @@ class LlamaDecoder:
     def __init__(self, config: DecoderConfig, tensors: dict[str, np.ndarray], max_batch: int, max_seq: int,
                  backend: str = "auto", ops: Any = None) -> None:
         from ...backends import open_decoder
-        from ...native import KV_CACHE_ENV, KV_POOL_ENV, kv_cache_int8, kv_pool_tokens
+        from ...native import KV_POOL_ENV, kv_cache_int8, kv_pool_tokens
 
         self.config = config
         self.ops = ops if ops is not None else open_decoder(backend)
-        if kv_cache_int8():
-            raise BackendError(f"{KV_CACHE_ENV}=int8: the {self.ops.name} decoder backend keeps its KV cache in float32 "
-                               "(the int8 cache is the cuda backend's)",
-                               f"unset {KV_CACHE_ENV}, or decode on a GPU (--backend cuda)")
         if kv_pool_tokens():
             raise BackendError(f"{KV_POOL_ENV} is set: the {self.ops.name} decoder backend keeps a contiguous KV cache "
                                "(the paged one is the cuda backend's)",
@@ -414,7 +415,7 @@ class LlamaDecoder:
         placement = getattr(self.ops, "weight_placement", None)
         self.weights = DecoderWeights.from_tensors(config, tensors, self.ops.half_weights,
                                                    placement() if placement is not None else None)
-        self.cache = KVCache.allocate(config, max_batch, max_seq)
+        self.cache = KVCache.allocate(config, max_batch, max_seq, int8=kv_cache_int8())
         self.buffers = DecodeBuffers.allocate(config, max_batch)
 
     max_batch = _read_only("cache.max_batch", "Sequences the KV cache holds (int).")
