@@ -435,7 +435,8 @@ def main() -> None:
     result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                     "cpu": f"{platform.machine()} {os.cpu_count()} cores", "threads": a.threads, "layers": a.layers,
                     "prompt": a.prompt, "bs8_prompt": a.bs8_prompt, "new": a.new, "repeats": a.repeats,
-                    "rounds": a.rounds,
+                    "rounds": a.rounds, "kv_cache": os.environ.get("RSVLM_EDGE_KV_CACHE", "auto"),
+                    "weight_memory": os.environ.get("RSVLM_EDGE_WEIGHT_MEMORY", "copy"),
                     "read_bandwidth_gb_s": read_bandwidth(a.threads, a.workdir)["gb_per_s"], "ours": {}}
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     peer = None
