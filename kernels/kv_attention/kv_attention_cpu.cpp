@@ -619,6 +619,49 @@ Status attention_amx_cpu(const AttentionParams& p, float scale, int64_t max_keys
 }
 #endif
 
+// attention_cpu over an int8 cache with the vector kernels: the keys each sequence attends to (its kv_lens[b])
+// are dequantised (q * scale, the reference's values) into a contiguous fp32 scratch (B, H_kv, max_keys, D) for
+// K and V, and attention_cpu runs on that view: the fp32 kernels (16-row blocks, AVX2 rows) instead of the
+// portable int8 loops. Transient memory: 2 x B x H_kv x max_keys x D floats for the call.
+static Status attention_int8_via_fp32(const AttentionParams& p, int64_t max_keys, int threads) {
+  const KvCacheView& c = p.cache;
+  const int h_kv = c.num_kv_heads, d = c.head_dim;
+  const int64_t per_seq_head = host::checked_mul(max_keys, d);
+  const int64_t items = int64_t(p.batch) * h_kv;
+  std::vector<float> kf, vf;
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(kf, per_seq_head < 0 ? std::numeric_limits<int64_t>::max() : per_seq_head,
+                                            items, "attention"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(vf, per_seq_head, items, "attention"));
+  host::parallel_for(items, 1, threads, [&](int64_t item, int) {
+    const int b = int(item / h_kv), h = int(item % h_kv);
+    const int64_t n = std::min<int64_t>(p.kv_lens[b], max_keys);
+    for (int64_t pos = 0; pos < n; ++pos) {
+      const int64_t row = row_index(c, b, h, pos);
+      const int8_t* ks = static_cast<const int8_t*>(c.k) + row * d;
+      const int8_t* vs = static_cast<const int8_t*>(c.v) + row * d;
+      float* kd = kf.data() + (item * max_keys + pos) * d;
+      float* vd = vf.data() + (item * max_keys + pos) * d;
+      const float ksc = c.k_scale[row], vsc = c.v_scale[row];
+      for (int t = 0; t < d; ++t) {
+        kd[t] = float(ks[t]) * ksc;
+        vd[t] = float(vs[t]) * vsc;
+      }
+    }
+  });
+  AttentionParams f = p;
+  f.cache.k = kf.data();
+  f.cache.v = vf.data();
+  f.cache.k_scale = nullptr;
+  f.cache.v_scale = nullptr;
+  f.cache.page_table = nullptr;
+  f.cache.dtype = DType::f32;
+  f.cache.slots = p.batch;
+  f.cache.s_max = static_cast<int>(max_keys);
+  f.cache.max_pages_per_seq = 0;
+  f.bf16_products = false;  // a permission for fp32 caches only (kv_attention.h)
+  return attention_cpu(f);
+}
+
 Status attention_cpu(const AttentionParams& p) {
   RSVLM_RETURN_IF_ERROR(attention_validate_host(p));
   if (p.batch == 0 || p.s_q == 0) return Status::Ok();
@@ -632,6 +675,7 @@ Status attention_cpu(const AttentionParams& p) {
   for (int b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.kv_lens[b]);
   const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow
   const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
+  if (c.dtype == DType::i8 && cpu_kernels() != CpuKernels::portable) return attention_int8_via_fp32(p, max_keys, threads);
 #if RSVLM_X86
   // Prefill and decode on an fp32 cache with the AVX-512 kernel set: 16-row blocks.
   const BlockFn block = (c.dtype == DType::f32 && group <= kBlockRows && kBlockRows % group == 0 &&
