@@ -522,6 +522,16 @@ def test_append_with_rope_rejects_bad_arguments():
                     rope_positions=np.zeros((1, 1), np.int32))
 
 
+@pytest.mark.parametrize("seq_len, path", [(600, "dequantised"), (9000, "int8 loops")])
+def test_int8_decode_on_both_cpu_paths(seq_len, path):
+    """attention_cpu dequantises an int8 cache's span into fp32 scratch while that stays within 64 MiB (8 KV heads
+    x 9000 keys x D 128 x 2 x 4 bytes is past it: the int8 loops); both the reference's attention over the same
+    int8 cache to fp32 rounding."""
+    out, ref = run_decode((16, 8, 128), (seq_len,), False, np.int8)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
+
+
 def test_the_numpy_int8_cache_rows_are_the_kernels_bit_for_bit():
     """backends/decoder_numpy.quantize_kv_rows (the numpy op set's int8 cache) against kv_append_reference's int8
     rows and scales, zero rows included."""

@@ -27,7 +27,8 @@
 //   kv_append_reference, attention_reference  kv_attention_ref.cpp  naive loops, fp64 softmax: the one
 //                                             reference every other path is tested against
 //   kv_append_cpu, attention_cpu              kv_attention_cpu.cpp  thread pool, fp32 (an int8 cache's span is
-//                                             dequantised into fp32 scratch for the call, then the fp32 kernels)
+//                                             dequantised into fp32 scratch for the call, then the fp32 kernels,
+//                                             while that scratch stays within 64 MiB)
 //   kv_append_cuda, attention_cuda            kv_attention.cu       flash-style tiles, split-KV decode
 // Host launchers (reference and CPU) check every length, position and page-table entry against the
 // cache before touching memory (kInvalidArgument naming the sequence and value).

@@ -622,7 +622,16 @@ Status attention_amx_cpu(const AttentionParams& p, float scale, int64_t max_keys
 // attention_cpu over an int8 cache with the vector kernels: the keys each sequence attends to (its kv_lens[b])
 // are dequantised (q * scale, the reference's values) into a contiguous fp32 scratch (B, H_kv, max_keys, D) for
 // K and V, and attention_cpu runs on that view: the fp32 kernels (16-row blocks, AVX2 rows) instead of the
-// portable int8 loops. Transient memory: 2 x B x H_kv x max_keys x D floats for the call.
+// portable int8 loops. Transient memory: 2 x B x H_kv x max_keys x D floats for the call, so only up to
+// kMaxDequantBytes (larger spans take the int8 loops: a 7B model's 4k-token layer would need 128 MiB per call).
+constexpr int64_t kMaxDequantBytes = int64_t(64) << 20;
+
+static int64_t dequant_bytes(const AttentionParams& p, int64_t max_keys) {
+  const int64_t floats = host::checked_mul(host::checked_mul(int64_t(p.batch) * p.cache.num_kv_heads, max_keys),
+                                           p.cache.head_dim);
+  return floats < 0 || floats > (int64_t(1) << 60) ? -1 : 2 * 4 * floats;
+}
+
 static Status attention_int8_via_fp32(const AttentionParams& p, int64_t max_keys, int threads) {
   const KvCacheView& c = p.cache;
   const int h_kv = c.num_kv_heads, d = c.head_dim;
@@ -675,7 +684,10 @@ Status attention_cpu(const AttentionParams& p) {
   for (int b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.kv_lens[b]);
   const double work = double(p.batch) * double(p.s_q) * double(h_q) * double(max_keys) * double(d);  // no overflow
   const int threads = work < double(host::kMinParallelWork) ? 1 : host::max_threads();
-  if (c.dtype == DType::i8 && cpu_kernels() != CpuKernels::portable) return attention_int8_via_fp32(p, max_keys, threads);
+  if (c.dtype == DType::i8 && cpu_kernels() != CpuKernels::portable) {
+    const int64_t bytes = dequant_bytes(p, max_keys);
+    if (bytes >= 0 && bytes <= kMaxDequantBytes) return attention_int8_via_fp32(p, max_keys, threads);
+  }
 #if RSVLM_X86
   // Prefill and decode on an fp32 cache with the AVX-512 kernel set: 16-row blocks.
   const BlockFn block = (c.dtype == DType::f32 && group <= kBlockRows && kBlockRows % group == 0 &&
