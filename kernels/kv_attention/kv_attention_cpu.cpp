@@ -635,11 +635,10 @@ static int64_t dequant_bytes(const AttentionParams& p, int64_t max_keys) {
 static Status attention_int8_via_fp32(const AttentionParams& p, int64_t max_keys, int threads) {
   const KvCacheView& c = p.cache;
   const int h_kv = c.num_kv_heads, d = c.head_dim;
-  const int64_t per_seq_head = host::checked_mul(max_keys, d);
+  const int64_t per_seq_head = max_keys * d;  // bounded by dequant_bytes (the caller checked it)
   const int64_t items = int64_t(p.batch) * h_kv;
   std::vector<float> kf, vf;
-  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(kf, per_seq_head < 0 ? std::numeric_limits<int64_t>::max() : per_seq_head,
-                                            items, "attention"));
+  RSVLM_RETURN_IF_ERROR(host::alloc_scratch(kf, per_seq_head, items, "attention"));
   RSVLM_RETURN_IF_ERROR(host::alloc_scratch(vf, per_seq_head, items, "attention"));
   host::parallel_for(items, 1, threads, [&](int64_t item, int) {
     const int b = int(item / h_kv), h = int(item % h_kv);

@@ -320,9 +320,8 @@ def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCach
         positions = np.ascontiguousarray(np.broadcast_to(np.arange(t0, t1, dtype=np.int64), (batch, t1 - t0)))
         x = np.ascontiguousarray(embeds[:, t0:t1], dtype=np.float32)
         for i, layer in enumerate(weights.layers):
-            kv = cache.layer(i)
-            x = _prefill_block(cfg, ops, layer, kv.pop("k_cache"), kv.pop("v_cache"), x, positions, new_lens, kv_lens,
-                               **kv)
+            x = _prefill_block(cfg, ops, layer, cache.k[i], cache.v[i], x, positions, new_lens, kv_lens,
+                               **cache.scales(i))
         ends = np.flatnonzero((lengths > t0) & (lengths <= t1))  # sequences whose last prompt row is here
         last[ends] = x[ends, lengths[ends] - 1 - t0]
     cache.lengths = lengths.copy()
@@ -345,8 +344,7 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     qd, kvd, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     qkv, gate_up = buf.qkv[:batch], buf.gate_up[:batch]
     for i, layer in enumerate(weights.layers):
-        kv = cache.layer(i)
-        k_cache, v_cache = kv.pop("k_cache"), kv.pop("v_cache")  # kv: the int8 cache's scales, or empty
+        k_cache, v_cache, kv = cache.k[i], cache.v[i], cache.scales(i)  # kv: the int8 cache's scales, or {}
         ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, out=h)
         if layer.qkv is not None:  # one GEMV, q / k / v its column ranges (contiguous at batch 1)
             _linear(ops, h, layer.qkv, out=qkv)

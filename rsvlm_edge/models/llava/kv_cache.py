@@ -49,10 +49,9 @@ class KVCache:
                        np.zeros(shape[:-1], dtype=np.float32), np.zeros(shape[:-1], dtype=np.float32))
         return cls(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32), lengths)
 
-    def layer(self, i: int) -> dict:
-        """Layer ``i``'s cache as the op sets' keyword arguments: k_cache, v_cache (and k_scale, v_scale for int8)."""
-        scales = {} if self.k_scale is None else dict(k_scale=self.k_scale[i], v_scale=self.v_scale[i])
-        return dict(k_cache=self.k[i], v_cache=self.v[i], **scales)
+    def scales(self, i: int) -> dict:
+        """Layer ``i``'s int8 scales as the op sets' keyword arguments (k_scale, v_scale), or {} for float32."""
+        return {} if self.k_scale is None else dict(k_scale=self.k_scale[i], v_scale=self.v_scale[i])
 
     @property
     def max_batch(self) -> int:
