@@ -308,15 +308,21 @@ def test_paged_kv_cache_gives_the_contiguous_caches_logits_and_refuses_past_its_
     np.testing.assert_array_equal(paged.prefill(embeds, lens), contiguous.prefill(embeds, lens))
 
 
-def test_cli_ask_with_a_wrong_kv_cache_kind_is_one_error_and_fix(vlm64, tmp_path):
+@pytest.mark.parametrize("var, value, needles", [
+    ("RSVLM_EDGE_KV_CACHE", "fp8", ("RSVLM_EDGE_KV_CACHE='fp8'", "int8")),
+    ("RSVLM_EDGE_KV_POOL_TOKENS", "lots", ("RSVLM_EDGE_KV_POOL_TOKENS='lots'", "unset RSVLM_EDGE_KV_POOL_TOKENS")),
+    ("RSVLM_EDGE_KV_POOL_TOKENS", "4096", ("contiguous KV cache", "--backend cuda")),
+    ("RSVLM_EDGE_CUDA_PDL", "maybe", ("RSVLM_EDGE_CUDA_PDL='maybe'", "off")),
+], ids=["kv-cache-kind", "pool-not-a-number", "pool-on-the-cpu", "pdl-value"])
+def test_cli_ask_with_a_wrong_kv_or_launch_setting_is_one_error_and_fix(vlm64, tmp_path, var, value, needles):
     from PIL import Image
     from util import assert_contract, run_cli
 
     image = tmp_path / "scene.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     r = run_cli("ask", str(vlm64[1].path), str(image), "What is in this image?", "--backend", "decoder=native",
-                env={"RSVLM_EDGE_KV_CACHE": "fp8"})
-    assert_contract(r, "RSVLM_EDGE_KV_CACHE='fp8'", "int8")
+                env={var: value})
+    assert_contract(r, *needles)
 
 
 # Prefill and six graph-replayed decode steps of the small decoder (fp16 and w8) into an .npz: run once with
