@@ -20,6 +20,7 @@ void bind_rope(py::module_& m);          // csrc/bind_rope.cpp
 void bind_swiglu(py::module_& m);        // csrc/bind_swiglu.cpp
 void bind_top_p_sample(py::module_& m);      // csrc/bind_top_p_sample.cpp
 void bind_cuda_decoder(py::module_& m);  // csrc/bind_cuda_decoder.cpp
+void bind_cpu_decoder(py::module_& m);   // csrc/bind_cpu_decoder.cpp
 void bind_threads(py::module_& m);       // csrc/bind_threads.cpp
 void bind_device_array(py::module_& m);  // csrc/bind_device_array.cpp
 
@@ -69,6 +70,7 @@ PYBIND11_MODULE(_C, m) {
   bind_swiglu(m);
   bind_top_p_sample(m);
   bind_cuda_decoder(m);
+  bind_cpu_decoder(m);
   bind_threads(m);
   bind_device_array(m);
 }

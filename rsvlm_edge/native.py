@@ -98,6 +98,19 @@ def fp16_gemm_bf16x3() -> bool:
                       f"unset {FP16_GEMM_ENV} (bf16x3 on AMX CPUs) or set it to fp32 (exact fp32 products)") == "bf16x3"
 
 
+DECODE_STEP_ENV = "RSVLM_EDGE_DECODE_STEP"
+DECODE_STEPS = ("whole", "ops")
+
+
+def decode_step_whole() -> bool:
+    """Whether the native decoder runs each decode step as one C++ call (``_C.CpuDecodeStep``: the same kernels
+    and results as decoder.py's op-by-op ``decode_step``, without ~300 calls from Python per token).
+    ``RSVLM_EDGE_DECODE_STEP``: ``whole`` (default) or ``ops`` (one Python call per op, e.g. to profile them);
+    BackendError for anything else."""
+    return env_choice(DECODE_STEP_ENV, DECODE_STEPS, "whole",
+                      f"unset {DECODE_STEP_ENV} (whole) or set it to ops (one Python call per op)") == "whole"
+
+
 WEIGHT_MEMORY_ENV = "RSVLM_EDGE_WEIGHT_MEMORY"
 WEIGHT_MEMORIES = ("copy", "mapped")
 

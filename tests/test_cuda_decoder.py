@@ -313,7 +313,8 @@ def test_paged_kv_cache_gives_the_contiguous_caches_logits_and_refuses_past_its_
     ("RSVLM_EDGE_KV_POOL_TOKENS", "lots", ("RSVLM_EDGE_KV_POOL_TOKENS='lots'", "unset RSVLM_EDGE_KV_POOL_TOKENS")),
     ("RSVLM_EDGE_KV_POOL_TOKENS", "4096", ("contiguous KV cache", "--backend cuda")),
     ("RSVLM_EDGE_CUDA_PDL", "maybe", ("RSVLM_EDGE_CUDA_PDL='maybe'", "off")),
-], ids=["kv-cache-kind", "pool-not-a-number", "pool-on-the-cpu", "pdl-value"])
+    ("RSVLM_EDGE_DECODE_STEP", "fast", ("RSVLM_EDGE_DECODE_STEP='fast'", "whole")),
+], ids=["kv-cache-kind", "pool-not-a-number", "pool-on-the-cpu", "pdl-value", "decode-step-value"])
 def test_cli_ask_with_a_wrong_kv_or_launch_setting_is_one_error_and_fix(vlm64, tmp_path, var, value, needles):
     from PIL import Image
     from util import assert_contract, run_cli

@@ -44,3 +44,4 @@
 
 // W8A8 GEMM of encoders (CLIP ViT towers) over weights packed once (CPU only).
 #include "rsvlm_edge/qgemm.h"
+#include "rsvlm_edge/cpu_decoder.h"

@@ -98,7 +98,38 @@ def native_ops() -> SimpleNamespace:
                attention_prefill=attention_prefill, attention_decode=attention_decode, top_p_sample=top_p_sample)
     assert set(ops) == set(OP_NAMES)
     return SimpleNamespace(name="native", half_weights=True, weight_placement=lambda: NativeWeights(copy_weights),
+                           whole_decode_step=lambda config, weights, cache: whole_decode_step(config, weights, cache,
+                                                                                              bf16x3),
                            **ops)
+
+
+def whole_decode_step(config: Any, weights: Any, cache: Any, bf16x3: bool) -> Any:
+    """``_C.CpuDecodeStep`` over ``weights`` (decoder.py's DecoderWeights, placed by ``NativeWeights``) and
+    ``cache`` (its KVCache): decoder.py's ``decode_step`` over this op set in one C++ call (the same results;
+    ``decode_step(..., whole_step=)`` runs it). None when ``RSVLM_EDGE_DECODE_STEP=ops``."""
+    from ..native import decode_step_whole
+
+    if not decode_step_whole():
+        return None
+
+    def lin(layer: Any) -> dict | None:
+        return None if layer is None else {"w": layer.w, "scale": layer.scale, "bias": layer.bias}
+
+    layers = []
+    for i, layer in enumerate(weights.layers):
+        d = dict(input_norm=layer.input_norm, post_norm=layer.post_norm, o=lin(layer.o), down=lin(layer.down),
+                 k_cache=cache.k[i], v_cache=cache.v[i], **cache.scales(i))
+        d.update(qkv=lin(layer.qkv)) if layer.qkv is not None else d.update(q=lin(layer.q), k=lin(layer.k), v=lin(layer.v))
+        if layer.gate_up is not None:
+            d.update(gate_up=lin(layer.gate_up))
+        else:
+            d.update(gate=lin(layer.gate), up=lin(layer.up))
+        layers.append(d)
+    shape = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                 intermediate_size=config.intermediate_size, num_layers=config.num_layers, num_heads=config.num_heads,
+                 num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps,
+                 rope_theta=config.rope_theta)
+    return _ext().CpuDecodeStep(shape, cache.max_batch, layers, weights.norm, lin(weights.lm_head), bf16x3=bf16x3)
 
 
 class NativeWeights:

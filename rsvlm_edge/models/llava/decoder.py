@@ -329,10 +329,11 @@ def prefill(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCach
 
 
 def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KVCache, token_ids: np.ndarray,
-                buf: DecodeBuffers, out: np.ndarray | None = None) -> np.ndarray:
+                buf: DecodeBuffers, out: np.ndarray | None = None, whole_step: Any = None) -> np.ndarray:
     """Append one token per sequence of the current batch (each at its own position); returns (or
     writes to ``out``, (B, vocab) float32) the next logits. Allocates nothing but the logits when
-    ``out`` is None."""
+    ``out`` is None. ``whole_step``: the op set's ``whole_decode_step`` over these weights and cache (the
+    native one: ``_C.CpuDecodeStep``), which runs the layers below in one call with the same results."""
     batch = len(cache.lengths)
     check_room(cache.lengths, cache.max_seq)
     x, h, q, k, v = buf.x[:batch], buf.h[:batch], buf.q[:batch], buf.k[:batch], buf.v[:batch]
@@ -341,6 +342,10 @@ def decode_step(cfg: DecoderConfig, weights: DecoderWeights, ops: Any, cache: KV
     positions[...] = cache.lengths
     cache.lengths += 1
     x[...] = weights.embed_tokens(np.asarray(token_ids, dtype=np.int64))
+    if whole_step is not None:
+        logits = out if out is not None else np.empty((batch, cfg.vocab_size), dtype=np.float32)
+        whole_step.run(x, positions, logits)
+        return logits
     qd, kvd, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     qkv, gate_up = buf.qkv[:batch], buf.gate_up[:batch]
     for i, layer in enumerate(weights.layers):
@@ -415,6 +420,9 @@ class LlamaDecoder:
                                                    placement() if placement is not None else None)
         self.cache = KVCache.allocate(config, max_batch, max_seq, int8=kv_cache_int8())
         self.buffers = DecodeBuffers.allocate(config, max_batch)
+        # The op set's whole-step runner over these weights and cache (native: one C++ call per step), or None.
+        make_step = getattr(self.ops, "whole_decode_step", None)
+        self.whole_step = make_step(config, self.weights, self.cache) if make_step is not None else None
 
     max_batch = _read_only("cache.max_batch", "Sequences the KV cache holds (int).")
     max_seq = _read_only("cache.max_seq", "Positions per sequence of the KV cache (int).")
@@ -430,7 +438,8 @@ class LlamaDecoder:
         return prefill(self.config, self.weights, self.ops, self.cache, embeds, lengths)
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
-        return decode_step(self.config, self.weights, self.ops, self.cache, token_ids, self.buffers)
+        return decode_step(self.config, self.weights, self.ops, self.cache, token_ids, self.buffers,
+                           whole_step=self.whole_step)
 
     def decode_sample(self, token_ids: np.ndarray, temperature: float, top_p: float,
                       uniforms: np.ndarray) -> np.ndarray:
