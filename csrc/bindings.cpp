@@ -51,6 +51,7 @@ bool built_with_sanitizers() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rsvlm-edge native runtime (C++/CUDA kernels)";
+  py::register_exception<rsvlm_edge::CapacityExceeded>(m, "CapacityError", PyExc_ValueError);
   m.def("version", &rsvlm_edge::version, "Version of librsvlm_edge (the Python package version it was built from).");
   m.def("built_with_cuda", &rsvlm_edge::built_with_cuda, "True when the CUDA kernels were compiled into this build.");
   m.def("built_with_sanitizers", &built_with_sanitizers,

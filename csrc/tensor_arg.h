@@ -394,10 +394,18 @@ class ArgChecker {
   std::map<std::string, int64_t> bound_;
 };
 
+// kCapacityExceeded as a C++ exception: rsvlm_edge._C.CapacityError in Python (a ValueError; csrc/bindings.cpp
+// registers it), so that callers tell a full cache from a wrong argument without reading messages.
+struct CapacityExceeded : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // Raise the right Python exception for a launcher's Status (no-op when ok); call with the GIL held:
-// kInvalidArgument -> ValueError, kOutOfMemory -> MemoryError, kNotCompiled / kCudaError -> RuntimeError.
+// kInvalidArgument -> ValueError, kCapacityExceeded -> CapacityError (a ValueError), kOutOfMemory -> MemoryError,
+// kNotCompiled / kCudaError -> RuntimeError.
 inline void throw_if_error(const Status& s) {
   if (s.ok()) return;
+  if (s.code == StatusCode::kCapacityExceeded) throw CapacityExceeded(s.message);
   if (s.code == StatusCode::kInvalidArgument) throw std::invalid_argument(s.message);
   if (s.code == StatusCode::kOutOfMemory) {
     PyErr_SetString(PyExc_MemoryError, s.message.c_str());

@@ -229,6 +229,10 @@ def test_bad_run_arguments_write_nothing_and_leave_the_step_usable(parts):
         with pytest.raises(ValueError, match=match):
             step.run(xa, pos, out)
         assert np.array_equal(xa, x_before), name
+    from rsvlm_edge import _C
+
+    with pytest.raises(_C.CapacityError, match="outside the KV cache"):  # a full cache: a ValueError of its own kind
+        step.run(x.copy(), np.array([16, 0]), logits)
     assert np.isnan(logits).all()
     for a, b in zip(before, (dec.cache.k, dec.cache.v)):
         np.testing.assert_array_equal(a, b)

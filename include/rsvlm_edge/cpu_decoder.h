@@ -74,7 +74,8 @@ class CpuDecodeStep {
   //   positions  (B): tokens sequence b holds before this one, 0 <= positions[b] < S_max: the new token's
   //              position (its K / V row is written there; it attends to positions[b] + 1 tokens)
   //   logits     (B, V) fp32 out
-  // kInvalidArgument for a batch or position out of range (nothing written); a kernel's error otherwise.
+  // kInvalidArgument for a batch out of range, kCapacityExceeded for a position past the KV cache (nothing
+  // written either way); a kernel's error otherwise.
   Status run(float* x, const int32_t* positions, int batch, float* logits);
 
   const DecoderShape& shape() const { return shape_; }

@@ -48,7 +48,7 @@ class CudaDecoder {
   // CUDA device. kv_pool_tokens > 0: a paged cache (kv_attention.h's pages of 16 tokens) of that many tokens
   // (rounded up to a page) shared by the batch, pages taken as sequences grow and returned at each prefill,
   // instead of max_batch x max_seq positions; a prefill or step that needs a page the pool no longer has is
-  // refused (kInvalidArgument). kNotCompiled in a build without CUDA; kCudaError when there is no device or
+  // refused (kCapacityExceeded). kNotCompiled in a build without CUDA; kCudaError when there is no device or
   // not enough memory; kInvalidArgument for another kv_dtype.
   static Status create(const DecoderShape& shape, int max_batch, int max_seq, std::unique_ptr<CudaDecoder>* out,
                        DType kv_dtype = DType::f16, int64_t kv_pool_tokens = 0);

@@ -12,6 +12,7 @@ enum class StatusCode {
   kNotCompiled,      // the requested path (e.g. CUDA) is not in this build
   kCudaError,        // a CUDA runtime call or kernel launch failed (message has file:line)
   kOutOfMemory,      // a host scratch buffer could not be allocated (sizes are checked before allocating)
+  kCapacityExceeded, // a resource the caller sized is full (a KV cache's positions, a paged cache's pool)
 };
 
 // A launcher's result: ok(), or a code plus one message naming the problem (and the fix).
@@ -26,6 +27,7 @@ struct Status {
   static Status NotCompiled(std::string msg) { return {StatusCode::kNotCompiled, std::move(msg)}; }
   static Status Cuda(std::string msg) { return {StatusCode::kCudaError, std::move(msg)}; }
   static Status OutOfMemory(std::string msg) { return {StatusCode::kOutOfMemory, std::move(msg)}; }
+  static Status CapacityExceeded(std::string msg) { return {StatusCode::kCapacityExceeded, std::move(msg)}; }
 };
 
 }  // namespace rsvlm_edge

@@ -218,7 +218,7 @@ Status CpuDecodeStep::run(float* x, const int32_t* positions, int batch, float* 
   for (int i = 0; i < batch; ++i)
     for (const CpuDecoderLayer& l : layers_)
       if (positions[i] < 0 || positions[i] >= l.cache.s_max)
-        return Status::Invalid("CpuDecodeStep::run: position " + std::to_string(positions[i]) + " of sequence " +
+        return Status::CapacityExceeded("CpuDecodeStep::run: position " + std::to_string(positions[i]) + " of sequence " +
                                std::to_string(i) + " is outside the KV cache's [0, " + std::to_string(l.cache.s_max) +
                                ")");
   Buffers& b = *buf_;

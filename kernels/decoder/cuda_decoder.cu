@@ -936,7 +936,7 @@ Status CudaDecoder::prefill(const float* embeds, const int64_t* lengths, int bat
     for (int b = 0; b < batch; ++b)
       if (!m.hold(b, lens[b], &changed)) {
         batch_ = 0;  // the cache holds no batch now
-        return Status::Invalid("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
+        return Status::CapacityExceeded("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
                                " tokens cannot hold these prompts (sequence " + std::to_string(b) + " of " +
                                std::to_string(lens[b]) + " tokens is past its end)");
       }
@@ -1039,7 +1039,7 @@ Status CudaDecoder::run_step(const int64_t* token_ids, int batch) {
     bool changed = false;
     for (int b = 0; b < batch; ++b)
       if (!m.hold(b, lengths_[b] + 1, &changed))
-        return Status::Invalid("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
+        return Status::CapacityExceeded("the paged KV cache's pool of " + std::to_string(kv_pool_tokens_) +
                                " tokens is full: sequence " + std::to_string(b) + " needs a page for position " +
                                std::to_string(lengths_[b]));
     if (changed) RSVLM_RETURN_IF_ERROR(m.upload_page_table());

@@ -116,15 +116,14 @@ class CudaLlamaDecoder:
                                float(top_p), np.asarray(uniforms, dtype=np.float32))
 
     def _on_device(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """``call(*args, **kwargs)``; a paged cache whose pool ran out is the user's InputError (with its fix)."""
+        """``call(*args, **kwargs)``; a paged cache whose pool ran out (``_C.CapacityError``: check_room has
+        already ruled out the contiguous cache's end) is the user's InputError (with its fix)."""
         from ..errors import InputError
         from ..native import KV_POOL_ENV
 
         try:
             return call(*args, **kwargs)
-        except ValueError as e:
-            if "paged KV cache's pool" not in str(e):
-                raise
+        except _ext().CapacityError as e:
             raise InputError(str(e), f"raise {KV_POOL_ENV} (now {self.device.kv_pool_tokens}), or lower the batch "
                                      "or max_new_tokens") from None
 
