@@ -1,4 +1,5 @@
-"""The C++ API example builds against librsvlm_edge alone (no Python module) and passes its ctest."""
+"""The C++ API examples (the fused patch embedding; greedy decoding with CpuDecodeStep) build against librsvlm_edge
+alone (no Python module) and pass their ctests."""
 
 from __future__ import annotations
 
@@ -29,4 +30,4 @@ def test_cpp_example_builds_and_passes_ctest(tmp_path):
          "-DRSVLM_BUILD_PYTHON=OFF", "-DRSVLM_BUILD_EXAMPLES=ON"])
     run([cmake, "--build", build, "-j2"])
     out = run([ctest, "--test-dir", build, "--output-on-failure"])
-    assert "100% tests passed" in out and "patch_embed_example" in out
+    assert "100% tests passed" in out and "patch_embed_example" in out and "decode_step_example" in out
