@@ -225,16 +225,25 @@ RSVLM_AVX512_FMA void attend_block_avx512(const PrefillBlock& blk) {
     for (int k = 0; k < 4; ++k) kr[k] = kc + row_index(c, blk.b, blk.hk, j + k < blk.n_max ? j + k : 0) * D;
     if (j + kAttPrefetchKeys + 4 <= blk.n_max)  // the K rows kAttPrefetchKeys keys on, into L1 (decode reads them from DRAM)
       for (int k = 0; k < 4; ++k) prefetch_row<D>(kc + row_index(c, blk.b, blk.hk, j + kAttPrefetchKeys + k) * D);
+    // Two accumulators per key (even / odd t): eight independent FMA chains, as many as two FMA ports with a
+    // 4-cycle latency keep busy. Measured (TinyLlama layer, 512-token prefill, 2 threads, AMX Xeon, alternated):
+    // 6.49 -> 6.05 ms median; decode within noise (its time is the cache read, not these chains).
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int t = 0; t < D; ++t) {
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int t = 0; t < D; t += 2) {
       const __m512 qd = _mm512_loadu_ps(blk.qt + t * kBlockRows);
+      const __m512 qe = _mm512_loadu_ps(blk.qt + (t + 1) * kBlockRows);
       a0 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[0][t]), a0);
       a1 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[1][t]), a1);
       a2 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[2][t]), a2);
       a3 = _mm512_fmadd_ps(qd, _mm512_set1_ps(kr[3][t]), a3);
+      b0 = _mm512_fmadd_ps(qe, _mm512_set1_ps(kr[0][t + 1]), b0);
+      b1 = _mm512_fmadd_ps(qe, _mm512_set1_ps(kr[1][t + 1]), b1);
+      b2 = _mm512_fmadd_ps(qe, _mm512_set1_ps(kr[2][t + 1]), b2);
+      b3 = _mm512_fmadd_ps(qe, _mm512_set1_ps(kr[3][t + 1]), b3);
     }
-    const __m512 acc[4] = {a0, a1, a2, a3};
+    const __m512 acc[4] = {_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2), _mm512_add_ps(a3, b3)};
     for (int k = 0; k < 4; ++k) {
       const __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(int(j + k)), limit);
       const __m512 sc = _mm512_mask_blend_ps(live, neg_inf, acc[k]);
