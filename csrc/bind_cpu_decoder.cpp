@@ -144,25 +144,11 @@ KvCacheView cache(const py::dict& d, const std::string& what, std::vector<py::ob
   return c;
 }
 
-int int_item(const py::dict& d, const char* key) {
-  if (!d.contains(key)) fail(std::string("shape lacks '") + key + "'");
-  return py::cast<int>(d[key]);
-}
-
 std::unique_ptr<PyCpuDecodeStep> make(const py::dict& shape, int max_batch, const py::list& layers,
                                       py::handle final_norm, py::handle lm_head, bool bf16x3) {
   auto self = std::make_unique<PyCpuDecodeStep>();
   auto& keep = self->keep;
-  DecoderShape s;
-  s.vocab_size = int_item(shape, "vocab_size");
-  s.hidden_size = int_item(shape, "hidden_size");
-  s.intermediate_size = int_item(shape, "intermediate_size");
-  s.num_layers = int_item(shape, "num_layers");
-  s.num_heads = int_item(shape, "num_heads");
-  s.num_kv_heads = int_item(shape, "num_kv_heads");
-  s.head_dim = int_item(shape, "head_dim");
-  s.rms_norm_eps = shape.contains("rms_norm_eps") ? py::cast<float>(shape["rms_norm_eps"]) : 1e-6f;
-  s.rope_theta = shape.contains("rope_theta") ? py::cast<float>(shape["rope_theta"]) : 10000.f;
+  const DecoderShape s = rsvlm_edge::bind::decoder_shape(shape, "CpuDecodeStep");
   const int c = s.hidden_size;
   auto norm_weight = [&](py::handle obj, const std::string& what) {
     const py::array a = array(obj, what, {1}, {DType::f32}, false, keep);

@@ -18,25 +18,11 @@ namespace {
 using rsvlm_edge::CudaDecoder;
 using rsvlm_edge::DecoderShape;
 
-int int_item(const py::dict& d, const char* key) {
-  if (!d.contains(key)) throw std::invalid_argument(std::string("CudaDecoder: shape lacks '") + key + "'");
-  return py::cast<int>(d[key]);
-}
-
 std::unique_ptr<CudaDecoder> make(const py::dict& shape, int max_batch, int max_seq, const std::string& kv_cache,
                                   int64_t kv_pool_tokens) {
   if (kv_cache != "fp16" && kv_cache != "int8")
     throw std::invalid_argument("CudaDecoder: kv_cache must be 'fp16' or 'int8', got '" + kv_cache + "'");
-  DecoderShape s;
-  s.vocab_size = int_item(shape, "vocab_size");
-  s.hidden_size = int_item(shape, "hidden_size");
-  s.intermediate_size = int_item(shape, "intermediate_size");
-  s.num_layers = int_item(shape, "num_layers");
-  s.num_heads = int_item(shape, "num_heads");
-  s.num_kv_heads = int_item(shape, "num_kv_heads");
-  s.head_dim = int_item(shape, "head_dim");
-  s.rms_norm_eps = shape.contains("rms_norm_eps") ? py::cast<float>(shape["rms_norm_eps"]) : 1e-6f;
-  s.rope_theta = shape.contains("rope_theta") ? py::cast<float>(shape["rope_theta"]) : 10000.f;
+  const DecoderShape s = rsvlm_edge::bind::decoder_shape(shape, "CudaDecoder");
   std::unique_ptr<CudaDecoder> d;
   rsvlm_edge::throw_if_error(
       CudaDecoder::create(s, max_batch, max_seq, &d, kv_cache == "int8" ? DType::i8 : DType::f16, kv_pool_tokens));

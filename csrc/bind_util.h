@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "rsvlm_edge/decoder_shape.h"
 #include "tensor_arg.h"
 
 namespace rsvlm_edge {
@@ -114,6 +115,27 @@ inline void run(const char* op, Impl impl, const TensorArg& first, int64_t strea
     return;
   }
   launch(op, first, stream, cpu, gpu);
+}
+
+// A decoder's sizes from the Python dict the whole-step decoders take (vocab_size, hidden_size,
+// intermediate_size, num_layers, num_heads, num_kv_heads, head_dim; rms_norm_eps and rope_theta optional);
+// ValueError "<who>: shape lacks '<key>'" for a missing one. The values are checked by decoder_shape_validate.
+inline DecoderShape decoder_shape(const py::dict& d, const std::string& who) {
+  auto item = [&](const char* key) {
+    if (!d.contains(key)) throw std::invalid_argument(who + ": shape lacks '" + key + "'");
+    return py::cast<int>(d[key]);
+  };
+  DecoderShape s;
+  s.vocab_size = item("vocab_size");
+  s.hidden_size = item("hidden_size");
+  s.intermediate_size = item("intermediate_size");
+  s.num_layers = item("num_layers");
+  s.num_heads = item("num_heads");
+  s.num_kv_heads = item("num_kv_heads");
+  s.head_dim = item("head_dim");
+  s.rms_norm_eps = d.contains("rms_norm_eps") ? py::cast<float>(d["rms_norm_eps"]) : 1e-6f;
+  s.rope_theta = d.contains("rope_theta") ? py::cast<float>(d["rope_theta"]) : 10000.f;
+  return s;
 }
 
 }  // namespace bind
