@@ -248,3 +248,14 @@ def test_x_and_logits_sharing_memory_is_refused(parts):
     logits = buf[64:64 + 202].reshape(2, 101)
     with pytest.raises(ValueError, match="share memory"):
         step.run(x, np.zeros(2, np.int64), logits)
+
+
+def test_a_step_the_weights_do_not_fit_is_a_backend_error_with_its_fix(parts):
+    from dataclasses import replace
+
+    from rsvlm_edge.backends.decoder_native import whole_decode_step
+
+    cfg, _, dec = parts
+    with pytest.raises(BackendError, match="native decode step could not be set up.*lm_head") as e:
+        whole_decode_step(replace(cfg, vocab_size=cfg.vocab_size + 1), dec.weights, dec.cache, False)
+    assert "RSVLM_EDGE_DECODE_STEP=ops" in e.value.fix

@@ -95,8 +95,7 @@ Status CpuDecodeStep::create(const DecoderShape& shape, int max_batch, std::vect
                              std::unique_ptr<CpuDecodeStep>* out) {
   RSVLM_RETURN_IF_ERROR(decoder_shape_validate(shape));
   if (out == nullptr) return Status::Invalid("CpuDecodeStep::create: out is null");
-  if (max_batch < 1 || max_batch > (1 << 16))
-    return Status::Invalid("CpuDecodeStep: max_batch must be in [1, 65536], got " + std::to_string(max_batch));
+  if (max_batch < 1) return Status::Invalid("CpuDecodeStep: max_batch must be >= 1, got " + std::to_string(max_batch));
   if (static_cast<int64_t>(layers.size()) != shape.num_layers)
     return Status::Invalid("CpuDecodeStep: " + std::to_string(shape.num_layers) + " layers expected, got " +
                            std::to_string(layers.size()));

@@ -129,7 +129,14 @@ def whole_decode_step(config: Any, weights: Any, cache: Any, bf16x3: bool) -> An
                  intermediate_size=config.intermediate_size, num_layers=config.num_layers, num_heads=config.num_heads,
                  num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps,
                  rope_theta=config.rope_theta)
-    return _ext().CpuDecodeStep(shape, cache.max_batch, layers, weights.norm, lin(weights.lm_head), bf16x3=bf16x3)
+    try:
+        return _ext().CpuDecodeStep(shape, cache.max_batch, layers, weights.norm, lin(weights.lm_head), bf16x3=bf16x3)
+    except (ValueError, MemoryError) as e:  # weights the op-by-op step would take (checked above) but this one refuses
+        from ..errors import BackendError
+        from ..native import DECODE_STEP_ENV
+
+        raise BackendError(f"the native decode step could not be set up: {e}",
+                           f"set {DECODE_STEP_ENV}=ops to run the decoder op by op") from None
 
 
 class NativeWeights:
