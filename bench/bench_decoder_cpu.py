@@ -8,8 +8,9 @@ safetensors + a sentencepiece tokenizer built in place: nothing is downloaded). 
 * ours: the decoder part of a bundle per precision (fp16 / w8 / w4, written with the exporter's own
   conversion ``export.llava.decoder_tensors``), loaded by the runtime (``LlamaDecoder``, native
   backend) in a fresh process per precision: prefill of a --prompt token sequence, greedy decode of
-  --new tokens at batch 1, and at batch 8 after --bs8-prompt tokens per sequence; peak RSS; a per-op
-  profile of the batch-1 decode step.
+  --new tokens at batch 1, and at batch 8 after --bs8-prompt tokens per sequence (each decode step as the
+  runtime runs it: one C++ call, ``RSVLM_EDGE_DECODE_STEP``); peak RSS; a per-op profile of the batch-1
+  prefill and decode step from one more, untimed, generation run op by op from Python.
 * llama.cpp (``--peer llamacpp``, built on request by bench/llamacpp_peer.py from the
   llama-cpp-python sdist): GGUF F16 and Q8_0 from its own ``convert_hf_to_gguf.py``, Q4_0 from
   ``llama-quantize`` (its defaults, as a user runs them); ``llama-bench`` (pp / tg at batch 1) and
