@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bind_util.h"
+#include "index_arg.h"
 #include "rsvlm_edge/cpu_decoder.h"
 
 namespace {
@@ -30,14 +31,11 @@ struct PyCpuDecodeStep {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("CpuDecodeStep: " + msg); }
 
+// The array's DType (tensor_arg.h's mapping); i64 for one it refuses (big-endian, float64, ...): no caller's list
+// holds i64, so those are refused with the caller's message.
 DType dtype_of(const py::array& a) {
-  const char kind = a.dtype().kind();
-  const auto size = a.itemsize();
-  if (kind == 'f' && size == 4) return DType::f32;
-  if (kind == 'f' && size == 2) return DType::f16;
-  if (kind == 'i' && size == 1) return DType::i8;
-  if (kind == 'u' && size == 1) return DType::u8;
-  return DType::i32;  // anything else: refused by the callers' dtype lists
+  DType d;
+  return rsvlm_edge::detail::numpy_dtype(a.dtype(), &d) ? d : DType::i64;
 }
 
 // `obj` as a C-contiguous numpy array of rank `ndim` (or either of two ranks) and one of `dtypes`.
@@ -181,36 +179,32 @@ std::unique_ptr<PyCpuDecodeStep> make(const py::dict& shape, int max_batch, cons
   return self;
 }
 
-void run(PyCpuDecodeStep& self, const py::array& x_obj, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& positions,
-         const py::array& logits_obj) {
+void run(PyCpuDecodeStep& self, const py::array& x_obj, py::handle positions_obj, const py::array& logits_obj) {
   std::vector<py::object> keep;
   const DecoderShape& s = self.step->shape();
-  const py::array x = array(x_obj, "x", {2}, {DType::f32}, true, keep);
-  const py::array logits = array(logits_obj, "logits", {2}, {DType::f32}, true, keep);
+  py::array x = array(x_obj, "x", {2}, {DType::f32}, true, keep);
+  py::array logits = array(logits_obj, "logits", {2}, {DType::f32}, true, keep);
   const int64_t b = x.shape(0);
   if (x.shape(1) != s.hidden_size) fail("x must be (B, " + std::to_string(s.hidden_size) + ") float32");
-  if (positions.ndim() != 1 || positions.shape(0) != b)
+  // Any integer dtype, every value checked into [0, 2^31 - 1] and copied as int32 (never truncated).
+  const TensorArg positions = rsvlm_edge::index_arg(positions_obj, "positions", 0, /*min_value=*/0);
+  if (positions.ndim() != 1 || positions.shape[0] != b)
     fail("positions must be (B,) for x of " + std::to_string(b) + " rows");
   if (logits.shape(0) != b || logits.shape(1) != s.vocab_size)
     fail("logits must be (" + std::to_string(b) + ", " + std::to_string(s.vocab_size) + ") float32");
   if (b < 1 || b > self.step->max_batch())
     fail("batch " + std::to_string(b) + " is outside [1, max_batch " + std::to_string(self.step->max_batch()) + "]");
-  std::vector<int32_t> pos(static_cast<size_t>(b));
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t p = positions.at(i);
-    if (p < 0 || p > INT32_MAX) fail("position " + std::to_string(p) + " of sequence " + std::to_string(i) + " is out of range");
-    pos[i] = static_cast<int32_t>(p);
-  }
   const auto* xb = static_cast<const char*>(x.data());
   const auto* lb = static_cast<const char*>(logits.data());
   if (xb < lb + logits.nbytes() && lb < xb + x.nbytes()) fail("x and logits share memory");
-  float* xp = static_cast<float*>(py::array(x).mutable_data());
-  float* lp = static_cast<float*>(py::array(logits).mutable_data());
+  float* xp = static_cast<float*>(x.mutable_data());
+  float* lp = static_cast<float*>(logits.mutable_data());
+  const int32_t* pos = positions.ptr<const int32_t>();
   rsvlm_edge::Status st;
   {
     py::gil_scoped_release nogil;
     std::lock_guard<std::mutex> guard(self.lock);
-    st = self.step->run(xp, pos.data(), static_cast<int>(b), lp);
+    st = self.step->run(xp, pos, static_cast<int>(b), lp);
   }
   rsvlm_edge::throw_if_error(st);
 }

@@ -30,12 +30,9 @@ std::unique_ptr<CudaDecoder> make(const py::dict& shape, int max_batch, int max_
 }
 
 DType numpy_dtype(const py::array& a, const std::string& name) {
-  const char kind = a.dtype().kind();
-  const auto size = a.itemsize();
-  if (kind == 'f' && size == 4) return DType::f32;
-  if (kind == 'f' && size == 2) return DType::f16;
-  if (kind == 'i' && size == 1) return DType::i8;
-  if (kind == 'u' && size == 1) return DType::u8;
+  DType d;
+  if (rsvlm_edge::detail::numpy_dtype(a.dtype(), &d) && (d == DType::f32 || d == DType::f16 || d == DType::i8 || d == DType::u8))
+    return d;
   throw std::invalid_argument("CudaDecoder.set_tensor: tensor '" + name + "' has dtype " +
                               py::str(a.dtype()).cast<std::string>() + " (float32, float16, int8 or uint8 expected)");
 }

@@ -117,29 +117,31 @@ inline void compact_strides(TensorArg& t) {
   for (int64_t i = t.ndim() - 2; i >= 0; --i) t.strides[i] = t.strides[i + 1] * t.shape[i + 1];
 }
 
+// The DType of a numpy dtype in native byte order (uint8, int8, int32, int64, float16, float32), or false for a
+// big-endian or any other one. The one mapping every binding uses.
+inline bool numpy_dtype(const py::dtype& dt, DType* out) {
+  if (dt.byteorder() == '>') return false;
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'u' && size == 1) *out = DType::u8;
+  else if (kind == 'i' && size == 1) *out = DType::i8;
+  else if (kind == 'i' && size == 4) *out = DType::i32;
+  else if (kind == 'i' && size == 8) *out = DType::i64;
+  else if (kind == 'f' && size == 2) *out = DType::f16;
+  else if (kind == 'f' && size == 4) *out = DType::f32;
+  else return false;
+  return true;
+}
+
 inline TensorArg from_numpy(const py::array& arr, const std::string& name) {
   TensorArg t;
   t.name = name;
   py::dtype dt = arr.dtype();
-  const char kind = dt.kind();
-  const int64_t size = static_cast<int64_t>(dt.itemsize());
-  const char order = dt.byteorder();
-  if (order == '>') arg_fail(name, "is a big-endian numpy array; pass arr.astype(arr.dtype.newbyteorder('='))");
-  if (kind == 'u' && size == 1)
-    t.dtype = DType::u8;
-  else if (kind == 'i' && size == 1)
-    t.dtype = DType::i8;
-  else if (kind == 'i' && size == 4)
-    t.dtype = DType::i32;
-  else if (kind == 'i' && size == 8)
-    t.dtype = DType::i64;
-  else if (kind == 'f' && size == 2)
-    t.dtype = DType::f16;
-  else if (kind == 'f' && size == 4)
-    t.dtype = DType::f32;
-  else
+  if (dt.byteorder() == '>') arg_fail(name, "is a big-endian numpy array; pass arr.astype(arr.dtype.newbyteorder('='))");
+  if (!numpy_dtype(dt, &t.dtype))
     arg_fail(name, "has numpy dtype " + py::str(dt).cast<std::string>() +
                        ", which is not supported (use uint8, int8, int32, int64, float16 or float32)");
+  const int64_t size = static_cast<int64_t>(dt.itemsize());
   t.data = const_cast<void*>(arr.data());
   t.readonly = !arr.writeable();
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
