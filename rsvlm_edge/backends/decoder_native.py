@@ -119,7 +119,10 @@ def whole_decode_step(config: Any, weights: Any, cache: Any, bf16x3: bool) -> An
     for i, layer in enumerate(weights.layers):
         d = dict(input_norm=layer.input_norm, post_norm=layer.post_norm, o=lin(layer.o), down=lin(layer.down),
                  k_cache=cache.k[i], v_cache=cache.v[i], **cache.scales(i))
-        d.update(qkv=lin(layer.qkv)) if layer.qkv is not None else d.update(q=lin(layer.q), k=lin(layer.k), v=lin(layer.v))
+        if layer.qkv is not None:
+            d.update(qkv=lin(layer.qkv))
+        else:
+            d.update(q=lin(layer.q), k=lin(layer.k), v=lin(layer.v))
         if layer.gate_up is not None:
             d.update(gate_up=lin(layer.gate_up))
         else:
