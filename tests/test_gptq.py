@@ -83,19 +83,25 @@ def checkpoint(tmp_path_factory):
     return root
 
 
-def test_export_gptq_records_its_calibration_and_runs(checkpoint, tmp_path):
+@pytest.mark.parametrize("method", ["gptq", "awq-gptq"])
+def test_export_calibrated_w4_records_its_calibration_and_runs(checkpoint, tmp_path, method):
     from safetensors.numpy import load_file
 
     steps: list[str] = []
     text = tmp_path / "calib.txt"
     text.write_text("Ships in a harbour next to cranes and container stacks.\n" * 200, encoding="utf-8")
-    bundle = export_vlm(checkpoint / "hf", tmp_path / "gptq.rsvlm", weights="w4", verify=False, w4_method="gptq",
+    bundle = export_vlm(checkpoint / "hf", tmp_path / "gptq.rsvlm", weights="w4", verify=False, w4_method=method,
                         calib_text=text, progress=steps.append)
     q = bundle.manifest.parts["decoder"].quantization
-    assert q.method == "gptq" and q.group == 128 and q.damp == 0.01
+    assert q.method == method and q.group == 128 and q.damp == 0.01
     assert q.calibration.source == "--calib-text" and q.calibration.windows == 32
     assert q.calibration.text_windows > 0 and q.calibration.text_windows + q.calibration.random_token_windows == 32
-    assert [s for s in steps if s.startswith("GPTQ")] == ["GPTQ w4: layer 1/2", "GPTQ w4: layer 2/2"]
+    assert [s for s in steps if s.startswith("calibrating")] == [f"calibrating w4 ({method}): layer 1/2",
+                                                                 f"calibrating w4 ({method}): layer 2/2"]
+    if method == "awq-gptq":  # 4 inputs a layer searched
+        assert q.awq.grid == 20 and q.awq.inputs == 8 and 0 <= q.awq.scaled_inputs <= 8
+    else:
+        assert q.awq is None
     rtn = export_vlm(checkpoint / "hf", tmp_path / "rtn.rsvlm", weights="w4", verify=False)
     assert rtn.manifest.parts["decoder"].quantization.method == "rtn"
     ours, theirs = (load_file(str(b.file("decoder.safetensors"))) for b in (bundle, rtn))
@@ -110,18 +116,20 @@ def test_export_gptq_records_its_calibration_and_runs(checkpoint, tmp_path):
     chunks = [rt.tokenize(rt.build_prompt("How many ships are in the harbour?"))]
     want = rt.first_step_logits(image, chunks)[0]
     cos = {}
-    for name, b in (("gptq", bundle), ("rtn", rtn)):
+    for name, b in ((method, bundle), ("rtn", rtn)):
         got = VlmRuntime(b, max_batch=1).first_step_logits(image, chunks)[0]
         assert np.isfinite(got).all()
         cos[name] = float(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
-    assert cos["gptq"] > 0.5, cos  # a real approximation of the fp32 model, as test_vlm_parity asks of w4
+    assert cos[method] > 0.5, cos  # a real approximation of the fp32 model, as test_vlm_parity asks of w4
 
 
 def test_gptq_options_only_go_with_w4_and_a_readable_text(checkpoint, tmp_path):
     with pytest.raises(InputError, match="apply to --weights w4, not fp16"):
         export_vlm(checkpoint / "hf", tmp_path / "a.rsvlm", weights="fp16", w4_method="gptq")
-    with pytest.raises(InputError, match="unknown --w4-method 'awq'"):
-        export_vlm(checkpoint / "hf", tmp_path / "a.rsvlm", weights="w4", w4_method="awq")
+    with pytest.raises(InputError, match="unknown --w4-method 'spqr'"):
+        export_vlm(checkpoint / "hf", tmp_path / "a.rsvlm", weights="w4", w4_method="spqr")
+    with pytest.raises(InputError, match="--calib-text goes with a calibrated --w4-method"):
+        export_vlm(checkpoint / "hf", tmp_path / "a.rsvlm", weights="w4", calib_text=tmp_path / "any.txt")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 and ships".encode("latin-1"))
     with pytest.raises(InputError, match="is not UTF-8"):
@@ -140,10 +148,11 @@ def test_cli_refuses_a_missing_calibration_file_with_one_error_and_fix(checkpoin
     assert not (tmp_path / "c.rsvlm").exists()
 
 
-def test_gptq_refuses_a_checkpoint_whose_activations_overflow():
+@pytest.mark.parametrize("method", ["gptq", "awq", "awq-gptq"])
+def test_calibration_refuses_a_checkpoint_whose_activations_overflow(method):
     from rsvlm_edge.errors import CheckpointError
     from rsvlm_edge.models.llava.config import DecoderConfig
-    from rsvlm_edge.models.llava.gptq import gptq_decoder_w4
+    from rsvlm_edge.models.llava.gptq import calibrated_decoder_w4
 
     cfg = DecoderConfig(model_type="llama", vocab_size=50, hidden_size=128, intermediate_size=128, num_layers=1,
                         num_heads=2, num_kv_heads=1, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -156,6 +165,6 @@ def test_gptq_refuses_a_checkpoint_whose_activations_overflow():
     for name, (o, i) in {"q_proj": (128, 128), "k_proj": (64, 128), "v_proj": (64, 128), "o_proj": (128, 128),
                          "gate_proj": (128, 128), "up_proj": (128, 128), "down_proj": (128, 128)}.items():
         t[f"layers.0.{name}.weight"] = (rng.standard_normal((o, i)) * 0.05).astype(np.float16)
-    with pytest.raises(CheckpointError, match="layer 0's attn_in overflow float32") as e:
-        gptq_decoder_w4(cfg, t, rng.integers(3, 50, (2, 16)))
+    with pytest.raises(CheckpointError, match=f"{method}: the inputs of layer 0's (attn|o)_in overflow float32") as e:
+        calibrated_decoder_w4(cfg, t, rng.integers(3, 50, (2, 16)), method)
     assert "--w4-method rtn" in e.value.fix

@@ -25,7 +25,7 @@ from rsvlm_edge.backends import decoder_numpy
 from rsvlm_edge.export.llava import decoder_tensors
 from rsvlm_edge.models.llava.config import DecoderConfig
 from rsvlm_edge.models.llava.decoder import LlamaDecoder
-from rsvlm_edge.models.llava.gptq import gptq_decoder_w4
+from rsvlm_edge.models.llava.gptq import calibrated_decoder_w4
 
 CFG = DecoderConfig(model_type="llama", vocab_size=1000, hidden_size=256, intermediate_size=768, num_layers=4,
                     num_heads=4, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -63,7 +63,7 @@ def quantised(tensors: dict[str, np.ndarray], fmt: str) -> dict[str, np.ndarray]
 
 
 def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: int = 0, prompt: int = 16,
-                           steps: int = 32, embedding_spectrum: float = 0.0, gptq: bool = False) -> np.ndarray:
+                           steps: int = 32, embedding_spectrum: float = 0.0, method: str = "rtn") -> np.ndarray:
     """Per-step logits cosine of the `fmt` decoder against the fp32 one (both with the exporter's fp16
     embeddings and lm_head, so that only the linear layers' format differs). ``gptq``: w4 layers by GPTQ
     calibrated on 32 random-token sequences of 128 (other tokens than the evaluated prompt's)."""
@@ -71,10 +71,12 @@ def teacher_forced_cosines(fmt: str, backend: str, outlier_inputs: bool, seed: i
     reference = {k: v if k.endswith("_proj.weight") else v.astype(np.float16) for k, v in tensors.items()}
     ref = LlamaDecoder(CFG, reference, max_batch=1, max_seq=prompt + steps + 1, ops=decoder_numpy.NUMPY)
     stored = quantised(tensors, fmt)
-    if gptq:
+    if method != "rtn":
         calibration = np.random.default_rng(seed + 100).integers(3, CFG.vocab_size, (32, 128))
-        for name, (packed, scale) in gptq_decoder_w4(CFG, tensors, calibration).items():
+        calibrated = calibrated_decoder_w4(CFG, tensors, calibration, method)
+        for name, (packed, scale) in calibrated.layers.items():
             stored[name], stored[name + "_scale"] = packed, scale
+        stored.update({name: t.astype(np.float16) for name, t in calibrated.tensors.items()})
     low = LlamaDecoder(CFG, stored, max_batch=1, max_seq=prompt + steps + 1, ops=cpu_decoder_ops(backend))
     ids = np.random.default_rng(seed + 1).integers(3, CFG.vocab_size, size=(1, prompt))
     a = ref.prefill(ref.embed_tokens(ids), np.array([prompt]))
@@ -105,5 +107,5 @@ def test_w4_gptq_beats_round_to_nearest_when_activations_are_anisotropic(outlier
     """Embeddings with a decaying spectrum (power 1), worst of 32 steps: GPTQ 0.985 vs RTN 0.897
     (heavy-tailed), 0.902 vs 0.747 (outlier inputs); the floors leave room for BLAS rounding only."""
     rtn = teacher_forced_cosines("w4", "native", outlier_inputs, embedding_spectrum=1.0)
-    gptq = teacher_forced_cosines("w4", "native", outlier_inputs, embedding_spectrum=1.0, gptq=True)
+    gptq = teacher_forced_cosines("w4", "native", outlier_inputs, embedding_spectrum=1.0, method="gptq")
     assert gptq.min() >= floor and gptq.min() >= rtn.min() + gain, (gptq.min(), rtn.min())

@@ -141,20 +141,36 @@ class GptqCalibration(_Strict):
     random_token_windows: Annotated[int, Field(strict=True, ge=0)]
 
 
-class W4Quantization(_Strict):
-    """How a w4 decoder's integers were chosen: ``rtn`` (round to nearest) or ``gptq`` (with its damping
-    and calibration). One scale per ``group`` inputs either way (a layer whose input width is not a multiple
-    of it has one group per row, see ``models/llava/quant.py``); the runtime reads both alike."""
+class AwqSearch(_Strict):
+    """AWQ's scale search: ``grid`` ratios tried per layer input on ``sample_rows`` calibration rows;
+    ``scaled_inputs`` of the ``inputs`` searched kept scales other than 1."""
 
-    method: Literal["rtn", "gptq"]
+    grid: PosInt
+    sample_rows: PosInt
+    inputs: PosInt
+    scaled_inputs: Annotated[int, Field(strict=True, ge=0)]
+
+
+class W4Quantization(_Strict):
+    """How a w4 decoder's integers were chosen: ``rtn`` (round to nearest), ``gptq`` (with its damping and
+    calibration), ``awq`` (activation-aware scales on calibration text, then round to nearest) or ``awq-gptq``
+    (both). One scale per ``group`` inputs in every case (a layer whose input width is not a multiple of it
+    has one group per row, see ``models/llava/quant.py``); the runtime reads them all alike."""
+
+    method: Literal["rtn", "gptq", "awq", "awq-gptq"]
     group: PosInt
     damp: Optional[Annotated[float, Field(strict=False, gt=0, lt=1)]] = None
     calibration: Optional[GptqCalibration] = None
+    awq: Optional[AwqSearch] = None
 
     @model_validator(mode="after")
-    def _gptq_has_its_calibration(self) -> "W4Quantization":
-        if (self.method == "gptq") != (self.calibration is not None and self.damp is not None):
-            raise ValueError("method 'gptq' records damp and calibration, 'rtn' neither")
+    def _method_has_its_record(self) -> "W4Quantization":
+        if (self.method != "rtn") != (self.calibration is not None):
+            raise ValueError(f"method '{self.method}' records its calibration if and only if it is not 'rtn'")
+        if self.method.endswith("gptq") != (self.damp is not None):
+            raise ValueError(f"method '{self.method}' records damp if and only if it runs GPTQ")
+        if self.method.startswith("awq") != (self.awq is not None):
+            raise ValueError(f"method '{self.method}' records its AWQ search if and only if it runs AWQ")
         return self
 
 

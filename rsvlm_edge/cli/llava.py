@@ -60,8 +60,8 @@ def export_vlm_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     verify: Annotated[bool, typer.Option(help="compare vision.onnx with torch after export")] = True,
     vision_tower: Annotated[Optional[Path], typer.Option(help="CLIP model dir for checkpoints saved without vision weights")] = None,
-    w4_method: Annotated[str, typer.Option(help="w4 only: rtn (round to nearest, seconds) | gptq (error-compensating on calibration text; minutes, numpy)")] = "rtn",
-    calib_text: Annotated[Optional[Path], typer.Option(help="w4 gptq: UTF-8 text the model will see (default: a built-in remote-sensing text, topped up with random tokens)")] = None,
+    w4_method: Annotated[str, typer.Option(help="w4 only: rtn (round to nearest, seconds) | gptq (error-compensating) | awq (activation-aware scales) | awq-gptq (both; the most accurate); all but rtn calibrate on text, minutes")] = "rtn",
+    calib_text: Annotated[Optional[Path], typer.Option(help="w4 gptq/awq/awq-gptq: UTF-8 text the model will see (default: a built-in remote-sensing text, topped up with random tokens)")] = None,
 ) -> None:
     """Export a LLaVA-class VLM: vision tower + projector to ONNX, decoder weights to safetensors."""
     from ..export.llava import export_vlm
@@ -70,8 +70,8 @@ def export_vlm_cmd(
     with progress() as bar:
         task = bar.add_task("export vlm", total=EXPORT_STEPS)
 
-        def step(msg: str) -> None:  # GPTQ's per-layer lines ("GPTQ w4: layer i/N") count within one step
-            bar.update(task, description=msg, advance=0 if msg.startswith("GPTQ") else 1)
+        def step(msg: str) -> None:  # calibration's per-layer lines ("calibrating w4 ...") count within one step
+            bar.update(task, description=msg, advance=0 if msg.startswith("calibrating w4") else 1)
 
         bundle = export_vlm(checkpoint, output, weights=weights, overwrite=overwrite, image_size=image_size,
                             template=template, verify=verify, progress=step, vision_tower=vision_tower,

@@ -23,12 +23,14 @@ import numpy as np
 from ..bundle import Bundle, BundleWriter
 from ..errors import CheckpointError, InputError
 from ..models.llava.config import VisionConfig
+from ..models.llava.gptq import CalibratedW4
 from ..models.llava.prompts import TEMPLATES
 from ..models.llava.quant import quantize_w4, quantize_w8
 from .llava_checkpoint import VlmCheckpoint, load_checkpoint
 
 WEIGHT_FORMATS = ("fp32", "fp16", "w8", "w4")
-W4_METHODS = ("rtn", "gptq")  # round-to-nearest; GPTQ on calibration text (models/llava/gptq.py)
+# round-to-nearest; GPTQ, AWQ scales + round-to-nearest, AWQ scales + GPTQ on calibration text (models/llava/gptq.py)
+W4_METHODS = ("rtn", "gptq", "awq", "awq-gptq")
 GPTQ_WINDOWS, GPTQ_LENGTH = 32, 256  # calibration: 32 sequences of 256 tokens (8,192 tokens)
 VISION_IO = ("images", "image_features")  # graph input, output names (recorded in the manifest's parts)
 DEFAULT_MAX_BATCH = 8
@@ -49,7 +51,7 @@ def _to_numpy(t: Any) -> np.ndarray:
 def decoder_tensors(decoder: dict[str, Any], weights: str,
                     w4_layers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Canonical decoder tensors converted to the bundle's weight format; ``w4_layers``: (packed, scale)
-    already quantised (GPTQ) for those names."""
+    already quantised (GPTQ / AWQ) for those names."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown weight format '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     out: dict[str, np.ndarray] = {}
@@ -200,8 +202,9 @@ def export_vlm(
     calib_text: str | Path | None = None,
 ) -> Bundle:
     """Export ``checkpoint`` (LLaVA repo layout or transformers Llava directory) to ``dest``.
-    ``w4_method`` (w4 only): ``rtn`` rounds each weight to the nearest level; ``gptq`` runs GPTQ on
-    calibration text (``calib_text``: a UTF-8 file, else a built-in remote-sensing text), minutes."""
+    ``w4_method`` (w4 only): ``rtn`` rounds each weight to the nearest level; ``gptq``, ``awq`` and
+    ``awq-gptq`` run the decoder on calibration text (``calib_text``: a UTF-8 file, else a built-in
+    remote-sensing text), minutes: GPTQ, AWQ's activation-aware scales, or both (models/llava/gptq.py)."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown --weights '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     if w4_method not in W4_METHODS:
@@ -209,6 +212,9 @@ def export_vlm(
     if weights != "w4" and (w4_method != "rtn" or calib_text is not None):
         raise InputError(f"--w4-method / --calib-text apply to --weights w4, not {weights}",
                          "add --weights w4, or drop --w4-method and --calib-text")
+    if w4_method == "rtn" and calib_text is not None:
+        raise InputError("--calib-text goes with a calibrated --w4-method; round to nearest (rtn) reads no text",
+                         f"add --w4-method {' / '.join(W4_METHODS[1:])}, or drop --calib-text")
     text = read_calibration_text(calib_text) if calib_text is not None else None
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown chat template '{template}'", f"use one of {', '.join(TEMPLATES)}")
@@ -238,13 +244,14 @@ def read_calibration_text(path: str | Path) -> str:
     return text
 
 
-def gptq_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | None,
-                step: Progress) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-    """GPTQ w4 of the checkpoint's decoder layers on calibration windows of ``text`` (the built-in text
-    when None) tokenised by the bundle's tokenizer; also the record of what calibrated it."""
+def calibrated_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | None, method: str,
+                      step: Progress) -> tuple[CalibratedW4, dict[str, Any]]:
+    """w4 of the checkpoint's decoder layers by ``method`` (gptq, awq, awq-gptq) on calibration windows of
+    ``text`` (the built-in text when None) tokenised by the bundle's tokenizer; also the record of how."""
     from tokenizers import Tokenizer
 
-    from ..models.llava.gptq import BUILTIN_CALIBRATION_TEXT, DAMP, calibration_windows, gptq_decoder_w4
+    from ..models.llava import awq
+    from ..models.llava.gptq import BUILTIN_CALIBRATION_TEXT, DAMP, calibrated_decoder_w4, calibration_windows
 
     cfg = ckpt.config.decoder
     ids = Tokenizer.from_file(str(tokenizer_path)).encode(text or BUILTIN_CALIBRATION_TEXT,
@@ -253,11 +260,16 @@ def gptq_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | None,
     # Matrices as fp16 (as an fp16 bundle stores them): a bf16 or fp32 checkpoint is not held in fp32.
     tensors = {name: _to_numpy(t).astype(np.float16) if getattr(t, "ndim", 0) == 2 else _to_numpy(t)
                for name, t in ckpt.decoder.items()}
-    layers = gptq_decoder_w4(cfg, tensors, windows, progress=step)
-    record = {"method": "gptq", "damp": DAMP, "group": 128, "calibration": {
+    calibrated = calibrated_decoder_w4(cfg, tensors, windows, method, progress=step)
+    record: dict[str, Any] = {"method": method, "group": 128, "calibration": {
         "source": "--calib-text" if text else "built-in remote-sensing text", "windows": len(windows),
         "tokens_per_window": GPTQ_LENGTH, "text_windows": n_text, "random_token_windows": len(windows) - n_text}}
-    return layers, record
+    if method.endswith("gptq"):
+        record["damp"] = DAMP
+    if method.startswith("awq"):
+        record["awq"] = {"grid": awq.GRID, "sample_rows": awq.SAMPLE_ROWS, "inputs": len(calibrated.ratios),
+                         "scaled_inputs": sum(r is not None for r in calibrated.ratios.values())}
+    return calibrated, record
 
 
 def write_bundle(
@@ -280,13 +292,16 @@ def write_bundle(
         del module
         step("copying tokenizer")
         _copy_tokenizer(ckpt.source, writer.path("tokenizer.json"))
-        w4_layers, quantization = None, None
+        calibrated, quantization = CalibratedW4({}), None
         if weights == "w4":
             quantization = {"method": "rtn", "group": 128}
-            if w4_method == "gptq":
-                w4_layers, quantization = gptq_layers(ckpt, writer.path("tokenizer.json"), calib_text, step)
+            if w4_method != "rtn":
+                calibrated, quantization = calibrated_layers(ckpt, writer.path("tokenizer.json"), calib_text,
+                                                             w4_method, step)
         step(f"writing decoder weights ({weights})")
-        save_file(decoder_tensors(ckpt.decoder, weights, w4_layers), str(writer.path("decoder.safetensors")))
+        # AWQ's rewritten norm gains replace the checkpoint's; the layers it or GPTQ quantised are written as they are.
+        save_file(decoder_tensors({**ckpt.decoder, **calibrated.tensors}, weights, calibrated.layers),
+                  str(writer.path("decoder.safetensors")))
         cfg = ckpt.config
         size = cfg.vision.image_size
         manifest = {
