@@ -17,7 +17,7 @@ from kernel_testing import CPU_KERNELS, cuda_dtype, cuda_dtype_test, randn  # no
 C = pytest.importorskip("rsvlm_edge._C")
 
 from rsvlm_edge.backends import decoder_numpy  # noqa: E402
-from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4, quantize_w8  # noqa: E402
+from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4, quantize_w8, w4_round, w4_scale  # noqa: E402
 
 # amx changes qlinear's GEMM loop nest (M >= 4: tile products); every cpu_kernels test runs it too.
 pytestmark = pytest.mark.cpu_kernel_sets("amx", "avx512vnni", "avx2", "portable")
@@ -33,8 +33,8 @@ def quantised(rng, n, k, fmt, groups=None):
         packed, s = quantize_w4(w)  # the exported format: groups of 128, or the whole row
     else:  # any legal group count: whole multiples of 128 inputs
         g = w.reshape(n, groups, k // groups)
-        s = np.where(np.abs(g).max(2) > 0, np.abs(g).max(2) / 7, 1).astype(np.float32)
-        q = np.clip(np.rint(g / s[:, :, None]), -7, 7).astype(np.int16).reshape(n, k) + 8
+        s = w4_scale(g)  # export's rule: levels -8..7, negative scales where a group's extreme is positive
+        q = w4_round(g, s[:, :, None]).astype(np.int16).reshape(n, k) + 8
         packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
     ints = np.rint(dequantize_w4(packed, np.ones_like(s))).astype(np.int64)
     return packed, s, ints
@@ -271,3 +271,22 @@ def test_activation_quantisation_is_the_definition_bit_for_bit(cpu_kernels):
     eye, ones = np.eye(k, dtype=np.int8), np.ones((k, 1), np.float32)
     for m in (1, 9):  # GEMV and GEMM
         np.testing.assert_array_equal(C.qlinear(x[:m].copy(), eye, ones), C.qlinear_reference(x[:m].copy(), eye, ones))
+
+
+def test_w4_export_rule_uses_all_sixteen_levels_and_signed_scales():
+    """quant.py's rule: each group's largest-magnitude entry m is level -8 (scale m / -8, negative where m
+    is positive), so nibble 0 appears and half the scales are negative; the kernels read q = nibble - 8
+    times the scale whatever its sign (checked against the float64 formula in the tests above)."""
+    w = randn(np.random.default_rng(5), 64, 256)
+    packed, s = quantize_w4(w)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(64, 256)
+    assert nibbles.min() == 0 and nibbles.max() <= 15 and (s < 0).any() and (s > 0).any()
+    g = w.reshape(64, 2, 128)
+    extreme = np.take_along_axis(g, np.abs(g).argmax(2)[..., None], 2)[..., 0]
+    np.testing.assert_array_equal(s, extreme / np.float32(-8))
+    deq = dequantize_w4(packed, s).reshape(64, 2, 128)
+    np.testing.assert_array_equal(np.take_along_axis(deq, np.abs(g).argmax(2)[..., None], 2)[..., 0], extreme)
+    err, step = np.abs(deq - g), np.abs(s)[..., None]
+    inside = np.abs(g) <= 7.5 * step  # within the levels: round to nearest; beyond +7 (opposite sign): clipped
+    assert (err[inside] <= (step / 2 + 1e-6).repeat(128, -1)[inside]).all() and (err <= step + 1e-6).all()
+    assert (w4_scale(np.zeros((3, 128))) == 1).all() and (w4_round(np.array([100.0, -100.0]), 1.0) == [7, -8]).all()

@@ -176,16 +176,19 @@ def test_native_backend_request_without_kernels_is_a_clear_error(monkeypatch):
 def test_w4_packing_and_group_quantisation():
     from rsvlm_edge.models.llava.quant import dequantize_w4, quantize_w4
 
-    w = np.array([[7.0, -7.0, 0.0, 3.5] * 64], dtype=np.float32)  # one row, 256 inputs: 2 groups of 128
+    w = np.array([[8.0, -7.0, 0.0, 4.0] * 64], dtype=np.float32)  # one row, 256 inputs: 2 groups of 128
     packed, scale = quantize_w4(w)
     assert packed.shape == (1, 128) and scale.shape == (1, 2)
-    assert packed[0, 0] == (7 + 8) | ((-7 + 8) << 4)  # even input in the low nibble
-    np.testing.assert_allclose(dequantize_w4(packed, scale), np.rint(w), atol=0)  # 3.5 -> 4 (scale 1)
+    np.testing.assert_array_equal(scale, [[-1.0, -1.0]])  # the extreme 8 is level -8: scale 8 / -8
+    assert packed[0, 0] == (-8 + 8) | ((7 + 8) << 4)  # even input in the low nibble; -7 / -1 = level 7
+    np.testing.assert_array_equal(dequantize_w4(packed, scale), w)
     rng = _rng(5)
     w = rng.standard_normal((40, 384), dtype=np.float32)
     packed, scale = quantize_w4(w)
     err = np.abs(dequantize_w4(packed, scale) - w).reshape(40, 3, 128)
-    assert (err <= scale[:, :, None] / 2 + 1e-6).all()
+    step = np.abs(scale)[:, :, None]
+    inside = np.abs(w.reshape(40, 3, 128)) <= 7.5 * step  # beyond level +7 on the extreme's other side: clipped
+    assert (err[inside] <= np.broadcast_to(step / 2 + 1e-6, err.shape)[inside]).all() and (err <= step + 1e-6).all()
 
 
 @pytest.mark.skipif(NATIVE is None, reason="_C has no decoder kernels")

@@ -121,7 +121,8 @@ void qlinear_cases() {
     std::vector<uint8_t> w(wbytes);
     for (uint8_t& b : w) b = four ? uint8_t(u8(g_rng)) : uint8_t(int8_t(i8(g_rng)));
     std::vector<float> x = randn(size_t(c.m) * c.k), scale(size_t(c.n) * c.groups), bias = randn(c.n);
-    for (float& s : scale) s = 0.001f + 0.01f * std::fabs(randn(1)[0]);
+    // i4: signed scales, as export's rule writes them
+    for (float& s : scale) s = (0.001f + 0.01f * std::fabs(randn(1)[0])) * (four && u8(g_rng) % 2 ? -1.f : 1.f);
     re::QLinearParams p;
     p.x = x.data(), p.w = w.data(), p.w_scale = scale.data(), p.bias = bias.data();
     p.m = c.m, p.n = c.n, p.k = c.k, p.groups = c.groups, p.format = c.fmt;

@@ -502,7 +502,8 @@ void test_qlinear(re::QWeight format, int64_t m, int n, int k, int groups, bool 
   const std::vector<float> x = rng.f16(size_t(m) * k, -1.f, 1.f);
   const std::vector<float> b = bias ? rng.f16(size_t(n), -0.5f, 0.5f) : std::vector<float>();
   std::vector<float> scale(size_t(n) * groups);
-  for (float& s : scale) s = i4 ? rng.uniform(0.02f, 0.2f) : rng.uniform(0.002f, 0.02f);
+  // i4: signed scales, as export's rule writes them (a group's positive extreme is level -8 times a negative scale)
+  for (float& s : scale) s = i4 ? rng.uniform(0.02f, 0.2f) * float(2 * rng.integer(0, 1) - 1) : rng.uniform(0.002f, 0.02f);
   std::vector<uint8_t> w;  // i8: (N, K) int8 bytes; i4: (N, K / 2) packed nibbles, stored as q + 8
   if (i4) {
     w.resize(size_t(n) * (k / 2));

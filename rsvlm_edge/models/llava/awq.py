@@ -32,7 +32,7 @@ def fake_w4(w: np.ndarray) -> np.ndarray:
     out_f, in_f = w.shape
     group = w4_group_size(in_f)
     g = w.reshape(out_f, in_f // group, group)
-    s = w4_scale(np.abs(g).max(axis=2))[:, :, None]
+    s = w4_scale(g)[:, :, None]
     return (w4_round(g, s) * s).astype(np.float32).reshape(out_f, in_f)
 
 

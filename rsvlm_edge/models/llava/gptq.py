@@ -14,7 +14,7 @@ inputs of layer ``l`` come from layers ``0..l-1`` already quantised, so each lay
 of the ones before it. Per layer, H = 2 X^T X of the input of each group of linears that share one (q/k/v,
 o, gate/up, down) is accumulated once; then each group's weights, stacked, are quantised column by column
 in blocks of one group (128 inputs): a group's scale is fixed from its columns as updated by the error
-feedback so far (absmax / 7, the format's), each column is rounded, and its error divided by the
+feedback so far (the format's rule, ``quant.w4_scale``), each column is rounded, and its error divided by the
 Cholesky factor's diagonal is propagated to the rest of the block, then to the later blocks at once.
 """
 
@@ -62,7 +62,7 @@ def gptq_w4(w: np.ndarray, hessian: np.ndarray, damp: float = DAMP) -> tuple[np.
         g1 = g0 + group
         block = W[:, g0:g1].copy()
         err = np.zeros_like(block)
-        s = w4_scale(np.abs(block).max(axis=1))
+        s = w4_scale(block)
         scale[:, g0 // group] = s
         u = U[g0:g1, g0:g1]
         for i in range(group):

@@ -3,9 +3,12 @@
 * ``w8``: ``<name>.weight`` int8 (out, in), ``<name>.weight_scale`` fp32 (out,):
   symmetric per output channel, ``w ~= q * scale[:, None]``, q in [-127, 127].
 * ``w4``: ``<name>.weight`` uint8 (out, in / 2), ``<name>.weight_scale`` fp32 (out, in / group):
-  symmetric per group of ``group`` consecutive inputs (128, or the whole row when the input width
-  is not a multiple of 128), q in [-7, 7] stored as q + 8, two per byte (even input in the low
-  nibble). The group size is implied by the scale's shape.
+  one scale per group of ``group`` consecutive inputs (128, or the whole row when the input width is
+  not a multiple of 128), ``w ~= q * scale``, q in [-8, 7] stored as q + 8, two per byte (even input
+  in the low nibble). The group size is implied by the scale's shape. Export's rule (``w4_scale``, as
+  llama.cpp's Q4_0): the group's entry m of largest magnitude maps to q = -8, scale = m / -8 (negative
+  where m is positive), so m is exact and all 16 levels are used (a step of max|w| / 8, not / 7).
+  Bundles written before 2026-11-27 have q in [-7, 7] and positive scales: the same format to a reader.
 """
 
 from __future__ import annotations
@@ -34,19 +37,22 @@ def quantize_w4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"w4 needs an even input width, got {in_f}")
     group = w4_group_size(in_f)
     g = w.astype(np.float32).reshape(out_f, in_f // group, group)
-    scale = w4_scale(np.abs(g).max(axis=2))
+    scale = w4_scale(g)
     q = w4_round(g, scale[:, :, None]).astype(np.int16).reshape(out_f, in_f) + 8
     return pack_w4(q), scale
 
 
-def w4_scale(absmax: np.ndarray) -> np.ndarray:
-    """fp32 scales of w4 groups from their largest |weight| (1 for an all-zero group)."""
-    return np.where(absmax > 0, absmax / 7.0, 1.0).astype(np.float32)
+def w4_scale(groups: np.ndarray) -> np.ndarray:
+    """fp32 scales (...) of w4 groups ``groups`` (..., group): ``m / -8`` of each group's entry ``m`` of
+    largest magnitude (the first such entry), so that ``m`` is level -8 exactly; 1 for an all-zero group."""
+    g = np.asarray(groups, dtype=np.float32)
+    m = np.take_along_axis(g, np.abs(g).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    return np.where(m != 0, m / np.float32(-8.0), np.float32(1.0)).astype(np.float32)
 
 
 def w4_round(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``w / scale`` rounded to the nearest w4 level q in [-7, 7] (float)."""
-    return np.clip(np.rint(w / scale), -7, 7)
+    """``w / scale`` rounded to the nearest w4 level q in [-8, 7] (float)."""
+    return np.clip(np.rint(w / scale), -8, 7)
 
 
 def pack_w4(nibbles: np.ndarray) -> np.ndarray:
