@@ -174,6 +174,17 @@ class W4Quantization(_Strict):
         return self
 
 
+class DecoderRotationRecord(_Strict):
+    """export --rotate: the decoder's residual stream (``residual``) and each layer's value heads (``heads``)
+    carried in a seeded orthogonal basis folded into the weights, the embeddings and the projector
+    (``models/llava/rotate.py``). The runtime computes the same logits; hidden states read from outside
+    the decoder are in the rotated basis."""
+
+    residual: Literal["hadamard", "orthogonal"]
+    heads: Literal["hadamard", "orthogonal"]
+    seed: Annotated[int, Field(strict=True, ge=0)]
+
+
 class DecoderPart(_Strict):
     """LLaMA-family decoder weights (safetensors, canonical names) run by a decoder backend.
     ``quantization`` (w4 only, optional: manifests without it stay valid) records how the int4 weights were
@@ -183,6 +194,7 @@ class DecoderPart(_Strict):
     file: RelPath
     precision: Literal["fp32", "fp16", "w8", "w4"]
     quantization: Optional[W4Quantization] = None
+    rotation: Optional[DecoderRotationRecord] = None
 
     @model_validator(mode="after")
     def _quantization_is_w4(self) -> "DecoderPart":

@@ -13,7 +13,7 @@ import typer
 
 from ..errors import InputError
 
-EXPORT_STEPS = 6  # progress steps reported by export_vlm (see rsvlm_edge/export/llava.py)
+EXPORT_STEPS = 7  # progress steps reported by export_vlm (see rsvlm_edge/export/llava.py)
 
 
 PROMPT_ALLOWANCE = 64  # text tokens of a typical prompt, for the memory estimate
@@ -60,8 +60,9 @@ def export_vlm_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     verify: Annotated[bool, typer.Option(help="compare vision.onnx with torch after export")] = True,
     vision_tower: Annotated[Optional[Path], typer.Option(help="CLIP model dir for checkpoints saved without vision weights")] = None,
-    w4_method: Annotated[str, typer.Option(help="w4 only: rtn (round to nearest, seconds) | gptq (error-compensating) | awq (activation-aware scales) | awq-gptq (both; the most accurate); all but rtn calibrate on text, minutes")] = "rtn",
+    w4_method: Annotated[str, typer.Option(help="w4 only: rtn (round to nearest, seconds) | gptq (error-compensating; the most accurate with the default rotation) | awq (activation-aware scales) | awq-gptq (both; the most accurate with --no-rotate); all but rtn calibrate on text, minutes")] = "rtn",
     calib_text: Annotated[Optional[Path], typer.Option(help="w4 gptq/awq/awq-gptq: UTF-8 text the model will see (default: a built-in remote-sensing text, topped up with random tokens)")] = None,
+    rotate: Annotated[Optional[bool], typer.Option("--rotate/--no-rotate", help="carry the decoder in a seeded orthogonal basis folded into its weights (QuaRot-style Hadamard rotations): the same model, less int4/int8 error [default: on for w8 and w4, off for fp16 and fp32]", show_default=False)] = None,
 ) -> None:
     """Export a LLaVA-class VLM: vision tower + projector to ONNX, decoder weights to safetensors."""
     from ..export.llava import export_vlm
@@ -75,7 +76,7 @@ def export_vlm_cmd(
 
         bundle = export_vlm(checkpoint, output, weights=weights, overwrite=overwrite, image_size=image_size,
                             template=template, verify=verify, progress=step, vision_tower=vision_tower,
-                            w4_method=w4_method, calib_text=calib_text)
+                            w4_method=w4_method, calib_text=calib_text, rotate=rotate)
         bar.update(task, completed=EXPORT_STEPS)
     for note in bundle.manifest.notes:
         info(f"note: {note}")

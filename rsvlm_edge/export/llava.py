@@ -26,11 +26,13 @@ from ..models.llava.config import VisionConfig
 from ..models.llava.gptq import CalibratedW4
 from ..models.llava.prompts import TEMPLATES
 from ..models.llava.quant import quantize_w4, quantize_w8
+from ..models.llava.rotate import DecoderRotation, rotate_decoder
 from .llava_checkpoint import VlmCheckpoint, load_checkpoint
 
 WEIGHT_FORMATS = ("fp32", "fp16", "w8", "w4")
 # round-to-nearest; GPTQ, AWQ scales + round-to-nearest, AWQ scales + GPTQ on calibration text (models/llava/gptq.py)
 W4_METHODS = ("rtn", "gptq", "awq", "awq-gptq")
+ROTATION_SEED = 0  # --rotate: the seed of the decoder's rotations (recorded in the manifest)
 GPTQ_WINDOWS, GPTQ_LENGTH = 32, 256  # calibration: 32 sequences of 256 tokens (8,192 tokens)
 VISION_IO = ("images", "image_features")  # graph input, output names (recorded in the manifest's parts)
 DEFAULT_MAX_BATCH = 8
@@ -200,11 +202,15 @@ def export_vlm(
     vision_tower: str | Path | None = None,
     w4_method: str = "rtn",
     calib_text: str | Path | None = None,
+    rotate: bool | None = None,
 ) -> Bundle:
     """Export ``checkpoint`` (LLaVA repo layout or transformers Llava directory) to ``dest``.
     ``w4_method`` (w4 only): ``rtn`` rounds each weight to the nearest level; ``gptq``, ``awq`` and
     ``awq-gptq`` run the decoder on calibration text (``calib_text``: a UTF-8 file, else a built-in
-    remote-sensing text), minutes: GPTQ, AWQ's activation-aware scales, or both (models/llava/gptq.py)."""
+    remote-sensing text), minutes: GPTQ, AWQ's activation-aware scales, or both (models/llava/gptq.py).
+    ``rotate``: the decoder's residual stream and value heads in a seeded orthogonal basis, folded into the
+    weights and the projector (models/llava/rotate.py): the same model, less int4 / int8 error; None: for
+    w8 and w4 (measured better for every method, bench/bench_w4_accuracy.py), not for fp16 / fp32."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown --weights '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     if w4_method not in W4_METHODS:
@@ -225,7 +231,8 @@ def export_vlm(
     step("reading checkpoint")
     ckpt = load_checkpoint(checkpoint, image_size=image_size, template=template, vision_tower=vision_tower)
     _check_tokenizer(ckpt.source)
-    return write_bundle(ckpt, dest, weights, overwrite, verify, step, w4_method=w4_method, calib_text=text)
+    return write_bundle(ckpt, dest, weights, overwrite, verify, step, w4_method=w4_method, calib_text=text,
+                        rotate=weights in ("w8", "w4") if rotate is None else rotate)
 
 
 def read_calibration_text(path: str | Path) -> str:
@@ -258,7 +265,7 @@ def calibrated_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | Non
                                                           add_special_tokens=False).ids
     windows, n_text = calibration_windows(ids, cfg.vocab_size, GPTQ_WINDOWS, GPTQ_LENGTH, cfg.bos_token_id)
     # Matrices as fp16 (as an fp16 bundle stores them): a bf16 or fp32 checkpoint is not held in fp32.
-    tensors = {name: _to_numpy(t).astype(np.float16) if getattr(t, "ndim", 0) == 2 else _to_numpy(t)
+    tensors = {name: _to_numpy(t).astype(np.float16, copy=False) if getattr(t, "ndim", 0) == 2 else _to_numpy(t)
                for name, t in ckpt.decoder.items()}
     calibrated = calibrated_decoder_w4(cfg, tensors, windows, method, progress=step)
     record: dict[str, Any] = {"method": method, "group": 128, "calibration": {
@@ -272,12 +279,39 @@ def calibrated_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | Non
     return calibrated, record
 
 
+def rotated_checkpoint(ckpt: VlmCheckpoint, weights: str) -> tuple[VlmCheckpoint, DecoderRotation]:
+    """``ckpt`` with its decoder in a rotated basis (models/llava/rotate.py: numpy matrices, fp32 for an
+    fp32 bundle, else fp16) and its projector's last linear writing image features into that basis."""
+    import dataclasses
+
+    import torch
+
+    rotation = DecoderRotation.seeded(ckpt.config.decoder, ROTATION_SEED)
+    try:
+        decoder = rotate_decoder(ckpt.config.decoder, ckpt.decoder, rotation, as_array=_to_numpy,
+                                 dtype=np.float32 if weights == "fp32" else np.float16)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot rotate the decoder: {e}", "export with --no-rotate") from None
+    last = "fc2" if ckpt.config.projector_type == "mlp2x_gelu" else "fc1"
+    bias = ckpt.projector.get(f"{last}.bias")
+    w, b = rotation.projector_output(_to_numpy(ckpt.projector[f"{last}.weight"]).astype(np.float32),
+                                     None if bias is None else _to_numpy(bias).astype(np.float32))
+    projector = {**ckpt.projector, f"{last}.weight": torch.from_numpy(w)}
+    if b is not None:
+        projector[f"{last}.bias"] = torch.from_numpy(b)
+    return dataclasses.replace(ckpt, decoder=decoder, projector=projector), rotation
+
+
 def write_bundle(
     ckpt: VlmCheckpoint, dest: str | Path, weights: str, overwrite: bool, verify: bool, step: Progress,
-    w4_method: str = "rtn", calib_text: str | None = None,
+    w4_method: str = "rtn", calib_text: str | None = None, rotate: bool = False,
 ) -> Bundle:
     from safetensors.numpy import save_file
 
+    rotation = None
+    if rotate:
+        step("rotating the decoder's residual stream and heads (--rotate)")
+        ckpt, rotation = rotated_checkpoint(ckpt, weights)
     with BundleWriter(dest, overwrite=overwrite) as writer:
         step("exporting vision tower + projector to ONNX")
         module = build_vision_module(ckpt)
@@ -315,7 +349,8 @@ def write_bundle(
                            "outputs": [{"name": VISION_IO[1], "dtype": "float32",
                                         "shape": ["batch", cfg.vision.num_tokens, cfg.decoder.hidden_size]}]},
                 "decoder": {"kind": "decoder", "file": "decoder.safetensors", "precision": weights,
-                            **({"quantization": quantization} if quantization else {})},
+                            **({"quantization": quantization} if quantization else {}),
+                            **({"rotation": rotation.record()} if rotation else {})},
             },
             "preprocess": ckpt.preprocess,
             "tokenizer": {"file": "tokenizer.json", "kind": "hf"},
