@@ -141,6 +141,18 @@ def test_gptq_options_only_go_with_w4_and_a_readable_text(checkpoint, tmp_path):
     assert not (tmp_path / "a.rsvlm").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize("flags, needles", [
+    (["--weights", "fp16", "--w4-method", "awq-gptq"], ["apply to --weights w4, not fp16", "add --weights w4"]),
+    (["--weights", "w4", "--w4-method", "spqr"], ["unknown --w4-method 'spqr'", "rtn, gptq, awq, awq-gptq"]),
+    (["--weights", "w4", "--calib-text", "captions.txt"], ["--calib-text goes with a calibrated --w4-method",
+                                                           "drop --calib-text"]),
+], ids=["method-without-w4", "unknown-method", "text-without-calibration"])
+def test_cli_refuses_bad_w4_flag_combinations_before_reading_anything(checkpoint, tmp_path, flags, needles):
+    r = run_cli("export", "vlm", str(checkpoint / "hf"), "-o", str(tmp_path / "c.rsvlm"), *flags)
+    assert_contract(r, *needles)
+    assert not (tmp_path / "c.rsvlm").exists()
+
+
 def test_cli_refuses_a_missing_calibration_file_with_one_error_and_fix(checkpoint, tmp_path):
     r = run_cli("export", "vlm", str(checkpoint / "hf"), "-o", str(tmp_path / "c.rsvlm"), "--weights", "w4",
                 "--w4-method", "gptq", "--calib-text", str(tmp_path / "missing.txt"))
