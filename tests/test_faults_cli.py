@@ -121,6 +121,8 @@ MISSING = {
     "ask-no-question": (["ask", "B", "IMG"], "Missing argument"),
     "caption-no-args": (["caption"], "Missing argument"),
     "caption-no-images": (["caption", "B"], "Missing argument"),
+    "compare-no-args": (["compare"], "Missing argument"),
+    "compare-no-images": (["compare", "B", "B"], "Missing argument"),
     "scene-no-args": (["classify-scene"], "Missing argument"),
     "scene-no-labels": (["classify-scene", "B", "SCENE"], "Missing option '--labels'"),
     "info-no-args": (["info"], "Missing argument"),
@@ -146,6 +148,7 @@ BAD_VALUE = {
     "ask-seed-float": (["ask", "B", "IMG", "q", "--seed", "1.5"], "--seed"),
     "caption-batch-word": (["caption", "B", "IMG", "--batch-size", "eight"], "--batch-size"),
     "caption-max-new-float": (["caption", "B", "IMG", "--max-new-tokens", "2.5"], "--max-new-tokens"),
+    "compare-steps-word": (["compare", "B", "B", "IMG", "--steps", "many"], "--steps"),
     "bench-iters-word": (["bench", "--iters", "x"], "--iters"),
     "bench-warmup-float": (["bench", "--warmup", "1.5"], "--warmup"),
     "bench-threads-word": (["bench", "--threads", "two"], "--threads"),
@@ -175,6 +178,7 @@ UNKNOWN_OPTION = {
     "embed": ["embed", "B", "IMG", "-o", "e.npz", "--bogus"],
     "ask": ["ask", "B", "IMG", "q", "--bogus"],
     "caption": ["caption", "B", "IMG", "--bogus"],
+    "compare": ["compare", "B", "B", "IMG", "--bogus"],
     "classify-scene": ["classify-scene", "B", "SCENE", "--labels", "a", "--bogus"],
     "bench": ["bench", "--bogus"],
     "info": ["info", "B", "--bogus"],
@@ -185,7 +189,7 @@ UNKNOWN_OPTION = {
     "short-option": ["classify", "B", "IMG", "--labels", "a", "-z"],
 }
 
-COMMANDS = [["classify"], ["embed"], ["ask"], ["caption"], ["classify-scene"], ["bench"], ["info"], ["doctor"],
+COMMANDS = [["classify"], ["embed"], ["ask"], ["caption"], ["compare"], ["classify-scene"], ["bench"], ["info"], ["doctor"],
             ["export"], ["export", "clip"], ["export", "vlm"], []]
 
 
@@ -283,6 +287,9 @@ PATH_CASES = {
     "embed-missing-image": (["embed", "CLIP", "NOIMG", "-o", "OUTNPZ"], "does not exist"),
     "ask-missing-image": (["ask", "VLM", "NOIMG", "what?"], "does not exist"),
     "caption-missing-image": (["caption", "VLM", "NOIMG"], "does not exist"),
+    "compare-missing-bundle": (["compare", "MISSING", "VLM", "IMG"], "does not exist"),
+    "compare-missing-image": (["compare", "VLM", "VLM", "NOIMG"], "does not exist"),
+    "compare-clip-bundle": (["compare", "VLM", "CLIP", "IMG"], "need a VLM bundle"),
     "classify-no-images-in-folder": (["classify", "CLIP", "EMPTY", "--labels", "a,b"], "no images found"),
     "embed-no-images-in-folder": (["embed", "CLIP", "EMPTY", "-o", "OUTNPZ"], "no images found"),
     "caption-no-images-in-folder": (["caption", "VLM", "EMPTY"], "no images found"),

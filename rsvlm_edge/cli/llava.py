@@ -30,7 +30,7 @@ def _load_vlm(bundle: Path, backend: str, batch: int | None = None, max_new_toke
     b = open_bundle(bundle)
     if b.architecture != "llava":
         raise InputError(
-            f"'{bundle}' is a {b.architecture} bundle; ask and caption need a VLM bundle",
+            f"'{bundle}' is a {b.architecture} bundle; ask, caption and compare need a VLM bundle",
             "use `rsvlm-edge classify` / `embed` for CLIP bundles, or export a VLM with `rsvlm-edge export vlm`",
         )
     if batch is not None:
@@ -175,8 +175,54 @@ def caption(
             _write_json(tmp, {"bundle": str(bundle), "prompt": prompt, "captions": results})
 
 
+COMPARE_BATCH = 4  # image / question pairs compared at once
+
+
+def compare(
+    reference: Annotated[Path, typer.Argument(help="reference VLM bundle (e.g. the fp16 export)")],
+    candidate: Annotated[Path, typer.Argument(help="bundle to check: another export of the same checkpoint (e.g. w4)")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    question: Annotated[str, typer.Option(help="the question asked about every image")] = "Describe the image in detail.",
+    steps: Annotated[int, typer.Option(help="greedy tokens of the reference compared (issue 12's measure: 32)")] = 32,
+    backend: Annotated[str, typer.Option(help="auto, a backend (native, numpy, ...) or graph=NAME,decoder=NAME; both bundles")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the comparison as JSON here")] = None,
+) -> None:
+    """Compare two bundles of one VLM step by step: the reference answers greedily, both are teacher-forced on
+    its tokens; prints each image's worst and mean logits cosine and top-1 agreement."""
+    from contextlib import ExitStack
+
+    from ..atomic import atomic_path
+    from ..images import load_image
+    from ..models.llava.compare import compare_runtimes
+
+    if not question.strip():
+        raise InputError("the question is empty", 'e.g. --question "Describe the image in detail."')
+    if steps < 1:
+        raise InputError(f"--steps {steps} compares nothing", "pass --steps 1 or more (32: issue 12's measure)")
+    for image in images:
+        load_image(image)  # fails early, with one message, on a bad image
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(json_out, what="--json output")) if json_out else None
+        batch = min(len(images), COMPARE_BATCH)
+        ref = _load_vlm(reference, backend, max_batch=batch)
+        cand = _load_vlm(candidate, backend, max_batch=batch)
+        rows = []
+        for i in range(0, len(images), batch):
+            part = [str(p) for p in images[i:i + batch]]
+            rows += compare_runtimes(ref, cand, part, [question] * len(part), steps)
+        typer.echo("image\tsteps\tworst_cosine\tmean_cosine\ttop1_agreement")
+        for r in rows:
+            typer.echo(f"{r.image}\t{r.steps}\t{r.worst_cosine:.4f}\t{r.mean_cosine:.4f}\t{r.top1_agreement:.3f}")
+        worst = min(r.worst_cosine for r in rows)
+        typer.echo(f"worst step cosine over {len(rows)} image(s): {worst:.4f} (issue 12's w4 goal: >= 0.98)")
+        if tmp is not None:
+            _write_json(tmp, {"reference": str(reference), "candidate": str(candidate), "question": question,
+                              "steps": steps, "worst_cosine": worst, "images": [r.to_dict() for r in rows]})
+
+
 def register(app: typer.Typer, export_app: typer.Typer) -> None:
     """Add ``ask`` and ``caption`` to ``app`` and ``vlm`` to the ``export`` sub-app."""
     export_app.command("vlm")(export_vlm_cmd)
     app.command("ask")(ask)
     app.command("caption")(caption)
+    app.command("compare")(compare)

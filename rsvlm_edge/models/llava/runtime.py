@@ -240,6 +240,32 @@ class VlmRuntime:
             embeds, lengths = self._prompt_embeddings(chunks, features)
             return self.decoder.prefill(embeds, lengths)
 
+    def teacher_forced_logits(self, images: Sequence[ImageInput] | np.ndarray | None,
+                              chunks: Sequence[Sequence[Sequence[int]]], tokens: np.ndarray) -> np.ndarray:
+        """Logits ``(B, T + 1, vocab)`` float32: after the prompt, then after each of ``tokens`` ``(B, T)`` fed in
+        turn (teacher forcing: every sequence goes on with the given tokens, whatever it would choose). For
+        comparing two bundles of one model step by step (``rsvlm-edge compare``)."""
+        tokens = np.asarray(tokens)
+        vocab = self.config.decoder.vocab_size
+        if tokens.ndim != 2 or tokens.shape[0] != len(chunks) or tokens.dtype.kind not in "iu":
+            raise InputError(f"teacher-forced tokens have shape {tokens.shape} and dtype {tokens.dtype}",
+                             f"pass integer token ids of shape ({len(chunks)}, steps)")
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise InputError("teacher-forced token ids outside the vocabulary", f"pass ids in [0, {vocab})")
+        features = self._features(images)
+        with self._exclusive():
+            embeds, lengths = self._prompt_embeddings(chunks, features)
+            steps = tokens.shape[1]
+            if int(lengths.max()) + steps > self.decoder.max_seq:
+                raise InputError(f"prompt ({int(lengths.max())} tokens incl. image) + {steps} steps exceeds the KV "
+                                 f"cache of {self.decoder.max_seq} positions",
+                                 "compare fewer steps, or create the runtime with a larger max_seq")
+            out = np.empty((len(chunks), steps + 1, vocab), np.float32)
+            out[:, 0] = self.decoder.prefill(embeds, lengths)
+            for t in range(steps):
+                out[:, t + 1] = self.decoder.decode(np.ascontiguousarray(tokens[:, t], dtype=np.int64))
+        return out
+
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Hold the decoder (KV cache) for one generation; refuse re-entry from the same thread

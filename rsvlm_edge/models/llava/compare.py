@@ -1,0 +1,77 @@
+"""Step-by-step comparison of two bundles of one VLM (``rsvlm-edge compare``): the reference (say fp16)
+answers greedily; both are then teacher-forced on the reference's tokens and their logits compared at
+every step (cosine), with how often the candidate's own choice is the reference's token. The measure of
+issue 12's w4 goal (worst step cosine >= 0.98 against the unquantised model), on the user's own
+checkpoint, images and questions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ...errors import InputError
+from ...images import ImageInput
+from .runtime import VlmRuntime
+
+
+@dataclass
+class StepComparison:
+    """One sequence: ``steps`` compared (up to and including the reference's EOS), the worst and mean logits
+    cosine, the fraction of steps where the candidate's argmax is the reference's token, the reference's
+    answer."""
+
+    image: str
+    question: str
+    steps: int
+    worst_cosine: float
+    mean_cosine: float
+    top1_agreement: float
+    reference_answer: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _same_model(reference: VlmRuntime, candidate: VlmRuntime) -> None:
+    ref, cand = reference.config, candidate.config
+    for what, a, b in (("vocabulary size", ref.decoder.vocab_size, cand.decoder.vocab_size),
+                       ("decoder width", ref.decoder.hidden_size, cand.decoder.hidden_size),
+                       ("decoder layers", ref.decoder.num_layers, cand.decoder.num_layers),
+                       ("image tokens", ref.vision.num_tokens, cand.vision.num_tokens)):
+        if a != b:
+            raise InputError(f"the two bundles are not one model: {what} {a} vs {b}",
+                             "compare two exports of the same checkpoint (e.g. --weights fp16 and --weights w4)")
+
+
+def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Sequence[ImageInput],
+                     questions: Sequence[str], steps: int = 32) -> list[StepComparison]:
+    """Compare ``candidate`` with ``reference`` on each (image, question) pair for ``steps`` greedy tokens of
+    the reference (see the module docstring)."""
+    if steps < 1:
+        raise InputError(f"--steps {steps} compares nothing", "pass --steps 1 or more (32: issue 12's measure)")
+    if len(images) != len(questions) or not images:
+        raise InputError(f"{len(images)} images and {len(questions)} questions", "pass one question per image")
+    _same_model(reference, candidate)
+    prompts = [reference.build_prompt(q) for q in questions]
+    chunks = [reference.tokenize(p) for p in prompts]
+    if [candidate.tokenize(p) for p in prompts] != chunks:
+        raise InputError("the two bundles tokenize the prompts differently",
+                         "compare two exports of the same checkpoint (their tokenizer.json must agree)")
+    result = reference.generate_result(list(images), chunks, max_new_tokens=steps, ignore_eos=True)
+    tokens = np.array(result.tokens, dtype=np.int64)  # (B, steps): ignore_eos makes every row `steps` long
+    want = reference.teacher_forced_logits(list(images), chunks, tokens[:, :-1])
+    got = candidate.teacher_forced_logits(list(images), chunks, tokens[:, :-1])
+    out = []
+    for b in range(len(chunks)):
+        eos = [t for t, tok in enumerate(tokens[b]) if int(tok) in reference.eos_ids]
+        n = eos[0] + 1 if eos else steps  # the steps the reference answers in, its EOS included
+        w, g = want[b, :n].astype(np.float64), got[b, :n].astype(np.float64)
+        cos = (w * g).sum(-1) / (np.linalg.norm(w, axis=-1) * np.linalg.norm(g, axis=-1))
+        out.append(StepComparison(
+            image=str(images[b]) if isinstance(images[b], (str, bytes)) or hasattr(images[b], "__fspath__")
+            else f"image {b}", question=questions[b], steps=n, worst_cosine=float(cos.min()),
+            mean_cosine=float(cos.mean()), top1_agreement=float((g.argmax(-1) == tokens[b, :n]).mean()),
+            reference_answer=reference.decode_text(tokens[b, :n].tolist())))
+    return out
