@@ -61,6 +61,8 @@ def test_compare_refuses_bad_arguments(bundles):
         compare_runtimes(ref, VlmRuntime(bundles["other"], max_batch=2), images, ["q"], 4)
     with pytest.raises(InputError, match="compares nothing"):
         compare_runtimes(ref, ref, images, ["q"], 0)
+    with pytest.raises(InputError, match="--steps 5000: the prompt .* leaves room for"):
+        compare_runtimes(ref, ref, images, ["q"], 5000)
     with pytest.raises(InputError, match="1 images and 2 questions"):
         compare_runtimes(ref, ref, images, ["q", "r"], 4)
     chunks = [ref.tokenize(ref.build_prompt("q"))]

@@ -6,6 +6,7 @@ checkpoint, images and questions."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -59,6 +60,11 @@ def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Seque
     if [candidate.tokenize(p) for p in prompts] != chunks:
         raise InputError("the two bundles tokenize the prompts differently",
                          "compare two exports of the same checkpoint (their tokenizer.json must agree)")
+    longest = max(sum(len(c) for c in ch) + reference.num_image_tokens * (len(ch) - 1) for ch in chunks)
+    room = min(reference.decoder.max_seq, candidate.decoder.max_seq) - longest
+    if steps > room:
+        raise InputError(f"--steps {steps}: the prompt ({longest} tokens incl. the image) leaves room for {room} steps "
+                         "in the KV cache", f"pass --steps {max(room, 1)} or fewer")
     result = reference.generate_result(list(images), chunks, max_new_tokens=steps, ignore_eos=True)
     tokens = np.array(result.tokens, dtype=np.int64)  # (B, steps): ignore_eos makes every row `steps` long
     want = reference.teacher_forced_logits(list(images), chunks, tokens[:, :-1])
@@ -70,8 +76,7 @@ def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Seque
         w, g = want[b, :n].astype(np.float64), got[b, :n].astype(np.float64)
         cos = (w * g).sum(-1) / (np.linalg.norm(w, axis=-1) * np.linalg.norm(g, axis=-1))
         out.append(StepComparison(
-            image=str(images[b]) if isinstance(images[b], (str, bytes)) or hasattr(images[b], "__fspath__")
-            else f"image {b}", question=questions[b], steps=n, worst_cosine=float(cos.min()),
+            image=str(images[b]) if isinstance(images[b], (str, os.PathLike)) else f"image {b}", question=questions[b], steps=n, worst_cosine=float(cos.min()),
             mean_cosine=float(cos.mean()), top1_agreement=float((g.argmax(-1) == tokens[b, :n]).mean()),
             reference_answer=reference.decode_text(tokens[b, :n].tolist())))
     return out
