@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ from ..models.llava.config import VisionConfig
 from ..models.llava.gptq import CalibratedW4
 from ..models.llava.prompts import TEMPLATES
 from ..models.llava.quant import quantize_w4, quantize_w8
-from ..models.llava.rotate import DecoderRotation, rotate_decoder
+from ..models.llava.rotate import DecoderRotation, RotatedDecoder
 from .llava_checkpoint import VlmCheckpoint, load_checkpoint
 
 WEIGHT_FORMATS = ("fp32", "fp16", "w8", "w4")
@@ -50,18 +51,20 @@ def _to_numpy(t: Any) -> np.ndarray:
     return np.asarray(t)
 
 
-def decoder_tensors(decoder: dict[str, Any], weights: str,
-                    w4_layers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
-    """Canonical decoder tensors converted to the bundle's weight format; ``w4_layers``: (packed, scale)
-    already quantised (GPTQ / AWQ) for those names."""
+def decoder_tensors(decoder: Mapping[str, Any], weights: str,
+                    w4_layers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                    replaced: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Canonical decoder tensors converted to the bundle's weight format, read one at a time (``decoder`` may
+    compute them when read: ``rotate.RotatedDecoder``); ``w4_layers``: (packed, scale) already quantised (GPTQ /
+    AWQ) for those names; ``replaced``: float tensors written instead of the decoder's (AWQ's norm gains)."""
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"unknown weight format '{weights}'", f"use one of {', '.join(WEIGHT_FORMATS)}")
     out: dict[str, np.ndarray] = {}
-    for name, t in decoder.items():
+    for name in decoder:
         if w4_layers and name in w4_layers:
             out[name], out[f"{name}_scale"] = w4_layers[name]
             continue
-        arr = _to_numpy(t)
+        arr = _to_numpy(replaced[name] if replaced and name in replaced else decoder[name])
         if weights in ("w8", "w4") and name.endswith("_proj.weight"):
             q, scale = (quantize_w8 if weights == "w8" else quantize_w4)(arr)
             out[name] = q
@@ -280,15 +283,15 @@ def calibrated_layers(ckpt: VlmCheckpoint, tokenizer_path: Path, text: str | Non
 
 
 def rotated_checkpoint(ckpt: VlmCheckpoint, weights: str) -> tuple[VlmCheckpoint, DecoderRotation]:
-    """``ckpt`` with its decoder in a rotated basis (models/llava/rotate.py: numpy matrices, fp32 for an
-    fp32 bundle, else fp16) and its projector's last linear writing image features into that basis."""
+    """``ckpt`` with its decoder in a rotated basis (models/llava/rotate.py; computed tensor by tensor when read:
+    fp32 matrices for an fp32 bundle, else fp16) and its projector's last linear writing image features into it."""
     import dataclasses
 
     import torch
 
     rotation = DecoderRotation.seeded(ckpt.config.decoder, ROTATION_SEED)
     try:
-        decoder = rotate_decoder(ckpt.config.decoder, ckpt.decoder, rotation, as_array=_to_numpy,
+        decoder = RotatedDecoder(ckpt.config.decoder, ckpt.decoder, rotation, as_array=_to_numpy,
                                  dtype=np.float32 if weights == "fp32" else np.float16)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"cannot rotate the decoder: {e}", "export with --no-rotate") from None
@@ -334,7 +337,7 @@ def write_bundle(
                                                              w4_method, step)
         step(f"writing decoder weights ({weights})")
         # AWQ's rewritten norm gains replace the checkpoint's; the layers it or GPTQ quantised are written as they are.
-        save_file(decoder_tensors({**ckpt.decoder, **calibrated.tensors}, weights, calibrated.layers),
+        save_file(decoder_tensors(ckpt.decoder, weights, calibrated.layers, calibrated.tensors),
                   str(writer.path("decoder.safetensors")))
         cfg = ckpt.config
         size = cfg.vision.image_size

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class VlmCheckpoint:
     source: Path
     layout: str
     config: VlmConfig
-    decoder: dict[str, Any]
+    decoder: Mapping[str, Any]  # a dict, or rotate.RotatedDecoder after export --rotate
     vision: dict[str, Any]
     projector: dict[str, Any]
     preprocess: dict[str, Any]

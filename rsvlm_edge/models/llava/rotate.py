@@ -112,50 +112,79 @@ class DecoderRotation:
 
 _UNROTATED = re.compile(r"(layers\.\d+\.(q|k|gate|up)_proj|lm_head)\.bias")
 _READERS = {"input_layernorm": ("q_proj", "k_proj", "v_proj"), "post_attention_layernorm": ("gate_proj", "up_proj")}
+_LAYER_NAME = re.compile(r"layers\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+class RotatedDecoder(Mapping[str, np.ndarray]):
+    """Decoder ``tensors`` (canonical names; values turned into numpy arrays by ``as_array``) in the rotated
+    basis, each tensor computed when it is read: matrices as ``dtype``, vectors (norm gains, now 1; biases)
+    float32. Reading one tensor holds only its own fp32 temporaries, so an export that converts tensor by tensor
+    never holds a second copy of the decoder. The same names as ``tensors``; a name without a rule is refused
+    up front (ValueError)."""
+
+    def __init__(self, config: DecoderConfig, tensors: Mapping[str, Any], rotation: DecoderRotation,
+                 as_array: Callable[[Any], np.ndarray] = np.asarray, dtype: type = np.float16) -> None:
+        self.config, self.tensors, self.rotation, self.as_array, self.dtype = config, tensors, rotation, as_array, dtype
+        for name in tensors:
+            if self._rule(name) is None:
+                raise ValueError(f"decoder tensor '{name}' has no rule in the rotation")
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        rule = self._rule(name)
+        if rule is None or name not in self.tensors:
+            raise KeyError(name)
+        a = rule()
+        return np.ascontiguousarray(a, dtype=self.dtype if a.ndim == 2 else np.float32)
+
+    def _get(self, name: str) -> np.ndarray:
+        return self.as_array(self.tensors[name]).astype(np.float32)
+
+    def _rule(self, name: str) -> Callable[[], np.ndarray] | None:
+        """How ``name`` is computed in the rotated basis (see the module docstring); None: no rule."""
+        r1, c, d = self.rotation.residual, self.config.hidden_size, self.config.head_dim
+        if name == "embed_tokens.weight":
+            return lambda: r1.right(self._get(name))
+        if name == "lm_head.weight":
+            return lambda: r1.right(self._get(name) * self._get("norm.weight"))
+        if _UNROTATED.fullmatch(name):
+            return lambda: self._get(name)
+        m = _LAYER_NAME.fullmatch(name)
+        if name == "norm.weight" or (m is not None and m.group(2) in _READERS and m.group(3) == "weight"):
+            return lambda: np.ones(c, np.float32)
+        if m is None or int(m.group(1)) >= len(self.rotation.heads):
+            return None
+        i, part, kind = int(m.group(1)), m.group(2), m.group(3)
+        p, r2 = f"layers.{i}.", self.rotation.heads[i]
+        norm = next((n for n, readers in _READERS.items() if part in readers), None)
+        if kind == "weight" and norm is not None:
+            def reader() -> np.ndarray:
+                w = r1.right(self._get(name) * self._get(p + norm + ".weight"))
+                if part == "v_proj":  # each head's rows (d, C) -> R2^T rows
+                    w = np.concatenate([r2.left_transposed(w[h0:h0 + d]) for h0 in range(0, len(w), d)])
+                return w
+            return reader
+        if name == p + "v_proj.bias":
+            return lambda: r2.right(self._get(name).reshape(-1, d)).reshape(-1)
+        if name == p + "o_proj.weight":  # (C, heads * d): each head's columns times R2, then R1^T on the rows
+            def writer_o() -> np.ndarray:
+                o = self._get(name)
+                return r1.left_transposed(r2.right(o.reshape(-1, d)).reshape(o.shape))
+            return writer_o
+        if name == p + "down_proj.weight":
+            return lambda: r1.left_transposed(self._get(name))
+        if name in (p + "o_proj.bias", p + "down_proj.bias"):
+            return lambda: r1.right(self._get(name)[None])[0]
+        return None
 
 
 def rotate_decoder(config: DecoderConfig, tensors: Mapping[str, Any], rotation: DecoderRotation,
                    as_array: Callable[[Any], np.ndarray] = np.asarray,
                    dtype: type = np.float16) -> dict[str, np.ndarray]:
-    """Decoder ``tensors`` (canonical names; values turned into numpy arrays one at a time by ``as_array``)
-    in the rotated basis: matrices as ``dtype``, vectors (norm gains, now 1; biases) float32. Every tensor
-    of the input is in the output, none added."""
-    out: dict[str, np.ndarray] = {}
-
-    def get(name: str) -> np.ndarray:
-        return as_array(tensors[name]).astype(np.float32)
-
-    def put(name: str, a: np.ndarray) -> None:
-        out[name] = np.ascontiguousarray(a, dtype=dtype if a.ndim == 2 else np.float32)
-
-    r1 = rotation.residual
-    put("embed_tokens.weight", r1.right(get("embed_tokens.weight")))
-    put("lm_head.weight", r1.right(get("lm_head.weight") * get("norm.weight")))
-    put("norm.weight", np.ones(config.hidden_size, np.float32))
-    d = config.head_dim
-    for i in range(config.num_layers):
-        p, r2 = f"layers.{i}.", rotation.heads[i]
-        for norm, readers in _READERS.items():
-            gain = get(p + norm + ".weight")
-            for name in readers:
-                w = r1.right(get(f"{p}{name}.weight") * gain)
-                if name == "v_proj":  # each head's rows (d, C) -> R2^T rows
-                    w = np.concatenate([r2.left_transposed(w[h0:h0 + d]) for h0 in range(0, len(w), d)])
-                put(f"{p}{name}.weight", w)
-            put(p + norm + ".weight", np.ones(config.hidden_size, np.float32))
-        o = get(p + "o_proj.weight")  # (C, heads * d): each head's columns times R2, then R1^T on the rows
-        o = r2.right(o.reshape(-1, d)).reshape(o.shape)
-        put(p + "o_proj.weight", r1.left_transposed(o))
-        put(p + "down_proj.weight", r1.left_transposed(get(p + "down_proj.weight")))
-        if p + "v_proj.bias" in tensors:
-            put(p + "v_proj.bias", r2.right(get(p + "v_proj.bias").reshape(-1, d)).reshape(-1))
-        for writer in ("o_proj", "down_proj"):
-            if f"{p}{writer}.bias" in tensors:
-                put(f"{p}{writer}.bias", r1.right(get(f"{p}{writer}.bias")[None])[0])
-    for name, t in tensors.items():  # the rest: biases on the reading side, unchanged by the rotation
-        if name not in out:
-            if not _UNROTATED.fullmatch(name):
-                raise ValueError(f"decoder tensor '{name}' has no rule in the rotation")
-            a = as_array(t)
-            out[name] = np.ascontiguousarray(a, dtype=dtype if a.ndim == 2 else np.float32)
-    return out
+    """Every tensor of ``RotatedDecoder`` computed now (a second copy of the decoder in memory)."""
+    return dict(RotatedDecoder(config, tensors, rotation, as_array, dtype))
