@@ -41,6 +41,8 @@ def test_teacher_forced_reference_logits_choose_the_greedy_tokens(bundles):
     logits = rt.teacher_forced_logits(bundles["images"][:2], chunks, tokens[:, :-1])
     assert logits.shape == (2, 6, rt.config.decoder.vocab_size) and logits.dtype == np.float32
     np.testing.assert_array_equal(logits.argmax(-1), tokens)
+    greedy = rt.teacher_forced_logits(bundles["images"][:2], chunks, greedy_steps=5)  # fed its own argmax
+    np.testing.assert_array_equal(greedy, logits)
 
 
 def test_a_bundle_against_itself_is_exact_and_w4_is_close(bundles):

@@ -193,12 +193,11 @@ def compare(
 
     from ..atomic import atomic_path
     from ..images import load_image
-    from ..models.llava.compare import compare_runtimes
+    from ..models.llava.compare import check_steps, compare_runtimes
 
     if not question.strip():
         raise InputError("the question is empty", 'e.g. --question "Describe the image in detail."')
-    if steps < 1:
-        raise InputError(f"--steps {steps} compares nothing", "pass --steps 1 or more (32: issue 12's measure)")
+    check_steps(steps)  # before loading anything
     for image in images:
         load_image(image)  # fails early, with one message, on a bad image
     with ExitStack() as stack:

@@ -293,7 +293,7 @@ def rotated_checkpoint(ckpt: VlmCheckpoint, weights: str) -> tuple[VlmCheckpoint
     try:
         decoder = RotatedDecoder(ckpt.config.decoder, ckpt.decoder, rotation, as_array=_to_numpy,
                                  dtype=np.float32 if weights == "fp32" else np.float16)
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         raise CheckpointError(f"cannot rotate the decoder: {e}", "export with --no-rotate") from None
     last = "fc2" if ckpt.config.projector_type == "mlp2x_gelu" else "fc1"
     bias = ckpt.projector.get(f"{last}.bias")

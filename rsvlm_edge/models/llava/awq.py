@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backends.decoder_numpy import quantize_activations
+from ...backends.decoder_numpy import QACT_BLOCK, quantize_activations
 from .quant import w4_group_size, w4_round, w4_scale
 
 GRID = 20  # ratios a = 0, 1/GRID, ..., (GRID - 1)/GRID (AutoAWQ's n_grid)
@@ -39,7 +39,7 @@ def fake_w4(w: np.ndarray) -> np.ndarray:
 def fake_a8(x: np.ndarray) -> np.ndarray:
     """Rows ``x`` (n, in) float32 as the int8 activation blocks of the w4 / w8 kernels see them (n, in)."""
     q, sx = quantize_activations(x)
-    blocks = np.repeat(sx, 128, axis=1)[:, :x.shape[1]]
+    blocks = np.repeat(sx, QACT_BLOCK, axis=1)[:, :x.shape[1]]
     return q.astype(np.float32) * blocks
 
 

@@ -46,12 +46,16 @@ def _same_model(reference: VlmRuntime, candidate: VlmRuntime) -> None:
                              "compare two exports of the same checkpoint (e.g. --weights fp16 and --weights w4)")
 
 
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise InputError(f"--steps {steps} compares nothing", "pass --steps 1 or more (32: issue 12's measure)")
+
+
 def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Sequence[ImageInput],
                      questions: Sequence[str], steps: int = 32) -> list[StepComparison]:
     """Compare ``candidate`` with ``reference`` on each (image, question) pair for ``steps`` greedy tokens of
     the reference (see the module docstring)."""
-    if steps < 1:
-        raise InputError(f"--steps {steps} compares nothing", "pass --steps 1 or more (32: issue 12's measure)")
+    check_steps(steps)
     if len(images) != len(questions) or not images:
         raise InputError(f"{len(images)} images and {len(questions)} questions", "pass one question per image")
     _same_model(reference, candidate)
@@ -65,9 +69,9 @@ def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Seque
     if steps > room:
         raise InputError(f"--steps {steps}: the prompt ({longest} tokens incl. the image) leaves room for {room} steps "
                          "in the KV cache", f"pass --steps {max(room, 1)} or fewer")
-    result = reference.generate_result(list(images), chunks, max_new_tokens=steps, ignore_eos=True)
-    tokens = np.array(result.tokens, dtype=np.int64)  # (B, steps): ignore_eos makes every row `steps` long
-    want = reference.teacher_forced_logits(list(images), chunks, tokens[:, :-1])
+    # The reference decodes greedily once (its logits and tokens); the candidate is fed those tokens.
+    want = reference.teacher_forced_logits(list(images), chunks, greedy_steps=steps - 1)
+    tokens = want.argmax(-1)  # (B, steps)
     got = candidate.teacher_forced_logits(list(images), chunks, tokens[:, :-1])
     out = []
     for b in range(len(chunks)):
@@ -75,8 +79,9 @@ def compare_runtimes(reference: VlmRuntime, candidate: VlmRuntime, images: Seque
         n = eos[0] + 1 if eos else steps  # the steps the reference answers in, its EOS included
         w, g = want[b, :n].astype(np.float64), got[b, :n].astype(np.float64)
         cos = (w * g).sum(-1) / (np.linalg.norm(w, axis=-1) * np.linalg.norm(g, axis=-1))
+        name = str(images[b]) if isinstance(images[b], (str, os.PathLike)) else f"image {b}"
         out.append(StepComparison(
-            image=str(images[b]) if isinstance(images[b], (str, os.PathLike)) else f"image {b}", question=questions[b], steps=n, worst_cosine=float(cos.min()),
-            mean_cosine=float(cos.mean()), top1_agreement=float((g.argmax(-1) == tokens[b, :n]).mean()),
+            image=name, question=questions[b], steps=n, worst_cosine=float(cos.min()), mean_cosine=float(cos.mean()),
+            top1_agreement=float((g.argmax(-1) == tokens[b, :n]).mean()),
             reference_answer=reference.decode_text(tokens[b, :n].tolist())))
     return out

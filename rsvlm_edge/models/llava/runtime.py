@@ -241,21 +241,25 @@ class VlmRuntime:
             return self.decoder.prefill(embeds, lengths)
 
     def teacher_forced_logits(self, images: Sequence[ImageInput] | np.ndarray | None,
-                              chunks: Sequence[Sequence[Sequence[int]]], tokens: np.ndarray) -> np.ndarray:
+                              chunks: Sequence[Sequence[Sequence[int]]], tokens: np.ndarray | None = None,
+                              greedy_steps: int = 0) -> np.ndarray:
         """Logits ``(B, T + 1, vocab)`` float32: after the prompt, then after each of ``tokens`` ``(B, T)`` fed in
-        turn (teacher forcing: every sequence goes on with the given tokens, whatever it would choose). For
-        comparing two bundles of one model step by step (``rsvlm-edge compare``)."""
-        tokens = np.asarray(tokens)
+        turn (teacher forcing: every sequence goes on with the given tokens, whatever it would choose); without
+        ``tokens``, T = ``greedy_steps`` and each step is fed this runtime's own argmax (greedy decoding, whose
+        tokens are then ``logits.argmax(-1)``). For comparing two bundles of one model step by step
+        (``rsvlm-edge compare``)."""
         vocab = self.config.decoder.vocab_size
-        if tokens.ndim != 2 or tokens.shape[0] != len(chunks) or tokens.dtype.kind not in "iu":
-            raise InputError(f"teacher-forced tokens have shape {tokens.shape} and dtype {tokens.dtype}",
-                             f"pass integer token ids of shape ({len(chunks)}, steps)")
-        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise InputError("teacher-forced token ids outside the vocabulary", f"pass ids in [0, {vocab})")
+        if tokens is not None:
+            tokens = np.asarray(tokens)
+            if tokens.ndim != 2 or tokens.shape[0] != len(chunks) or tokens.dtype.kind not in "iu":
+                raise InputError(f"teacher-forced tokens have shape {tokens.shape} and dtype {tokens.dtype}",
+                                 f"pass integer token ids of shape ({len(chunks)}, steps)")
+            if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+                raise InputError("teacher-forced token ids outside the vocabulary", f"pass ids in [0, {vocab})")
         features = self._features(images)
         with self._exclusive():
             embeds, lengths = self._prompt_embeddings(chunks, features)
-            steps = tokens.shape[1]
+            steps = greedy_steps if tokens is None else tokens.shape[1]
             if int(lengths.max()) + steps > self.decoder.max_seq:
                 raise InputError(f"prompt ({int(lengths.max())} tokens incl. image) + {steps} steps exceeds the KV "
                                  f"cache of {self.decoder.max_seq} positions",
@@ -263,7 +267,8 @@ class VlmRuntime:
             out = np.empty((len(chunks), steps + 1, vocab), np.float32)
             out[:, 0] = self.decoder.prefill(embeds, lengths)
             for t in range(steps):
-                out[:, t + 1] = self.decoder.decode(np.ascontiguousarray(tokens[:, t], dtype=np.int64))
+                fed = out[:, t].argmax(-1) if tokens is None else tokens[:, t]
+                out[:, t + 1] = self.decoder.decode(np.ascontiguousarray(fed, dtype=np.int64))
         return out
 
     @contextmanager
